@@ -1,0 +1,293 @@
+//! The edgevoice operator CLI.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use edgevoice::config::{self, LoadedConfig};
+use edgevoice::control::client::{self, ClientError};
+use edgevoice::control::protocol::Request;
+use edgevoice::control::AuditRecord;
+use edgevoice::models::{self, Manifest, Outcome, Progress, Source};
+use edgevoice::ops::cli::{CliArgs, CliCommand, ConfigCommand, ModelsCommand, StoreCommand};
+use edgevoice::ops::Status;
+use edgevoice::store::{Store, StoreInfo};
+
+/// Exit codes: 0 done, 1 failed, 2 invalid config or input.
+fn main() -> ExitCode {
+    let args = CliArgs::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgevoice: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: CliArgs) -> Result<ExitCode> {
+    match &args.command {
+        CliCommand::Config(ConfigCommand::Check { file }) => {
+            Ok(config_check(file.as_deref().unwrap_or(&args.config)))
+        }
+        CliCommand::Man { dir } => {
+            for page in edgevoice::ops::cli::render_man_pages(dir)? {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Status(json) => {
+            let value = daemon_call(&args, "status", serde_json::Value::Null)?;
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_status(&serde_json::from_value(value)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Reload => {
+            let value = daemon_call(&args, "config.reload", serde_json::Value::Null)?;
+            println!("reloaded {}", value["source"].as_str().unwrap_or("config"));
+            if let Some(keys) = value["restart_required"]
+                .as_array()
+                .filter(|k| !k.is_empty())
+            {
+                let keys: Vec<&str> = keys.iter().filter_map(|k| k.as_str()).collect();
+                println!("needs a restart to take effect: {}", keys.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Store(StoreCommand::Info(json)) => {
+            let (info, offline) = match daemon_call(&args, "store.info", serde_json::Value::Null) {
+                Ok(v) => (serde_json::from_value::<StoreInfo>(v)?, false),
+                Err(e) if is_not_running(&e) => (open_store_offline(&args)?.info(), true),
+                Err(e) => return Err(e),
+            };
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_store_info(&info, offline);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Audit { limit, json } => {
+            let records: Vec<serde_json::Value> =
+                match daemon_call(&args, "audit.list", serde_json::json!({ "limit": limit })) {
+                    Ok(v) => serde_json::from_value(v)?,
+                    Err(e) if is_not_running(&e) => {
+                        let store = open_store_offline(&args)?;
+                        let tree = store.tree::<AuditRecord>()?;
+                        tree.newest(*limit)
+                            .into_iter()
+                            .map(|r| match r {
+                                Ok((_, rec)) => serde_json::to_value(rec).unwrap_or_default(),
+                                Err(e) => serde_json::json!({ "error": e.to_string() }),
+                            })
+                            .collect()
+                    }
+                    Err(e) => return Err(e),
+                };
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print_audit(&records);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Models(cmd) => models_command(&args, cmd),
+    }
+}
+
+fn config_check(file: &Path) -> ExitCode {
+    match config::load(file) {
+        Ok(_) => {
+            println!("OK: {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                println!("{line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(args: &CliArgs) -> Result<LoadedConfig> {
+    config::load(&args.config).map_err(|e| anyhow::anyhow!(e.lines().join("\n")))
+}
+
+fn daemon_call(args: &CliArgs, command: &str, a: serde_json::Value) -> Result<serde_json::Value> {
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => load_config(args)?.config.control_socket(),
+    };
+    Ok(client::call(&socket, &Request::new(command, a))?)
+}
+
+fn is_not_running(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::NotRunning { .. })
+    )
+}
+
+fn open_store_offline(args: &CliArgs) -> Result<Store> {
+    let loaded = load_config(args)?;
+    Ok(Store::open(&loaded.config.daemon.state_dir)?)
+}
+
+fn print_status(s: &Status) {
+    println!("edgevoiced {} (pid {}): {}", s.version, s.pid, s.summary());
+    println!(
+        "  uptime        {}",
+        humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs))
+    );
+    println!("  config        {}", s.config_source.display());
+    println!("  state dir     {}", s.state_dir.display());
+    println!("  store size    {}", human_bytes(s.store_size_bytes));
+    println!("  device id     {}", s.device_id);
+    println!("  active calls  {} of {}", s.active_calls, s.max_calls);
+    println!("  uplink        {}", s.uplink);
+}
+
+fn print_store_info(info: &StoreInfo, offline: bool) {
+    let how = if offline {
+        " (daemon stopped: read directly)"
+    } else {
+        ""
+    };
+    println!("store {}{how}", info.path.display());
+    println!("  size on disk  {}", human_bytes(info.size_on_disk));
+    println!("  schema        {}", info.schema);
+    println!("  device id     {}", info.device_id);
+    for (tree, len) in &info.trees {
+        println!("  {tree:<13} {len} records");
+    }
+}
+
+fn print_audit(records: &[serde_json::Value]) {
+    if records.is_empty() {
+        println!("no audited commands");
+    }
+    for r in records {
+        if let Some(err) = r.get("error") {
+            println!("(unreadable record: {err})");
+            continue;
+        }
+        let at = r["at_ms"].as_u64().unwrap_or(0);
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at),
+        );
+        println!(
+            "{when}  {:<14} {:<20} {:<16} {}",
+            r["channel"].as_str().unwrap_or("?"),
+            r["who"].as_str().unwrap_or("?"),
+            r["command"].as_str().unwrap_or("?"),
+            r["outcome"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&mut self, name: &str, total: u64) {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(name.to_owned());
+        self.0 = Some(bar);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn models_command(args: &CliArgs, cmd: &ModelsCommand) -> Result<ExitCode> {
+    let (dir, manifest_path) = match cmd {
+        ModelsCommand::Install { dir, manifest, .. } | ModelsCommand::Verify { dir, manifest } => {
+            (dir.clone(), manifest.clone())
+        }
+    };
+    let (dir, manifest_path) = match (dir, manifest_path) {
+        (Some(d), Some(m)) => (d, m),
+        (d, m) => {
+            let loaded = load_config(args)?;
+            (
+                d.unwrap_or(loaded.config.models.dir),
+                m.unwrap_or(loaded.config.models.manifest),
+            )
+        }
+    };
+    let manifest = Manifest::load(&manifest_path)?;
+    let mut failed = 0;
+    match cmd {
+        ModelsCommand::Install { from, .. } => {
+            let source = match from {
+                Some(mirror) => Source::Mirror(mirror),
+                None => Source::Upstream,
+            };
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create models dir {}", dir.display()))?;
+            for (name, result) in models::install(&manifest, &dir, &source, &mut Bar(None)) {
+                match result {
+                    Ok(Outcome::Present) => println!("ok         {name} (already installed)"),
+                    Ok(Outcome::Installed) => println!("installed  {name}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("edgevoice: {e}");
+                    }
+                }
+            }
+        }
+        ModelsCommand::Verify { .. } => {
+            for (name, result) in models::verify(&manifest, &dir) {
+                match result {
+                    Ok(()) => println!("ok         {name}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("edgevoice: {e}");
+                    }
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "edgevoice: {failed} of {} models failed",
+            manifest.models.len()
+        );
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}

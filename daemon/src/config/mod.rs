@@ -1,0 +1,456 @@
+//! Configuration: raw TOML → typed, validated [`Config`].
+//!
+//! Start-up, SIGHUP reload and (later) a config pushed over MQTT all go through [`load`] /
+//! [`parse`], so a file that fails here never replaces the running configuration.
+//! Every key's default lives in the `Default` impls below and is documented, with units, in
+//! `config/edgevoice.toml`; a unit test keeps the two equal.
+
+mod locate;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::ConfigIssue;
+
+/// Where the packaged daemon looks for its configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/edgevoice/edgevoice.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub models: ModelsConfig,
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// sled database and other durable state.
+    pub state_dir: PathBuf,
+    /// Control socket and other files that live only while the daemon runs.
+    pub runtime_dir: PathBuf,
+    /// tracing filter directive: a level (`info`) or per-module directives (`info,edgevoice::store=debug`).
+    pub log_level: String,
+    /// How long a SIGTERM waits for active work (calls) to finish before exiting anyway.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/edgevoice"),
+            runtime_dir: PathBuf::from("/run/edgevoice"),
+            log_level: "info".to_owned(),
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Installed model files, laid out as the manifest's `file` paths.
+    pub dir: PathBuf,
+    /// The manifest listing the models a site needs (role, file, size, sha256, license, URL).
+    pub manifest: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/edgevoice/models"),
+            manifest: PathBuf::from("/usr/share/edgevoice/models/manifest.toml"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Address the SIP user agent listens on (UDP and TCP).
+    pub listen: String,
+    /// Calls handled at once; further INVITEs are refused with 486/503.
+    pub max_calls: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:5060".to_owned(),
+            max_calls: 16,
+        }
+    }
+}
+
+impl SipConfig {
+    /// The listen address; valid after [`parse`] succeeded.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// First UDP port for RTP (even); each call uses an even RTP port and the odd RTCP port above it.
+    pub port_min: u16,
+    /// Last UDP port for RTP/RTCP (inclusive).
+    pub port_max: u16,
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        Self {
+            port_min: 10000,
+            port_max: 10999,
+        }
+    }
+}
+
+impl RtpConfig {
+    /// How many calls' worth of RTP/RTCP port pairs the range holds.
+    pub fn port_pairs(&self) -> u32 {
+        let first_even = u32::from(self.port_min) + u32::from(self.port_min) % 2;
+        let last = u32::from(self.port_max);
+        if last < first_even + 1 {
+            0
+        } else {
+            (last - first_even + 1) / 2
+        }
+    }
+}
+
+/// A configuration loaded from a file, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub source: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}; check the path or pass --config FILE", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys and wrong types: all found by the TOML decoder.
+    #[error("{}", format_issues(path, std::slice::from_ref(issue)))]
+    Decode { path: PathBuf, issue: ConfigIssue },
+    /// Values that decode but are out of range or inconsistent with each other.
+    #[error("{}", format_issues(path, issues))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem found, each as one line `file:line:col: key: what is wrong; fix`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Decode { path, issue } => vec![issue.line_for(path)],
+            ConfigError::Invalid { path, issues } => {
+                issues.iter().map(|i| i.line_for(path)).collect()
+            }
+        }
+    }
+}
+
+fn format_issues(path: &Path, issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| i.line_for(path))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads, decodes and validates the file at `path`. Relative paths inside it are resolved
+/// against the file's own directory, so a config works wherever the daemon is started from.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = parse(&text, path)?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    config.resolve_relative_paths(base);
+    Ok(LoadedConfig {
+        config,
+        source: path.to_owned(),
+    })
+}
+
+/// Decodes and validates TOML text; `origin` names it in error messages.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Decode {
+        path: origin.to_owned(),
+        issue: validate::decode_issue(text, &e),
+    })?;
+    let issues = validate::check(&config, text);
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: origin.to_owned(),
+            issues,
+        })
+    }
+}
+
+impl Config {
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.daemon.state_dir,
+            &mut self.daemon.runtime_dir,
+            &mut self.models.dir,
+            &mut self.models.manifest,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.daemon.runtime_dir.join("control.sock")
+    }
+
+    /// Keys whose new value cannot take effect without a restart, with old → new.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<RestartOnlyChange> {
+        let mut changes = Vec::new();
+        let mut check = |key: &'static str, old: String, new: String| {
+            if old != new {
+                changes.push(RestartOnlyChange { key, old, new });
+            }
+        };
+        check(
+            "daemon.state_dir",
+            self.daemon.state_dir.display().to_string(),
+            new.daemon.state_dir.display().to_string(),
+        );
+        check(
+            "daemon.runtime_dir",
+            self.daemon.runtime_dir.display().to_string(),
+            new.daemon.runtime_dir.display().to_string(),
+        );
+        check(
+            "sip.listen",
+            self.sip.listen.clone(),
+            new.sip.listen.clone(),
+        );
+        check(
+            "rtp.port_min",
+            self.rtp.port_min.to_string(),
+            new.rtp.port_min.to_string(),
+        );
+        check(
+            "rtp.port_max",
+            self.rtp.port_max.to_string(),
+            new.rtp.port_max.to_string(),
+        );
+        changes
+    }
+
+    /// `new` with every restart-only key kept at its running value: what a live reload applies.
+    pub fn merged_for_reload(&self, new: &Config) -> Config {
+        let mut merged = new.clone();
+        merged.daemon.state_dir = self.daemon.state_dir.clone();
+        merged.daemon.runtime_dir = self.daemon.runtime_dir.clone();
+        merged.sip.listen = self.sip.listen.clone();
+        merged.rtp.port_min = self.rtp.port_min;
+        merged.rtp.port_max = self.rtp.port_max;
+        merged
+    }
+}
+
+/// A changed key that a live reload cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnlyChange {
+    pub key: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+impl fmt::Display for RestartOnlyChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} changed from {} to {}: it takes effect only after a restart (systemctl restart edgevoice); the running value stays",
+            self.key, self.old, self.new
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> &'static Path {
+        Path::new("test.toml")
+    }
+
+    #[test]
+    fn shipped_default_config_equals_the_built_in_defaults() {
+        let text = include_str!("../../../config/edgevoice.toml");
+        let parsed = parse(text, origin()).expect("config/edgevoice.toml must be valid");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn dev_config_is_valid() {
+        let text = include_str!("../../../config/dev.toml");
+        parse(text, origin()).expect("config/dev.toml must be valid");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("", origin()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let text = "[daemon]\nlog_level = \"info\"\n\n[sip]\nmax_calls = 4\nlisten_port = 5060\n";
+        let err = parse(text, origin()).unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("test.toml:6:1: sip.listen_port:"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("unknown key"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("listen"),
+            "suggests the valid keys: {}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = parse("[telephony]\nx = 1\n", origin()).unwrap_err();
+        assert!(
+            err.lines()[0].starts_with("test.toml:1:2: telephony:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expected_type() {
+        let text = "[sip]\nmax_calls = \"many\"\n";
+        let line = parse(text, origin()).unwrap_err().lines().remove(0);
+        assert!(line.starts_with("test.toml:2:13: sip.max_calls:"), "{line}");
+        assert!(line.contains("integer"), "{line}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let line = parse("[sip\nmax_calls = 3\n", origin())
+            .unwrap_err()
+            .lines()
+            .remove(0);
+        assert!(line.starts_with("test.toml:1:"), "{line}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_position_and_fix() {
+        let text = "[sip]\nmax_calls = 0\n";
+        let line = parse(text, origin()).unwrap_err().lines().remove(0);
+        assert!(line.starts_with("test.toml:2:13: sip.max_calls:"), "{line}");
+        assert!(line.contains("between 1 and"), "{line}");
+    }
+
+    #[test]
+    fn rtp_range_too_small_for_max_calls_is_inconsistent() {
+        let text = "[sip]\nmax_calls = 16\n[rtp]\nport_min = 20000\nport_max = 20009\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("test.toml:4:12: rtp.port_min:"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("5 calls"), "{}", lines[0]);
+        assert!(lines[0].contains("max_calls is 16"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_only_the_first() {
+        let text = "[daemon]\nlog_level = \"loud\"\ndrain_timeout_secs = 99999\n[sip]\nlisten = \"nowhere\"\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("daemon.log_level")));
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("daemon.drain_timeout_secs")));
+        assert!(lines.iter().any(|l| l.contains("sip.listen")));
+    }
+
+    #[test]
+    fn inverted_port_range_is_rejected() {
+        let text = "[rtp]\nport_min = 30000\nport_max = 20000\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert!(lines[0].contains("rtp.port_max"), "{lines:?}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(&path, "[daemon]\nstate_dir = \"var/state\"\n").unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.config.daemon.state_dir, dir.path().join("var/state"));
+        assert_eq!(
+            loaded.config.daemon.runtime_dir,
+            PathBuf::from("/run/edgevoice")
+        );
+    }
+
+    #[test]
+    fn missing_file_says_which_and_what_to_do() {
+        let err = load(Path::new("/nonexistent/e.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/e.toml") && msg.contains("--config"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn reload_keeps_restart_only_keys_and_reports_them() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.sip.listen = "127.0.0.1:5070".into();
+        new.daemon.log_level = "debug".into();
+        let changes = old.restart_only_changes(&new);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].key, "sip.listen");
+        assert!(changes[0].to_string().contains("restart"));
+        let merged = old.merged_for_reload(&new);
+        assert_eq!(merged.sip.listen, old.sip.listen);
+        assert_eq!(merged.daemon.log_level, "debug");
+    }
+
+    #[test]
+    fn port_pairs_count_even_rtp_ports() {
+        let r = |a, b| RtpConfig {
+            port_min: a,
+            port_max: b,
+        };
+        assert_eq!(r(10000, 10001).port_pairs(), 1);
+        assert_eq!(r(10000, 10002).port_pairs(), 1);
+        assert_eq!(r(10001, 10004).port_pairs(), 1);
+        assert_eq!(r(10000, 10999).port_pairs(), 500);
+        assert_eq!(r(10000, 10000).port_pairs(), 0);
+    }
+}

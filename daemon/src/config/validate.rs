@@ -1,0 +1,185 @@
+//! Checks that a decoded [`Config`] makes sense, collecting every problem rather than the first.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{locate, Config};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `sip.max_calls`; empty when the problem has no key (a syntax error).
+    pub key: String,
+    /// 1-based line and column, when the key appears in the file.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigIssue {
+    fn at(text: &str, key: &str, message: String) -> Self {
+        let position = locate::span_of_path(text, key).map(|s| locate::line_col(text, s.start));
+        Self {
+            key: key.to_owned(),
+            position,
+            message,
+        }
+    }
+
+    /// `file:line:col: key: message` — one line, the form editors and CI logs understand.
+    pub fn line_for(&self, path: &Path) -> String {
+        let mut line = path.display().to_string();
+        if let Some((l, c)) = self.position {
+            let _ = write!(line, ":{l}:{c}");
+        }
+        line.push_str(": ");
+        if !self.key.is_empty() {
+            line.push_str(&self.key);
+            line.push_str(": ");
+        }
+        line.push_str(&self.message);
+        line
+    }
+}
+
+/// Turns the TOML decoder's error (syntax, unknown key, wrong type) into an issue.
+pub(super) fn decode_issue(text: &str, err: &toml::de::Error) -> ConfigIssue {
+    let span = err.span();
+    let position = span.as_ref().map(|s| locate::line_col(text, s.start));
+    let key = span
+        .as_ref()
+        .and_then(|s| locate::path_at(text, s.start))
+        .unwrap_or_default();
+    let raw = err.message().trim().replace('\n', " ");
+    let message = if let Some(rest) = raw.strip_prefix("unknown field") {
+        format!("unknown key{rest}; remove it or correct its spelling (config/edgevoice.toml lists every key)")
+    } else if raw.starts_with("invalid type") {
+        let plain = raw
+            .replace("expected u64", "expected a whole number (integer)")
+            .replace("expected u32", "expected a whole number (integer)")
+            .replace("expected u16", "expected a whole number (integer)");
+        format!("{plain}; change the value to that type")
+    } else if key.is_empty() {
+        format!("TOML syntax error: {raw}")
+    } else {
+        raw
+    };
+    ConfigIssue {
+        key,
+        position,
+        message,
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn valid_log_directive(d: &str) -> bool {
+    let level = match d.split_once('=') {
+        Some((target, level)) => {
+            if target.is_empty() || target.contains(char::is_whitespace) {
+                return false;
+            }
+            level
+        }
+        None => d,
+    };
+    LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+}
+
+pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut problem = |key: &str, message: String| issues.push(ConfigIssue::at(text, key, message));
+
+    let d = &config.daemon;
+    if d.state_dir.as_os_str().is_empty() {
+        problem(
+            "daemon.state_dir",
+            "must not be empty; e.g. \"/var/lib/edgevoice\"".into(),
+        );
+    }
+    if d.runtime_dir.as_os_str().is_empty() {
+        problem(
+            "daemon.runtime_dir",
+            "must not be empty; e.g. \"/run/edgevoice\"".into(),
+        );
+    }
+    if d.log_level.trim().is_empty() || !d.log_level.split(',').all(valid_log_directive) {
+        problem(
+            "daemon.log_level",
+            format!(
+                "\"{}\" is not a log filter; use a level ({}) or directives like \"info,edgevoice::store=debug\"",
+                d.log_level,
+                LEVELS.join(", ")
+            ),
+        );
+    }
+    if d.drain_timeout_secs > 3600 {
+        problem(
+            "daemon.drain_timeout_secs",
+            format!(
+                "{} is out of range; use a value between 0 and 3600 seconds",
+                d.drain_timeout_secs
+            ),
+        );
+    }
+
+    if config.models.dir.as_os_str().is_empty() {
+        problem(
+            "models.dir",
+            "must not be empty; e.g. \"/var/lib/edgevoice/models\"".into(),
+        );
+    }
+
+    let sip = &config.sip;
+    if sip.listen.parse::<SocketAddr>().is_err() {
+        problem(
+            "sip.listen",
+            format!(
+                "\"{}\" is not an IP:PORT address; use e.g. \"0.0.0.0:5060\"",
+                sip.listen
+            ),
+        );
+    }
+    if !(1..=1000).contains(&sip.max_calls) {
+        problem(
+            "sip.max_calls",
+            format!(
+                "{} is out of range; use a value between 1 and 1000",
+                sip.max_calls
+            ),
+        );
+    }
+
+    let rtp = &config.rtp;
+    if rtp.port_min < 1024 {
+        problem(
+            "rtp.port_min",
+            format!(
+                "{} is a privileged port; use 1024 or above (e.g. 10000)",
+                rtp.port_min
+            ),
+        );
+    } else if rtp.port_max <= rtp.port_min {
+        problem(
+            "rtp.port_max",
+            format!(
+                "{} must be above rtp.port_min ({}); e.g. port_min = 10000, port_max = 10999",
+                rtp.port_max, rtp.port_min
+            ),
+        );
+    } else if rtp.port_pairs() < sip.max_calls {
+        problem(
+            "rtp.port_min",
+            format!(
+                "the range {}..{} holds RTP/RTCP port pairs for {} calls but sip.max_calls is {}; widen the range to at least {} ports or lower sip.max_calls",
+                rtp.port_min,
+                rtp.port_max,
+                rtp.port_pairs(),
+                sip.max_calls,
+                sip.max_calls * 2
+            ),
+        );
+    }
+    issues
+}

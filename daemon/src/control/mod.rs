@@ -1,0 +1,225 @@
+//! Commands to the running daemon: parsed, authorized, executed, audited. The local control
+//! socket uses this dispatcher now; remote MQTT commands will go through the same one.
+
+pub mod client;
+pub mod protocol;
+pub mod socket;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ops::DaemonContext;
+use crate::store::{self, Record, TreeName};
+use protocol::{Request, Response};
+
+/// Who sent a command, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// `control-socket` now; `mqtt` later.
+    pub channel: String,
+    /// e.g. `uid 1000 pid 4242`.
+    pub who: String,
+}
+
+/// One audited command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at_ms: u64,
+    pub channel: String,
+    pub who: String,
+    pub command: String,
+    pub args: serde_json::Value,
+    /// `ok`, or `refused: …` / `failed: …` with the reason.
+    pub outcome: String,
+}
+
+impl Record for AuditRecord {
+    const TREE: TreeName = TreeName::Audit;
+    const SCHEMA: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Command {
+    Status,
+    StoreInfo,
+    AuditList { limit: usize },
+    ConfigReload,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditListArgs {
+    #[serde(default = "default_audit_limit")]
+    limit: usize,
+}
+
+fn default_audit_limit() -> usize {
+    20
+}
+
+const COMMANDS: &[&str] = &["status", "store.info", "audit.list", "config.reload"];
+
+impl Command {
+    fn parse(req: &Request) -> Result<Command, String> {
+        let args = if req.args.is_null() {
+            serde_json::json!({})
+        } else {
+            req.args.clone()
+        };
+        let no_args = |cmd: Command| -> Result<Command, String> {
+            match args.as_object() {
+                Some(map) if map.is_empty() => Ok(cmd),
+                _ => Err(format!("`{}` takes no arguments", req.command)),
+            }
+        };
+        match req.command.as_str() {
+            "status" => no_args(Command::Status),
+            "store.info" => no_args(Command::StoreInfo),
+            "config.reload" => no_args(Command::ConfigReload),
+            "audit.list" => {
+                let a: AuditListArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `audit.list`: {e}"))?;
+                Ok(Command::AuditList {
+                    limit: a.limit.min(1000),
+                })
+            }
+            other => Err(format!(
+                "unknown command `{other}`; known commands: {}",
+                COMMANDS.join(", ")
+            )),
+        }
+    }
+
+    /// Commands that change the daemon are audited; queries are not.
+    fn changes_state(&self) -> bool {
+        matches!(self, Command::ConfigReload)
+    }
+}
+
+pub struct Dispatcher {
+    ctx: Arc<DaemonContext>,
+}
+
+impl Dispatcher {
+    pub fn new(ctx: Arc<DaemonContext>) -> Self {
+        Self { ctx }
+    }
+
+    /// Executes one request. Refused and state-changing commands are written to the audit
+    /// tree before the response is returned.
+    pub fn handle(&self, principal: &Principal, req: Request) -> Response {
+        let id = req.id.clone();
+        let command = match Command::parse(&req) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.audit(principal, &req, format!("refused: {reason}"));
+                return Response::error(id, reason);
+            }
+        };
+        let result = self.execute(&command);
+        if command.changes_state() {
+            let outcome = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            self.audit(principal, &req, outcome);
+        }
+        match result {
+            Ok(value) => Response::ok(id, value),
+            Err(e) => Response::error(id, e),
+        }
+    }
+
+    fn execute(&self, command: &Command) -> Result<serde_json::Value, String> {
+        let to_json =
+            |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
+        match command {
+            Command::Status => to_json(serde_json::to_value(self.ctx.status())),
+            Command::StoreInfo => to_json(serde_json::to_value(self.ctx.store().info())),
+            Command::AuditList { limit } => {
+                let tree = self
+                    .ctx
+                    .store()
+                    .tree::<AuditRecord>()
+                    .map_err(|e| e.to_string())?;
+                let mut records = Vec::new();
+                for item in tree.newest(*limit) {
+                    match item {
+                        Ok((_, rec)) => {
+                            records.push(serde_json::to_value(rec).map_err(|e| e.to_string())?)
+                        }
+                        Err(e) => records.push(serde_json::json!({ "error": e.to_string() })),
+                    }
+                }
+                Ok(serde_json::Value::Array(records))
+            }
+            Command::ConfigReload => match self.ctx.reload() {
+                Ok(outcome) => to_json(serde_json::to_value(outcome)),
+                Err(e) => Err(format!(
+                    "config refused, running config kept: {}",
+                    e.lines().join("; ")
+                )),
+            },
+        }
+    }
+
+    fn audit(&self, principal: &Principal, req: &Request, outcome: String) {
+        let record = AuditRecord {
+            at_ms: store::now_ms(),
+            channel: principal.channel.clone(),
+            who: principal.who.clone(),
+            command: req.command.chars().take(200).collect(),
+            args: req.args.clone(),
+            outcome,
+        };
+        let store = self.ctx.store();
+        let result = store
+            .tree::<AuditRecord>()
+            .and_then(|t| t.put(store.new_id().to_bytes(), &record));
+        if let Err(e) = result {
+            tracing::error!("audit record not written: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(command: &str, args: serde_json::Value) -> Request {
+        Request::new(command, args)
+    }
+
+    #[test]
+    fn parses_known_commands_and_their_args() {
+        assert_eq!(
+            Command::parse(&req("status", serde_json::Value::Null)),
+            Ok(Command::Status)
+        );
+        assert_eq!(
+            Command::parse(&req("audit.list", serde_json::json!({"limit": 5}))),
+            Ok(Command::AuditList { limit: 5 })
+        );
+        assert_eq!(
+            Command::parse(&req("audit.list", serde_json::Value::Null)),
+            Ok(Command::AuditList { limit: 20 })
+        );
+    }
+
+    #[test]
+    fn unknown_command_lists_the_known_ones() {
+        let err = Command::parse(&req("reboot", serde_json::Value::Null)).unwrap_err();
+        assert!(
+            err.contains("unknown command `reboot`") && err.contains("status"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unexpected_arguments_are_refused() {
+        assert!(Command::parse(&req("status", serde_json::json!({"x": 1}))).is_err());
+        assert!(Command::parse(&req("audit.list", serde_json::json!({"limit": "many"}))).is_err());
+        assert!(Command::parse(&req("audit.list", serde_json::json!({"lmit": 3}))).is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! edgevoice: an on-prem AI voice appliance for contact centres.
+//!
+//! Module map (see ARCHITECTURE.md): `config` (TOML → validated config), `store` (sled, typed
+//! trees), `ops` (daemon lifecycle, systemd, logging, CLI definitions), `control` (commands to the
+//! running daemon, local socket), `models` (manifest, install, verify). Telephony, call, speech,
+//! agent and uplink arrive with their issues.
+
+pub mod config;
+pub mod control;
+pub mod models;
+pub mod ops;
+pub mod store;

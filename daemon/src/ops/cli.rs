@@ -1,0 +1,169 @@
+//! Command-line definitions of both binaries, kept in the library so the man pages are
+//! generated from the same source (`edgevoice man DIR`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// edgevoiced — the edgevoice voice-appliance daemon.
+///
+/// Answers and places calls on the site's SIP trunks and talks to callers with on-device speech
+/// recognition, a local language model and local speech synthesis. Runs under systemd
+/// (Type=notify, watchdog); SIGHUP reloads the configuration, SIGTERM drains active calls and
+/// exits.
+#[derive(Debug, Parser)]
+#[command(name = "edgevoiced", version, about, long_about)]
+pub struct DaemonArgs {
+    /// Configuration file.
+    #[arg(long, short, env = "EDGEVOICE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// State directory, overriding daemon.state_dir of the config.
+    #[arg(long, env = "EDGEVOICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Validate the configuration and exit: 0 when valid, 2 with one line per problem otherwise.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// edgevoice — operate an edgevoice appliance.
+///
+/// Talks to the running daemon over its control socket (daemon.runtime_dir/control.sock;
+/// members of group edgevoice may use it), and works on config files, models and the store
+/// directly when the daemon is stopped.
+#[derive(Debug, Parser)]
+#[command(name = "edgevoice", version, about, long_about)]
+pub struct CliArgs {
+    /// Configuration file (used to find the control socket, store and models).
+    #[arg(long, short, global = true, env = "EDGEVOICE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Control socket, overriding the one derived from the config.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Show the daemon's version, uptime, config, store size, active calls and uplink state.
+    Status(JsonFlag),
+    /// Make the daemon re-read its config file (like systemctl reload edgevoice).
+    Reload,
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Install and verify the models a site needs.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Inspect the state store (through the daemon, or directly when it is stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// List recent audited commands, newest first.
+    Audit {
+        /// How many records to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Write the man pages of edgevoiced and edgevoice into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: prints OK, or one line per problem, and exits 0 / 2.
+    Check {
+        /// The file to check (default: the --config file).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Install missing or damaged models, verifying each sha256 before moving it into place.
+    Install {
+        /// An offline mirror (site bundle) laid out like the manifest, e.g. ../shared/models;
+        /// without it the manifest's upstream URLs are downloaded.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Models directory, overriding models.dir of the config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Manifest, overriding models.manifest of the config.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Check every installed model against the manifest's size and sha256.
+    Verify {
+        /// Models directory, overriding models.dir of the config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Manifest, overriding models.manifest of the config.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Path, size, schema, device id and record counts per tree.
+    Info(JsonFlag),
+}
+
+/// Renders both man pages: `edgevoiced.8` and `edgevoice.1`.
+pub fn render_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (cmd, section) in [(DaemonArgs::command(), "8"), (CliArgs::command(), "1")] {
+        let path = dir.join(format!("{}.{section}", cmd.get_name()));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .section(section)
+            .manual("edgevoice")
+            .render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn both_command_lines_are_well_formed() {
+        DaemonArgs::command().debug_assert();
+        CliArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_render_with_every_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = render_man_pages(dir.path()).unwrap();
+        let cli = std::fs::read_to_string(&pages[1]).unwrap();
+        for sub in ["status", "reload", "config", "models", "store", "audit"] {
+            assert!(cli.contains(sub), "man page lacks {sub}");
+        }
+        assert!(std::fs::read_to_string(&pages[0])
+            .unwrap()
+            .contains("\\-\\-check"));
+    }
+}

@@ -1,0 +1,74 @@
+//! tracing set-up: journald when systemd connected our stderr to the journal, readable lines on
+//! stderr otherwise. The filter comes from the config (`daemon.log_level`), overridden by
+//! `RUST_LOG`, and can be changed live on reload.
+
+use std::os::fd::AsFd;
+
+use nix::sys::stat::fstat;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// Changes the log filter of the running process.
+#[derive(Clone)]
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    env_override: bool,
+}
+
+impl LogControl {
+    /// Applies a new `daemon.log_level` unless `RUST_LOG` pins the filter.
+    pub fn set_level(&self, directives: &str) -> Result<(), String> {
+        if self.env_override {
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// True when systemd's `JOURNAL_STREAM` names the file our stderr is.
+pub fn stderr_is_journal() -> bool {
+    let Ok(var) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = var.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    match fstat(std::io::stderr().as_fd()) {
+        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
+        Err(_) => false,
+    }
+}
+
+/// Installs the global subscriber. Call once, first thing in a binary.
+pub fn init(level: &str) -> LogControl {
+    let env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let env_override = env.is_some();
+    let directives = env.unwrap_or_else(|| level.to_owned());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let journald = if stderr_is_journal() {
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
+    match journald {
+        Some(layer) => registry.with(layer).init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .init(),
+    }
+    LogControl {
+        handle,
+        env_override,
+    }
+}

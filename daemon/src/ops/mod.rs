@@ -1,0 +1,336 @@
+//! The daemon's lifecycle: start-up checks, systemd notification, signals, reload, drain.
+
+pub mod cli;
+pub mod logging;
+pub mod systemd;
+pub mod work;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, ConfigError, LoadedConfig};
+use crate::control;
+use crate::store::{Store, StoreError};
+use logging::LogControl;
+use systemd::Notifier;
+use work::ActiveWork;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Starting,
+    Ready,
+    Draining,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Ready,
+            2 => Phase::Draining,
+            _ => Phase::Starting,
+        }
+    }
+}
+
+/// What `edgevoice status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub phase: Phase,
+    pub uptime_secs: u64,
+    pub config_source: PathBuf,
+    pub state_dir: PathBuf,
+    pub store_size_bytes: u64,
+    pub device_id: String,
+    pub active_calls: usize,
+    pub max_calls: u32,
+    pub uplink: String,
+}
+
+impl Status {
+    /// The one-line summary for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let phase = match self.phase {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        };
+        let calls = if self.active_calls == 1 {
+            "call"
+        } else {
+            "calls"
+        };
+        format!(
+            "{phase}: {} {calls}, uplink {}",
+            self.active_calls, self.uplink
+        )
+    }
+}
+
+/// Result of applying a configuration file to the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub source: PathBuf,
+    /// Keys that changed but need a restart; their running values were kept.
+    pub restart_required: Vec<String>,
+}
+
+/// Everything the running daemon shares between its tasks.
+pub struct DaemonContext {
+    started: Instant,
+    config: RwLock<LoadedConfig>,
+    store: Store,
+    work: Arc<ActiveWork>,
+    phase: AtomicU8,
+    log: Option<LogControl>,
+    notifier: Notifier,
+}
+
+impl DaemonContext {
+    pub fn new(config: LoadedConfig, store: Store, log: Option<LogControl>) -> Self {
+        Self {
+            started: Instant::now(),
+            config: RwLock::new(config),
+            store,
+            work: Arc::new(ActiveWork::default()),
+            phase: AtomicU8::new(0),
+            log,
+            notifier: Notifier::from_env(),
+        }
+    }
+
+    pub fn config(&self) -> LoadedConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn work(&self) -> &Arc<ActiveWork> {
+        &self.work
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn status(&self) -> Status {
+        let loaded = self.config();
+        Status {
+            version: VERSION.to_owned(),
+            pid: std::process::id(),
+            phase: self.phase(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_source: loaded.source.clone(),
+            state_dir: loaded.config.daemon.state_dir.clone(),
+            store_size_bytes: self.store.size_on_disk(),
+            device_id: self.store.instance().device_id.clone(),
+            active_calls: self.work.active(),
+            max_calls: loaded.config.sip.max_calls,
+            uplink: "not configured".to_owned(),
+        }
+    }
+
+    /// Re-reads the config file and applies it: the path shared by SIGHUP and the control
+    /// socket (and later remote config pushes). A file that fails validation changes nothing.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        self.notifier.reloading();
+        let result = self.reload_inner();
+        self.notifier.ready(&self.status().summary());
+        result
+    }
+
+    fn reload_inner(&self) -> Result<ReloadOutcome, ConfigError> {
+        let running = self.config();
+        let mut fresh = config::load(&running.source)?;
+        // A --state-dir given on the command line stays in force across reloads.
+        fresh.config.daemon.state_dir = running.config.daemon.state_dir.clone();
+        let changes = running.config.restart_only_changes(&fresh.config);
+        for change in &changes {
+            tracing::warn!("{change}");
+        }
+        let merged = running.config.merged_for_reload(&fresh.config);
+        if merged.daemon.log_level != running.config.daemon.log_level {
+            if let Some(log) = &self.log {
+                if let Err(e) = log.set_level(&merged.daemon.log_level) {
+                    tracing::warn!("daemon.log_level not applied: {e}");
+                }
+            }
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = LoadedConfig {
+            config: merged,
+            source: running.source.clone(),
+        };
+        tracing::info!(source = %running.source.display(), "configuration reloaded");
+        Ok(ReloadOutcome {
+            source: running.source,
+            restart_required: changes.iter().map(|c| c.key.to_owned()).collect(),
+        })
+    }
+}
+
+/// Why the daemon could not start; each is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create runtime dir {}: {source}; create it for the daemon's user or set daemon.runtime_dir", path.display())]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Control(#[from] control::socket::SocketError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl StartError {
+    /// Exit code: 2 for a configuration problem (systemd does not restart on it), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads the config named on the command line, applying a `--state-dir` override.
+pub fn load_config(path: &Path, state_dir: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    let mut loaded = config::load(path)?;
+    if let Some(dir) = state_dir {
+        loaded.config.daemon.state_dir = dir.to_owned();
+    }
+    Ok(loaded)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and a graceful drain.
+pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edgevoice-rt")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(run_async(loaded, log))
+}
+
+async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
+    let store = Store::open(&loaded.config.daemon.state_dir)?;
+    let runtime_dir = loaded.config.daemon.runtime_dir.clone();
+    std::fs::create_dir_all(&runtime_dir).map_err(|source| StartError::RuntimeDir {
+        path: runtime_dir.clone(),
+        source,
+    })?;
+    let socket_path = loaded.config.control_socket();
+    let ctx = Arc::new(DaemonContext::new(loaded, store, log));
+    let listener = control::socket::bind(&socket_path)?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+
+    let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
+    let server = tokio::spawn(control::socket::serve(listener, dispatcher));
+
+    ctx.set_phase(Phase::Ready);
+    let mut last_status = ctx.status().summary();
+    ctx.notifier.ready(&last_status);
+    tracing::info!(
+        version = VERSION,
+        config = %ctx.config().source.display(),
+        state_dir = %ctx.config().config.daemon.state_dir.display(),
+        control = %socket_path.display(),
+        device_id = %ctx.store.instance().device_id,
+        "edgevoiced ready"
+    );
+
+    // The watchdog is fed from this loop, so a wedged loop stops the pings and systemd restarts us.
+    let watchdog_every = ctx.notifier.watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                if let Err(e) = ctx.reload() {
+                    for line in e.lines() {
+                        tracing::error!("reload refused, running config kept: {line}");
+                    }
+                }
+            }
+            _ = watchdog.tick() => {
+                if watchdog_every.is_some() {
+                    ctx.notifier.watchdog();
+                }
+            }
+            _ = status_tick.tick() => {
+                let now = ctx.status().summary();
+                if now != last_status {
+                    ctx.notifier.status(&now);
+                    last_status = now;
+                }
+            }
+        }
+    };
+
+    ctx.set_phase(Phase::Draining);
+    ctx.work.start_drain();
+    let active = ctx.work.active();
+    ctx.notifier.stopping(&format!(
+        "draining: {active} active, {signal_name} received"
+    ));
+    let timeout = Duration::from_secs(ctx.config().config.daemon.drain_timeout_secs);
+    tracing::info!(
+        active,
+        timeout_secs = timeout.as_secs(),
+        "{signal_name}: draining"
+    );
+    let drain = ctx.work.wait_idle(timeout);
+    tokio::pin!(drain);
+    let idle = loop {
+        tokio::select! {
+            idle = &mut drain => break idle,
+            _ = watchdog.tick() => if watchdog_every.is_some() { ctx.notifier.watchdog() },
+        }
+    };
+    if !idle {
+        tracing::warn!(
+            active = ctx.work.active(),
+            "drain timeout reached; exiting with work still active"
+        );
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    if let Err(e) = ctx.store.flush() {
+        tracing::error!("final store flush failed: {e}");
+    }
+    tracing::info!("edgevoiced stopped");
+    Ok(())
+}

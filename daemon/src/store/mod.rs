@@ -1,0 +1,638 @@
+//! The state store: one sled database under the state dir, seen by the rest of the product only
+//! through typed trees. No other module touches sled.
+//!
+//! Records are JSON behind a schema version (`{"v": 1, "r": {...}}`), so a newer build can read
+//! and upgrade what an older one wrote, and an older build refuses what it cannot understand
+//! rather than misreading it. Writes that the product treats as durable ([`TypedTree::put`],
+//! [`TypedTree::remove`]) are flushed to disk before they return.
+
+mod lock;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+pub use lock::{InstanceLock, LOCK_FILE};
+
+/// Version of the store's layout (trees, key formats). Bump it with a migration in [`MIGRATIONS`].
+pub const STORE_SCHEMA: u32 = 1;
+
+/// Store-level migrations: `(from_schema, step)`; each step moves the store to `from_schema + 1`.
+type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+const MIGRATIONS: &[(u32, Migration)] = &[];
+
+const DB_DIR: &str = "db";
+const META_SCHEMA_KEY: &[u8] = b"store_schema";
+const META_INSTANCE_KEY: &[u8] = b"instance";
+
+/// The named trees. Each owner module defines its record types against one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeName {
+    Calls,
+    Transcripts,
+    Summaries,
+    Campaigns,
+    Leads,
+    Outbox,
+    Audit,
+    Meta,
+}
+
+impl TreeName {
+    pub const ALL: [TreeName; 8] = [
+        TreeName::Calls,
+        TreeName::Transcripts,
+        TreeName::Summaries,
+        TreeName::Campaigns,
+        TreeName::Leads,
+        TreeName::Outbox,
+        TreeName::Audit,
+        TreeName::Meta,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TreeName::Calls => "calls",
+            TreeName::Transcripts => "transcripts",
+            TreeName::Summaries => "summaries",
+            TreeName::Campaigns => "campaigns",
+            TreeName::Leads => "leads",
+            TreeName::Outbox => "outbox",
+            TreeName::Audit => "audit",
+            TreeName::Meta => "meta",
+        }
+    }
+}
+
+/// A record type stored in one tree.
+pub trait Record: Serialize + DeserializeOwned {
+    const TREE: TreeName;
+    /// Schema version written with every record of this type.
+    const SCHEMA: u32;
+
+    /// Upgrades a record written with an older schema. The default refuses, which is right
+    /// until the first schema change of the type.
+    fn upgrade(from_schema: u32, raw: serde_json::Value) -> Result<Self, String> {
+        let _ = raw;
+        Err(format!("no upgrade from schema {from_schema}"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another edgevoiced{} holds the store in {}; stop it first (systemctl stop edgevoice) or use another --state-dir",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display())]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error("state dir {} is not writable ({source}); create it and give it to the daemon's user (e.g. chown edgevoice:edgevoice) or pass --state-dir", path.display())]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store in {}: {context}: {source}", path.display())]
+    Sled {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store in {} has schema {found}, newer than this edgevoice understands ({supported}); install the newer edgevoice again", path.display())]
+    NewerStore {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("record {key} in tree {tree} cannot be read: {reason}")]
+    BadRecord {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot encode a record for tree {tree}: {source}")]
+    Encode {
+        tree: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    r: T,
+}
+
+/// Identity of this installation, created on first open and never changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub device_id: String,
+    pub created_at_ms: u64,
+}
+
+/// What `edgevoice store info` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub path: PathBuf,
+    pub size_on_disk: u64,
+    pub schema: u32,
+    pub device_id: String,
+    pub trees: Vec<(String, usize)>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    ids: Mutex<ulid::Generator>,
+    instance: InstanceInfo,
+    _lock: InstanceLock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `state_dir`, taking the instance lock and
+    /// running migrations. Fails with a one-line error if the dir is not writable, another
+    /// process holds it, or it was written by a newer edgevoice.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let not_writable = |source| StoreError::NotWritable {
+            path: state_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(not_writable)?;
+        check_writable(state_dir).map_err(not_writable)?;
+        let lock = InstanceLock::acquire(state_dir)?;
+        let path = state_dir.join(DB_DIR);
+        let sled_err = |context| {
+            let path = path.clone();
+            move |source| StoreError::Sled {
+                path,
+                context,
+                source,
+            }
+        };
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(sled_err("open"))?;
+        migrate(&db, &path)?;
+        let meta = db
+            .open_tree(TreeName::Meta.as_str())
+            .map_err(sled_err("open meta tree"))?;
+        let instance = match meta.get(META_INSTANCE_KEY).map_err(sled_err("read meta"))? {
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| StoreError::BadRecord {
+                tree: "meta",
+                key: "instance".into(),
+                reason: e.to_string(),
+            })?,
+            None => {
+                let info = InstanceInfo {
+                    device_id: Ulid::from_datetime(SystemTime::now())
+                        .to_string()
+                        .to_lowercase(),
+                    created_at_ms: now_ms(),
+                };
+                let raw = serde_json::to_vec(&info).map_err(|source| StoreError::Encode {
+                    tree: "meta",
+                    source,
+                })?;
+                meta.insert(META_INSTANCE_KEY, raw)
+                    .map_err(sled_err("write meta"))?;
+                db.flush().map_err(sled_err("flush"))?;
+                info
+            }
+        };
+        Ok(Self {
+            db,
+            path,
+            ids: Mutex::new(ulid::Generator::new()),
+            instance,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn instance(&self) -> &InstanceInfo {
+        &self.instance
+    }
+
+    /// A typed handle on the tree that holds `R`.
+    pub fn tree<R: Record>(&self) -> Result<TypedTree<'_, R>, StoreError> {
+        let tree = self
+            .db
+            .open_tree(R::TREE.as_str())
+            .map_err(|source| StoreError::Sled {
+                path: self.path.clone(),
+                context: "open tree",
+                source,
+            })?;
+        Ok(TypedTree {
+            store: self,
+            tree,
+            _record: PhantomData,
+        })
+    }
+
+    /// A new id that sorts by creation time (a ULID, strictly increasing within this process),
+    /// for keys that are listed newest-first.
+    pub fn new_id(&self) -> Ulid {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        match ids.generate() {
+            Ok(id) => id,
+            // More than 2^80 ids in one millisecond cannot happen; fall back to a fresh one.
+            Err(_) => Ulid::from_datetime(SystemTime::now()),
+        }
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn info(&self) -> StoreInfo {
+        let trees = TreeName::ALL
+            .iter()
+            .map(|t| {
+                let len = self.db.open_tree(t.as_str()).map(|t| t.len()).unwrap_or(0);
+                (t.as_str().to_owned(), len)
+            })
+            .collect();
+        StoreInfo {
+            path: self.path.clone(),
+            size_on_disk: self.size_on_disk(),
+            schema: STORE_SCHEMA,
+            device_id: self.instance.device_id.clone(),
+            trees,
+        }
+    }
+
+    /// Flushes everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled {
+                path: self.path.clone(),
+                context: "flush",
+                source,
+            })
+    }
+}
+
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
+}
+
+fn migrate(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    let sled_err = |context| {
+        move |source| StoreError::Sled {
+            path: path.to_owned(),
+            context,
+            source,
+        }
+    };
+    let meta = db
+        .open_tree(TreeName::Meta.as_str())
+        .map_err(sled_err("open meta tree"))?;
+    let found = match meta.get(META_SCHEMA_KEY).map_err(sled_err("read schema"))? {
+        Some(raw) => {
+            let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| StoreError::BadRecord {
+                tree: "meta",
+                key: "store_schema".into(),
+                reason: format!("{} bytes, expected 4", raw.len()),
+            })?;
+            u32::from_be_bytes(bytes)
+        }
+        None => STORE_SCHEMA,
+    };
+    if found > STORE_SCHEMA {
+        return Err(StoreError::NewerStore {
+            path: path.to_owned(),
+            found,
+            supported: STORE_SCHEMA,
+        });
+    }
+    let mut schema = found;
+    for (from, step) in MIGRATIONS {
+        if *from == schema {
+            step(db)?;
+            schema += 1;
+            meta.insert(META_SCHEMA_KEY, &schema.to_be_bytes())
+                .map_err(sled_err("write schema"))?;
+            db.flush().map_err(sled_err("flush"))?;
+            tracing::info!(from, to = schema, "store migrated");
+        }
+    }
+    meta.insert(META_SCHEMA_KEY, &schema.to_be_bytes())
+        .map_err(sled_err("write schema"))?;
+    db.flush().map_err(sled_err("flush"))?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, the timestamp unit of every record.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The tree holding records of type `R`.
+pub struct TypedTree<'s, R> {
+    store: &'s Store,
+    tree: sled::Tree,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R: Record> TypedTree<'_, R> {
+    fn err(&self, context: &'static str) -> impl Fn(sled::Error) -> StoreError + '_ {
+        move |source| StoreError::Sled {
+            path: self.store.path.clone(),
+            context,
+            source,
+        }
+    }
+
+    fn encode(record: &R) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&Envelope {
+            v: R::SCHEMA,
+            r: record,
+        })
+        .map_err(|source| StoreError::Encode {
+            tree: R::TREE.as_str(),
+            source,
+        })
+    }
+
+    fn decode(key: &[u8], raw: &[u8]) -> Result<R, StoreError> {
+        let bad = |reason: String| StoreError::BadRecord {
+            tree: R::TREE.as_str(),
+            key: display_key(key),
+            reason,
+        };
+        let env: Envelope<serde_json::Value> =
+            serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
+        match env.v.cmp(&R::SCHEMA) {
+            std::cmp::Ordering::Equal => {
+                serde_json::from_value(env.r).map_err(|e| bad(e.to_string()))
+            }
+            std::cmp::Ordering::Less => R::upgrade(env.v, env.r).map_err(bad),
+            std::cmp::Ordering::Greater => Err(bad(format!(
+                "written with schema {} by a newer edgevoice (this one reads {})",
+                env.v,
+                R::SCHEMA
+            ))),
+        }
+    }
+
+    /// Writes `record` under `key` and flushes it to disk before returning.
+    pub fn put(&self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
+        self.tree
+            .insert(key.as_ref(), Self::encode(record)?)
+            .map_err(self.err("write"))?;
+        self.store.flush()
+    }
+
+    /// Writes `record` without waiting for the disk: for data that may be lost in a crash.
+    pub fn put_lazy(&self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
+        self.tree
+            .insert(key.as_ref(), Self::encode(record)?)
+            .map(|_| ())
+            .map_err(self.err("write"))
+    }
+
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
+        let key = key.as_ref();
+        match self.tree.get(key).map_err(self.err("read"))? {
+            Some(raw) => Ok(Some(Self::decode(key, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes `key` and flushes before returning; true if it was there.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        let existed = self
+            .tree
+            .remove(key.as_ref())
+            .map_err(self.err("remove"))?
+            .is_some();
+        self.store.flush()?;
+        Ok(existed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Up to `limit` records, newest key first (keys from [`Store::new_id`] sort by time).
+    /// A record that cannot be decoded is returned as an error in its place, not skipped.
+    pub fn newest(&self, limit: usize) -> Vec<Result<(Vec<u8>, R), StoreError>> {
+        self.tree
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(self.err("scan"))?;
+                Ok((k.to_vec(), Self::decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// All records in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, R), StoreError>> + '_ {
+        self.tree.iter().map(move |item| {
+            let (k, v) = item.map_err(self.err("scan"))?;
+            Ok((k.to_vec(), Self::decode(&k, &v)?))
+        })
+    }
+}
+
+/// A key for messages: a ULID when it is one, UTF-8 when printable, hex otherwise.
+pub fn display_key(key: &[u8]) -> String {
+    if let Ok(bytes) = <[u8; 16]>::try_from(key) {
+        return Ulid::from_bytes(bytes).to_string();
+    }
+    match std::str::from_utf8(key) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => s.to_owned(),
+        _ => hex::encode(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        text: String,
+    }
+    impl Record for Note {
+        const TREE: TreeName = TreeName::Audit;
+        const SCHEMA: u32 = 2;
+        fn upgrade(from: u32, raw: serde_json::Value) -> Result<Self, String> {
+            match from {
+                1 => Ok(Note {
+                    text: raw
+                        .get("body")
+                        .and_then(|b| b.as_str())
+                        .ok_or("schema 1 record without body")?
+                        .to_owned(),
+                }),
+                _ => Err(format!("no upgrade from schema {from}")),
+            }
+        }
+    }
+
+    #[test]
+    fn put_get_and_reopen_keeps_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = {
+            let store = Store::open(dir.path()).unwrap();
+            let key = store.new_id().to_bytes();
+            store
+                .tree::<Note>()
+                .unwrap()
+                .put(key, &Note { text: "hi".into() })
+                .unwrap();
+            key
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let got = store.tree::<Note>().unwrap().get(key).unwrap();
+        assert_eq!(got, Some(Note { text: "hi".into() }));
+    }
+
+    #[test]
+    fn device_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap().instance().clone();
+        let second = Store::open(dir.path()).unwrap().instance().clone();
+        assert_eq!(first, second);
+        assert_eq!(first.device_id.len(), 26);
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_is_refused_with_the_holder_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Locked { holder: Some(p), .. } if p == std::process::id())
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("another edgevoiced") && msg.contains("--state-dir"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unwritable_state_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file).unwrap_err();
+        assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
+        assert!(err.to_string().contains("not writable"), "{err}");
+    }
+
+    #[test]
+    fn newest_lists_by_time_descending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        for i in 0..5 {
+            tree.put_lazy(
+                store.new_id().to_bytes(),
+                &Note {
+                    text: i.to_string(),
+                },
+            )
+            .unwrap();
+        }
+        let texts: Vec<String> = tree
+            .newest(3)
+            .into_iter()
+            .map(|r| r.unwrap().1.text)
+            .collect();
+        assert_eq!(texts, ["4", "3", "2"]);
+    }
+
+    #[test]
+    fn older_schema_is_upgraded_and_newer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let raw_tree = store.db.open_tree("audit").unwrap();
+        raw_tree
+            .insert(b"old", br#"{"v":1,"r":{"body":"legacy"}}"#.to_vec())
+            .unwrap();
+        raw_tree
+            .insert(b"new", br#"{"v":3,"r":{"text":"future"}}"#.to_vec())
+            .unwrap();
+        raw_tree.insert(b"junk", b"\xff\x00".to_vec()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        assert_eq!(tree.get(b"old").unwrap().unwrap().text, "legacy");
+        let err = tree.get(b"new").unwrap_err().to_string();
+        assert!(err.contains("newer edgevoice"), "{err}");
+        let err = tree.get(b"junk").unwrap_err().to_string();
+        assert!(err.contains("audit") && err.contains("junk"), "{err}");
+    }
+
+    #[test]
+    fn store_written_by_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let meta = store.db.open_tree("meta").unwrap();
+            meta.insert(META_SCHEMA_KEY, &(STORE_SCHEMA + 1).to_be_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::NewerStore { .. }), "{err}");
+    }
+
+    #[test]
+    fn remove_is_durable_and_reports_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        tree.put(b"k", &Note { text: "x".into() }).unwrap();
+        assert!(tree.remove(b"k").unwrap());
+        assert!(!tree.remove(b"k").unwrap());
+        assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn info_lists_every_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let info = store.info();
+        assert_eq!(info.trees.len(), TreeName::ALL.len());
+        assert_eq!(info.schema, STORE_SCHEMA);
+    }
+
+    #[test]
+    fn display_key_shows_ulids_text_and_hex() {
+        let id = Ulid::from_datetime(SystemTime::now());
+        assert_eq!(display_key(&id.to_bytes()), id.to_string());
+        assert_eq!(display_key(b"instance"), "instance");
+        assert_eq!(display_key(&[0, 1]), "0001");
+    }
+}
