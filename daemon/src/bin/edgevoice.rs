@@ -121,7 +121,19 @@ fn load_config(args: &CliArgs) -> Result<LoadedConfig> {
 fn daemon_call(args: &CliArgs, command: &str, a: serde_json::Value) -> Result<serde_json::Value> {
     let socket = match &args.socket {
         Some(s) => s.clone(),
-        None => load_config(args)?.config.control_socket(),
+        None => match config::load(&args.config) {
+            Ok(loaded) => loaded.config.control_socket(),
+            Err(e) => {
+                let socket = config::control_socket_hint(&args.config);
+                eprintln!(
+                    "edgevoice: warning: {} has errors ({} problem(s); see `edgevoice config check`); trying {}",
+                    args.config.display(),
+                    e.lines().len(),
+                    socket.display()
+                );
+                socket
+            }
+        },
     };
     Ok(client::call(&socket, &Request::new(command, a))?)
 }

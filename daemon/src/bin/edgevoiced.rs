@@ -24,10 +24,10 @@ fn main() -> ExitCode {
     match ops::run(loaded, Some(log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            // Also on stderr without decoration: under systemd it lands in the journal anyway,
-            // and a terminal user sees one plain line.
-            if !ops::logging::stderr_is_journal() {
+            // One line, where the operator looks: the journal under systemd, else the terminal.
+            if ops::logging::stderr_is_journal() {
+                tracing::error!("{e}");
+            } else {
                 eprintln!("edgevoiced: {e}");
             }
             ExitCode::from(e.exit_code() as u8)

@@ -121,7 +121,9 @@ impl RtpConfig {
         if last < first_even + 1 {
             0
         } else {
-            (last - first_even + 1) / 2
+            // Only whole (even RTP, odd RTCP) pairs count.
+            let ports = last - first_even + 1;
+            ports / 2
         }
     }
 }
@@ -204,6 +206,21 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
             issues,
         })
     }
+}
+
+/// The control socket named by the file at `path`, even when the file fails validation, so the
+/// CLI can still reach a daemon whose config file was since broken. Falls back to the default.
+pub fn control_socket_hint(path: &Path) -> PathBuf {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let runtime_dir = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            let doc = toml_edit::Document::parse(text).ok()?;
+            let dir = doc.get("daemon")?.get("runtime_dir")?.as_str()?.to_owned();
+            Some(PathBuf::from(dir))
+        })
+        .unwrap_or_else(|| DaemonConfig::default().runtime_dir);
+    base.join(runtime_dir).join("control.sock")
 }
 
 impl Config {
@@ -439,6 +456,27 @@ mod tests {
         let merged = old.merged_for_reload(&new);
         assert_eq!(merged.sip.listen, old.sip.listen);
         assert_eq!(merged.daemon.log_level, "debug");
+    }
+
+    #[test]
+    fn control_socket_hint_reads_an_invalid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(
+            &path,
+            "[daemon]\nruntime_dir = \"run\"\n[sip]\nmax_calls = 0\n",
+        )
+        .unwrap();
+        assert!(load(&path).is_err());
+        assert_eq!(
+            control_socket_hint(&path),
+            dir.path().join("run/control.sock")
+        );
+        let missing = dir.path().join("missing.toml");
+        assert_eq!(
+            control_socket_hint(&missing),
+            PathBuf::from("/run/edgevoice/control.sock")
+        );
     }
 
     #[test]

@@ -1,0 +1,89 @@
+# edgevoice — the two commands a new machine needs are `make run` and `make test`; both install
+# what is missing first (Debian packages via apt-get, cargo tools via cargo install).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+# The offline model bundle (site mirror) beside the checkout, when present.
+SHARED ?= $(abspath ../shared)
+MODELS_MIRROR ?= $(if $(wildcard $(SHARED)/models/README.md),$(SHARED)/models,)
+DEV_CONFIG := config/dev.toml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages: to build, and additionally to test (real peers, packaging checks).
+APT_BUILD := build-essential pkg-config
+APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux
+CARGO_TOOLS := cargo-deb
+
+.PHONY: all deps test-deps build run models test test-fast lint deb bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_BUILD); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
+
+test-deps: deps
+	@missing=""; for p in $(APT_TEST); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@for t in $(CARGO_TOOLS); do \
+	  $(CARGO) $${t#cargo-} --version >/dev/null 2>&1 || $(CARGO) install --locked $$t; \
+	done
+	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+build: deps
+	$(CARGO) build --release --locked
+
+# Install the models the manifest lists into the dev models dir: from the site bundle beside
+# the checkout when there is one, else from the upstream URLs.
+models: build
+	@if [ -n "$(MODELS_MIRROR)" ]; then \
+	  ./target/release/edgevoice --config $(DEV_CONFIG) models install --from "$(MODELS_MIRROR)"; \
+	else \
+	  ./target/release/edgevoice --config $(DEV_CONFIG) models install; \
+	fi
+
+# The daemon in the foreground with the development config: state in ./var, logs here.
+run: build models
+	@mkdir -p var
+	exec ./target/release/edgevoiced --config $(DEV_CONFIG)
+
+lint: test-deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Everything: lint, unit and end-to-end tests, and the .deb install/purge test.
+test: test-deps lint deb
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  EDGEVOICE_DEB="$$(cat target/debian/LATEST)" $(CARGO) nextest run --locked --workspace --no-fail-fast; \
+	else \
+	  EDGEVOICE_DEB="$$(cat target/debian/LATEST)" $(CARGO) test --locked --workspace --no-fail-fast; \
+	fi
+
+# Unit tests only: seconds, no peers.
+test-fast:
+	$(CARGO) test --locked --workspace --lib --bins
+
+deb: test-deps
+	bash packaging/build-deb.sh
+
+bench: deps
+	$(CARGO) bench --locked --bench store
+	@echo "tables written under target/bench/"
+
+clean:
+	$(CARGO) clean
+	rm -rf var

@@ -1,0 +1,202 @@
+//! Helpers shared by the end-to-end tests: paths, a daemon started on a temp config, the CLI.
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("daemon/ has a parent")
+        .to_owned()
+}
+
+/// ../shared beside the checkout: the models and test data.
+pub fn shared_dir() -> PathBuf {
+    let dir = repo_root().join("../shared");
+    assert!(
+        dir.join("models").is_dir(),
+        "{} not found: the tests need ../shared (models, testdata) beside the checkout",
+        dir.display()
+    );
+    dir
+}
+
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgevoiced")
+}
+
+pub fn cli_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgevoice")
+}
+
+pub fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(cli_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("EDGEVOICE_CONFIG")
+        .output()
+        .expect("run edgevoice")
+}
+
+pub fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// A config file in a temp dir with state and runtime dirs beside it.
+pub struct TestSite {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl TestSite {
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("edgevoice.toml");
+        let site = Self { dir, config };
+        site.write_config(extra);
+        site
+    }
+
+    /// Rewrites the config: state/runtime under the temp dir, SIP on loopback, plus `extra`
+    /// (which may add keys to [daemon] and later sections).
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"debug\"\ndrain_timeout_secs = 2\n{extra}\n"
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/control.sock")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.config, args)
+    }
+}
+
+/// A running edgevoiced, killed on drop if the test did not stop it.
+pub struct TestDaemon {
+    pub child: Child,
+}
+
+impl TestDaemon {
+    pub fn spawn(site: &TestSite, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(daemon_bin());
+        cmd.arg("--config")
+            .arg(&site.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn edgevoiced"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until `edgevoice status` answers; panics with the daemon's output if it exits.
+    pub fn wait_ready(&mut self, site: &TestSite) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let out = self.collect_output();
+                panic!("edgevoiced exited early ({status}): {out}");
+            }
+            if site.cli(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("edgevoiced did not answer status within 20 s");
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal daemon");
+    }
+
+    /// Waits for exit; returns (exit code, stderr).
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let out = self.collect_output();
+                return (status.code(), out);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let out = self.collect_output();
+                panic!("edgevoiced did not exit within {timeout:?}: {out}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn collect_output(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in for systemd's notify socket: collects what the daemon sends.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Self { path, socket }
+    }
+
+    /// Waits until a message containing `needle` arrives; returns every message seen so far.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let hit = msg.contains(needle);
+                seen.push(msg);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("no notify message with {needle:?} within {timeout:?}; got {seen:?}");
+    }
+}
