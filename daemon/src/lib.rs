@@ -10,3 +10,4 @@ pub mod control;
 pub mod models;
 pub mod ops;
 pub mod store;
+pub mod telephony;

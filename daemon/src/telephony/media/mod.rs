@@ -1,0 +1,1 @@
+//! RTP media engine (filled by the media work).
