@@ -1,0 +1,1 @@
+//! Smoke tests of the real test peers (filled by the peers work).
