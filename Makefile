@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: to build, and additionally to test (real peers, packaging checks).
 APT_BUILD := build-essential pkg-config
-APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux
+APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip
 CARGO_TOOLS := cargo-deb
 
 .PHONY: all deps test-deps build run models test test-fast lint deb bench clean
@@ -77,8 +77,12 @@ test: test-deps lint deb
 test-fast:
 	$(CARGO) test --locked --workspace --lib --bins
 
+# The package, checked by lintian (no errors or warnings: packaging/LINTIAN.md).
 deb: test-deps
-	bash packaging/build-deb.sh
+	@deb="$$(bash packaging/build-deb.sh | tail -n1)"; \
+	lintian --fail-on error,warning "$$deb"; \
+	echo "$$deb" > target/debian/LATEST; \
+	echo "built $$deb"
 
 bench: deps
 	$(CARGO) bench --locked --bench store

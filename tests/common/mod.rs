@@ -63,10 +63,20 @@ impl TestSite {
 
     /// Rewrites the config: state/runtime under the temp dir, SIP on loopback, plus `extra`
     /// (which may add keys to [daemon] and later sections).
+    /// SIP listens on an ephemeral loopback port unless `extra` sets sip.listen, so tests
+    /// run in parallel; `edgevoice status --json` tells the port.
     pub fn write_config(&self, extra: &str) {
         let text = format!(
             "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"debug\"\ndrain_timeout_secs = 2\n{extra}\n"
         );
+        let text = match text.parse::<toml_edit::DocumentMut>() {
+            Ok(mut doc) if doc.get("sip").and_then(|s| s.get("listen")).is_none() => {
+                doc["sip"]["listen"] = toml_edit::value("127.0.0.1:0");
+                doc.to_string()
+            }
+            // Already set, or deliberately invalid TOML: leave it as written.
+            _ => text,
+        };
         std::fs::write(&self.config, text).expect("write config");
     }
 

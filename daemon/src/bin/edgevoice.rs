@@ -5,12 +5,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use edgevoice::call::record::CallRecord;
 use edgevoice::config::{self, LoadedConfig};
 use edgevoice::control::client::{self, ClientError};
 use edgevoice::control::protocol::Request;
 use edgevoice::control::AuditRecord;
 use edgevoice::models::{self, Manifest, Outcome, Progress, Source};
-use edgevoice::ops::cli::{CliArgs, CliCommand, ConfigCommand, ModelsCommand, StoreCommand};
+use edgevoice::ops::cli::{
+    CallCommand, CliArgs, CliCommand, ConfigCommand, ModelsCommand, StoreCommand,
+};
 use edgevoice::ops::Status;
 use edgevoice::store::{Store, StoreInfo};
 
@@ -95,6 +98,49 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        CliCommand::Calls { limit, json } => {
+            let records: Vec<serde_json::Value> =
+                match daemon_call(&args, "calls.list", serde_json::json!({ "limit": limit })) {
+                    Ok(v) => serde_json::from_value(v)?,
+                    Err(e) if is_not_running(&e) => {
+                        let store = open_store_offline(&args)?;
+                        let tree = store.tree::<CallRecord>()?;
+                        tree.newest(*limit)
+                            .into_iter()
+                            .map(|r| match r {
+                                Ok((_, rec)) => serde_json::to_value(rec).unwrap_or_default(),
+                                Err(e) => serde_json::json!({ "error": e.to_string() }),
+                            })
+                            .collect()
+                    }
+                    Err(e) => return Err(e),
+                };
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print_calls(&records);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Call(CallCommand::Show { id, json }) => {
+            let value = match daemon_call(&args, "call.get", serde_json::json!({ "id": id })) {
+                Ok(v) => v,
+                Err(e) if is_not_running(&e) => {
+                    let store = open_store_offline(&args)?;
+                    match edgevoice::call::record::get(&store, id)? {
+                        Some(rec) => serde_json::to_value(rec)?,
+                        None => anyhow::bail!("no call with id {id}; `edgevoice calls` lists them"),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_call(&serde_json::from_value(value)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CliCommand::Models(cmd) => models_command(&args, cmd),
     }
 }
@@ -161,6 +207,7 @@ fn print_status(s: &Status) {
     println!("  store size    {}", human_bytes(s.store_size_bytes));
     println!("  device id     {}", s.device_id);
     println!("  active calls  {} of {}", s.active_calls, s.max_calls);
+    println!("  sip           {}", s.sip_listen.as_deref().unwrap_or("not listening"));
     println!("  uplink        {}", s.uplink);
 }
 
@@ -200,6 +247,132 @@ fn print_audit(records: &[serde_json::Value]) {
             r["outcome"].as_str().unwrap_or("?")
         );
     }
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn print_calls(records: &[serde_json::Value]) {
+    if records.is_empty() {
+        println!("no calls");
+        return;
+    }
+    println!(
+        "{:<26}  {:<20}  {:<8}  {:>7}  {:<6}  {:<28}  from",
+        "id", "started", "dir", "secs", "codec", "end"
+    );
+    for r in records {
+        let Ok(c) = serde_json::from_value::<CallRecord>(r.clone()) else {
+            println!("(unreadable record: {r})");
+            continue;
+        };
+        let secs = c
+            .duration_ms()
+            .map(|d| format!("{:.1}", d as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let end = match (&c.end_reason, &c.hung_up_by) {
+            (None, _) => "live".to_owned(),
+            (Some(r), by) => {
+                let r = serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| {
+                        let kind = v["kind"].as_str()?.to_owned();
+                        Some(match v.get("code") {
+                            Some(code) => format!("{kind} {code}"),
+                            None => kind,
+                        })
+                    })
+                    .unwrap_or_default();
+                match by {
+                    Some(p) => format!("{r} by {}", format!("{p:?}").to_lowercase()),
+                    None => r,
+                }
+            }
+        };
+        let codec = c.codec.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        let dir = format!("{:?}", c.direction).to_lowercase();
+        println!(
+            "{:<26}  {:<20}  {:<8}  {:>7}  {:<6}  {:<28}  {}",
+            c.id,
+            when(c.invite_at_ms),
+            dir,
+            secs,
+            codec,
+            end,
+            c.from
+        );
+    }
+}
+
+fn print_call(c: &CallRecord) {
+    println!("call {}", c.id);
+    println!("  direction     {:?}", c.direction);
+    println!("  from          {}", c.from);
+    println!("  to            {}", c.to);
+    println!("  sip call-id   {}", c.sip_call_id);
+    println!("  remote        {}", c.remote);
+    println!("  trunk         {}", c.trunk.as_deref().unwrap_or("-"));
+    println!("  invite        {}", when(c.invite_at_ms));
+    println!(
+        "  answered      {}",
+        c.answer_at_ms.map(when).unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  ended         {}",
+        c.end_at_ms.map(when).unwrap_or_else(|| "live".into())
+    );
+    if let Some(d) = c.duration_ms() {
+        println!("  duration      {:.1} s", d as f64 / 1000.0);
+    }
+    println!(
+        "  end reason    {}",
+        c.end_reason
+            .as_ref()
+            .map(|r| format!("{r:?}"))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  hung up by    {}",
+        c.hung_up_by
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  codec         {}",
+        c.codec.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+    );
+    if let Some(r) = &c.rtp {
+        println!(
+            "  rtp           sent {} received {} lost {} jitter {:.1} ms (max {:.1}) malformed {} late/dup {}",
+            r.packets_sent, r.packets_received, r.packets_lost, r.jitter_ms, r.max_jitter_ms, r.malformed, r.late_or_duplicate
+        );
+    }
+    println!(
+        "  dtmf received {}",
+        if c.dtmf_received.is_empty() {
+            "-"
+        } else {
+            &c.dtmf_received
+        }
+    );
+    println!(
+        "  dtmf sent     {}",
+        if c.dtmf_sent.is_empty() {
+            "-"
+        } else {
+            &c.dtmf_sent
+        }
+    );
+    println!("  transfer      {}", c.transfer.as_deref().unwrap_or("-"));
+    println!(
+        "  recording     {}",
+        c.recording
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    );
 }
 
 fn human_bytes(n: u64) -> String {

@@ -24,6 +24,18 @@ pub fn span_of_path(text: &str, path: &str) -> Option<Range<usize>> {
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
         let (key, item) = table.get_key_value(part)?;
+        if let Item::ArrayOfTables(array) = item {
+            // `sip.trunk.1`: the second [[sip.trunk]].
+            let Some(index) = parts.next() else {
+                return key.span();
+            };
+            let entry = array.get(index.parse().ok()?)?;
+            if parts.peek().is_none() {
+                return entry.span().or_else(|| key.span());
+            }
+            table = entry;
+            continue;
+        }
         if parts.peek().is_none() {
             return match item {
                 Item::Value(v) => v.span().or_else(|| key.span()),
@@ -63,6 +75,13 @@ fn walk(
         if let Some(child) = item.as_table_like() {
             walk(child, prefix, offset, found);
         }
+        if let Item::ArrayOfTables(array) = item {
+            for (i, entry) in array.iter().enumerate() {
+                prefix.push(i.to_string());
+                walk(entry, prefix, offset, found);
+                prefix.pop();
+            }
+        }
         prefix.pop();
     }
 }
@@ -87,6 +106,15 @@ mod tests {
         assert_eq!(line_col(TEXT, span.start), (5, 13));
         assert!(span_of_path(TEXT, "sip").is_some());
         assert!(span_of_path(TEXT, "sip.listen").is_none());
+    }
+
+    #[test]
+    fn arrays_of_tables_are_addressed_by_index() {
+        let text = "[[sip.trunk]]\nname = \"a\"\n\n[[sip.trunk]]\nname = \"b\"\nallow = [\"x\"]\n";
+        let span = span_of_path(text, "sip.trunk.1").unwrap();
+        assert_eq!(line_col(text, span.start).0, 4);
+        let off = text.find("allow").unwrap();
+        assert_eq!(path_at(text, off).as_deref(), Some("sip.trunk.1.allow"));
     }
 
     #[test]

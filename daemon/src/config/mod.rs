@@ -26,6 +26,8 @@ pub struct Config {
     pub models: ModelsConfig,
     pub sip: SipConfig,
     pub rtp: RtpConfig,
+    pub call: CallConfig,
+    pub media_test: MediaTestConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,18 @@ pub struct SipConfig {
     pub listen: String,
     /// Calls handled at once; further INVITEs are refused with 486/503.
     pub max_calls: u32,
+    /// IP put in Contact and SDP; empty = the listen IP, or for a wildcard listen the local
+    /// address that routes to the peer.
+    pub public_address: String,
+    /// Audio codecs in order of preference: "pcmu", "pcma", "g722".
+    pub codecs: Vec<String>,
+    /// Retry-After (seconds) sent with 503 when the appliance is at capacity.
+    pub retry_after_secs: u32,
+    /// A call whose RTP stops for this many seconds is ended with BYE. 0 disables.
+    pub media_timeout_secs: u32,
+    /// Trunks (PBXs, carriers) allowed to send INVITEs, by source address.
+    #[serde(rename = "trunk")]
+    pub trunks: Vec<TrunkConfig>,
 }
 
 impl Default for SipConfig {
@@ -84,6 +98,116 @@ impl Default for SipConfig {
         Self {
             listen: "0.0.0.0:5060".to_owned(),
             max_calls: 16,
+            public_address: String::new(),
+            codecs: vec!["pcmu".into(), "pcma".into(), "g722".into()],
+            retry_after_secs: 30,
+            media_timeout_secs: 30,
+            trunks: vec![TrunkConfig::default()],
+        }
+    }
+}
+
+/// A trunk in trunk mode: INVITEs are accepted only from these addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Source addresses or networks (CIDR), e.g. "192.0.2.10" or "10.1.0.0/16".
+    pub allow: Vec<String>,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        Self {
+            name: "local".into(),
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+impl TrunkConfig {
+    /// The allow list as networks; valid after [`parse`] succeeded.
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.allow.iter().filter_map(|a| parse_net(a)).collect()
+    }
+}
+
+/// "10.0.0.0/8" or a bare address (a /32 or /128).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+impl SipConfig {
+    /// The codec preference list; valid after [`parse`] succeeded.
+    pub fn codec_preferences(&self) -> Vec<crate::telephony::codec::Codec> {
+        self.codecs
+            .iter()
+            .filter_map(|c| crate::telephony::codec::Codec::from_config_name(c))
+            .collect()
+    }
+
+    pub fn public_ip(&self) -> Option<std::net::IpAddr> {
+        self.public_address.parse().ok()
+    }
+}
+
+/// What answers an inbound call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallHandler {
+    /// Media test mode (commissioning): play a prompt, then echo or record.
+    MediaTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallConfig {
+    pub handler: CallHandler,
+    /// Record every call to a two-channel WAV (caller left, appliance right) under
+    /// `<state_dir>/recordings`; the path is kept in the call record.
+    pub record: bool,
+    /// Hang up calls that last longer than this. 0 = no limit.
+    pub max_duration_secs: u32,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            handler: CallHandler::MediaTest,
+            record: false,
+            max_duration_secs: 3600,
+        }
+    }
+}
+
+/// After the prompt, what media test mode does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterPrompt {
+    /// Send the caller's audio back (about 100 ms later, after the jitter buffer).
+    Echo,
+    /// Listen silently (recording, if enabled) until the caller hangs up.
+    Listen,
+    /// End the call.
+    Hangup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaTestConfig {
+    /// WAV file played when the call is answered (mono or stereo PCM, any common rate).
+    /// Empty: a short built-in tone sequence.
+    pub prompt: PathBuf,
+    pub after_prompt: AfterPrompt,
+}
+
+impl Default for MediaTestConfig {
+    fn default() -> Self {
+        Self {
+            prompt: PathBuf::new(),
+            after_prompt: AfterPrompt::Echo,
         }
     }
 }
@@ -230,8 +354,9 @@ impl Config {
             &mut self.daemon.runtime_dir,
             &mut self.models.dir,
             &mut self.models.manifest,
+            &mut self.media_test.prompt,
         ] {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }
@@ -321,6 +446,59 @@ mod tests {
         let text = include_str!("../../../config/edgevoice.toml");
         let parsed = parse(text, origin()).expect("config/edgevoice.toml must be valid");
         assert_eq!(parsed, Config::default());
+    }
+
+    /// Every key of the built-in config appears (uncommented) in the shipped file, so the file
+    /// really documents all of them.
+    #[test]
+    fn shipped_default_config_lists_every_key() {
+        fn leaves(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+            match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let p = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(&p, v, out);
+                    }
+                }
+                toml::Value::Array(a) if a.iter().all(|v| v.is_table()) && !a.is_empty() => {
+                    leaves(&format!("{prefix}.0"), &a[0], out)
+                }
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let shipped: toml::Value =
+            toml::from_str(include_str!("../../../config/edgevoice.toml")).unwrap();
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        leaves("", &defaults, &mut want);
+        leaves("", &shipped, &mut have);
+        for key in want {
+            assert!(
+                have.contains(&key),
+                "config/edgevoice.toml does not document {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn trunk_and_codec_errors_name_the_entry() {
+        let text = "[sip]\ncodecs = [\"pcmu\", \"opus\"]\n\n[[sip.trunk]]\nname = \"pbx\"\nallow = [\"10.0.0.0/33\"]\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("test.toml:2:10: sip.codecs:") && lines[0].contains("opus"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("test.toml:4:1: sip.trunk.0:") && lines[1].contains("10.0.0.0/33"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

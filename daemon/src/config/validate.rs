@@ -151,6 +151,102 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
         );
     }
 
+    if sip.public_address.trim().is_empty() {
+    } else if sip.public_address.parse::<std::net::IpAddr>().is_err() {
+        problem(
+            "sip.public_address",
+            format!(
+                "\"{}\" is not an IP address; use e.g. \"203.0.113.7\" or leave it empty",
+                sip.public_address
+            ),
+        );
+    }
+    let known: Vec<&str> = crate::telephony::codec::Codec::ALL
+        .iter()
+        .map(|c| c.sdp_name())
+        .collect();
+    if sip.codecs.is_empty() {
+        problem(
+            "sip.codecs",
+            format!("must list at least one codec of {}", known.join(", ")),
+        );
+    }
+    let mut seen = Vec::new();
+    for c in &sip.codecs {
+        match crate::telephony::codec::Codec::from_config_name(c) {
+            None => problem(
+                "sip.codecs",
+                format!(
+                    "\"{c}\" is not a supported codec; use some of \"pcmu\", \"pcma\", \"g722\""
+                ),
+            ),
+            Some(codec) if seen.contains(&codec) => problem(
+                "sip.codecs",
+                format!("\"{c}\" is listed twice; list each codec once"),
+            ),
+            Some(codec) => seen.push(codec),
+        }
+    }
+    if sip.retry_after_secs > 3600 {
+        problem(
+            "sip.retry_after_secs",
+            format!("{} is out of range; use 0 to 3600", sip.retry_after_secs),
+        );
+    }
+    if sip.media_timeout_secs > 3600 {
+        problem(
+            "sip.media_timeout_secs",
+            format!(
+                "{} is out of range; use 0 (off) to 3600",
+                sip.media_timeout_secs
+            ),
+        );
+    }
+    let mut names = Vec::new();
+    for (i, trunk) in sip.trunks.iter().enumerate() {
+        let key = format!("sip.trunk.{i}");
+        if trunk.name.trim().is_empty() {
+            problem(
+                &key,
+                "trunk without a name; give each [[sip.trunk]] a name".into(),
+            );
+        } else if names.contains(&trunk.name) {
+            problem(
+                &key,
+                format!(
+                    "trunk name \"{}\" is used twice; names must be unique",
+                    trunk.name
+                ),
+            );
+        }
+        names.push(trunk.name.clone());
+        for a in &trunk.allow {
+            if super::parse_net(a).is_none() {
+                problem(
+                    &key,
+                    format!("trunk \"{}\": \"{a}\" is not an address or CIDR network; use e.g. \"192.0.2.10\" or \"10.1.0.0/16\"", trunk.name),
+                );
+            }
+        }
+    }
+
+    let prompt = &config.media_test.prompt;
+    if !prompt.as_os_str().is_empty() && !prompt.is_file() {
+        problem(
+            "media_test.prompt",
+            format!("{} does not exist or is not a file; give a WAV file or leave it empty for the built-in tones", prompt.display()),
+        );
+    }
+    if config.call.max_duration_secs > 86_400 {
+        problem(
+            "call.max_duration_secs",
+            format!(
+                "{} is out of range; use 0 (no limit) to 86400",
+                config.call.max_duration_secs
+            ),
+        );
+    }
+
     let rtp = &config.rtp;
     if rtp.port_min < 1024 {
         problem(

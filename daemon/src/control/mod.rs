@@ -45,6 +45,21 @@ enum Command {
     StoreInfo,
     AuditList { limit: usize },
     ConfigReload,
+    CallsList { limit: usize },
+    CallGet { id: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsListArgs {
+    #[serde(default = "default_audit_limit")]
+    limit: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallGetArgs {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +73,14 @@ fn default_audit_limit() -> usize {
     20
 }
 
-const COMMANDS: &[&str] = &["status", "store.info", "audit.list", "config.reload"];
+const COMMANDS: &[&str] = &[
+    "status",
+    "store.info",
+    "audit.list",
+    "config.reload",
+    "calls.list",
+    "call.get",
+];
 
 impl Command {
     fn parse(req: &Request) -> Result<Command, String> {
@@ -83,6 +105,18 @@ impl Command {
                 Ok(Command::AuditList {
                     limit: a.limit.min(1000),
                 })
+            }
+            "calls.list" => {
+                let a: CallsListArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `calls.list`: {e}"))?;
+                Ok(Command::CallsList {
+                    limit: a.limit.min(1000),
+                })
+            }
+            "call.get" => {
+                let a: CallGetArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `call.get`: {e}"))?;
+                Ok(Command::CallGet { id: a.id })
             }
             other => Err(format!(
                 "unknown command `{other}`; known commands: {}",
@@ -154,6 +188,30 @@ impl Dispatcher {
                 }
                 Ok(serde_json::Value::Array(records))
             }
+            Command::CallsList { limit } => {
+                let tree = self
+                    .ctx
+                    .store()
+                    .tree::<crate::call::record::CallRecord>()
+                    .map_err(|e| e.to_string())?;
+                let mut records = Vec::new();
+                for item in tree.newest(*limit) {
+                    match item {
+                        Ok((_, rec)) => {
+                            records.push(serde_json::to_value(rec).map_err(|e| e.to_string())?)
+                        }
+                        Err(e) => records.push(serde_json::json!({ "error": e.to_string() })),
+                    }
+                }
+                Ok(serde_json::Value::Array(records))
+            }
+            Command::CallGet { id } => match crate::call::record::get(self.ctx.store(), id) {
+                Ok(Some(rec)) => to_json(serde_json::to_value(rec)),
+                Ok(None) => Err(format!(
+                    "no call with id {id}; `edgevoice calls` lists them"
+                )),
+                Err(e) => Err(e.to_string()),
+            },
             Command::ConfigReload => match self.ctx.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(

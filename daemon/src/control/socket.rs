@@ -41,7 +41,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     if let Ok(Some(group)) = nix::unistd::Group::from_name(CONTROL_GROUP) {
-        if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
+        // Under the unit the daemon runs as group edgevoice already; chown would be refused.
+        let already = nix::sys::stat::stat(path).is_ok_and(|st| st.st_gid == group.gid.as_raw());
+        if already {
+        } else if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
             tracing::warn!(path = %path.display(), "cannot give the control socket to group {CONTROL_GROUP}: {e}");
         }
     }

@@ -64,6 +64,17 @@ pub enum CliCommand {
     /// Inspect the state store (through the daemon, or directly when it is stopped).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// List recent calls, newest first.
+    Calls {
+        /// How many calls to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Work with one call.
+    #[command(subcommand)]
+    Call(CallCommand),
     /// List recent audited commands, newest first.
     Audit {
         /// How many records to show.
@@ -120,6 +131,16 @@ pub enum ModelsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CallCommand {
+    /// Everything recorded about one call (id from `edgevoice calls`).
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Path, size, schema, device id and record counts per tree.
     Info(JsonFlag),
@@ -159,7 +180,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pages = render_man_pages(dir.path()).unwrap();
         let cli = std::fs::read_to_string(&pages[1]).unwrap();
-        for sub in ["status", "reload", "config", "models", "store", "audit"] {
+        for sub in [
+            "status", "reload", "config", "models", "store", "audit", "calls", "call",
+        ] {
             assert!(cli.contains(sub), "man page lacks {sub}");
         }
         assert!(std::fs::read_to_string(&pages[0])

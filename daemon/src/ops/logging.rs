@@ -22,7 +22,8 @@ impl LogControl {
         if self.env_override {
             return Ok(());
         }
-        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        let filter =
+            EnvFilter::try_new(with_library_defaults(directives)).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())
     }
 }
@@ -44,11 +45,20 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// rsipstack logs every datagram at INFO; its own warnings are what an operator needs.
+fn with_library_defaults(directives: &str) -> String {
+    if directives.contains("rsipstack") {
+        directives.to_owned()
+    } else {
+        format!("{directives},rsipstack=warn")
+    }
+}
+
 /// Installs the global subscriber. Call once, first thing in a binary.
 pub fn init(level: &str) -> LogControl {
     let env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let env_override = env.is_some();
-    let directives = env.unwrap_or_else(|| level.to_owned());
+    let directives = with_library_defaults(&env.unwrap_or_else(|| level.to_owned()));
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);

@@ -53,6 +53,8 @@ pub struct Status {
     pub device_id: String,
     pub active_calls: usize,
     pub max_calls: u32,
+    /// Where SIP is listening (UDP and TCP), once it is.
+    pub sip_listen: Option<String>,
     pub uplink: String,
 }
 
@@ -93,6 +95,9 @@ pub struct DaemonContext {
     phase: AtomicU8,
     log: Option<LogControl>,
     notifier: Notifier,
+    sip_listen: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Flipped once when a drain times out: live calls hang up and record why.
+    call_shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl DaemonContext {
@@ -105,7 +110,14 @@ impl DaemonContext {
             phase: AtomicU8::new(0),
             log,
             notifier: Notifier::from_env(),
+            call_shutdown: tokio::sync::watch::channel(false).0,
+            sip_listen: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Resolves (changes) when live calls must end now.
+    pub fn call_shutdown(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.call_shutdown.subscribe()
     }
 
     pub fn config(&self) -> LoadedConfig {
@@ -144,6 +156,7 @@ impl DaemonContext {
             device_id: self.store.instance().device_id.clone(),
             active_calls: self.work.active(),
             max_calls: loaded.config.sip.max_calls,
+            sip_listen: self.sip_listen.get().map(|a| a.to_string()),
             uplink: "not configured".to_owned(),
         }
     }
@@ -201,6 +214,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Control(#[from] control::socket::SocketError),
+    #[error("{0}")]
+    Sip(#[from] crate::telephony::sip::user_agent::SipError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -239,6 +254,13 @@ pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartErr
 
 async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
     let store = Store::open(&loaded.config.daemon.state_dir)?;
+    match crate::call::record::close_interrupted(&store) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "{n} call(s) were interrupted by the last stop; their records now say so"
+        ),
+        Err(e) => tracing::error!("cannot check for interrupted calls: {e}"),
+    }
     let runtime_dir = loaded.config.daemon.runtime_dir.clone();
     std::fs::create_dir_all(&runtime_dir).map_err(|source| StartError::RuntimeDir {
         path: runtime_dir.clone(),
@@ -254,6 +276,8 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
 
     let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
     let server = tokio::spawn(control::socket::serve(listener, dispatcher));
+    let sip = crate::call::start_telephony(ctx.clone()).await?;
+    let _ = ctx.sip_listen.set(sip.local_addr);
 
     ctx.set_phase(Phase::Ready);
     let mut last_status = ctx.status().summary();
@@ -323,9 +347,13 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     if !idle {
         tracing::warn!(
             active = ctx.work.active(),
-            "drain timeout reached; exiting with work still active"
+            "drain timeout reached; hanging up the remaining calls"
         );
+        ctx.call_shutdown.send_replace(true);
+        // Let them send BYE and write their records.
+        ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
+    sip.shutdown();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     if let Err(e) = ctx.store.flush() {

@@ -4,5 +4,6 @@
 
 pub mod codec;
 pub mod media;
+pub mod rtp_ports;
 pub mod sdp;
 pub mod sip;

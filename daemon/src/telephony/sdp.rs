@@ -61,7 +61,10 @@ impl MediaDescription {
     }
 
     fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
-        self.formats.iter().filter_map(|f| f.parse::<u8>().ok()).filter(|pt| *pt < 128)
+        self.formats
+            .iter()
+            .filter_map(|f| f.parse::<u8>().ok())
+            .filter(|pt| *pt < 128)
     }
 }
 
@@ -100,7 +103,9 @@ fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     let addr = addr.split('/').next().unwrap_or(addr);
     addr.parse().map_err(|_| SdpError::Malformed {
         line,
-        reason: format!("connection address \"{addr}\" is not an IP address (host names are not supported)"),
+        reason: format!(
+            "connection address \"{addr}\" is not an IP address (host names are not supported)"
+        ),
     })
 }
 
@@ -133,10 +138,8 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                 saw_version = true;
             }
             "o" => {
-                session.origin_address = value
-                    .split_whitespace()
-                    .nth(5)
-                    .and_then(|a| a.parse().ok());
+                session.origin_address =
+                    value.split_whitespace().nth(5).and_then(|a| a.parse().ok());
             }
             "c" => {
                 let addr = parse_connection(value, line)?;
@@ -147,7 +150,9 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
             }
             "m" => {
                 let mut parts = value.split_whitespace();
-                let media = parts.next().ok_or_else(|| malformed("empty m= line".into()))?;
+                let media = parts
+                    .next()
+                    .ok_or_else(|| malformed("empty m= line".into()))?;
                 let port = parts
                     .next()
                     .and_then(|p| p.split('/').next())
@@ -181,21 +186,26 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                 };
                 match (name, attr_value) {
                     ("rtpmap", Some(v)) => {
-                        let (pt, enc) = v
-                            .split_once(char::is_whitespace)
-                            .ok_or_else(|| malformed(format!("rtpmap \"{v}\" lacks an encoding")))?;
+                        let (pt, enc) = v.split_once(char::is_whitespace).ok_or_else(|| {
+                            malformed(format!("rtpmap \"{v}\" lacks an encoding"))
+                        })?;
                         let payload_type = pt
                             .trim()
                             .parse::<u8>()
                             .ok()
                             .filter(|p| *p < 128)
-                            .ok_or_else(|| malformed(format!("rtpmap payload type \"{pt}\" is not 0–127")))?;
+                            .ok_or_else(|| {
+                                malformed(format!("rtpmap payload type \"{pt}\" is not 0–127"))
+                            })?;
                         let mut enc_parts = enc.trim().split('/');
                         let encoding = enc_parts.next().unwrap_or_default().to_owned();
-                        let clock_rate = enc_parts
-                            .next()
-                            .and_then(|r| r.parse().ok())
-                            .ok_or_else(|| malformed(format!("rtpmap \"{v}\" lacks a clock rate")))?;
+                        let clock_rate =
+                            enc_parts
+                                .next()
+                                .and_then(|r| r.parse().ok())
+                                .ok_or_else(|| {
+                                    malformed(format!("rtpmap \"{v}\" lacks a clock rate"))
+                                })?;
                         m.rtpmaps.push(RtpMap {
                             payload_type,
                             encoding,
@@ -255,8 +265,14 @@ fn telephone_event_pt(m: &MediaDescription) -> Option<u8> {
     })
 }
 
-fn remote_addresses(session: &SessionDescription, m: &MediaDescription) -> Result<(SocketAddr, SocketAddr, bool), SdpError> {
-    let ip = m.connection.or(session.connection).ok_or(SdpError::NoConnection)?;
+fn remote_addresses(
+    session: &SessionDescription,
+    m: &MediaDescription,
+) -> Result<(SocketAddr, SocketAddr, bool), SdpError> {
+    let ip = m
+        .connection
+        .or(session.connection)
+        .ok_or(SdpError::NoConnection)?;
     // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
     let old_style_hold = ip.is_unspecified();
     let rtp = SocketAddr::new(ip, m.port);
@@ -276,7 +292,11 @@ fn first_audio(session: &SessionDescription) -> Result<(usize, &MediaDescription
 /// Answers an offer: the first of our `preferences` that the offer carries (matched by name
 /// and clock rate), telephone-event when offered, one audio stream; other streams refused
 /// (port 0) in place, as RFC 3264 requires.
-pub fn answer(offer_text: &str, preferences: &[Codec], local: &LocalMedia) -> Result<Answer, SdpError> {
+pub fn answer(
+    offer_text: &str,
+    preferences: &[Codec],
+    local: &LocalMedia,
+) -> Result<Answer, SdpError> {
     let offer = parse(offer_text)?;
     let (audio_index, audio) = first_audio(&offer)?;
     if !audio.protocol.eq_ignore_ascii_case("RTP/AVP") {
@@ -299,7 +319,11 @@ pub fn answer(offer_text: &str, preferences: &[Codec], local: &LocalMedia) -> Re
                 .map(|(pt, e, r)| format!("{e}/{r} ({pt})"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            accepted: preferences.iter().map(|c| c.sdp_name()).collect::<Vec<_>>().join(", "),
+            accepted: preferences
+                .iter()
+                .map(|c| c.sdp_name())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     };
     let dtmf_payload_type = telephone_event_pt(audio);
@@ -331,10 +355,19 @@ pub fn answer(offer_text: &str, preferences: &[Codec], local: &LocalMedia) -> Re
     let mut sdp = session_header(local);
     for (i, m) in offer.media.iter().enumerate() {
         if i == audio_index {
-            sdp.push_str(&audio_section(local, &[(codec, payload_type)], dtmf_payload_type, direction));
+            sdp.push_str(&audio_section(
+                local,
+                &[(codec, payload_type)],
+                dtmf_payload_type,
+                direction,
+            ));
         } else {
             // Refuse the stream in place, keeping its format list as RFC 3264 §6 asks.
-            let formats = if m.formats.is_empty() { "0".to_owned() } else { m.formats.join(" ") };
+            let formats = if m.formats.is_empty() {
+                "0".to_owned()
+            } else {
+                m.formats.join(" ")
+            };
             sdp.push_str(&format!("m={} 0 {} {}\r\n", m.media, m.protocol, formats));
         }
     }
@@ -342,7 +375,11 @@ pub fn answer(offer_text: &str, preferences: &[Codec], local: &LocalMedia) -> Re
 }
 
 fn session_header(local: &LocalMedia) -> String {
-    let family = if local.address.is_ipv4() { "IP4" } else { "IP6" };
+    let family = if local.address.is_ipv4() {
+        "IP4"
+    } else {
+        "IP6"
+    };
     format!(
         "v=0\r\no=edgevoice {} {} IN {family} {}\r\ns=edgevoice\r\nc=IN {family} {}\r\nt=0 0\r\n",
         local.session_id, local.session_version, local.address, local.address
@@ -358,19 +395,37 @@ fn direction_attr(d: Direction) -> &'static str {
     }
 }
 
-fn audio_section(local: &LocalMedia, codecs: &[(Codec, u8)], dtmf: Option<u8>, direction: Direction) -> String {
+fn audio_section(
+    local: &LocalMedia,
+    codecs: &[(Codec, u8)],
+    dtmf: Option<u8>,
+    direction: Direction,
+) -> String {
     let mut formats: Vec<String> = codecs.iter().map(|(_, pt)| pt.to_string()).collect();
     if let Some(pt) = dtmf {
         formats.push(pt.to_string());
     }
-    let mut s = format!("m=audio {} RTP/AVP {}\r\n", local.rtp_port, formats.join(" "));
+    let mut s = format!(
+        "m=audio {} RTP/AVP {}\r\n",
+        local.rtp_port,
+        formats.join(" ")
+    );
     for (codec, pt) in codecs {
-        s.push_str(&format!("a=rtpmap:{pt} {}/{}\r\n", codec.sdp_name(), codec.rtp_clock_rate()));
+        s.push_str(&format!(
+            "a=rtpmap:{pt} {}/{}\r\n",
+            codec.sdp_name(),
+            codec.rtp_clock_rate()
+        ));
     }
     if let Some(pt) = dtmf {
-        s.push_str(&format!("a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"));
+        s.push_str(&format!(
+            "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+        ));
     }
-    s.push_str(&format!("a=ptime:{PTIME_MS}\r\na={}\r\n", direction_attr(direction)));
+    s.push_str(&format!(
+        "a=ptime:{PTIME_MS}\r\na={}\r\n",
+        direction_attr(direction)
+    ));
     s
 }
 
@@ -380,9 +435,17 @@ pub const OFFER_DTMF_PT: u8 = 101;
 /// Our offer for an outbound call: every preferred codec at its static payload type, plus
 /// telephone-event.
 pub fn offer(preferences: &[Codec], local: &LocalMedia) -> String {
-    let codecs: Vec<(Codec, u8)> = preferences.iter().map(|c| (*c, c.static_payload_type())).collect();
+    let codecs: Vec<(Codec, u8)> = preferences
+        .iter()
+        .map(|c| (*c, c.static_payload_type()))
+        .collect();
     let mut sdp = session_header(local);
-    sdp.push_str(&audio_section(local, &codecs, Some(OFFER_DTMF_PT), Direction::SendRecv));
+    sdp.push_str(&audio_section(
+        local,
+        &codecs,
+        Some(OFFER_DTMF_PT),
+        Direction::SendRecv,
+    ));
     sdp
 }
 
@@ -398,10 +461,17 @@ pub fn read_answer(answer_text: &str, offered: &[Codec]) -> Result<Negotiated, S
     });
     let (codec, payload_type) = chosen.ok_or_else(|| SdpError::NoCommonCodec {
         offered: audio.formats.join(" "),
-        accepted: offered.iter().map(|c| c.sdp_name()).collect::<Vec<_>>().join(", "),
+        accepted: offered
+            .iter()
+            .map(|c| c.sdp_name())
+            .collect::<Vec<_>>()
+            .join(", "),
     })?;
     let (remote_rtp, remote_rtcp, old_hold) = remote_addresses(&answer, audio)?;
-    let answered = audio.direction.or(answer.direction).unwrap_or(Direction::SendRecv);
+    let answered = audio
+        .direction
+        .or(answer.direction)
+        .unwrap_or(Direction::SendRecv);
     let direction = if old_hold {
         Direction::Inactive
     } else {
@@ -457,8 +527,16 @@ a=rtpmap:100 telephone-event/8000\r\na=fmtp:100 0-15\r\na=ptime:20\r\na=sendrecv
         assert_eq!(a.negotiated.dtmf_payload_type, Some(100));
         assert_eq!(a.negotiated.remote_rtp, "127.0.0.1:10000".parse().unwrap());
         assert_eq!(a.negotiated.remote_rtcp, "127.0.0.1:10001".parse().unwrap());
-        assert!(a.sdp.contains("m=audio 16000 RTP/AVP 0 100\r\n"), "{}", a.sdp);
-        assert!(a.sdp.contains("a=rtpmap:100 telephone-event/8000"), "{}", a.sdp);
+        assert!(
+            a.sdp.contains("m=audio 16000 RTP/AVP 0 100\r\n"),
+            "{}",
+            a.sdp
+        );
+        assert!(
+            a.sdp.contains("a=rtpmap:100 telephone-event/8000"),
+            "{}",
+            a.sdp
+        );
         assert!(a.sdp.contains("a=sendrecv"));
         // The answer parses back.
         parse(&a.sdp).unwrap();
@@ -469,7 +547,10 @@ a=rtpmap:100 telephone-event/8000\r\na=fmtp:100 0-15\r\na=ptime:20\r\na=sendrecv
         let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 96 126\r\n\
 a=rtpmap:96 g722/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
         let a = answer(offer, &[Codec::G722], &local()).unwrap();
-        assert_eq!((a.negotiated.codec, a.negotiated.payload_type), (Codec::G722, 96));
+        assert_eq!(
+            (a.negotiated.codec, a.negotiated.payload_type),
+            (Codec::G722, 96)
+        );
         assert_eq!(a.negotiated.dtmf_payload_type, Some(126));
         assert!(a.sdp.contains("a=rtpmap:96 G722/8000"));
     }
@@ -477,7 +558,8 @@ a=rtpmap:96 g722/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
     #[test]
     fn a_static_payload_number_with_another_codecs_name_is_not_trusted() {
         // 0 is remapped to a codec we do not have: the number must not make it PCMU.
-        let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 opus/48000/2\r\n";
+        let offer =
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 opus/48000/2\r\n";
         let err = answer(offer, &[Codec::Pcmu], &local()).unwrap_err();
         assert!(matches!(err, SdpError::NoCommonCodec { .. }), "{err}");
     }
@@ -485,8 +567,15 @@ a=rtpmap:96 g722/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
     #[test]
     fn no_common_codec_names_both_sides() {
         let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 18 111\r\na=rtpmap:18 G729/8000\r\na=rtpmap:111 opus/48000/2\r\n";
-        let err = answer(offer, &[Codec::Pcmu, Codec::Pcma], &local()).unwrap_err().to_string();
-        assert!(err.contains("G729/8000 (18)") && err.contains("opus/48000 (111)") && err.contains("PCMU, PCMA"), "{err}");
+        let err = answer(offer, &[Codec::Pcmu, Codec::Pcma], &local())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("G729/8000 (18)")
+                && err.contains("opus/48000 (111)")
+                && err.contains("PCMU, PCMA"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -496,14 +585,27 @@ a=rtpmap:96 g722/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
         assert_eq!(a.negotiated.direction, Direction::RecvOnly);
         assert!(a.sdp.contains("a=recvonly"));
         let inactive = BARESIP_OFFER.replace("a=sendrecv", "a=inactive");
-        assert_eq!(answer(&inactive, &[Codec::Pcmu], &local()).unwrap().negotiated.direction, Direction::Inactive);
+        assert_eq!(
+            answer(&inactive, &[Codec::Pcmu], &local())
+                .unwrap()
+                .negotiated
+                .direction,
+            Direction::Inactive
+        );
         let old_hold = BARESIP_OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
-        assert_eq!(answer(&old_hold, &[Codec::Pcmu], &local()).unwrap().negotiated.direction, Direction::Inactive);
+        assert_eq!(
+            answer(&old_hold, &[Codec::Pcmu], &local())
+                .unwrap()
+                .negotiated
+                .direction,
+            Direction::Inactive
+        );
     }
 
     #[test]
     fn other_streams_are_refused_in_place() {
-        let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+        let offer =
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
 m=audio 4000 RTP/AVP 8\r\n";
         let a = answer(offer, &[Codec::Pcma], &local()).unwrap();
         let video = a.sdp.find("m=video 0 RTP/AVP 96").expect(&a.sdp);
@@ -514,7 +616,10 @@ m=audio 4000 RTP/AVP 8\r\n";
     #[test]
     fn srtp_only_offers_are_refused() {
         let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\n";
-        assert!(matches!(answer(offer, &[Codec::Pcmu], &local()), Err(SdpError::UnsupportedTransport(_))));
+        assert!(matches!(
+            answer(offer, &[Codec::Pcmu], &local()),
+            Err(SdpError::UnsupportedTransport(_))
+        ));
     }
 
     #[test]
@@ -547,7 +652,9 @@ m=audio 4000 RTP/AVP 8\r\n";
             let len = (seed % 200) as usize;
             let text: String = (0..len)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let alphabet = b"v=0mac IN P4 RTP/AVP12 :/\r\n.";
                     alphabet[(seed >> 33) as usize % alphabet.len()] as char
                 })
@@ -560,7 +667,15 @@ m=audio 4000 RTP/AVP 8\r\n";
     fn our_offer_and_a_peer_answer_agree() {
         let ours = offer(&[Codec::G722, Codec::Pcmu], &local());
         assert!(ours.contains("m=audio 16000 RTP/AVP 9 0 101"), "{ours}");
-        let theirs = answer(&ours, &[Codec::Pcmu], &LocalMedia { rtp_port: 20000, ..local() }).unwrap();
+        let theirs = answer(
+            &ours,
+            &[Codec::Pcmu],
+            &LocalMedia {
+                rtp_port: 20000,
+                ..local()
+            },
+        )
+        .unwrap();
         let n = read_answer(&theirs.sdp, &[Codec::G722, Codec::Pcmu]).unwrap();
         assert_eq!(n.codec, Codec::Pcmu);
         assert_eq!(n.dtmf_payload_type, Some(101));

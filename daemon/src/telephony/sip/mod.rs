@@ -1,1 +1,101 @@
-//! SIP signalling.
+//! SIP signalling. `admission` decides what happens to a new INVITE (pure, testable);
+//! `user_agent` is the async shell on rsipstack that owns transports, transactions and dialogs
+//! and turns them into [`CallSignal`]s for the call task, so nothing outside this module sees
+//! rsipstack's types.
+
+pub mod admission;
+pub mod user_agent;
+
+use std::net::SocketAddr;
+
+/// What the SIP layer tells a call task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallSignal {
+    /// The caller's ACK arrived: media may flow both ways.
+    Confirmed,
+    /// The caller cancelled before we answered.
+    Cancelled,
+    /// The caller hung up (BYE).
+    RemoteHangup,
+    /// The dialog ended for another reason (timeout, transport error).
+    Terminated(String),
+    /// A re-INVITE or UPDATE with a new offer; answer with [`CallCommand::AnswerUpdate`].
+    Reoffer { sdp: String },
+    /// A SIP INFO carrying a DTMF digit (the fallback when RFC 4733 is not negotiated).
+    InfoDtmf { digit: char, duration_ms: u32 },
+}
+
+/// What a call task asks of the SIP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCommand {
+    /// 200 OK with this SDP answer.
+    Answer { sdp: String },
+    /// A final error response before answer.
+    Reject { code: u16, reason: String },
+    /// 200 (or an error code) for a pending re-INVITE.
+    AnswerUpdate { code: u16, sdp: Option<String> },
+    /// BYE.
+    Hangup,
+}
+
+/// The identity of an inbound call as SIP presented it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundCall {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub source: SocketAddr,
+    pub trunk: String,
+    pub offer: String,
+}
+
+/// Parses the body of a SIP INFO with `application/dtmf-relay` (`Signal=5\r\nDuration=160`) or
+/// `application/dtmf` (`5`).
+pub fn parse_info_dtmf(content_type: &str, body: &str) -> Option<(char, u32)> {
+    let valid = |c: char| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D');
+    let ct = content_type.to_ascii_lowercase();
+    if ct.starts_with("application/dtmf-relay") {
+        let mut digit = None;
+        let mut duration = 250;
+        for line in body.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "signal" => digit = v.trim().chars().next().map(|c| c.to_ascii_uppercase()),
+                "duration" => duration = v.trim().parse().unwrap_or(250),
+                _ => {}
+            }
+        }
+        digit.filter(|c| valid(*c)).map(|d| (d, duration))
+    } else if ct.starts_with("application/dtmf") {
+        let d = body.trim().chars().next()?.to_ascii_uppercase();
+        valid(d).then_some((d, 250))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_dtmf_bodies_of_both_common_types_parse() {
+        assert_eq!(
+            parse_info_dtmf("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+            Some(('5', 160))
+        );
+        assert_eq!(
+            parse_info_dtmf("Application/DTMF-Relay", "Signal= #\r\n"),
+            Some(('#', 250))
+        );
+        assert_eq!(parse_info_dtmf("application/dtmf", "9"), Some(('9', 250)));
+        assert_eq!(
+            parse_info_dtmf("application/dtmf-relay", "Signal=x\r\n"),
+            None
+        );
+        assert_eq!(parse_info_dtmf("text/plain", "5"), None);
+    }
+}
+pub mod screen;

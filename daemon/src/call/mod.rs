@@ -1,0 +1,33 @@
+//! Calls: the durable call record, and the per-call task that drives signalling and media.
+
+pub mod record;
+// WIP-MEDIA pub mod session;
+
+use std::sync::Arc;
+
+use crate::ops::DaemonContext;
+use crate::telephony::rtp_ports::RtpPorts;
+use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
+
+/// Starts the SIP user agent with inbound calls handed to [`session::run_inbound`].
+pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipError> {
+    let config = ctx.config().config;
+    let bind_ip = config
+        .sip
+        .listen_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let ports = RtpPorts::new(bind_ip, config.rtp.port_min, config.rtp.port_max);
+    let spawn_ctx = ctx.clone();
+    let spawner: CallSpawner = Arc::new(move |call, signals, commands| {
+        let max_calls = spawn_ctx.config().config.sip.max_calls as usize;
+        let guard = spawn_ctx
+            .work()
+            .try_begin(max_calls)
+            .ok_or_else(|| (503, "At capacity".to_owned()))?;
+        // WIP-MEDIA tokio::spawn(session::run_inbound(spawn_ctx.clone(), ports.clone(), call, signals, commands, guard));
+        let _ = (&ports, call, signals, commands, guard);
+        Err((503, "media engine not ready".to_owned()))
+    });
+    user_agent::start(ctx, spawner).await
+}

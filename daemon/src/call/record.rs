@@ -1,0 +1,184 @@
+//! The call record: every call, answered or not, leaves one in the store. It is written when
+//! the INVITE arrives (durably), updated on answer, and completed when the call ends.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::store::{self, Record, Store, StoreError, TreeName};
+use crate::telephony::codec::Codec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    Caller,
+    Appliance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EndReason {
+    /// Refused before answer with this SIP status.
+    Rejected { code: u16, reason: String },
+    /// The caller cancelled before answer.
+    Cancelled,
+    /// A normal hang-up; `hung_up_by` says who.
+    Hangup,
+    /// RTP stopped for longer than `sip.media_timeout_secs`.
+    MediaTimeout,
+    /// The call reached `call.max_duration_secs`.
+    MaxDuration,
+    /// The daemon stopped (drain timeout) with the call still up.
+    Shutdown,
+    /// The daemon died with the call up; found on the next start.
+    Interrupted,
+    /// Signalling or media failed.
+    Failed { error: String },
+}
+
+/// RTP figures kept with the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RtpSummary {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub jitter_ms: f64,
+    pub max_jitter_ms: f64,
+    pub malformed: u64,
+    pub late_or_duplicate: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub id: String,
+    pub direction: CallDirection,
+    pub sip_call_id: String,
+    pub from: String,
+    pub to: String,
+    pub trunk: Option<String>,
+    pub remote: String,
+    pub invite_at_ms: u64,
+    pub answer_at_ms: Option<u64>,
+    pub end_at_ms: Option<u64>,
+    pub end_reason: Option<EndReason>,
+    pub hung_up_by: Option<Party>,
+    pub codec: Option<Codec>,
+    pub rtp: Option<RtpSummary>,
+    /// Digits received, in order (RFC 4733 or SIP INFO).
+    pub dtmf_received: String,
+    pub dtmf_sent: String,
+    pub transfer: Option<String>,
+    pub recording: Option<PathBuf>,
+}
+
+impl Record for CallRecord {
+    const TREE: TreeName = TreeName::Calls;
+    const SCHEMA: u32 = 1;
+}
+
+impl CallRecord {
+    pub fn new_inbound(id: Ulid, sip_call_id: &str, from: &str, to: &str, remote: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            direction: CallDirection::Inbound,
+            sip_call_id: sip_call_id.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            trunk: None,
+            remote: remote.to_owned(),
+            invite_at_ms: store::now_ms(),
+            answer_at_ms: None,
+            end_at_ms: None,
+            end_reason: None,
+            hung_up_by: None,
+            codec: None,
+            rtp: None,
+            dtmf_received: String::new(),
+            dtmf_sent: String::new(),
+            transfer: None,
+            recording: None,
+        }
+    }
+
+    pub fn key(&self) -> Vec<u8> {
+        self.id
+            .parse::<Ulid>()
+            .map(|u| u.to_bytes().to_vec())
+            .unwrap_or_else(|_| self.id.as_bytes().to_vec())
+    }
+
+    pub fn end(&mut self, reason: EndReason, by: Option<Party>) {
+        if self.end_at_ms.is_none() {
+            self.end_at_ms = Some(store::now_ms());
+            self.end_reason = Some(reason);
+            self.hung_up_by = by;
+        }
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.end_at_ms?.saturating_sub(self.answer_at_ms?))
+    }
+}
+
+/// Writes the record durably.
+pub fn save(store: &Store, record: &CallRecord) -> Result<(), StoreError> {
+    store.tree::<CallRecord>()?.put(record.key(), record)
+}
+
+/// A call by its id (the ULID shown by `edgevoice calls`).
+pub fn get(store: &Store, id: &str) -> Result<Option<CallRecord>, StoreError> {
+    let key = match id.parse::<Ulid>() {
+        Ok(u) => u.to_bytes().to_vec(),
+        Err(_) => return Ok(None),
+    };
+    store.tree::<CallRecord>()?.get(key)
+}
+
+/// Calls left without an end by a daemon that died: marked `interrupted` at start-up, so the
+/// record says what happened instead of looking live forever. Returns how many.
+pub fn close_interrupted(store: &Store) -> Result<usize, StoreError> {
+    let tree = store.tree::<CallRecord>()?;
+    let mut closed = 0;
+    for item in tree.newest(10_000) {
+        let Ok((key, mut rec)) = item else { continue };
+        if rec.end_at_ms.is_none() {
+            rec.end(EndReason::Interrupted, None);
+            tree.put(&key, &rec)?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_interrupted_calls_are_closed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut done =
+            CallRecord::new_inbound(store.new_id(), "a@x", "sip:a@x", "sip:b@y", "10.0.0.1:5060");
+        done.answer_at_ms = Some(done.invite_at_ms);
+        done.end(EndReason::Hangup, Some(Party::Caller));
+        save(&store, &done).unwrap();
+        let live =
+            CallRecord::new_inbound(store.new_id(), "b@x", "sip:c@x", "sip:b@y", "10.0.0.1:5060");
+        save(&store, &live).unwrap();
+
+        assert_eq!(get(&store, &done.id).unwrap().unwrap(), done);
+        assert_eq!(close_interrupted(&store).unwrap(), 1);
+        let live = get(&store, &live.id).unwrap().unwrap();
+        assert_eq!(live.end_reason, Some(EndReason::Interrupted));
+        assert_eq!(get(&store, "not-a-ulid").unwrap(), None);
+    }
+}

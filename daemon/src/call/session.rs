@@ -1,0 +1,410 @@
+//! One inbound call as a task: negotiate SDP, answer, run media (media test mode until the
+//! voice agent exists), keep the call record, end cleanly whoever hangs up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
+use crate::config::{AfterPrompt, Config};
+use crate::ops::work::WorkGuard;
+use crate::ops::DaemonContext;
+use crate::telephony::codec::Negotiated;
+use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
+use crate::telephony::rtp_ports::{RtpPorts, RtpSockets};
+use crate::telephony::sdp::{self, LocalMedia, SdpError};
+use crate::telephony::sip::{CallCommand, CallSignal, InboundCall};
+
+/// How an inbound call ended, as the task saw it.
+struct Ending {
+    reason: EndReason,
+    by: Option<Party>,
+    /// Whether we still have to send BYE.
+    send_bye: bool,
+}
+
+/// Runs one inbound call to its end. `guard` counts it as active work until it returns.
+pub async fn run_inbound(
+    ctx: Arc<DaemonContext>,
+    ports: Arc<RtpPorts>,
+    call: InboundCall,
+    mut signals: mpsc::Receiver<CallSignal>,
+    commands: mpsc::Sender<CallCommand>,
+    guard: WorkGuard,
+) {
+    let config = ctx.config().config;
+    let id = ctx.store().new_id();
+    let mut rec = CallRecord::new_inbound(id, &call.call_id, &call.from, &call.to, &call.source.to_string());
+    rec.trunk = Some(call.trunk.clone());
+    save(&ctx, &rec).await;
+    let span = tracing::info_span!("call", id = %rec.id, call_id = %call.call_id);
+    let _enter = span.enter();
+    tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
+
+    let reject = |code: u16, reason: String| CallCommand::Reject { code, reason };
+    let Some(sockets) = ports.allocate().await else {
+        let reason = "no free RTP port pair".to_owned();
+        tracing::warn!("{reason}; widen rtp.port_min..port_max");
+        let _ = commands.send(reject(503, reason.clone())).await;
+        rec.end(EndReason::Rejected { code: 503, reason }, Some(Party::Appliance));
+        save(&ctx, &rec).await;
+        return;
+    };
+    let local_ip = local_media_ip(&config, call.source);
+    let local = LocalMedia {
+        address: local_ip,
+        rtp_port: sockets.rtp_port(),
+        session_id: u64::from(rand_u32()),
+        session_version: 1,
+    };
+    let answer = match sdp::answer(&call.offer, &config.sip.codec_preferences(), &local) {
+        Ok(a) => a,
+        Err(e) => {
+            let code = match e {
+                SdpError::Malformed { .. } | SdpError::NoConnection => 400,
+                _ => 488,
+            };
+            tracing::info!(code, "offer refused: {e}");
+            let _ = commands.send(reject(code, e.to_string())).await;
+            rec.end(EndReason::Rejected { code, reason: e.to_string() }, Some(Party::Appliance));
+            save(&ctx, &rec).await;
+            return;
+        }
+    };
+    let _ = commands.send(CallCommand::Answer { sdp: answer.sdp.clone() }).await;
+    rec.codec = Some(answer.negotiated.codec);
+    rec.answer_at_ms = Some(crate::store::now_ms());
+    save(&ctx, &rec).await;
+    tracing::info!(codec = %answer.negotiated.codec, remote_rtp = %answer.negotiated.remote_rtp, local_rtp = local.rtp_port, "answered");
+
+    let recording = config.call.record.then(|| {
+        config
+            .daemon
+            .state_dir
+            .join("recordings")
+            .join(format!("{}.wav", rec.id))
+    });
+    let mut media = MediaRun::new(&config, answer.negotiated, local, sockets, recording.clone());
+    let ending = media
+        .run(&ctx, &config, &mut signals, &commands, &mut rec)
+        .await;
+    if ending.send_bye {
+        let _ = commands.send(CallCommand::Hangup).await;
+    }
+    rec.rtp = Some(media.summary());
+    if let Some(path) = media.finish_recording() {
+        rec.recording = Some(path);
+    }
+    rec.end(ending.reason, ending.by);
+    save(&ctx, &rec).await;
+    tracing::info!(reason = ?rec.end_reason, by = ?rec.hung_up_by, duration_ms = ?rec.duration_ms(), "call ended");
+    drop(guard);
+}
+
+async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
+    let ctx = ctx.clone();
+    let rec = rec.clone();
+    // The store fsyncs: keep it off the runtime's workers.
+    let result = tokio::task::spawn_blocking(move || record::save(ctx.store(), &rec)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("call record not saved: {e}"),
+        Err(e) => tracing::error!("call record task failed: {e}"),
+    }
+}
+
+/// The address to put in SDP: the configured public one, the listen IP, or the local
+/// address the kernel would use to reach the caller.
+fn local_media_ip(config: &Config, peer: SocketAddr) -> IpAddr {
+    if let Some(ip) = config.sip.public_ip() {
+        return ip;
+    }
+    if let Some(listen) = config.sip.listen_addr() {
+        if !listen.ip().is_unspecified() {
+            return listen.ip();
+        }
+    }
+    // connect() on UDP sends nothing; it only asks the routing table.
+    std::net::UdpSocket::bind(SocketAddr::new(
+        if peer.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) },
+        0,
+    ))
+    .and_then(|s| {
+        s.connect(peer)?;
+        s.local_addr()
+    })
+    .map(|a| a.ip())
+    .unwrap_or_else(|_| sdp::advertisable(peer.ip()))
+}
+
+fn rand_u32() -> u32 {
+    // Good enough for SSRCs, sequence starts and SDP session ids: unpredictable per call.
+    let mut buf = [0u8; 4];
+    if getrandom_fill(&mut buf).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return t ^ std::process::id();
+    }
+    u32::from_le_bytes(buf)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// The built-in commissioning prompt: three rising tones.
+fn builtin_prompt() -> (Vec<i16>, u32) {
+    let rate = 8000u32;
+    let mut pcm = Vec::new();
+    for freq in [440.0f32, 660.0, 880.0] {
+        for n in 0..(rate * 3 / 10) {
+            let t = n as f32 / rate as f32;
+            pcm.push((f32::sin(2.0 * std::f32::consts::PI * freq * t) * 8000.0) as i16);
+        }
+        pcm.extend(std::iter::repeat_n(0i16, (rate / 5) as usize));
+    }
+    (pcm, rate)
+}
+
+/// Reads a WAV prompt as mono PCM.
+fn load_prompt(path: &std::path::Path) -> Result<(Vec<i16>, u32), String> {
+    let mut reader = hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let spec = reader.spec();
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        return Err(format!("{}: only 16-bit PCM WAV is supported", path.display()));
+    }
+    let channels = spec.channels.max(1) as usize;
+    let samples: Vec<i16> = reader
+        .samples::<i16>()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mono = samples
+        .chunks(channels)
+        .map(|c| (c.iter().map(|s| i32::from(*s)).sum::<i32>() / channels as i32) as i16)
+        .collect();
+    Ok((mono, spec.sample_rate))
+}
+
+/// The media side of a call: sockets, the sans-I/O media session, media test mode.
+struct MediaRun {
+    session: MediaSession,
+    sockets: RtpSockets,
+    after_prompt: AfterPrompt,
+    prompt_done: bool,
+    recorder: Option<(Recorder, PathBuf)>,
+    max_duration: Option<Duration>,
+}
+
+impl MediaRun {
+    fn new(
+        config: &Config,
+        negotiated: Negotiated,
+        _local: LocalMedia,
+        sockets: RtpSockets,
+        recording: Option<PathBuf>,
+    ) -> Self {
+        let now = Instant::now();
+        let media_config = MediaConfig {
+            negotiated,
+            jitter_min_ms: 40,
+            jitter_max_ms: 120,
+            media_timeout: match config.sip.media_timeout_secs {
+                0 => None,
+                s => Some(Duration::from_secs(u64::from(s))),
+            },
+            ssrc: rand_u32(),
+            initial_seq: rand_u32() as u16,
+            initial_ts: rand_u32(),
+        };
+        let mut session = MediaSession::new(media_config, now);
+        let (pcm, rate) = match config.media_test.prompt.as_os_str().is_empty() {
+            true => builtin_prompt(),
+            false => load_prompt(&config.media_test.prompt).unwrap_or_else(|e| {
+                tracing::warn!("prompt not playable, using the built-in tones: {e}");
+                builtin_prompt()
+            }),
+        };
+        session.queue_audio(&pcm, rate);
+        let recorder = recording.and_then(|path| {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match Recorder::create(&path, negotiated.codec.sample_rate()) {
+                Ok(r) => Some((r, path)),
+                Err(e) => {
+                    tracing::warn!("recording disabled for this call: {e}");
+                    None
+                }
+            }
+        });
+        Self {
+            session,
+            sockets,
+            after_prompt: config.media_test.after_prompt,
+            prompt_done: false,
+            recorder,
+            max_duration: match config.call.max_duration_secs {
+                0 => None,
+                s => Some(Duration::from_secs(u64::from(s))),
+            },
+        }
+    }
+
+    async fn run(
+        &mut self,
+        ctx: &Arc<DaemonContext>,
+        config: &Config,
+        signals: &mut mpsc::Receiver<CallSignal>,
+        commands: &mpsc::Sender<CallCommand>,
+        rec: &mut CallRecord,
+    ) -> Ending {
+        let started = Instant::now();
+        let mut shutdown = ctx.call_shutdown();
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        loop {
+            self.flush_transmits().await;
+            if let Some(ending) = self.drain_events(rec) {
+                return ending;
+            }
+            let wake = self.session.poll_timeout();
+            let deadline = self.max_duration.map(|d| started + d);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    self.session.handle_timeout(Instant::now());
+                }
+                r = self.sockets.rtp.recv_from(&mut rtp_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.session.handle_rtp(Instant::now(), from, &rtp_buf[..n]);
+                    }
+                }
+                r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]);
+                    }
+                }
+                signal = signals.recv() => match signal {
+                    Some(CallSignal::Confirmed) => tracing::debug!("ACK received"),
+                    Some(CallSignal::RemoteHangup) => return Ending { reason: EndReason::Hangup, by: Some(Party::Caller), send_bye: false },
+                    Some(CallSignal::Cancelled) => return Ending { reason: EndReason::Cancelled, by: Some(Party::Caller), send_bye: false },
+                    Some(CallSignal::Terminated(why)) => return Ending { reason: EndReason::Failed { error: why }, by: None, send_bye: false },
+                    Some(CallSignal::InfoDtmf { digit, .. }) => {
+                        tracing::info!(%digit, "DTMF (SIP INFO)");
+                        rec.dtmf_received.push(digit);
+                    }
+                    Some(CallSignal::Reoffer { sdp: offer }) => {
+                        self.reoffer(config, &offer, commands).await;
+                    }
+                    None => return Ending { reason: EndReason::Failed { error: "signalling gone".into() }, by: None, send_bye: false },
+                },
+                _ = shutdown.changed() => {
+                    return Ending { reason: EndReason::Shutdown, by: Some(Party::Appliance), send_bye: true };
+                }
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                    return Ending { reason: EndReason::MaxDuration, by: Some(Party::Appliance), send_bye: true };
+                }
+            }
+        }
+    }
+
+    async fn reoffer(&mut self, config: &Config, offer: &str, commands: &mpsc::Sender<CallCommand>) {
+        let local = LocalMedia {
+            address: local_media_ip(config, self.session.stats_remote().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))),
+            rtp_port: self.sockets.rtp_port(),
+            session_id: 1,
+            session_version: 2,
+        };
+        match sdp::answer(offer, &config.sip.codec_preferences(), &local) {
+            Ok(a) => {
+                tracing::info!(direction = ?a.negotiated.direction, codec = %a.negotiated.codec, "re-INVITE applied");
+                self.session.update_negotiated(a.negotiated);
+                let _ = commands.send(CallCommand::AnswerUpdate { code: 200, sdp: Some(a.sdp) }).await;
+            }
+            Err(e) => {
+                tracing::info!("re-INVITE refused: {e}");
+                let _ = commands.send(CallCommand::AnswerUpdate { code: 488, sdp: None }).await;
+            }
+        }
+    }
+
+    async fn flush_transmits(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            let socket = match t.kind {
+                TransmitKind::Rtp => &self.sockets.rtp,
+                TransmitKind::Rtcp => &self.sockets.rtcp,
+            };
+            if let Err(e) = socket.send_to(&t.data, t.dest).await {
+                tracing::debug!(dest = %t.dest, "RTP send failed: {e}");
+            }
+        }
+    }
+
+    fn drain_events(&mut self, rec: &mut CallRecord) -> Option<Ending> {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                MediaEvent::AudioFrame { pcm, sample_rate, .. } => {
+                    if let Some((r, _)) = &mut self.recorder {
+                        r.push_caller(&pcm);
+                    }
+                    if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
+                        self.session.queue_audio(&pcm, sample_rate);
+                    }
+                }
+                MediaEvent::PlayoutDrained => {
+                    if !self.prompt_done {
+                        self.prompt_done = true;
+                        tracing::debug!("prompt played");
+                        if self.after_prompt == AfterPrompt::Hangup {
+                            return Some(Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true });
+                        }
+                    }
+                }
+                MediaEvent::Dtmf { digit, duration_ms } => {
+                    tracing::info!(%digit, duration_ms, "DTMF (RFC 4733)");
+                    rec.dtmf_received.push(digit);
+                }
+                MediaEvent::MediaTimeout => {
+                    tracing::warn!("no RTP for the media timeout; ending the call");
+                    return Some(Ending { reason: EndReason::MediaTimeout, by: Some(Party::Appliance), send_bye: true });
+                }
+                MediaEvent::AudioSent { pcm } => {
+                    if let Some((r, _)) = &mut self.recorder {
+                        r.push_agent(&pcm);
+                    }
+                }
+                other => tracing::debug!(event = ?other, "media event"),
+            }
+        }
+        None
+    }
+
+    fn summary(&self) -> RtpSummary {
+        let s = self.session.stats();
+        RtpSummary {
+            packets_sent: s.packets_sent,
+            packets_received: s.packets_received,
+            packets_lost: s.packets_lost,
+            jitter_ms: s.jitter_ms,
+            max_jitter_ms: s.max_jitter_ms,
+            malformed: s.malformed,
+            late_or_duplicate: s.late + s.duplicate,
+        }
+    }
+
+    fn finish_recording(&mut self) -> Option<PathBuf> {
+        let (recorder, path) = self.recorder.take()?;
+        match recorder.finish() {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!("recording not finished: {e}");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! The SIP user agent: rsipstack's transports, transactions and dialogs, wrapped so that the
+//! rest of edgevoice sees only [`InboundCall`], [`CallSignal`] and [`CallCommand`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rsipstack::dialog::dialog::{Dialog, DialogState, TerminatedReason, TransactionHandle};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::{self as rsip, prelude::HeadersExt};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::{
+    udp::UdpConnection, SipConnection, TcpListenerConnection, TransportLayer,
+};
+use rsipstack::EndpointBuilder;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::{self, InviteFacts, Verdict};
+use super::screen::{self, Screened};
+use super::{parse_info_dtmf, CallCommand, CallSignal, InboundCall};
+use crate::control::{AuditRecord, Principal};
+use crate::ops::DaemonContext;
+use crate::store;
+
+/// Methods we answer; advertised in Allow.
+const ALLOWED: [rsip::Method; 7] = [
+    rsip::Method::Invite,
+    rsip::Method::Ack,
+    rsip::Method::Bye,
+    rsip::Method::Cancel,
+    rsip::Method::Options,
+    rsip::Method::Info,
+    rsip::Method::Update,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("cannot listen for SIP on {addr} ({transport}): {reason}; check sip.listen and that no other SIP service holds the port")]
+    Listen {
+        addr: SocketAddr,
+        transport: &'static str,
+        reason: String,
+    },
+}
+
+/// Hands an accepted call to whoever runs calls (the call module).
+pub type CallSpawner = Arc<
+    dyn Fn(
+            InboundCall,
+            mpsc::Receiver<CallSignal>,
+            mpsc::Sender<CallCommand>,
+        ) -> Result<(), (u16, String)>
+        + Send
+        + Sync,
+>;
+
+/// A running user agent; dropping it does not stop it, [`UserAgent::shutdown`] does.
+pub struct UserAgent {
+    cancel: CancellationToken,
+    pub local_addr: SocketAddr,
+}
+
+impl UserAgent {
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Binds UDP and TCP on `sip.listen` and starts serving.
+pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<UserAgent, SipError> {
+    let config = ctx.config().config;
+    let listen = config
+        .sip
+        .listen_addr()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5060)));
+    let cancel = CancellationToken::new();
+    let transport_layer = TransportLayer::new(cancel.clone());
+    let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+        .await
+        .map_err(|e| SipError::Listen {
+            addr: listen,
+            transport: "udp",
+            reason: e.to_string(),
+        })?;
+    // A port of 0 (tests) is resolved by the UDP bind; TCP takes the same number.
+    let local_addr = udp_local_addr(&udp).unwrap_or(listen);
+    transport_layer.add_transport(udp.into());
+    // Check the TCP port up front: rsipstack binds it later, where a failure would be silent.
+    std::net::TcpListener::bind(local_addr).map_err(|e| SipError::Listen {
+        addr: local_addr,
+        transport: "tcp",
+        reason: e.to_string(),
+    })?;
+    let tcp = TcpListenerConnection::new(local_addr, None)
+        .await
+        .map_err(|e| SipError::Listen {
+            addr: local_addr,
+            transport: "tcp",
+            reason: e.to_string(),
+        })?;
+    transport_layer.add_transport(tcp.into());
+
+    let endpoint = EndpointBuilder::new()
+        .with_user_agent(&format!("edgevoice/{}", crate::ops::VERSION))
+        .with_cancel_token(cancel.clone())
+        .with_transport_layer(transport_layer)
+        .with_allows(ALLOWED.to_vec())
+        .build();
+    let incoming = endpoint
+        .incoming_transactions()
+        .map_err(|e| SipError::Listen {
+            addr: local_addr,
+            transport: "udp",
+            reason: e.to_string(),
+        })?;
+    let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+    let serve_cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = endpoint.serve() => {}
+            _ = serve_cancel.cancelled() => {}
+        }
+    });
+    let shell = Shell {
+        ctx,
+        dialogs,
+        spawner,
+        local_addr,
+        audit_limiter: Mutex::new(HashMap::new()),
+    };
+    let loop_cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shell.run(incoming) => {}
+            _ = loop_cancel.cancelled() => {}
+        }
+    });
+    tracing::info!(%local_addr, "SIP listening on UDP and TCP");
+    Ok(UserAgent { cancel, local_addr })
+}
+
+fn udp_local_addr(conn: &UdpConnection) -> Option<SocketAddr> {
+    let sip: SipConnection = conn.clone().into();
+    let addr = sip.get_addr();
+    let ip = match &addr.addr.host {
+        rsip::Host::IpAddr(ip) => *ip,
+        rsip::Host::Domain(_) => return None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        addr.addr.port.map(|p| p.value()).unwrap_or(5060),
+    ))
+}
+
+struct Shell {
+    ctx: Arc<DaemonContext>,
+    dialogs: Arc<DialogLayer>,
+    spawner: CallSpawner,
+    local_addr: SocketAddr,
+    /// Last audit record per refused source: a scanner must not flood the audit tree.
+    audit_limiter: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// The address a request really came from: rsipstack stamps `received`/`rport` on the top
+/// Via when they differ from what the sender wrote.
+fn source_of(req: &rsip::Request) -> Option<SocketAddr> {
+    let via = req.via_header().ok()?;
+    let (_, hp) = SipConnection::parse_target_from_via(via).ok()?;
+    let ip = match hp.host {
+        rsip::Host::IpAddr(ip) => ip,
+        rsip::Host::Domain(_) => return None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        hp.port.map(|p| p.value()).unwrap_or(5060),
+    ))
+}
+
+fn has_to_tag(req: &rsip::Request) -> bool {
+    req.to_header()
+        .ok()
+        .and_then(|t| t.tag().ok().flatten())
+        .is_some()
+}
+
+impl Shell {
+    async fn run(self, mut incoming: rsipstack::transaction::TransactionReceiver) {
+        let shell = Arc::new(self);
+        while let Some(tx) = incoming.recv().await {
+            let shell = shell.clone();
+            tokio::spawn(async move { shell.on_transaction(tx).await });
+        }
+    }
+
+    async fn on_transaction(&self, mut tx: Transaction) {
+        let method = tx.original.method.clone();
+        if method != rsip::Method::Ack {
+            let raw = tx.original.to_string();
+            if let Screened::Respond {
+                code,
+                reason,
+                headers,
+            } = screen::screen(raw.as_bytes())
+            {
+                tracing::info!(%method, code, "request refused: {reason}");
+                let headers = headers
+                    .into_iter()
+                    .map(|(name, value)| rsip::Header::Other(name.to_owned(), value))
+                    .collect();
+                if let Err(e) = tx.reply_with(status(code), headers, None).await {
+                    tracing::debug!("reply failed: {e}");
+                }
+                return;
+            }
+        }
+        if method == rsip::Method::Invite && !has_to_tag(&tx.original) {
+            self.on_new_invite(tx).await;
+            return;
+        }
+        if let Some(Dialog::Invite(mut dialog)) = self.dialogs.match_dialog(&tx) {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                tracing::debug!(%method, "in-dialog request: {e}");
+            }
+            return;
+        }
+        let result = match method {
+            rsip::Method::Options => self.answer_options(&mut tx).await,
+            rsip::Method::Ack => Ok(()),
+            rsip::Method::Bye
+            | rsip::Method::Cancel
+            | rsip::Method::Info
+            | rsip::Method::Update => {
+                tx.reply(rsip::StatusCode::CallTransactionDoesNotExist)
+                    .await
+            }
+            _ if has_to_tag(&tx.original) => {
+                tx.reply(rsip::StatusCode::CallTransactionDoesNotExist)
+                    .await
+            }
+            _ => {
+                tx.reply_with(
+                    rsip::StatusCode::MethodNotAllowed,
+                    vec![allow_header()],
+                    None,
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%method, "reply failed: {e}");
+        }
+    }
+
+    async fn answer_options(&self, tx: &mut Transaction) -> rsipstack::Result<()> {
+        let hops = tx
+            .original
+            .max_forwards_header()
+            .ok()
+            .and_then(|m| m.value().trim().parse::<u32>().ok());
+        if hops == Some(0) {
+            return tx.reply(rsip::StatusCode::TooManyHops).await;
+        }
+        if self.ctx.work().is_draining() {
+            return tx.reply(rsip::StatusCode::ServiceUnavailable).await;
+        }
+        tx.reply_with(
+            rsip::StatusCode::OK,
+            vec![
+                allow_header(),
+                rsip::Header::Accept(rsip::headers::Accept::new("application/sdp")),
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn on_new_invite(&self, mut tx: Transaction) {
+        let req = tx.original.clone();
+        let Some(source) = source_of(&req) else {
+            let _ = tx.reply(rsip::StatusCode::BadRequest).await;
+            return;
+        };
+        let config = self.ctx.config().config;
+        let facts = InviteFacts {
+            source: source.ip(),
+            max_forwards: req
+                .max_forwards_header()
+                .ok()
+                .and_then(|m| m.value().trim().parse::<u32>().ok()),
+            trunks: &config.sip.trunks,
+            active_calls: self.ctx.work().active(),
+            max_calls: config.sip.max_calls,
+            draining: self.ctx.work().is_draining(),
+            retry_after_secs: config.sip.retry_after_secs,
+        };
+        let call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let from = req
+            .from_header()
+            .map(|h| h.value().to_string())
+            .unwrap_or_default();
+        let to = req
+            .to_header()
+            .map(|h| h.value().to_string())
+            .unwrap_or_default();
+        match admission::decide(&facts) {
+            Verdict::Reject {
+                code,
+                reason,
+                retry_after,
+                audit,
+            } => {
+                tracing::info!(%source, %call_id, code, "INVITE refused: {reason}");
+                if audit {
+                    self.audit_refusal(source.ip(), &from, &reason);
+                }
+                let mut headers = vec![rsip::Header::Reason(rsip::headers::Reason::new(format!(
+                    "SIP;cause={code};text=\"{reason}\""
+                )))];
+                if let Some(secs) = retry_after {
+                    headers.push(rsip::Header::RetryAfter(rsip::headers::RetryAfter::new(
+                        secs.to_string(),
+                    )));
+                }
+                let _ = tx.reply_with(status(code), headers, None).await;
+            }
+            Verdict::Accept { trunk } => {
+                let offer = String::from_utf8_lossy(req.body()).into_owned();
+                let call = InboundCall {
+                    call_id,
+                    from,
+                    to,
+                    source,
+                    trunk,
+                    offer,
+                };
+                self.start_dialog(tx, call).await;
+            }
+        }
+    }
+
+    async fn start_dialog(&self, mut tx: Transaction, call: InboundCall) {
+        let contact =
+            rsip::Uri::try_from(format!("sip:edgevoice@{}", self.local_addr).as_str()).ok();
+        let (state_tx, state_rx) = self.dialogs.new_dialog_state_channel();
+        let dialog = match self
+            .dialogs
+            .get_or_create_server_invite(&tx, state_tx, None, contact)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(call_id = %call.call_id, "cannot create dialog: {e}");
+                let _ = tx.reply(rsip::StatusCode::ServerInternalError).await;
+                return;
+            }
+        };
+        let (signal_tx, signal_rx) = mpsc::channel(32);
+        let (command_tx, command_rx) = mpsc::channel(32);
+        if let Err((code, reason)) = (self.spawner)(call.clone(), signal_rx, command_tx) {
+            tracing::info!(call_id = %call.call_id, code, "call refused: {reason}");
+            let headers = vec![rsip::Header::Reason(rsip::headers::Reason::new(format!(
+                "SIP;cause={code};text=\"{reason}\""
+            )))];
+            let _ = tx.reply_with(status(code), headers, None).await;
+            self.dialogs.remove_dialog(&dialog.id());
+            return;
+        }
+        let mut invite_dialog = dialog.clone();
+        tokio::spawn(async move {
+            if let Err(e) = invite_dialog.handle(&mut tx).await {
+                tracing::debug!("INVITE transaction ended: {e}");
+            }
+        });
+        let dialogs = self.dialogs.clone();
+        tokio::spawn(drive_dialog(
+            dialog, dialogs, state_rx, signal_tx, command_rx,
+        ));
+    }
+
+    fn audit_refusal(&self, source: IpAddr, from: &str, reason: &str) {
+        {
+            let mut seen = self.audit_limiter.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if seen
+                .get(&source)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+            {
+                return;
+            }
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+            }
+            seen.insert(source, now);
+        }
+        let principal = Principal {
+            channel: "sip".into(),
+            who: source.to_string(),
+        };
+        let record = AuditRecord {
+            at_ms: store::now_ms(),
+            channel: principal.channel,
+            who: principal.who,
+            command: "INVITE".into(),
+            args: serde_json::json!({ "from": from.chars().take(200).collect::<String>() }),
+            outcome: format!("refused: 403 {reason}"),
+        };
+        let ctx = self.ctx.clone();
+        // The store fsyncs: keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let store = ctx.store();
+            if let Err(e) = store
+                .tree::<AuditRecord>()
+                .and_then(|t| t.put(store.new_id().to_bytes(), &record))
+            {
+                tracing::error!("audit record not written: {e}");
+            }
+        });
+    }
+}
+
+fn allow_header() -> rsip::Header {
+    let list = ALLOWED
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    rsip::Header::Allow(rsip::headers::Allow::new(list))
+}
+
+fn status(code: u16) -> rsip::StatusCode {
+    rsip::StatusCode::from(code)
+}
+
+/// Maps one dialog's rsipstack states to [`CallSignal`]s and carries out [`CallCommand`]s.
+async fn drive_dialog(
+    dialog: rsipstack::dialog::invite_dialog::InviteDialog,
+    dialogs: Arc<DialogLayer>,
+    mut states: rsipstack::dialog::dialog::DialogStateReceiver,
+    signals: mpsc::Sender<CallSignal>,
+    mut commands: mpsc::Receiver<CallCommand>,
+) {
+    let id = dialog.id();
+    let mut calling = false;
+    let mut confirmed = false;
+    let mut early_commands: Vec<CallCommand> = Vec::new();
+    let mut pending_update: Option<TransactionHandle> = None;
+    loop {
+        tokio::select! {
+            state = states.recv() => {
+                let Some(state) = state else { break };
+                match state {
+                    DialogState::Calling(_) => {
+                        calling = true;
+                        for cmd in early_commands.drain(..) {
+                            apply_command(&dialog, cmd, &mut pending_update).await;
+                        }
+                    }
+                    DialogState::Confirmed(..) => {
+                        if !confirmed {
+                            confirmed = true;
+                            let _ = signals.send(CallSignal::Confirmed).await;
+                        }
+                    }
+                    DialogState::Updated(_, req, handle) => {
+                        let sdp = String::from_utf8_lossy(req.body()).into_owned();
+                        if sdp.trim().is_empty() {
+                            // A session refresh without a new offer: nothing changes.
+                            let _ = handle.reply(rsip::StatusCode::OK).await;
+                        } else {
+                            pending_update = Some(handle);
+                            let _ = signals.send(CallSignal::Reoffer { sdp }).await;
+                        }
+                    }
+                    DialogState::Info(_, req, handle) => {
+                        let ct = req.header_value("Content-Type").unwrap_or_default();
+                        let body = String::from_utf8_lossy(req.body()).into_owned();
+                        match parse_info_dtmf(&ct, &body) {
+                            Some((digit, duration_ms)) => {
+                                let _ = handle.reply(rsip::StatusCode::OK).await;
+                                let _ = signals.send(CallSignal::InfoDtmf { digit, duration_ms }).await;
+                            }
+                            None => {
+                                let _ = handle.reply(rsip::StatusCode::UnsupportedMediaType).await;
+                            }
+                        }
+                    }
+                    DialogState::Options(_, _, handle) => {
+                        let _ = handle.reply(rsip::StatusCode::OK).await;
+                    }
+                    DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) | DialogState::Notify(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                        let _ = handle.reply(rsip::StatusCode::NotImplemented).await;
+                    }
+                    DialogState::Terminated(_, reason) => {
+                        let signal = match reason {
+                            TerminatedReason::UacCancel => CallSignal::Cancelled,
+                            TerminatedReason::UacBye => CallSignal::RemoteHangup,
+                            TerminatedReason::UasBye => CallSignal::Terminated("ended by us".into()),
+                            TerminatedReason::Timeout => CallSignal::Terminated("SIP timeout (no ACK or no response)".into()),
+                            other => CallSignal::Terminated(format!("{other:?}")),
+                        };
+                        let _ = signals.send(signal).await;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                let hangup = cmd == CallCommand::Hangup;
+                if calling || confirmed {
+                    apply_command(&dialog, cmd, &mut pending_update).await;
+                } else {
+                    early_commands.push(cmd);
+                }
+                if hangup && confirmed {
+                    let _ = signals.send(CallSignal::Terminated("ended by us".into())).await;
+                    break;
+                }
+            }
+        }
+    }
+    dialogs.remove_dialog(&id);
+}
+
+async fn apply_command(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    cmd: CallCommand,
+    pending_update: &mut Option<TransactionHandle>,
+) {
+    let content_type =
+        || rsip::Header::ContentType(rsip::headers::ContentType::new("application/sdp"));
+    let result = match cmd {
+        CallCommand::Answer { sdp } => {
+            dialog.accept(Some(vec![content_type()]), Some(sdp.into_bytes()))
+        }
+        CallCommand::Reject { code, reason } => dialog.reject(Some(status(code)), Some(reason)),
+        CallCommand::AnswerUpdate { code, sdp } => {
+            if let Some(handle) = pending_update.take() {
+                let headers = sdp.as_ref().map(|_| vec![content_type()]);
+                let _ = handle
+                    .respond(status(code), headers, sdp.map(String::into_bytes))
+                    .await;
+            }
+            Ok(())
+        }
+        CallCommand::Hangup => dialog.hangup().await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(id = %dialog.id(), "dialog command failed: {e}");
+    }
+}

@@ -1,0 +1,55 @@
+#!/bin/bash
+# Builds the edgevoice .deb and prints its path on the last line of stdout.
+#
+#   bash packaging/build-deb.sh
+#
+# Needs: cargo-deb (`cargo install cargo-deb --locked`), python3 (copyright, JSON), gzip,
+# dpkg-dev (dpkg-shlibdeps, for the computed Depends). Run lintian on the result with
+#   lintian "$(bash packaging/build-deb.sh | tail -n1)"   (packaging/LINTIAN.md: what it reports)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+command -v cargo-deb >/dev/null 2>&1 || die "cargo-deb is missing: cargo install cargo-deb --locked"
+
+# The package's copyright file must list the crates that are really linked: regenerate it (a
+# crate under a license without a text in packaging/licenses/ stops the build here). When the
+# dependencies changed, packaging/copyright shows up modified: commit it with them.
+# (`packaging/gen-copyright.sh --check` only checks, for a lint step.)
+if ! bash packaging/gen-copyright.sh --check >/dev/null 2>&1; then
+    bash packaging/gen-copyright.sh >&2
+    echo "build-deb: packaging/copyright was out of date and has been regenerated: commit it" >&2
+fi
+
+# The Debian changelog's newest entry must be this version, or the package lies about itself.
+version=$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "edgevoice"))')
+changelog_version=$(sed -n '1s/^edgevoice (\([^)]*\)).*/\1/p' packaging/changelog)
+case "$changelog_version" in
+    "$version"-*) ;;
+    *) die "packaging/changelog's newest entry is $changelog_version but the crate is $version: add an entry for $version-1 at the top" ;;
+esac
+
+cargo build --release --locked -p edgevoice --bins >&2
+
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+# Man pages from the same clap definitions as the binaries, compressed reproducibly (-n: no
+# name or time stamp in the gzip header). They go to <target dir>/release/man, which Cargo.toml
+# names as target/release/man: cargo-deb maps that prefix to the real target dir.
+man_dir="$target_dir/release/man"
+rm -rf "$man_dir"
+"$target_dir/release/edgevoice" man "$man_dir" >&2
+for page in "$man_dir/edgevoiced.8" "$man_dir/edgevoice.1"; do
+    [ -s "$page" ] || die "edgevoice man did not write $page"
+    gzip -9nf "$page"
+done
+
+# --no-build: the binaries were just built above with the same profile.
+deb=$(cargo deb -p edgevoice --no-build --locked | grep '\.deb$' | tail -n1)
+[ -f "$deb" ] || die "cargo deb did not report a package file (got: $deb)"
+echo "$deb"
