@@ -207,7 +207,21 @@ fn print_status(s: &Status) {
     println!("  store size    {}", human_bytes(s.store_size_bytes));
     println!("  device id     {}", s.device_id);
     println!("  active calls  {} of {}", s.active_calls, s.max_calls);
-    println!("  sip           {}", s.sip_listen.as_deref().unwrap_or("not listening"));
+    println!(
+        "  sip           {}",
+        s.sip_listen.as_deref().unwrap_or("not listening")
+    );
+    for r in &s.registrations {
+        let state = if r.registered {
+            "registered"
+        } else {
+            "NOT registered"
+        };
+        println!("  account       {} {state} at {}", r.account, r.registrar);
+        if let Some(e) = &r.last_error {
+            println!("                last error: {e}");
+        }
+    }
     println!("  uplink        {}", s.uplink);
 }
 

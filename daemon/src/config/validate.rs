@@ -230,6 +230,55 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
         }
     }
 
+    let mut account_names: Vec<&str> = Vec::new();
+    for (i, a) in sip.accounts.iter().enumerate() {
+        let key = format!("sip.account.{i}");
+        if a.name.trim().is_empty() {
+            problem(
+                &key,
+                "account without a name; give each [[sip.account]] a name".into(),
+            );
+        } else if account_names.contains(&a.name.as_str()) || names.contains(&a.name) {
+            problem(
+                &key,
+                format!(
+                    "name \"{}\" is used twice; account and trunk names must be unique",
+                    a.name
+                ),
+            );
+        }
+        account_names.push(&a.name);
+        if a.username.trim().is_empty() {
+            problem(&key, format!("account \"{}\" has no username", a.name));
+        }
+        for (field, value) in [
+            ("registrar", &a.registrar),
+            ("backup_registrar", &a.backup_registrar),
+        ] {
+            if field == "backup_registrar" && value.is_empty() {
+                continue;
+            }
+            let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                problem(
+                    &key,
+                    format!("account \"{}\": {field} \"{value}\" is not host:port; use e.g. \"192.0.2.10:5060\" or \"pbx.example.com:5060\"", a.name),
+                );
+            }
+        }
+        if !(60..=86_400).contains(&a.expires_secs) {
+            problem(
+                &key,
+                format!(
+                    "account \"{}\": expires_secs {} is out of range; use 60 to 86400",
+                    a.name, a.expires_secs
+                ),
+            );
+        }
+    }
+
     let prompt = &config.media_test.prompt;
     if !prompt.as_os_str().is_empty() && !prompt.is_file() {
         problem(

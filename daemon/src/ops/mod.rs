@@ -55,6 +55,9 @@ pub struct Status {
     pub max_calls: u32,
     /// Where SIP is listening (UDP and TCP), once it is.
     pub sip_listen: Option<String>,
+    /// Register-mode accounts.
+    #[serde(default)]
+    pub registrations: Vec<crate::telephony::sip::registration::RegistrationStatus>,
     pub uplink: String,
 }
 
@@ -96,6 +99,7 @@ pub struct DaemonContext {
     log: Option<LogControl>,
     notifier: Notifier,
     sip_listen: std::sync::OnceLock<std::net::SocketAddr>,
+    registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -112,6 +116,7 @@ impl DaemonContext {
             notifier: Notifier::from_env(),
             call_shutdown: tokio::sync::watch::channel(false).0,
             sip_listen: std::sync::OnceLock::new(),
+            registrations: std::sync::OnceLock::new(),
         }
     }
 
@@ -157,6 +162,11 @@ impl DaemonContext {
             active_calls: self.work.active(),
             max_calls: loaded.config.sip.max_calls,
             sip_listen: self.sip_listen.get().map(|a| a.to_string()),
+            registrations: self
+                .registrations
+                .get()
+                .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .unwrap_or_default(),
             uplink: "not configured".to_owned(),
         }
     }
@@ -278,6 +288,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let server = tokio::spawn(control::socket::serve(listener, dispatcher));
     let sip = crate::call::start_telephony(ctx.clone()).await?;
     let _ = ctx.sip_listen.set(sip.local_addr);
+    let _ = ctx.registrations.set(sip.registrations.clone());
 
     ctx.set_phase(Phase::Ready);
     let mut last_status = ctx.status().summary();

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, InviteFacts, Verdict};
+use super::registration::{self, RegistrationBoard};
 use super::screen::{self, Screened};
 use super::{parse_info_dtmf, CallCommand, CallSignal, InboundCall};
 use crate::control::{AuditRecord, Principal};
@@ -60,6 +61,8 @@ pub type CallSpawner = Arc<
 pub struct UserAgent {
     cancel: CancellationToken,
     pub local_addr: SocketAddr,
+    /// Register-mode accounts and how their registration stands.
+    pub registrations: RegistrationBoard,
 }
 
 impl UserAgent {
@@ -116,6 +119,18 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
             reason: e.to_string(),
         })?;
     let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+    let registrations: RegistrationBoard = Arc::default();
+    let trusted_registrars: TrustedRegistrars = Arc::default();
+    for account in config.sip.accounts.clone() {
+        tokio::spawn(registration::run_account(
+            endpoint.inner.clone(),
+            account,
+            local_addr,
+            registrations.clone(),
+            trusted_registrars.clone(),
+            cancel.child_token(),
+        ));
+    }
     let serve_cancel = cancel.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -129,6 +144,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         spawner,
         local_addr,
         audit_limiter: Mutex::new(HashMap::new()),
+        trusted_registrars,
     };
     let loop_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -138,7 +154,11 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         }
     });
     tracing::info!(%local_addr, "SIP listening on UDP and TCP");
-    Ok(UserAgent { cancel, local_addr })
+    Ok(UserAgent {
+        cancel,
+        local_addr,
+        registrations,
+    })
 }
 
 fn udp_local_addr(conn: &UdpConnection) -> Option<SocketAddr> {
@@ -161,7 +181,11 @@ struct Shell {
     local_addr: SocketAddr,
     /// Last audit record per refused source: a scanner must not flood the audit tree.
     audit_limiter: Mutex<HashMap<IpAddr, Instant>>,
+    /// Registrar addresses of register-mode accounts: their INVITEs are accepted.
+    trusted_registrars: TrustedRegistrars,
 }
+
+type TrustedRegistrars = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
 
 /// The address a request really came from: rsipstack stamps `received`/`rport` on the top
 /// Via when they differ from what the sender wrote.
