@@ -3,11 +3,44 @@
 pub mod record;
 // WIP-MEDIA pub mod session;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::ops::DaemonContext;
 use crate::telephony::rtp_ports::RtpPorts;
 use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
+
+/// What an operator (control socket, later MQTT) can ask of a live call.
+#[derive(Debug)]
+pub enum CallControl {
+    Hangup,
+    /// Blind transfer; the reply says whether the far end accepted the REFER.
+    Transfer { target: String, reply: oneshot::Sender<Result<String, String>> },
+    SendDtmf { digits: String },
+}
+
+/// Live calls by id, so commands can reach their tasks.
+#[derive(Debug, Default)]
+pub struct LiveCalls {
+    calls: Mutex<HashMap<String, mpsc::Sender<CallControl>>>,
+}
+
+impl LiveCalls {
+    pub fn insert(&self, id: &str, tx: mpsc::Sender<CallControl>) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), tx);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The control channel of a live call.
+    pub fn get(&self, id: &str) -> Option<mpsc::Sender<CallControl>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+}
 
 /// Starts the SIP user agent with inbound calls handed to [`session::run_inbound`].
 pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipError> {

@@ -32,6 +32,8 @@ pub enum EndReason {
     Cancelled,
     /// A normal hang-up; `hung_up_by` says who.
     Hangup,
+    /// Handed to another party by a blind transfer that succeeded.
+    Transferred { target: String },
     /// RTP stopped for longer than `sip.media_timeout_secs`.
     MediaTimeout,
     /// The call reached `call.max_duration_secs`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
+use super::CallControl;
 use crate::config::{AfterPrompt, Config};
 use crate::ops::work::WorkGuard;
 use crate::ops::DaemonContext;
@@ -88,9 +89,12 @@ pub async fn run_inbound(
             .join(format!("{}.wav", rec.id))
     });
     let mut media = MediaRun::new(&config, answer.negotiated, local, sockets, recording.clone());
+    let (control_tx, mut control_rx) = mpsc::channel(8);
+    ctx.live_calls().insert(&rec.id, control_tx);
     let ending = media
-        .run(&ctx, &config, &mut signals, &commands, &mut rec)
+        .run(&ctx, &config, &mut signals, &commands, &mut control_rx, &mut rec)
         .await;
+    ctx.live_calls().remove(&rec.id);
     if ending.send_bye {
         let _ = commands.send(CallCommand::Hangup).await;
     }
@@ -199,6 +203,8 @@ struct MediaRun {
     prompt_done: bool,
     recorder: Option<(Recorder, PathBuf)>,
     max_duration: Option<Duration>,
+    /// Digits an operator asked to send, played one after another.
+    dtmf_queue: std::collections::VecDeque<char>,
 }
 
 impl MediaRun {
@@ -253,6 +259,7 @@ impl MediaRun {
                 0 => None,
                 s => Some(Duration::from_secs(u64::from(s))),
             },
+            dtmf_queue: std::collections::VecDeque::new(),
         }
     }
 
@@ -262,9 +269,11 @@ impl MediaRun {
         config: &Config,
         signals: &mut mpsc::Receiver<CallSignal>,
         commands: &mpsc::Sender<CallCommand>,
+        control: &mut mpsc::Receiver<CallControl>,
         rec: &mut CallRecord,
     ) -> Ending {
         let started = Instant::now();
+        let mut transfer: Option<(String, Option<tokio::sync::oneshot::Sender<Result<String, String>>>)> = None;
         let mut shutdown = ctx.call_shutdown();
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
@@ -301,7 +310,58 @@ impl MediaRun {
                     Some(CallSignal::Reoffer { sdp: offer }) => {
                         self.reoffer(config, &offer, commands).await;
                     }
+                    Some(CallSignal::TransferAnswered { code }) => {
+                        if let Some((target, reply)) = transfer.as_mut() {
+                            let accepted = (200..300).contains(&code);
+                            let outcome = if accepted {
+                                format!("REFER to {target} accepted ({code})")
+                            } else {
+                                format!("REFER to {target} refused ({code})")
+                            };
+                            tracing::info!("{outcome}");
+                            rec.transfer = Some(outcome.clone());
+                            if let Some(reply) = reply.take() {
+                                let _ = reply.send(if accepted { Ok(outcome) } else { Err(outcome) });
+                            }
+                            if !accepted {
+                                transfer = None;
+                            }
+                        }
+                    }
+                    Some(CallSignal::TransferProgress { code, done }) => {
+                        if let Some((target, _)) = &transfer {
+                            let outcome = format!("REFER to {target}: transferee reports {code}{}", if done { " (final)" } else { "" });
+                            tracing::info!("{outcome}");
+                            rec.transfer = Some(outcome);
+                            if done && (200..300).contains(&code) {
+                                return Ending { reason: EndReason::Transferred { target: target.clone() }, by: Some(Party::Appliance), send_bye: true };
+                            }
+                            if done {
+                                transfer = None;
+                            }
+                        }
+                    }
                     None => return Ending { reason: EndReason::Failed { error: "signalling gone".into() }, by: None, send_bye: false },
+                },
+                msg = control.recv() => match msg {
+                    Some(CallControl::Hangup) => {
+                        return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
+                    }
+                    Some(CallControl::SendDtmf { digits }) => {
+                        for d in digits.chars() {
+                            self.dtmf_queue.push_back(d);
+                        }
+                        rec.dtmf_sent.push_str(&digits);
+                    }
+                    Some(CallControl::Transfer { target, reply }) => {
+                        if transfer.is_some() {
+                            let _ = reply.send(Err("a transfer is already in progress".into()));
+                        } else {
+                            let _ = commands.send(CallCommand::Transfer { target: target.clone() }).await;
+                            transfer = Some((target, Some(reply)));
+                        }
+                    }
+                    None => {}
                 },
                 _ = shutdown.changed() => {
                     return Ending { reason: EndReason::Shutdown, by: Some(Party::Appliance), send_bye: true };

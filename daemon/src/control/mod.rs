@@ -47,6 +47,23 @@ enum Command {
     ConfigReload,
     CallsList { limit: usize },
     CallGet { id: String },
+    CallHangup { id: String },
+    CallTransfer { id: String, target: String },
+    CallDtmf { id: String, digits: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallTransferArgs {
+    id: String,
+    target: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallDtmfArgs {
+    id: String,
+    digits: String,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +97,9 @@ const COMMANDS: &[&str] = &[
     "config.reload",
     "calls.list",
     "call.get",
+    "call.hangup",
+    "call.transfer",
+    "call.dtmf",
 ];
 
 impl Command {
@@ -118,6 +138,28 @@ impl Command {
                     .map_err(|e| format!("bad arguments for `call.get`: {e}"))?;
                 Ok(Command::CallGet { id: a.id })
             }
+            "call.hangup" => {
+                let a: CallGetArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `call.hangup`: {e}"))?;
+                Ok(Command::CallHangup { id: a.id })
+            }
+            "call.transfer" => {
+                let a: CallTransferArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `call.transfer`: {e}"))?;
+                if !a.target.starts_with("sip:") && !a.target.starts_with("sips:") {
+                    return Err(format!("transfer target `{}` must be a sip: URI", a.target));
+                }
+                Ok(Command::CallTransfer { id: a.id, target: a.target })
+            }
+            "call.dtmf" => {
+                let a: CallDtmfArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `call.dtmf`: {e}"))?;
+                let valid = |c: char| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D');
+                if a.digits.is_empty() || a.digits.len() > 32 || !a.digits.chars().all(valid) {
+                    return Err("digits must be 1 to 32 of 0-9 * # A-D".into());
+                }
+                Ok(Command::CallDtmf { id: a.id, digits: a.digits })
+            }
             other => Err(format!(
                 "unknown command `{other}`; known commands: {}",
                 COMMANDS.join(", ")
@@ -127,7 +169,13 @@ impl Command {
 
     /// Commands that change the daemon are audited; queries are not.
     fn changes_state(&self) -> bool {
-        matches!(self, Command::ConfigReload)
+        matches!(
+            self,
+            Command::ConfigReload
+                | Command::CallHangup { .. }
+                | Command::CallTransfer { .. }
+                | Command::CallDtmf { .. }
+        )
     }
 }
 
@@ -212,6 +260,29 @@ impl Dispatcher {
                 )),
                 Err(e) => Err(e.to_string()),
             },
+            Command::CallHangup { id } => {
+                let call = self.live_call(id)?;
+                call.blocking_send(crate::call::CallControl::Hangup)
+                    .map_err(|_| format!("call {id} has just ended"))?;
+                Ok(serde_json::json!({ "id": id, "hangup": "requested" }))
+            }
+            Command::CallDtmf { id, digits } => {
+                let call = self.live_call(id)?;
+                call.blocking_send(crate::call::CallControl::SendDtmf { digits: digits.clone() })
+                    .map_err(|_| format!("call {id} has just ended"))?;
+                Ok(serde_json::json!({ "id": id, "dtmf": digits }))
+            }
+            Command::CallTransfer { id, target } => {
+                let call = self.live_call(id)?;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                call.blocking_send(crate::call::CallControl::Transfer { target: target.clone(), reply })
+                    .map_err(|_| format!("call {id} has just ended"))?;
+                match answer.blocking_recv() {
+                    Ok(Ok(outcome)) => Ok(serde_json::json!({ "id": id, "target": target, "outcome": outcome })),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(format!("call {id} ended before the transfer was answered")),
+                }
+            }
             Command::ConfigReload => match self.ctx.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(
@@ -220,6 +291,13 @@ impl Dispatcher {
                 )),
             },
         }
+    }
+
+    fn live_call(&self, id: &str) -> Result<tokio::sync::mpsc::Sender<crate::call::CallControl>, String> {
+        self.ctx
+            .live_calls()
+            .get(id)
+            .ok_or_else(|| format!("no live call with id {id}; `edgevoice calls` lists calls"))
     }
 
     fn audit(&self, principal: &Principal, req: &Request, outcome: String) {

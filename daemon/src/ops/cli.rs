@@ -138,6 +138,12 @@ pub enum CallCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// End a live call (BYE).
+    Hangup { id: String },
+    /// Blind-transfer a live call (REFER) to a SIP URI, e.g. sip:desk@pbx.example.com.
+    Transfer { id: String, target: String },
+    /// Send DTMF digits (RFC 4733) on a live call.
+    Dtmf { id: String, digits: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -99,6 +99,7 @@ pub struct DaemonContext {
     log: Option<LogControl>,
     notifier: Notifier,
     sip_listen: std::sync::OnceLock<std::net::SocketAddr>,
+    live_calls: crate::call::LiveCalls,
     registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
@@ -116,6 +117,7 @@ impl DaemonContext {
             notifier: Notifier::from_env(),
             call_shutdown: tokio::sync::watch::channel(false).0,
             sip_listen: std::sync::OnceLock::new(),
+            live_calls: crate::call::LiveCalls::default(),
             registrations: std::sync::OnceLock::new(),
         }
     }
@@ -134,6 +136,10 @@ impl DaemonContext {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn live_calls(&self) -> &crate::call::LiveCalls {
+        &self.live_calls
     }
 
     pub fn work(&self) -> &Arc<ActiveWork> {

@@ -24,6 +24,10 @@ pub enum CallSignal {
     Reoffer { sdp: String },
     /// A SIP INFO carrying a DTMF digit (the fallback when RFC 4733 is not negotiated).
     InfoDtmf { digit: char, duration_ms: u32 },
+    /// The answer to our REFER: 2xx accepted, anything else refused.
+    TransferAnswered { code: u16 },
+    /// A NOTIFY about the transfer: the status line of the new call (sipfrag), final or not.
+    TransferProgress { code: u16, done: bool },
 }
 
 /// What a call task asks of the SIP layer.
@@ -37,6 +41,8 @@ pub enum CallCommand {
     AnswerUpdate { code: u16, sdp: Option<String> },
     /// BYE.
     Hangup,
+    /// Blind transfer: REFER the caller to `target` (a SIP URI).
+    Transfer { target: String },
 }
 
 /// The identity of an inbound call as SIP presented it.

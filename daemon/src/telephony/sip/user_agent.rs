@@ -515,7 +515,19 @@ async fn drive_dialog(
                     DialogState::Options(_, _, handle) => {
                         let _ = handle.reply(rsip::StatusCode::OK).await;
                     }
-                    DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) | DialogState::Notify(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                    DialogState::Notify(_, req, handle) => {
+                        match rsipstack::dialog::dialog::ReferStatus::parse(&req) {
+                            Some(st) => {
+                                let _ = handle.reply(rsip::StatusCode::OK).await;
+                                let code = u16::from(st.status_code);
+                                let _ = signals.send(CallSignal::TransferProgress { code, done: st.is_terminated }).await;
+                            }
+                            None => {
+                                let _ = handle.reply(rsip::StatusCode::BadEvent).await;
+                            }
+                        }
+                    }
+                    DialogState::Refer(_, _, handle) | DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
                         let _ = handle.reply(rsip::StatusCode::NotImplemented).await;
                     }
                     DialogState::Terminated(_, reason) => {
@@ -535,7 +547,11 @@ async fn drive_dialog(
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 let hangup = cmd == CallCommand::Hangup;
-                if calling || confirmed {
+                if let CallCommand::Transfer { target } = &cmd {
+                    // REFER's answer comes back as a signal; NOTIFYs follow as states.
+                    let code = refer(&dialog, target).await;
+                    let _ = signals.send(CallSignal::TransferAnswered { code }).await;
+                } else if calling || confirmed {
                     apply_command(&dialog, cmd, &mut pending_update).await;
                 } else {
                     early_commands.push(cmd);
@@ -548,6 +564,25 @@ async fn drive_dialog(
         }
     }
     dialogs.remove_dialog(&id);
+}
+
+/// Sends REFER; the final response code (0 when none came).
+async fn refer(dialog: &rsipstack::dialog::invite_dialog::InviteDialog, target: &str) -> u16 {
+    let uri = match rsip::Uri::try_from(target) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!("transfer target {target} is not a SIP URI: {e}");
+            return 400;
+        }
+    };
+    match dialog.refer(uri, None, None).await {
+        Ok(Some(resp)) => u16::from(resp.status_code),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::warn!("REFER failed: {e}");
+            0
+        }
+    }
 }
 
 async fn apply_command(
@@ -572,6 +607,7 @@ async fn apply_command(
             Ok(())
         }
         CallCommand::Hangup => dialog.hangup().await,
+        CallCommand::Transfer { .. } => Ok(()),
     };
     if let Err(e) = result {
         tracing::debug!(id = %dialog.id(), "dialog command failed: {e}");
