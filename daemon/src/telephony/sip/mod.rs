@@ -56,6 +56,37 @@ pub struct InboundCall {
     pub offer: String,
 }
 
+/// How an outbound call attempt ended before (or by) being answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum DialOutcome {
+    Answered,
+    Busy { code: u16 },
+    NoAnswer { code: u16 },
+    Rejected { code: u16 },
+    Failed { code: Option<u16>, reason: String },
+}
+
+impl DialOutcome {
+    /// Maps a final response code (0: no response at all) to an outcome.
+    pub fn from_code(code: u16, reason: &str) -> Self {
+        match code {
+            200..=299 => DialOutcome::Answered,
+            486 | 600 => DialOutcome::Busy { code },
+            408 | 480 | 487 => DialOutcome::NoAnswer { code },
+            401 | 403 | 404 | 407 | 410 | 484 | 485 | 603 | 604 => DialOutcome::Rejected { code },
+            0 => DialOutcome::Failed {
+                code: None,
+                reason: reason.to_owned(),
+            },
+            _ => DialOutcome::Failed {
+                code: Some(code),
+                reason: reason.to_owned(),
+            },
+        }
+    }
+}
+
 /// Parses the body of a SIP INFO with `application/dtmf-relay` (`Signal=5\r\nDuration=160`) or
 /// `application/dtmf` (`5`).
 pub fn parse_info_dtmf(content_type: &str, body: &str) -> Option<(char, u32)> {
@@ -86,6 +117,38 @@ pub fn parse_info_dtmf(content_type: &str, body: &str) -> Option<(char, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn final_responses_map_to_call_outcomes() {
+        assert_eq!(DialOutcome::from_code(200, ""), DialOutcome::Answered);
+        assert_eq!(
+            DialOutcome::from_code(486, ""),
+            DialOutcome::Busy { code: 486 }
+        );
+        assert_eq!(
+            DialOutcome::from_code(487, ""),
+            DialOutcome::NoAnswer { code: 487 }
+        );
+        assert_eq!(
+            DialOutcome::from_code(480, ""),
+            DialOutcome::NoAnswer { code: 480 }
+        );
+        assert_eq!(
+            DialOutcome::from_code(603, ""),
+            DialOutcome::Rejected { code: 603 }
+        );
+        assert!(matches!(
+            DialOutcome::from_code(503, "x"),
+            DialOutcome::Failed {
+                code: Some(503),
+                ..
+            }
+        ));
+        assert!(matches!(
+            DialOutcome::from_code(0, "timeout"),
+            DialOutcome::Failed { code: None, .. }
+        ));
+    }
 
     #[test]
     fn info_dtmf_bodies_of_both_common_types_parse() {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::{self, InviteFacts, Verdict};
 use super::registration::{self, RegistrationBoard};
 use super::screen::{self, Screened};
-use super::{parse_info_dtmf, CallCommand, CallSignal, InboundCall};
+use super::{parse_info_dtmf, CallCommand, CallSignal, DialOutcome, InboundCall};
 use crate::control::{AuditRecord, Principal};
 use crate::ops::DaemonContext;
 use crate::store;
@@ -60,14 +60,157 @@ pub type CallSpawner = Arc<
 /// A running user agent; dropping it does not stop it, [`UserAgent::shutdown`] does.
 pub struct UserAgent {
     cancel: CancellationToken,
+    dialogs: Arc<DialogLayer>,
     pub local_addr: SocketAddr,
     /// Register-mode accounts and how their registration stands.
     pub registrations: RegistrationBoard,
 }
 
+/// An outbound call to place.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    /// The callee, e.g. `sip:+442079460000@carrier.example.com`.
+    pub to: String,
+    /// Caller id: user part of From (and of P-Asserted-Identity when `assert_identity`).
+    pub caller_id: String,
+    pub display_name: Option<String>,
+    pub assert_identity: bool,
+    /// Our SDP offer.
+    pub offer: String,
+    /// CANCEL when nobody answers within this.
+    pub ring_timeout: Duration,
+}
+
+/// An answered outbound call: the peer's SDP answer and the same channels an inbound call has.
+pub struct AnsweredCall {
+    pub answer_sdp: String,
+    pub signals: mpsc::Receiver<CallSignal>,
+    pub commands: mpsc::Sender<CallCommand>,
+}
+
 impl UserAgent {
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+
+    /// Places a call: early media (183) is logged, a ring timeout CANCELs, and the final
+    /// response is mapped to a [`DialOutcome`]. On answer the call's channels come back.
+    pub async fn place_call(&self, req: OutboundRequest) -> (DialOutcome, Option<AnsweredCall>) {
+        let parse = |s: &str| rsip::Uri::try_from(s);
+        let host = self.local_addr;
+        let (Ok(callee), Ok(caller), Ok(contact)) = (
+            parse(&req.to),
+            parse(&format!("sip:{}@{host}", req.caller_id)),
+            parse(&format!("sip:edgevoice@{host}")),
+        ) else {
+            return (
+                DialOutcome::Failed {
+                    code: None,
+                    reason: format!("{} is not a SIP URI", req.to),
+                },
+                None,
+            );
+        };
+        let mut headers = Vec::new();
+        if req.assert_identity {
+            headers.push(rsip::Header::Other(
+                "P-Asserted-Identity".into(),
+                format!("<sip:{}@{host}>", req.caller_id),
+            ));
+        }
+        let option = rsipstack::dialog::invitation::InviteOption {
+            caller_display_name: req.display_name.clone(),
+            caller,
+            callee,
+            contact,
+            content_type: Some("application/sdp".into()),
+            offer: Some(req.offer.clone().into_bytes()),
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let (state_tx, mut state_rx) = self.dialogs.new_dialog_state_channel();
+        let (dialog, handle) = match self.dialogs.do_invite_async(option, state_tx) {
+            Ok(x) => x,
+            Err(e) => {
+                return (
+                    DialOutcome::Failed {
+                        code: None,
+                        reason: e.to_string(),
+                    },
+                    None,
+                )
+            }
+        };
+        // Watch provisional states while waiting, so early media shows in the log.
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(state) = state_rx.recv().await {
+                if let DialogState::Early(_, resp) = &state {
+                    tracing::info!(code = %resp.status_code, early_media = !resp.body().is_empty(), "outbound call ringing");
+                }
+                let terminal = matches!(
+                    state,
+                    DialogState::Confirmed(..) | DialogState::Terminated(..)
+                );
+                seen.push(state);
+                if terminal {
+                    break;
+                }
+            }
+            (state_rx, seen)
+        });
+        let mut handle = handle;
+        let result = match tokio::time::timeout(req.ring_timeout, &mut handle).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::info!(to = %req.to, "no answer within {:?}: CANCEL", req.ring_timeout);
+                let _ = dialog.cancel().await;
+                handle.await
+            }
+        };
+        let (code, answer_sdp, reason) = match result {
+            Ok(Ok((_, Some(resp)))) => (
+                u16::from(resp.status_code.clone()),
+                String::from_utf8_lossy(resp.body()).into_owned(),
+                resp.status_code.to_string(),
+            ),
+            Ok(Ok((_, None))) => (0, String::new(), "no final response".to_owned()),
+            Ok(Err(e)) => (0, String::new(), e.to_string()),
+            Err(e) => (0, String::new(), e.to_string()),
+        };
+        let outcome = DialOutcome::from_code(code, &reason);
+        if outcome != DialOutcome::Answered {
+            watcher.abort();
+            return (outcome, None);
+        }
+        let Ok((state_rx, _)) = watcher.await else {
+            return (
+                DialOutcome::Failed {
+                    code: Some(code),
+                    reason: "dialog watcher failed".into(),
+                },
+                None,
+            );
+        };
+        let (signal_tx, signal_rx) = mpsc::channel(32);
+        let (command_tx, command_rx) = mpsc::channel(32);
+        let _ = signal_tx.send(CallSignal::Confirmed).await;
+        tokio::spawn(drive_dialog(
+            dialog,
+            self.dialogs.clone(),
+            state_rx,
+            signal_tx,
+            command_rx,
+            true,
+        ));
+        (
+            DialOutcome::Answered,
+            Some(AnsweredCall {
+                answer_sdp,
+                signals: signal_rx,
+                commands: command_tx,
+            }),
+        )
     }
 }
 
@@ -138,6 +281,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
             _ = serve_cancel.cancelled() => {}
         }
     });
+    let dialogs_for_outbound = dialogs.clone();
     let shell = Shell {
         ctx,
         dialogs,
@@ -156,6 +300,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
     tracing::info!(%local_addr, "SIP listening on UDP and TCP");
     Ok(UserAgent {
         cancel,
+        dialogs: dialogs_for_outbound,
         local_addr,
         registrations,
     })
@@ -466,10 +611,11 @@ async fn drive_dialog(
     mut states: rsipstack::dialog::dialog::DialogStateReceiver,
     signals: mpsc::Sender<CallSignal>,
     mut commands: mpsc::Receiver<CallCommand>,
+    already_confirmed: bool,
 ) {
     let id = dialog.id();
     let mut calling = false;
-    let mut confirmed = false;
+    let mut confirmed = already_confirmed;
     let mut early_commands: Vec<CallCommand> = Vec::new();
     let mut pending_update: Option<TransactionHandle> = None;
     loop {
