@@ -546,7 +546,7 @@ impl Shell {
         });
         let dialogs = self.dialogs.clone();
         tokio::spawn(drive_dialog(
-            dialog, dialogs, state_rx, signal_tx, command_rx,
+            dialog, dialogs, state_rx, signal_tx, command_rx, false,
         ));
     }
 
