@@ -1,7 +1,7 @@
 //! Calls: the durable call record, and the per-call task that drives signalling and media.
 
 pub mod record;
-// WIP-MEDIA pub mod session;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,13 @@ use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
 pub enum CallControl {
     Hangup,
     /// Blind transfer; the reply says whether the far end accepted the REFER.
-    Transfer { target: String, reply: oneshot::Sender<Result<String, String>> },
-    SendDtmf { digits: String },
+    Transfer {
+        target: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    SendDtmf {
+        digits: String,
+    },
 }
 
 /// Live calls by id, so commands can reach their tasks.
@@ -29,16 +34,26 @@ pub struct LiveCalls {
 
 impl LiveCalls {
     pub fn insert(&self, id: &str, tx: mpsc::Sender<CallControl>) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), tx);
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), tx);
     }
 
     pub fn remove(&self, id: &str) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// The control channel of a live call.
     pub fn get(&self, id: &str) -> Option<mpsc::Sender<CallControl>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 }
 
@@ -58,9 +73,15 @@ pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipEr
             .work()
             .try_begin(max_calls)
             .ok_or_else(|| (503, "At capacity".to_owned()))?;
-        // WIP-MEDIA tokio::spawn(session::run_inbound(spawn_ctx.clone(), ports.clone(), call, signals, commands, guard));
-        let _ = (&ports, call, signals, commands, guard);
-        Err((503, "media engine not ready".to_owned()))
+        tokio::spawn(session::run_inbound(
+            spawn_ctx.clone(),
+            ports.clone(),
+            call,
+            signals,
+            commands,
+            guard,
+        ));
+        Ok(())
     });
     user_agent::start(ctx, spawner).await
 }

@@ -88,13 +88,23 @@ pub async fn run_inbound(
             .join("recordings")
             .join(format!("{}.wav", rec.id))
     });
-    let mut media = MediaRun::new(&config, answer.negotiated, local, sockets, recording.clone());
+    let mut media = match MediaRun::new(&config, answer.negotiated, sockets, recording) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("media engine refused the negotiated stream: {e}");
+            let _ = commands.send(CallCommand::Hangup).await;
+            rec.end(EndReason::Failed { error: e }, Some(Party::Appliance));
+            save(&ctx, &rec).await;
+            return;
+        }
+    };
     let (control_tx, mut control_rx) = mpsc::channel(8);
     ctx.live_calls().insert(&rec.id, control_tx);
     let ending = media
         .run(&ctx, &config, &mut signals, &commands, &mut control_rx, &mut rec)
         .await;
     ctx.live_calls().remove(&rec.id);
+    media.close().await;
     if ending.send_bye {
         let _ = commands.send(CallCommand::Hangup).await;
     }
@@ -211,32 +221,29 @@ impl MediaRun {
     fn new(
         config: &Config,
         negotiated: Negotiated,
-        _local: LocalMedia,
         sockets: RtpSockets,
         recording: Option<PathBuf>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let now = Instant::now();
-        let media_config = MediaConfig {
-            negotiated,
-            jitter_min_ms: 40,
-            jitter_max_ms: 120,
-            media_timeout: match config.sip.media_timeout_secs {
-                0 => None,
-                s => Some(Duration::from_secs(u64::from(s))),
-            },
-            ssrc: rand_u32(),
-            initial_seq: rand_u32() as u16,
-            initial_ts: rand_u32(),
+        let mut media_config = MediaConfig::new(negotiated, (u64::from(rand_u32()) << 32) | u64::from(rand_u32()));
+        media_config.media_timeout = match config.sip.media_timeout_secs {
+            0 => None,
+            s => Some(Duration::from_secs(u64::from(s))),
         };
-        let mut session = MediaSession::new(media_config, now);
-        let (pcm, rate) = match config.media_test.prompt.as_os_str().is_empty() {
-            true => builtin_prompt(),
-            false => load_prompt(&config.media_test.prompt).unwrap_or_else(|e| {
+        media_config.wallclock_at_start = std::time::SystemTime::now();
+        media_config.record = recording.is_some();
+        let mut session = MediaSession::new(media_config, now).map_err(|e| e.to_string())?;
+        let (pcm, rate) = if config.media_test.prompt.as_os_str().is_empty() {
+            builtin_prompt()
+        } else {
+            load_prompt(&config.media_test.prompt).unwrap_or_else(|e| {
                 tracing::warn!("prompt not playable, using the built-in tones: {e}");
                 builtin_prompt()
-            }),
+            })
         };
-        session.queue_audio(&pcm, rate);
+        if let Err(e) = session.queue_audio(&pcm, rate) {
+            tracing::warn!("prompt not queued: {e}");
+        }
         let recorder = recording.and_then(|path| {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -249,7 +256,7 @@ impl MediaRun {
                 }
             }
         });
-        Self {
+        Ok(Self {
             session,
             sockets,
             after_prompt: config.media_test.after_prompt,
@@ -260,7 +267,7 @@ impl MediaRun {
                 s => Some(Duration::from_secs(u64::from(s))),
             },
             dtmf_queue: std::collections::VecDeque::new(),
-        }
+        })
     }
 
     async fn run(
@@ -278,11 +285,16 @@ impl MediaRun {
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         loop {
+            self.feed_dtmf();
             self.flush_transmits().await;
             if let Some(ending) = self.drain_events(rec) {
                 return ending;
             }
-            let wake = self.session.poll_timeout();
+            // Without a timer the engine is closed; wake at least once a second anyway.
+            let wake = self
+                .session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let deadline = self.max_duration.map(|d| started + d);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -375,7 +387,7 @@ impl MediaRun {
 
     async fn reoffer(&mut self, config: &Config, offer: &str, commands: &mpsc::Sender<CallCommand>) {
         let local = LocalMedia {
-            address: local_media_ip(config, self.session.stats_remote().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))),
+            address: local_media_ip(config, self.session.rtp_destination()),
             rtp_port: self.sockets.rtp_port(),
             session_id: 1,
             session_version: 2,
@@ -383,8 +395,15 @@ impl MediaRun {
         match sdp::answer(offer, &config.sip.codec_preferences(), &local) {
             Ok(a) => {
                 tracing::info!(direction = ?a.negotiated.direction, codec = %a.negotiated.codec, "re-INVITE applied");
-                self.session.update_negotiated(a.negotiated);
-                let _ = commands.send(CallCommand::AnswerUpdate { code: 200, sdp: Some(a.sdp) }).await;
+                match self.session.update_negotiated(Instant::now(), a.negotiated) {
+                    Ok(()) => {
+                        let _ = commands.send(CallCommand::AnswerUpdate { code: 200, sdp: Some(a.sdp) }).await;
+                    }
+                    Err(e) => {
+                        tracing::info!("re-INVITE refused by the media engine: {e}");
+                        let _ = commands.send(CallCommand::AnswerUpdate { code: 488, sdp: None }).await;
+                    }
+                }
             }
             Err(e) => {
                 tracing::info!("re-INVITE refused: {e}");
@@ -405,15 +424,38 @@ impl MediaRun {
         }
     }
 
+    /// Hands queued operator digits to the engine as it has room for them.
+    fn feed_dtmf(&mut self) {
+        while let Some(d) = self.dtmf_queue.front().copied() {
+            match self.session.send_dtmf(d, 120) {
+                Ok(()) => {
+                    self.dtmf_queue.pop_front();
+                }
+                Err(crate::telephony::media::MediaError::DtmfQueueFull(_)) => break,
+                Err(e) => {
+                    tracing::warn!("DTMF {d} not sent: {e}");
+                    self.dtmf_queue.pop_front();
+                }
+            }
+        }
+    }
+
     fn drain_events(&mut self, rec: &mut CallRecord) -> Option<Ending> {
         while let Some(event) = self.session.poll_event() {
             match event {
                 MediaEvent::AudioFrame { pcm, sample_rate, .. } => {
-                    if let Some((r, _)) = &mut self.recorder {
-                        r.push_caller(&pcm);
-                    }
                     if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
-                        self.session.queue_audio(&pcm, sample_rate);
+                        if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
+                            tracing::debug!("echo frame dropped: {e}");
+                        }
+                    }
+                }
+                MediaEvent::RecordFrame { .. } => {
+                    if let Some((r, _)) = &mut self.recorder {
+                        if let Err(e) = r.handle_event(&event) {
+                            tracing::warn!("recording stopped: {e}");
+                            self.recorder = None;
+                        }
                     }
                 }
                 MediaEvent::PlayoutDrained => {
@@ -433,15 +475,16 @@ impl MediaRun {
                     tracing::warn!("no RTP for the media timeout; ending the call");
                     return Some(Ending { reason: EndReason::MediaTimeout, by: Some(Party::Appliance), send_bye: true });
                 }
-                MediaEvent::AudioSent { pcm } => {
-                    if let Some((r, _)) = &mut self.recorder {
-                        r.push_agent(&pcm);
-                    }
-                }
                 other => tracing::debug!(event = ?other, "media event"),
             }
         }
         None
+    }
+
+    /// Ends the stream (RTCP BYE) and sends what is left.
+    async fn close(&mut self) {
+        self.session.close(Instant::now());
+        self.flush_transmits().await;
     }
 
     fn summary(&self) -> RtpSummary {
@@ -452,8 +495,8 @@ impl MediaRun {
             packets_lost: s.packets_lost,
             jitter_ms: s.jitter_ms,
             max_jitter_ms: s.max_jitter_ms,
-            malformed: s.malformed,
-            late_or_duplicate: s.late + s.duplicate,
+            malformed: s.malformed_packets,
+            late_or_duplicate: s.late_packets + s.duplicate_packets,
         }
     }
 

@@ -452,13 +452,25 @@ impl Shell {
             return;
         };
         let config = self.ctx.config().config;
+        let mut trunks = config.sip.trunks.clone();
+        for (account, ips) in self
+            .trusted_registrars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            trunks.push(crate::config::TrunkConfig {
+                name: account.clone(),
+                allow: ips.iter().map(|ip| ip.to_string()).collect(),
+            });
+        }
         let facts = InviteFacts {
             source: source.ip(),
             max_forwards: req
                 .max_forwards_header()
                 .ok()
                 .and_then(|m| m.value().trim().parse::<u32>().ok()),
-            trunks: &config.sip.trunks,
+            trunks: &trunks,
             active_calls: self.ctx.work().active(),
             max_calls: config.sip.max_calls,
             draining: self.ctx.work().is_draining(),

@@ -1,0 +1,311 @@
+//! edgevoiced on real SIP peers (baresip, sipp, kamailio) on 127.0.0.1: audio both ways per
+//! codec, DTMF both ways, trunk allowlist, 488, capacity 503s under sipp load, REFER transfer,
+//! register mode against Kamailio, media timeout. Slow tests are named `slow_`.
+
+mod common;
+#[path = "common/audio.rs"]
+mod audio;
+#[path = "common/peers.rs"]
+mod peers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{text, TestDaemon, TestSite};
+use peers::{Baresip, BaresipOptions, Codec, Kamailio, Sipp, SippUac};
+
+const T_CALL: Duration = Duration::from_secs(15);
+
+/// A daemon answering in media test mode with the given extra config.
+struct Appliance {
+    site: TestSite,
+    daemon: TestDaemon,
+    sip_port: u16,
+}
+
+impl Appliance {
+    fn start(extra: &str) -> Appliance {
+        let site = TestSite::new(extra);
+        let mut daemon = TestDaemon::spawn(&site, &[]);
+        daemon.wait_ready(&site);
+        let status = json(&site.cli(&["status", "--json"]).stdout);
+        let listen = status["sip_listen"].as_str().expect("sip_listen in status").to_owned();
+        let sip_port = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        Appliance { site, daemon, sip_port }
+    }
+
+    fn uri(&self, user: &str) -> String {
+        format!("sip:{user}@127.0.0.1:{}", self.sip_port)
+    }
+
+    fn calls(&self) -> Vec<serde_json::Value> {
+        let out = self.site.cli(&["calls", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json(&out.stdout).as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the newest call has ended and returns its record.
+    fn wait_call_ended(&self) -> serde_json::Value {
+        peers::poll_until(Duration::from_secs(15), || {
+            self.calls()
+                .into_iter()
+                .next()
+                .filter(|c| !c["end_at_ms"].is_null())
+        })
+        .unwrap_or_else(|| panic!("no ended call; calls: {:?}", self.calls()))
+    }
+
+    fn live_call_id(&self) -> String {
+        peers::poll_until(Duration::from_secs(10), || {
+            self.calls()
+                .into_iter()
+                .find(|c| c["end_at_ms"].is_null() && !c["answer_at_ms"].is_null())
+                .and_then(|c| c["id"].as_str().map(str::to_owned))
+        })
+        .expect("a live answered call")
+    }
+
+    fn stop(self) -> String {
+        self.daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        let (code, stderr) = self.daemon.wait_exit(Duration::from_secs(15));
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
+    }
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(bytes)))
+}
+
+fn clip(dir: &Path, name: &str, start_ms: u64, len_ms: u64, rate: u32) -> PathBuf {
+    let out = dir.join(name);
+    audio::convert_segment_with_sox(peers::testdata_audio("harvard_8k.wav"), &out, rate, start_ms, Some(len_ms), 0);
+    out
+}
+
+fn codec_name(c: Codec) -> &'static str {
+    match c {
+        Codec::Pcmu => "pcmu",
+        Codec::Pcma => "pcma",
+        Codec::G722 => "g722",
+    }
+}
+
+/// baresip calls the appliance: it hears the prompt, the appliance records what baresip says
+/// and echoes it back; both recordings match what was sent.
+fn media_roundtrip(codec: Codec) {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompt = clip(tmp.path(), "prompt.wav", 0, 3000, 8000);
+    let speech = clip(tmp.path(), "speech.wav", 12_000, 6000, 8000);
+    let app = Appliance::start(&format!(
+        "[sip]\ncodecs = [\"{}\"]\n[call]\nrecord = true\n[media_test]\nprompt = \"{}\"\nafter_prompt = \"echo\"\n",
+        codec_name(codec),
+        prompt.display()
+    ));
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .codecs(&[codec])
+            .mic(&speech, Duration::from_secs(3))
+            .record(true),
+    );
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(30));
+    let call = app.wait_call_ended();
+    assert_eq!(call["codec"], codec.baresip_name().split('/').next().unwrap().to_ascii_lowercase());
+    assert_eq!(call["hung_up_by"], "caller", "{call}");
+    assert!(call["rtp"]["packets_received"].as_u64().unwrap() > 200, "{call}");
+    assert!(call["rtp"]["packets_sent"].as_u64().unwrap() > 200, "{call}");
+
+    let rec = caller.wait_recording(Duration::from_secs(5));
+    let (heard, said) = (rec.dec_wav(), rec.enc_wav());
+    let rate = codec.audio_rate();
+    let prompt_at_rate = audio::Wav::read(&prompt);
+    let prompt_samples = audio::resample(&prompt_at_rate.samples, 8000, rate);
+    let window = heard.segment_ms(0, 5000);
+    let (c_prompt, lag) = audio::normalized_cross_correlation_max(&window, &prompt_samples, rate as usize * 2);
+    eprintln!("{codec:?}: caller heard the prompt r={c_prompt:.3} lag={lag}");
+    assert!(c_prompt >= 0.9, "prompt not heard (r={c_prompt:.3})");
+
+    // The echo starts once the 3 s prompt is over: what the caller says from then on comes back.
+    let said_after_prompt = said.segment_ms(3500, 2500);
+    let heard_after_prompt = heard.segment_ms(3000, 4000);
+    let (c_echo, lag) =
+        audio::normalized_cross_correlation_max(&heard_after_prompt, &said_after_prompt, rate as usize * 2);
+    eprintln!("{codec:?}: caller heard its own speech echoed r={c_echo:.3} lag={lag}");
+    assert!(c_echo >= 0.9, "echo not heard (r={c_echo:.3})");
+
+    // The appliance's recording of the caller matches what the caller sent.
+    let path = call["recording"].as_str().expect("recording path in the call record");
+    let recording = audio::Wav::read(path);
+    assert_eq!(recording.channels, 2);
+    let caller_channel: Vec<i16> = recording.samples.iter().step_by(2).copied().collect();
+    let said_at_rate = if recording.rate == rate { said.samples.clone() } else { audio::resample(&said.samples, rate, recording.rate) };
+    let (c_rec, _) = audio::normalized_cross_correlation_max(&caller_channel, &said_at_rate, recording.rate as usize * 2);
+    eprintln!("{codec:?}: appliance recording of the caller r={c_rec:.3}");
+    assert!(c_rec >= 0.9, "recording does not match (r={c_rec:.3})");
+    app.stop();
+}
+
+#[test]
+fn slow_baresip_call_pcmu_prompt_record_and_echo_match_the_audio() {
+    media_roundtrip(Codec::Pcmu);
+}
+
+#[test]
+fn slow_baresip_call_pcma_prompt_record_and_echo_match_the_audio() {
+    media_roundtrip(Codec::Pcma);
+}
+
+#[test]
+fn slow_baresip_call_g722_prompt_record_and_echo_match_the_audio() {
+    media_roundtrip(Codec::G722);
+}
+
+#[test]
+fn slow_dtmf_arrives_both_ways() {
+    let app = Appliance::start("[media_test]\nafter_prompt = \"listen\"\n");
+    let caller = Baresip::start(BaresipOptions::new("caller"));
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.send_dtmf("123#", Duration::from_millis(250));
+    let id = app.live_call_id();
+    let got = peers::poll_until(Duration::from_secs(5), || {
+        let out = app.site.cli(&["call", "show", &id, "--json"]);
+        let v = json(&out.stdout);
+        (v["dtmf_received"] == "123#").then_some(v)
+    });
+    assert!(got.is_some(), "appliance did not record 123#: {:?}", app.calls());
+    let out = app.site.cli(&["call", "dtmf", &id, "45*"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(caller.wait_dtmf(3, Duration::from_secs(5)), "45*", "{}", caller.diagnostics());
+    caller.hangup();
+    let call = app.wait_call_ended();
+    assert_eq!(call["dtmf_sent"], "45*");
+    app.stop();
+}
+
+#[test]
+fn an_offer_without_a_common_codec_gets_488_and_a_record() {
+    let app = Appliance::start("[sip]\ncodecs = [\"g722\"]\n");
+    let caller = Baresip::start(BaresipOptions::new("caller").codecs(&[Codec::Pcmu]));
+    caller.dial(&app.uri("edgevoice"));
+    let closed = caller.wait_event("CALL_CLOSED", T_CALL);
+    assert!(closed.param.as_deref().unwrap_or("").contains("488"), "{closed}");
+    let call = app.wait_call_ended();
+    assert_eq!(call["end_reason"]["kind"], "rejected");
+    assert_eq!(call["end_reason"]["code"], 488);
+    app.stop();
+}
+
+#[test]
+fn an_invite_from_outside_the_trunks_gets_403_and_an_audit_record() {
+    let app = Appliance::start("[[sip.trunk]]\nname = \"pbx\"\nallow = [\"10.9.9.9\"]\n");
+    let caller = Baresip::start(BaresipOptions::new("intruder"));
+    caller.dial(&app.uri("edgevoice"));
+    let closed = caller.wait_event("CALL_CLOSED", T_CALL);
+    assert!(closed.param.as_deref().unwrap_or("").contains("403"), "{closed}");
+    let audit = text(&app.site.cli(&["audit"]).stdout);
+    assert!(audit.contains("INVITE") && audit.contains("refused: 403") && audit.contains("127.0.0.1"), "{audit}");
+    assert!(app.calls().is_empty(), "a refused source leaves no call record");
+    app.stop();
+}
+
+#[test]
+fn slow_sipp_load_below_capacity_all_succeed_and_above_it_the_excess_gets_503() {
+    let app = Appliance::start("[sip]\nmax_calls = 5\n[media_test]\nafter_prompt = \"listen\"\n");
+    let target = format!("127.0.0.1:{}", app.sip_port);
+    let below = Sipp::run_uac(
+        &SippUac::new(&target)
+            .calls(30)
+            .rate(10.0)
+            .max_concurrent(5)
+            .call_duration(Duration::from_millis(1500)),
+    );
+    eprintln!("below capacity: {below:?}");
+    assert_eq!((below.successful, below.failed), (30, 0), "{}", below.screen);
+
+    let above = Sipp::run_uac(
+        &SippUac::new(&target)
+            .calls(20)
+            .rate(20.0)
+            .max_concurrent(20)
+            .call_duration(Duration::from_millis(3000)),
+    );
+    eprintln!("above capacity: {:?} codes {:?}", (above.successful, above.failed), above.codes);
+    let refused = above.codes.get(&503).copied().unwrap_or(0) as u64;
+    assert!(refused > 0, "no 503 above capacity: {:?}", above.codes);
+    assert_eq!(above.successful + refused, 20, "every call either succeeded or got 503, none timed out: {:?}", above.codes);
+    assert!(above.successful >= 5, "{:?}", above.codes);
+    app.stop();
+}
+
+#[test]
+fn slow_refer_hands_the_caller_to_a_human_and_records_the_outcome() {
+    let app = Appliance::start("[media_test]\nafter_prompt = \"listen\"\n");
+    let human = Baresip::start(BaresipOptions::new("human").auto_answer(true));
+    let caller = Baresip::start(BaresipOptions::new("caller").call_transfer(true));
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    let id = app.live_call_id();
+    let out = app.site.cli(&["call", "transfer", &id, &human.uri()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("accepted"), "{}", text(&out.stdout));
+    human.wait_event("CALL_ESTABLISHED", T_CALL);
+    let call = app.wait_call_ended();
+    assert_eq!(call["end_reason"]["kind"], "transferred", "{call}");
+    assert!(call["transfer"].as_str().unwrap_or("").contains("200"), "{call}");
+    app.stop();
+}
+
+#[test]
+fn slow_register_mode_against_kamailio_takes_calls_and_reports_bad_passwords() {
+    let kamailio = Kamailio::start(&[("bot", "s3cret"), ("alice", "alicepw"), ("mallory", "right")]);
+    let app = Appliance::start(&format!(
+        "[media_test]\nafter_prompt = \"listen\"\n\
+         [[sip.account]]\nname = \"pbx-bot\"\nusername = \"bot\"\npassword = \"s3cret\"\nregistrar = \"{}\"\n\
+         [[sip.account]]\nname = \"pbx-wrong\"\nusername = \"mallory\"\npassword = \"wrong\"\nregistrar = \"{}\"\n",
+        kamailio.addr(),
+        kamailio.addr()
+    ));
+    kamailio.wait_registered("bot", Duration::from_secs(10));
+    let status = peers::poll_until(Duration::from_secs(10), || {
+        let v = json(&app.site.cli(&["status", "--json"]).stdout);
+        let regs = v["registrations"].as_array()?.clone();
+        let bad = regs.iter().find(|r| r["account"] == "pbx-wrong")?;
+        (!bad["last_error"].is_null()).then_some(regs)
+    })
+    .expect("both accounts reported");
+    let good = status.iter().find(|r| r["account"] == "pbx-bot").unwrap();
+    let bad = status.iter().find(|r| r["account"] == "pbx-wrong").unwrap();
+    assert_eq!(good["registered"], true, "{status:?}");
+    assert_eq!(bad["registered"], false);
+    assert!(bad["last_error"].as_str().unwrap().contains("refused the credentials"), "{bad}");
+
+    let alice = Baresip::start(BaresipOptions::new("alice").register(&kamailio.addr(), "alicepw"));
+    alice.wait_registered(Duration::from_secs(10));
+    alice.dial(&format!("sip:bot@{}", kamailio.addr()));
+    alice.wait_event("CALL_ESTABLISHED", T_CALL);
+    alice.hangup();
+    let call = app.wait_call_ended();
+    assert_eq!(call["trunk"], "pbx-bot", "{call}");
+    let stderr = app.stop();
+    assert!(stderr.contains("retrying every"), "{stderr}");
+}
+
+#[test]
+fn slow_a_call_whose_rtp_stops_is_ended_with_bye_after_the_media_timeout() {
+    let app = Appliance::start("[sip]\nmedia_timeout_secs = 2\n[media_test]\nafter_prompt = \"listen\"\n");
+    let caller = Baresip::start(BaresipOptions::new("caller"));
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    std::thread::sleep(Duration::from_millis(500));
+    // Freeze the caller: its RTP stops, as when a phone loses its network.
+    let pid = nix::unistd::Pid::from_raw(caller.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP caller");
+    let call = app.wait_call_ended();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT caller");
+    assert_eq!(call["end_reason"]["kind"], "media_timeout", "{call}");
+    assert_eq!(call["hung_up_by"], "appliance");
+    app.stop();
+}
