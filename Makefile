@@ -86,6 +86,8 @@ deb: test-deps
 
 bench: deps
 	$(CARGO) bench --locked --bench store
+	$(CARGO) bench --locked --bench media
+	$(CARGO) bench --locked --bench sip
 	@echo "tables written under target/bench/"
 
 clean:

@@ -54,7 +54,10 @@ fn main() {
             .output()
             .expect("edgevoice status");
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            if let Some(p) = v["sip_listen"].as_str().and_then(|s| s.rsplit(':').next()?.parse::<u16>().ok()) {
+            if let Some(p) = v["sip_listen"]
+                .as_str()
+                .and_then(|s| s.rsplit(':').next()?.parse::<u16>().ok())
+            {
                 break p;
             }
         }
@@ -65,7 +68,10 @@ fn main() {
     let reference = Sipp::start_uas_answer();
     let reference_target = reference.addr();
 
-    let calls_per_step = std::env::var("BENCH_SIP_CALLS").ok().and_then(|s| s.parse().ok()).unwrap_or(600u32);
+    let calls_per_step = std::env::var("BENCH_SIP_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600u32);
     let mut rows = Vec::new();
     let mut best_ours = 0.0f64;
     for rate in [50.0, 100.0, 200.0, 400.0] {

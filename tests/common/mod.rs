@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -93,9 +99,11 @@ impl TestSite {
     }
 }
 
-/// A running edgevoiced, killed on drop if the test did not stop it.
+/// A running edgevoiced, killed on drop if the test did not stop it. Its stderr goes to a
+/// file (a pipe nobody drains would fill up and block the daemon's logging).
 pub struct TestDaemon {
     pub child: Child,
+    pub log_path: PathBuf,
 }
 
 impl TestDaemon {
@@ -108,14 +116,22 @@ impl TestDaemon {
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let log_path = site.dir.path().join(format!("edgevoiced-{}.log", unique()));
+        let log = std::fs::File::create(&log_path).expect("daemon log file");
+        cmd.stderr(Stdio::from(log));
         Self {
             child: cmd.spawn().expect("spawn edgevoiced"),
+            log_path,
         }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     pub fn pid(&self) -> i32 {
@@ -160,12 +176,7 @@ impl TestDaemon {
     }
 
     fn collect_output(&mut self) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
+        self.log()
     }
 }
 

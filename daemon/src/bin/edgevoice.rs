@@ -147,12 +147,23 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Call(CallCommand::Transfer { id, target }) => {
-            let v = daemon_call(&args, "call.transfer", serde_json::json!({ "id": id, "target": target }))?;
-            println!("{id}: {}", v["outcome"].as_str().unwrap_or("transfer requested"));
+            let v = daemon_call(
+                &args,
+                "call.transfer",
+                serde_json::json!({ "id": id, "target": target }),
+            )?;
+            println!(
+                "{id}: {}",
+                v["outcome"].as_str().unwrap_or("transfer requested")
+            );
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Call(CallCommand::Dtmf { id, digits }) => {
-            daemon_call(&args, "call.dtmf", serde_json::json!({ "id": id, "digits": digits }))?;
+            daemon_call(
+                &args,
+                "call.dtmf",
+                serde_json::json!({ "id": id, "digits": digits }),
+            )?;
             println!("{id}: sending {digits}");
             Ok(ExitCode::SUCCESS)
         }

@@ -38,7 +38,13 @@ pub async fn run_inbound(
 ) {
     let config = ctx.config().config;
     let id = ctx.store().new_id();
-    let mut rec = CallRecord::new_inbound(id, &call.call_id, &call.from, &call.to, &call.source.to_string());
+    let mut rec = CallRecord::new_inbound(
+        id,
+        &call.call_id,
+        &call.from,
+        &call.to,
+        &call.source.to_string(),
+    );
     rec.trunk = Some(call.trunk.clone());
     save(&ctx, &rec).await;
     let span = tracing::info_span!("call", id = %rec.id, call_id = %call.call_id);
@@ -50,7 +56,10 @@ pub async fn run_inbound(
         let reason = "no free RTP port pair".to_owned();
         tracing::warn!("{reason}; widen rtp.port_min..port_max");
         let _ = commands.send(reject(503, reason.clone())).await;
-        rec.end(EndReason::Rejected { code: 503, reason }, Some(Party::Appliance));
+        rec.end(
+            EndReason::Rejected { code: 503, reason },
+            Some(Party::Appliance),
+        );
         save(&ctx, &rec).await;
         return;
     };
@@ -70,12 +79,22 @@ pub async fn run_inbound(
             };
             tracing::info!(code, "offer refused: {e}");
             let _ = commands.send(reject(code, e.to_string())).await;
-            rec.end(EndReason::Rejected { code, reason: e.to_string() }, Some(Party::Appliance));
+            rec.end(
+                EndReason::Rejected {
+                    code,
+                    reason: e.to_string(),
+                },
+                Some(Party::Appliance),
+            );
             save(&ctx, &rec).await;
             return;
         }
     };
-    let _ = commands.send(CallCommand::Answer { sdp: answer.sdp.clone() }).await;
+    let _ = commands
+        .send(CallCommand::Answer {
+            sdp: answer.sdp.clone(),
+        })
+        .await;
     rec.codec = Some(answer.negotiated.codec);
     rec.answer_at_ms = Some(crate::store::now_ms());
     save(&ctx, &rec).await;
@@ -101,7 +120,14 @@ pub async fn run_inbound(
     let (control_tx, mut control_rx) = mpsc::channel(8);
     ctx.live_calls().insert(&rec.id, control_tx);
     let ending = media
-        .run(&ctx, &config, &mut signals, &commands, &mut control_rx, &mut rec)
+        .run(
+            &ctx,
+            &config,
+            &mut signals,
+            &commands,
+            &mut control_rx,
+            &mut rec,
+        )
         .await;
     ctx.live_calls().remove(&rec.id);
     media.close().await;
@@ -143,7 +169,11 @@ fn local_media_ip(config: &Config, peer: SocketAddr) -> IpAddr {
     }
     // connect() on UDP sends nothing; it only asks the routing table.
     std::net::UdpSocket::bind(SocketAddr::new(
-        if peer.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) },
+        if peer.is_ipv4() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([0u16; 8])
+        },
         0,
     ))
     .and_then(|s| {
@@ -188,10 +218,14 @@ fn builtin_prompt() -> (Vec<i16>, u32) {
 
 /// Reads a WAV prompt as mono PCM.
 fn load_prompt(path: &std::path::Path) -> Result<(Vec<i16>, u32), String> {
-    let mut reader = hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader =
+        hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let spec = reader.spec();
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
-        return Err(format!("{}: only 16-bit PCM WAV is supported", path.display()));
+        return Err(format!(
+            "{}: only 16-bit PCM WAV is supported",
+            path.display()
+        ));
     }
     let channels = spec.channels.max(1) as usize;
     let samples: Vec<i16> = reader
@@ -225,7 +259,10 @@ impl MediaRun {
         recording: Option<PathBuf>,
     ) -> Result<Self, String> {
         let now = Instant::now();
-        let mut media_config = MediaConfig::new(negotiated, (u64::from(rand_u32()) << 32) | u64::from(rand_u32()));
+        let mut media_config = MediaConfig::new(
+            negotiated,
+            (u64::from(rand_u32()) << 32) | u64::from(rand_u32()),
+        );
         media_config.media_timeout = match config.sip.media_timeout_secs {
             0 => None,
             s => Some(Duration::from_secs(u64::from(s))),
@@ -280,8 +317,16 @@ impl MediaRun {
         rec: &mut CallRecord,
     ) -> Ending {
         let started = Instant::now();
-        let mut transfer: Option<(String, Option<tokio::sync::oneshot::Sender<Result<String, String>>>)> = None;
+        let mut transfer: Option<(
+            String,
+            Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+        )> = None;
         let mut shutdown = ctx.call_shutdown();
+        let mut last_saved = (
+            rec.dtmf_received.len(),
+            rec.dtmf_sent.len(),
+            rec.transfer.clone(),
+        );
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         loop {
@@ -289,6 +334,16 @@ impl MediaRun {
             self.flush_transmits().await;
             if let Some(ending) = self.drain_events(rec) {
                 return ending;
+            }
+            // Operators see a live call through the store: keep what changed there.
+            let now_seen = (
+                rec.dtmf_received.len(),
+                rec.dtmf_sent.len(),
+                rec.transfer.clone(),
+            );
+            if now_seen != last_saved {
+                save(ctx, rec).await;
+                last_saved = now_seen;
             }
             // Without a timer the engine is closed; wake at least once a second anyway.
             let wake = self
@@ -312,7 +367,16 @@ impl MediaRun {
                 }
                 signal = signals.recv() => match signal {
                     Some(CallSignal::Confirmed) => tracing::debug!("ACK received"),
-                    Some(CallSignal::RemoteHangup) => return Ending { reason: EndReason::Hangup, by: Some(Party::Caller), send_bye: false },
+                    Some(CallSignal::RemoteHangup) => {
+                        // A transferee usually leaves as soon as its new call is up, often
+                        // before its final NOTIFY reaches us.
+                        if let Some((target, _)) = transfer.take() {
+                            let note = rec.transfer.take().unwrap_or_default();
+                            rec.transfer = Some(format!("{note}; caller then hung up (transfer presumed complete)"));
+                            return Ending { reason: EndReason::Transferred { target }, by: Some(Party::Caller), send_bye: false };
+                        }
+                        return Ending { reason: EndReason::Hangup, by: Some(Party::Caller), send_bye: false };
+                    }
                     Some(CallSignal::Cancelled) => return Ending { reason: EndReason::Cancelled, by: Some(Party::Caller), send_bye: false },
                     Some(CallSignal::Terminated(why)) => return Ending { reason: EndReason::Failed { error: why }, by: None, send_bye: false },
                     Some(CallSignal::InfoDtmf { digit, .. }) => {
@@ -385,7 +449,12 @@ impl MediaRun {
         }
     }
 
-    async fn reoffer(&mut self, config: &Config, offer: &str, commands: &mpsc::Sender<CallCommand>) {
+    async fn reoffer(
+        &mut self,
+        config: &Config,
+        offer: &str,
+        commands: &mpsc::Sender<CallCommand>,
+    ) {
         let local = LocalMedia {
             address: local_media_ip(config, self.session.rtp_destination()),
             rtp_port: self.sockets.rtp_port(),
@@ -397,17 +466,32 @@ impl MediaRun {
                 tracing::info!(direction = ?a.negotiated.direction, codec = %a.negotiated.codec, "re-INVITE applied");
                 match self.session.update_negotiated(Instant::now(), a.negotiated) {
                     Ok(()) => {
-                        let _ = commands.send(CallCommand::AnswerUpdate { code: 200, sdp: Some(a.sdp) }).await;
+                        let _ = commands
+                            .send(CallCommand::AnswerUpdate {
+                                code: 200,
+                                sdp: Some(a.sdp),
+                            })
+                            .await;
                     }
                     Err(e) => {
                         tracing::info!("re-INVITE refused by the media engine: {e}");
-                        let _ = commands.send(CallCommand::AnswerUpdate { code: 488, sdp: None }).await;
+                        let _ = commands
+                            .send(CallCommand::AnswerUpdate {
+                                code: 488,
+                                sdp: None,
+                            })
+                            .await;
                     }
                 }
             }
             Err(e) => {
                 tracing::info!("re-INVITE refused: {e}");
-                let _ = commands.send(CallCommand::AnswerUpdate { code: 488, sdp: None }).await;
+                let _ = commands
+                    .send(CallCommand::AnswerUpdate {
+                        code: 488,
+                        sdp: None,
+                    })
+                    .await;
             }
         }
     }
@@ -443,7 +527,9 @@ impl MediaRun {
     fn drain_events(&mut self, rec: &mut CallRecord) -> Option<Ending> {
         while let Some(event) = self.session.poll_event() {
             match event {
-                MediaEvent::AudioFrame { pcm, sample_rate, .. } => {
+                MediaEvent::AudioFrame {
+                    pcm, sample_rate, ..
+                } => {
                     if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");
@@ -463,7 +549,11 @@ impl MediaRun {
                         self.prompt_done = true;
                         tracing::debug!("prompt played");
                         if self.after_prompt == AfterPrompt::Hangup {
-                            return Some(Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true });
+                            return Some(Ending {
+                                reason: EndReason::Hangup,
+                                by: Some(Party::Appliance),
+                                send_bye: true,
+                            });
                         }
                     }
                 }
@@ -473,7 +563,11 @@ impl MediaRun {
                 }
                 MediaEvent::MediaTimeout => {
                     tracing::warn!("no RTP for the media timeout; ending the call");
-                    return Some(Ending { reason: EndReason::MediaTimeout, by: Some(Party::Appliance), send_bye: true });
+                    return Some(Ending {
+                        reason: EndReason::MediaTimeout,
+                        by: Some(Party::Appliance),
+                        send_bye: true,
+                    });
                 }
                 other => tracing::debug!(event = ?other, "media event"),
             }

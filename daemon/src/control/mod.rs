@@ -149,7 +149,10 @@ impl Command {
                 if !a.target.starts_with("sip:") && !a.target.starts_with("sips:") {
                     return Err(format!("transfer target `{}` must be a sip: URI", a.target));
                 }
-                Ok(Command::CallTransfer { id: a.id, target: a.target })
+                Ok(Command::CallTransfer {
+                    id: a.id,
+                    target: a.target,
+                })
             }
             "call.dtmf" => {
                 let a: CallDtmfArgs = serde_json::from_value(args)
@@ -158,7 +161,10 @@ impl Command {
                 if a.digits.is_empty() || a.digits.len() > 32 || !a.digits.chars().all(valid) {
                     return Err("digits must be 1 to 32 of 0-9 * # A-D".into());
                 }
-                Ok(Command::CallDtmf { id: a.id, digits: a.digits })
+                Ok(Command::CallDtmf {
+                    id: a.id,
+                    digits: a.digits,
+                })
             }
             other => Err(format!(
                 "unknown command `{other}`; known commands: {}",
@@ -268,17 +274,24 @@ impl Dispatcher {
             }
             Command::CallDtmf { id, digits } => {
                 let call = self.live_call(id)?;
-                call.blocking_send(crate::call::CallControl::SendDtmf { digits: digits.clone() })
-                    .map_err(|_| format!("call {id} has just ended"))?;
+                call.blocking_send(crate::call::CallControl::SendDtmf {
+                    digits: digits.clone(),
+                })
+                .map_err(|_| format!("call {id} has just ended"))?;
                 Ok(serde_json::json!({ "id": id, "dtmf": digits }))
             }
             Command::CallTransfer { id, target } => {
                 let call = self.live_call(id)?;
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                call.blocking_send(crate::call::CallControl::Transfer { target: target.clone(), reply })
-                    .map_err(|_| format!("call {id} has just ended"))?;
+                call.blocking_send(crate::call::CallControl::Transfer {
+                    target: target.clone(),
+                    reply,
+                })
+                .map_err(|_| format!("call {id} has just ended"))?;
                 match answer.blocking_recv() {
-                    Ok(Ok(outcome)) => Ok(serde_json::json!({ "id": id, "target": target, "outcome": outcome })),
+                    Ok(Ok(outcome)) => {
+                        Ok(serde_json::json!({ "id": id, "target": target, "outcome": outcome }))
+                    }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(format!("call {id} ended before the transfer was answered")),
                 }
@@ -293,7 +306,10 @@ impl Dispatcher {
         }
     }
 
-    fn live_call(&self, id: &str) -> Result<tokio::sync::mpsc::Sender<crate::call::CallControl>, String> {
+    fn live_call(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::mpsc::Sender<crate::call::CallControl>, String> {
         self.ctx
             .live_calls()
             .get(id)

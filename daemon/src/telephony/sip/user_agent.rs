@@ -452,7 +452,8 @@ impl Shell {
             return;
         };
         let config = self.ctx.config().config;
-        let mut trunks = config.sip.trunks.clone();
+        // Register-mode accounts first: their registrar may also sit inside a trunk's network.
+        let mut trunks = Vec::new();
         for (account, ips) in self
             .trusted_registrars
             .lock()
@@ -464,6 +465,7 @@ impl Shell {
                 allow: ips.iter().map(|ip| ip.to_string()).collect(),
             });
         }
+        trunks.extend(config.sip.trunks.iter().cloned());
         let facts = InviteFacts {
             source: source.ip(),
             max_forwards: req
