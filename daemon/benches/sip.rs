@@ -4,10 +4,8 @@
 //! Prints a table and writes it to target/bench/sip.md.
 
 #[path = "../../tests/common/audio.rs"]
-#[allow(dead_code)]
 mod audio;
 #[path = "../../tests/common/peers.rs"]
-#[allow(dead_code)]
 mod peers;
 
 use std::process::{Command, Stdio};

@@ -19,6 +19,12 @@ use crate::telephony::rtp_ports::{RtpPorts, RtpSockets};
 use crate::telephony::sdp::{self, LocalMedia, SdpError};
 use crate::telephony::sip::{CallCommand, CallSignal, InboundCall};
 
+/// A REFER we sent: its target, and the operator waiting for its answer.
+type PendingTransfer = (
+    String,
+    Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+);
+
 /// How an inbound call ended, as the task saw it.
 struct Ending {
     reason: EndReason,
@@ -317,10 +323,7 @@ impl MediaRun {
         rec: &mut CallRecord,
     ) -> Ending {
         let started = Instant::now();
-        let mut transfer: Option<(
-            String,
-            Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-        )> = None;
+        let mut transfer: Option<PendingTransfer> = None;
         let mut shutdown = ctx.call_shutdown();
         let mut last_saved = (
             rec.dtmf_received.len(),

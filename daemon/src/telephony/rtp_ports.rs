@@ -50,7 +50,9 @@ impl RtpPorts {
     pub fn new(bind_ip: IpAddr, port_min: u16, port_max: u16) -> Arc<Self> {
         let first = port_min + port_min % 2;
         let pairs = if port_max > first {
-            ((u32::from(port_max) - u32::from(first) + 1) / 2) as u16
+            // Only whole (even RTP, odd RTCP) pairs count.
+            let ports = u32::from(port_max) - u32::from(first) + 1;
+            (ports / 2) as u16
         } else {
             0
         };

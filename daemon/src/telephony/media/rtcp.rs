@@ -162,7 +162,7 @@ pub(crate) fn parse_compound(data: &[u8]) -> Result<Vec<RtcpPacket>, RtcpParseEr
 }
 
 fn push_header(out: &mut Vec<u8>, count: usize, packet_type: u8, len_bytes: usize) {
-    debug_assert!(len_bytes % 4 == 0 && count < 32);
+    debug_assert!(len_bytes.is_multiple_of(4) && count < 32);
     out.push(0x80 | (count as u8 & 0x1f));
     out.push(packet_type);
     out.extend_from_slice(&((len_bytes / 4 - 1) as u16).to_be_bytes());

@@ -432,7 +432,7 @@ fn speech_survives_jitter_reordering_and_loss() {
     // 20-60 ms jitter (reorders neighbours), 2% loss.
     let (frames, stats) = end_to_end(Codec::Pcmu, jfk, 16000, |seq| {
         let h = super::splitmix64(&mut u64::from(seq));
-        (h % 50 != 0).then_some(20 + (h >> 8) % 41)
+        (!h.is_multiple_of(50)).then_some(20 + (h >> 8) % 41)
     });
     let played: Vec<i16> = frames.iter().flat_map(|f| f.0.iter().copied()).collect();
     // The buffer grows by whole frames while adapting, so alignment shifts in 20 ms steps:

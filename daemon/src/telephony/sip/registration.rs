@@ -164,113 +164,6 @@ impl Registrar {
 /// Shared view of every account's registration, for status.
 pub type RegistrationBoard = Arc<Mutex<Vec<RegistrationStatus>>>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn refreshes_before_expiry() {
-        let t0 = Instant::now();
-        let mut r = Registrar::new("a", vec![addr("10.0.0.1:5060")], 300, t0);
-        assert_eq!(r.poll_timeout(), t0);
-        let msg = r.handle_attempt(t0, Attempt::Registered { granted_secs: 120 });
-        assert!(msg.unwrap().contains("registered"));
-        assert!(r.is_registered(t0 + Duration::from_secs(100)));
-        assert_eq!(r.poll_timeout(), t0 + Duration::from_secs(90));
-        // A refresh that works again says nothing new.
-        assert_eq!(
-            r.handle_attempt(
-                t0 + Duration::from_secs(90),
-                Attempt::Registered { granted_secs: 120 }
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn bad_credentials_back_off_exponentially_and_say_so_once() {
-        let t0 = Instant::now();
-        let mut r = Registrar::new(
-            "a",
-            vec![addr("10.0.0.1:5060"), addr("10.0.0.2:5060")],
-            300,
-            t0,
-        );
-        let rejected = || Attempt::Rejected {
-            code: 403,
-            reason: "Forbidden".into(),
-        };
-        let first = r.handle_attempt(t0, rejected()).unwrap();
-        assert!(
-            first.contains("refused the credentials") && first.contains("password"),
-            "{first}"
-        );
-        let mut t = t0;
-        let mut waits = Vec::new();
-        for _ in 0..8 {
-            let wait = r.poll_timeout() - t;
-            waits.push(wait.as_secs());
-            t = r.poll_timeout();
-            assert_eq!(
-                r.handle_attempt(t, rejected()),
-                None,
-                "same error is not repeated"
-            );
-        }
-        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256]);
-        assert_eq!(r.poll_timeout() - t, BACKOFF_MAX);
-        assert_eq!(
-            r.target(),
-            Some(addr("10.0.0.1:5060")),
-            "credentials fail everywhere: no failover"
-        );
-        assert!(!r.is_registered(t));
-    }
-
-    #[test]
-    fn unreachable_registrar_fails_over_to_the_backup() {
-        let t0 = Instant::now();
-        let mut r = Registrar::new(
-            "a",
-            vec![addr("10.0.0.1:5060"), addr("10.0.0.2:5060")],
-            300,
-            t0,
-        );
-        r.handle_attempt(
-            t0,
-            Attempt::Unreachable {
-                error: "timeout".into(),
-            },
-        );
-        assert_eq!(r.target(), Some(addr("10.0.0.2:5060")));
-        let t1 = r.poll_timeout();
-        r.handle_attempt(t1, Attempt::Registered { granted_secs: 300 });
-        assert!(r.is_registered(t1));
-        assert_eq!(r.status(t1).registrar, "10.0.0.2:5060");
-        assert_eq!(r.status(t1).last_error, None);
-    }
-
-    #[test]
-    fn a_failed_refresh_keeps_the_binding_until_it_expires() {
-        let t0 = Instant::now();
-        let mut r = Registrar::new("a", vec![addr("10.0.0.1:5060")], 300, t0);
-        r.handle_attempt(t0, Attempt::Registered { granted_secs: 300 });
-        let t1 = r.poll_timeout();
-        r.handle_attempt(
-            t1,
-            Attempt::Unreachable {
-                error: "timeout".into(),
-            },
-        );
-        assert!(r.is_registered(t1 + Duration::from_secs(10)));
-        assert!(!r.is_registered(t0 + Duration::from_secs(301)));
-    }
-}
-
 /// Resolves `host:port` (an IP literal or a DNS name) to addresses.
 async fn resolve(target: &str) -> Vec<SocketAddr> {
     match tokio::net::lookup_host(target).await {
@@ -394,5 +287,112 @@ pub async fn run_account(
                 tokio::time::timeout(Duration::from_secs(2), registration.register(uri, Some(0)))
                     .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn refreshes_before_expiry() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new("a", vec![addr("10.0.0.1:5060")], 300, t0);
+        assert_eq!(r.poll_timeout(), t0);
+        let msg = r.handle_attempt(t0, Attempt::Registered { granted_secs: 120 });
+        assert!(msg.unwrap().contains("registered"));
+        assert!(r.is_registered(t0 + Duration::from_secs(100)));
+        assert_eq!(r.poll_timeout(), t0 + Duration::from_secs(90));
+        // A refresh that works again says nothing new.
+        assert_eq!(
+            r.handle_attempt(
+                t0 + Duration::from_secs(90),
+                Attempt::Registered { granted_secs: 120 }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_credentials_back_off_exponentially_and_say_so_once() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(
+            "a",
+            vec![addr("10.0.0.1:5060"), addr("10.0.0.2:5060")],
+            300,
+            t0,
+        );
+        let rejected = || Attempt::Rejected {
+            code: 403,
+            reason: "Forbidden".into(),
+        };
+        let first = r.handle_attempt(t0, rejected()).unwrap();
+        assert!(
+            first.contains("refused the credentials") && first.contains("password"),
+            "{first}"
+        );
+        let mut t = t0;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let wait = r.poll_timeout() - t;
+            waits.push(wait.as_secs());
+            t = r.poll_timeout();
+            assert_eq!(
+                r.handle_attempt(t, rejected()),
+                None,
+                "same error is not repeated"
+            );
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256]);
+        assert_eq!(r.poll_timeout() - t, BACKOFF_MAX);
+        assert_eq!(
+            r.target(),
+            Some(addr("10.0.0.1:5060")),
+            "credentials fail everywhere: no failover"
+        );
+        assert!(!r.is_registered(t));
+    }
+
+    #[test]
+    fn unreachable_registrar_fails_over_to_the_backup() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(
+            "a",
+            vec![addr("10.0.0.1:5060"), addr("10.0.0.2:5060")],
+            300,
+            t0,
+        );
+        r.handle_attempt(
+            t0,
+            Attempt::Unreachable {
+                error: "timeout".into(),
+            },
+        );
+        assert_eq!(r.target(), Some(addr("10.0.0.2:5060")));
+        let t1 = r.poll_timeout();
+        r.handle_attempt(t1, Attempt::Registered { granted_secs: 300 });
+        assert!(r.is_registered(t1));
+        assert_eq!(r.status(t1).registrar, "10.0.0.2:5060");
+        assert_eq!(r.status(t1).last_error, None);
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_binding_until_it_expires() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new("a", vec![addr("10.0.0.1:5060")], 300, t0);
+        r.handle_attempt(t0, Attempt::Registered { granted_secs: 300 });
+        let t1 = r.poll_timeout();
+        r.handle_attempt(
+            t1,
+            Attempt::Unreachable {
+                error: "timeout".into(),
+            },
+        );
+        assert!(r.is_registered(t1 + Duration::from_secs(10)));
+        assert!(!r.is_registered(t0 + Duration::from_secs(301)));
     }
 }

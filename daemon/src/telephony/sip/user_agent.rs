@@ -364,7 +364,7 @@ impl Shell {
     }
 
     async fn on_transaction(&self, mut tx: Transaction) {
-        let method = tx.original.method.clone();
+        let method = tx.original.method;
         if method != rsip::Method::Ack {
             let raw = tx.original.to_string();
             if let Screened::Respond {
@@ -643,11 +643,9 @@ async fn drive_dialog(
                             apply_command(&dialog, cmd, &mut pending_update).await;
                         }
                     }
-                    DialogState::Confirmed(..) => {
-                        if !confirmed {
-                            confirmed = true;
-                            let _ = signals.send(CallSignal::Confirmed).await;
-                        }
+                    DialogState::Confirmed(..) if !confirmed => {
+                        confirmed = true;
+                        let _ = signals.send(CallSignal::Confirmed).await;
                     }
                     DialogState::Updated(_, req, handle) => {
                         let sdp = String::from_utf8_lossy(req.body()).into_owned();
