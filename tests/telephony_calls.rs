@@ -428,3 +428,64 @@ fn slow_a_call_whose_rtp_stops_is_ended_with_bye_after_the_media_timeout() {
     assert_eq!(call["hung_up_by"], "appliance");
     app.stop();
 }
+
+#[test]
+fn slow_outbound_calls_map_answer_busy_and_no_answer() {
+    let app = Appliance::start(
+        "[sip]\ncaller_id = \"+442079460000\"\n[media_test]\nafter_prompt = \"listen\"\n",
+    );
+    // Answered: the callee hears the prompt tones; the record says outbound/answered.
+    let callee = Baresip::start(BaresipOptions::new("callee").auto_answer(true));
+    let out = app
+        .site
+        .cli(&["call", "dial", &callee.uri(), "--ring-timeout", "5"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("answered"),
+        "{}",
+        text(&out.stdout)
+    );
+    let established = callee.wait_event("CALL_ESTABLISHED", T_CALL);
+    assert!(
+        established.raw.to_string().contains("+442079460000"),
+        "caller id: {established}"
+    );
+    callee.hangup();
+    let call = app.wait_call_ended();
+    assert_eq!(call["direction"], "outbound");
+    assert_eq!(call["dial_outcome"]["outcome"], "answered");
+    assert_eq!(call["hung_up_by"], "caller", "{call}");
+
+    // Busy.
+    let busy = Sipp::start_uas_reject(486, "Busy Here");
+    let out = app
+        .site
+        .cli(&["call", "dial", &busy.uri("someone"), "--ring-timeout", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("busy (486)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Nobody picks up: CANCEL after the ring timeout, recorded as no answer.
+    let silent = Baresip::start(BaresipOptions::new("silent"));
+    let out = app
+        .site
+        .cli(&["call", "dial", &silent.uri(), "--ring-timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("no_answer (487)"),
+        "{}",
+        text(&out.stdout)
+    );
+    silent.wait_event("CALL_CLOSED", T_CALL);
+    let newest = app.calls().into_iter().next().unwrap();
+    assert_eq!(newest["dial_outcome"]["outcome"], "no_answer", "{newest}");
+    app.stop();
+}

@@ -167,6 +167,28 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             println!("{id}: sending {digits}");
             Ok(ExitCode::SUCCESS)
         }
+        CliCommand::Call(CallCommand::Dial { to, ring_timeout }) => {
+            let v = daemon_call(
+                &args,
+                "call.dial",
+                serde_json::json!({ "to": to, "ring_timeout_secs": ring_timeout }),
+            )?;
+            let result = &v["result"];
+            println!(
+                "{}: {}{}",
+                v["id"].as_str().unwrap_or("?"),
+                result["outcome"].as_str().unwrap_or("?"),
+                result
+                    .get("code")
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            );
+            Ok(if result["outcome"] == "answered" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         CliCommand::Models(cmd) => models_command(&args, cmd),
     }
 }

@@ -57,8 +57,41 @@ impl LiveCalls {
     }
 }
 
+/// The running telephony: the SIP user agent and the RTP ports, for placing calls.
+pub struct Telephony {
+    pub ua: Arc<UserAgent>,
+    pub ports: Arc<RtpPorts>,
+}
+
+impl Telephony {
+    /// Places an outbound call in the background; `outcome` gets its id and how dialling ended.
+    pub fn dial(
+        &self,
+        ctx: &Arc<DaemonContext>,
+        req: session::DialRequest,
+        outcome: oneshot::Sender<(String, crate::telephony::sip::DialOutcome)>,
+    ) -> Result<(), String> {
+        let max_calls = ctx.config().config.sip.max_calls as usize;
+        let guard = ctx
+            .work()
+            .try_begin(max_calls)
+            .ok_or_else(|| format!("at capacity ({max_calls} calls) or draining"))?;
+        tokio::runtime::Handle::try_current()
+            .map_err(|e| e.to_string())?
+            .spawn(session::run_outbound(
+                ctx.clone(),
+                self.ports.clone(),
+                self.ua.clone(),
+                req,
+                guard,
+                outcome,
+            ));
+        Ok(())
+    }
+}
+
 /// Starts the SIP user agent with inbound calls handed to [`session::run_inbound`].
-pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipError> {
+pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<Telephony, SipError> {
     let config = ctx.config().config;
     let bind_ip = config
         .sip
@@ -67,6 +100,7 @@ pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipEr
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let ports = RtpPorts::new(bind_ip, config.rtp.port_min, config.rtp.port_max);
     let spawn_ctx = ctx.clone();
+    let inbound_ports = ports.clone();
     let spawner: CallSpawner = Arc::new(move |call, signals, commands| {
         let max_calls = spawn_ctx.config().config.sip.max_calls as usize;
         let guard = spawn_ctx
@@ -75,7 +109,7 @@ pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipEr
             .ok_or_else(|| (503, "At capacity".to_owned()))?;
         tokio::spawn(session::run_inbound(
             spawn_ctx.clone(),
-            ports.clone(),
+            inbound_ports.clone(),
             call,
             signals,
             commands,
@@ -83,5 +117,9 @@ pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<UserAgent, SipEr
         ));
         Ok(())
     });
-    user_agent::start(ctx, spawner).await
+    let ua = user_agent::start(ctx, spawner).await?;
+    Ok(Telephony {
+        ua: Arc::new(ua),
+        ports,
+    })
 }

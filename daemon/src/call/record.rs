@@ -79,6 +79,9 @@ pub struct CallRecord {
     pub dtmf_sent: String,
     pub transfer: Option<String>,
     pub recording: Option<PathBuf>,
+    /// Outbound calls: how dialling ended.
+    #[serde(default)]
+    pub dial_outcome: Option<crate::telephony::sip::DialOutcome>,
 }
 
 impl Record for CallRecord {
@@ -107,6 +110,7 @@ impl CallRecord {
             dtmf_sent: String::new(),
             transfer: None,
             recording: None,
+            dial_outcome: None,
         }
     }
 

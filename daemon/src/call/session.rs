@@ -17,7 +17,8 @@ use crate::telephony::codec::Negotiated;
 use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
 use crate::telephony::rtp_ports::{RtpPorts, RtpSockets};
 use crate::telephony::sdp::{self, LocalMedia, SdpError};
-use crate::telephony::sip::{CallCommand, CallSignal, InboundCall};
+use crate::telephony::sip::{CallCommand, CallSignal, DialOutcome, InboundCall};
+use tracing::Instrument;
 
 /// A REFER we sent: its target, and the operator waiting for its answer.
 type PendingTransfer = (
@@ -38,12 +39,27 @@ pub async fn run_inbound(
     ctx: Arc<DaemonContext>,
     ports: Arc<RtpPorts>,
     call: InboundCall,
-    mut signals: mpsc::Receiver<CallSignal>,
+    signals: mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
     guard: WorkGuard,
 ) {
-    let config = ctx.config().config;
     let id = ctx.store().new_id();
+    let span = tracing::info_span!("call", id = %id, call_id = %call.call_id);
+    inbound(ctx, ports, call, signals, commands, id)
+        .instrument(span)
+        .await;
+    drop(guard);
+}
+
+async fn inbound(
+    ctx: Arc<DaemonContext>,
+    ports: Arc<RtpPorts>,
+    call: InboundCall,
+    signals: mpsc::Receiver<CallSignal>,
+    commands: mpsc::Sender<CallCommand>,
+    id: ulid::Ulid,
+) {
+    let config = ctx.config().config;
     let mut rec = CallRecord::new_inbound(
         id,
         &call.call_id,
@@ -53,8 +69,6 @@ pub async fn run_inbound(
     );
     rec.trunk = Some(call.trunk.clone());
     save(&ctx, &rec).await;
-    let span = tracing::info_span!("call", id = %rec.id, call_id = %call.call_id);
-    let _enter = span.enter();
     tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
 
     let reject = |code: u16, reason: String| CallCommand::Reject { code, reason };
@@ -105,7 +119,29 @@ pub async fn run_inbound(
     rec.answer_at_ms = Some(crate::store::now_ms());
     save(&ctx, &rec).await;
     tracing::info!(codec = %answer.negotiated.codec, remote_rtp = %answer.negotiated.remote_rtp, local_rtp = local.rtp_port, "answered");
+    run_answered(
+        &ctx,
+        &config,
+        answer.negotiated,
+        sockets,
+        rec,
+        signals,
+        commands,
+    )
+    .await;
+}
 
+/// An answered call, inbound or outbound: media until someone hangs up, then the record is
+/// completed.
+async fn run_answered(
+    ctx: &Arc<DaemonContext>,
+    config: &Config,
+    negotiated: Negotiated,
+    sockets: RtpSockets,
+    mut rec: CallRecord,
+    mut signals: mpsc::Receiver<CallSignal>,
+    commands: mpsc::Sender<CallCommand>,
+) {
     let recording = config.call.record.then(|| {
         config
             .daemon
@@ -113,13 +149,13 @@ pub async fn run_inbound(
             .join("recordings")
             .join(format!("{}.wav", rec.id))
     });
-    let mut media = match MediaRun::new(&config, answer.negotiated, sockets, recording) {
+    let mut media = match MediaRun::new(config, negotiated, sockets, recording) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!("media engine refused the negotiated stream: {e}");
             let _ = commands.send(CallCommand::Hangup).await;
             rec.end(EndReason::Failed { error: e }, Some(Party::Appliance));
-            save(&ctx, &rec).await;
+            save(ctx, &rec).await;
             return;
         }
     };
@@ -127,8 +163,8 @@ pub async fn run_inbound(
     ctx.live_calls().insert(&rec.id, control_tx);
     let ending = media
         .run(
-            &ctx,
-            &config,
+            ctx,
+            config,
             &mut signals,
             &commands,
             &mut control_rx,
@@ -145,9 +181,131 @@ pub async fn run_inbound(
         rec.recording = Some(path);
     }
     rec.end(ending.reason, ending.by);
-    save(&ctx, &rec).await;
+    save(ctx, &rec).await;
     tracing::info!(reason = ?rec.end_reason, by = ?rec.hung_up_by, duration_ms = ?rec.duration_ms(), "call ended");
+}
+
+/// An outbound call to place (commissioning now, campaigns later).
+#[derive(Debug, Clone)]
+pub struct DialRequest {
+    pub to: String,
+    pub ring_timeout: Duration,
+}
+
+/// Places an outbound call and, when answered, runs it like an inbound one. `outcome`
+/// receives the call id and how dialling ended as soon as that is known.
+pub async fn run_outbound(
+    ctx: Arc<DaemonContext>,
+    ports: Arc<RtpPorts>,
+    ua: Arc<crate::telephony::sip::user_agent::UserAgent>,
+    req: DialRequest,
+    guard: WorkGuard,
+    outcome: tokio::sync::oneshot::Sender<(String, DialOutcome)>,
+) {
+    let id = ctx.store().new_id();
+    let span = tracing::info_span!("call", id = %id, to = %req.to);
+    outbound(ctx, ports, ua, req, id, outcome)
+        .instrument(span)
+        .await;
     drop(guard);
+}
+
+async fn outbound(
+    ctx: Arc<DaemonContext>,
+    ports: Arc<RtpPorts>,
+    ua: Arc<crate::telephony::sip::user_agent::UserAgent>,
+    req: DialRequest,
+    id: ulid::Ulid,
+    outcome: tokio::sync::oneshot::Sender<(String, DialOutcome)>,
+) {
+    let config = ctx.config().config;
+    let from = format!("sip:{}@{}", config.sip.caller_id, ua.local_addr);
+    let mut rec = CallRecord::new_inbound(id, "", &from, &req.to, &req.to);
+    rec.direction = super::record::CallDirection::Outbound;
+    save(&ctx, &rec).await;
+    let finish = |rec: &mut CallRecord, o: &DialOutcome| {
+        let (code, reason) = match o {
+            DialOutcome::Busy { code } => (*code, "busy".to_owned()),
+            DialOutcome::NoAnswer { code } => (*code, "no answer".to_owned()),
+            DialOutcome::Rejected { code } => (*code, "rejected".to_owned()),
+            DialOutcome::Failed { code, reason } => (code.unwrap_or(0), reason.clone()),
+            DialOutcome::Answered => (200, String::new()),
+        };
+        rec.dial_outcome = Some(o.clone());
+        rec.end(EndReason::Rejected { code, reason }, None);
+    };
+    let Some(sockets) = ports.allocate().await else {
+        let o = DialOutcome::Failed {
+            code: None,
+            reason: "no free RTP port pair".into(),
+        };
+        finish(&mut rec, &o);
+        save(&ctx, &rec).await;
+        let _ = outcome.send((rec.id.clone(), o));
+        return;
+    };
+    let peer = req
+        .to
+        .rsplit('@')
+        .next()
+        .and_then(|h| h.trim_start_matches("sip:").split(';').next())
+        .and_then(|h| h.parse::<SocketAddr>().ok())
+        .unwrap_or(ua.local_addr);
+    let local = LocalMedia {
+        address: local_media_ip(&config, peer),
+        rtp_port: sockets.rtp_port(),
+        session_id: u64::from(rand_u32()),
+        session_version: 1,
+    };
+    let preferences = config.sip.codec_preferences();
+    let offer = sdp::offer(&preferences, &local);
+    let (result, answered) = ua
+        .place_call(crate::telephony::sip::user_agent::OutboundRequest {
+            to: req.to.clone(),
+            caller_id: config.sip.caller_id.clone(),
+            display_name: None,
+            assert_identity: config.sip.assert_identity,
+            offer,
+            ring_timeout: req.ring_timeout,
+        })
+        .await;
+    tracing::info!(outcome = ?result, "outbound call");
+    let Some(call) = answered else {
+        finish(&mut rec, &result);
+        save(&ctx, &rec).await;
+        let _ = outcome.send((rec.id.clone(), result));
+        return;
+    };
+    let negotiated = match sdp::read_answer(&call.answer_sdp, &preferences) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("answer SDP unusable: {e}");
+            let _ = call.commands.send(CallCommand::Hangup).await;
+            let o = DialOutcome::Failed {
+                code: Some(200),
+                reason: e.to_string(),
+            };
+            finish(&mut rec, &o);
+            save(&ctx, &rec).await;
+            let _ = outcome.send((rec.id.clone(), o));
+            return;
+        }
+    };
+    rec.dial_outcome = Some(DialOutcome::Answered);
+    rec.codec = Some(negotiated.codec);
+    rec.answer_at_ms = Some(crate::store::now_ms());
+    save(&ctx, &rec).await;
+    let _ = outcome.send((rec.id.clone(), DialOutcome::Answered));
+    run_answered(
+        &ctx,
+        &config,
+        negotiated,
+        sockets,
+        rec,
+        call.signals,
+        call.commands,
+    )
+    .await;
 }
 
 async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {

@@ -91,6 +91,10 @@ pub struct SipConfig {
     /// Trunks (PBXs, carriers) allowed to send INVITEs, by source address.
     #[serde(rename = "trunk")]
     pub trunks: Vec<TrunkConfig>,
+    /// User part of From on outbound calls (the caller id the far end sees).
+    pub caller_id: String,
+    /// Also send P-Asserted-Identity with the caller id (trunks that require it).
+    pub assert_identity: bool,
     /// Accounts registered with a registrar (register mode); INVITEs from their registrars
     /// are accepted like a trunk's.
     #[serde(rename = "account")]
@@ -139,6 +143,8 @@ impl Default for SipConfig {
             retry_after_secs: 30,
             media_timeout_secs: 30,
             trunks: vec![TrunkConfig::default()],
+            caller_id: "edgevoice".to_owned(),
+            assert_identity: false,
             accounts: Vec::new(),
         }
     }

@@ -187,6 +187,17 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             Some(codec) => seen.push(codec),
         }
     }
+    if sip.caller_id.is_empty()
+        || !sip
+            .caller_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-._".contains(c))
+    {
+        problem(
+            "sip.caller_id",
+            format!("\"{}\" is not a usable caller id; use digits, letters and + - . _ (e.g. \"+442079460000\")", sip.caller_id),
+        );
+    }
     if sip.retry_after_secs > 3600 {
         problem(
             "sip.retry_after_secs",

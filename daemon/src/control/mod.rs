@@ -50,6 +50,19 @@ enum Command {
     CallHangup { id: String },
     CallTransfer { id: String, target: String },
     CallDtmf { id: String, digits: String },
+    CallDial { to: String, ring_timeout_secs: u64 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallDialArgs {
+    to: String,
+    #[serde(default = "default_ring_timeout")]
+    ring_timeout_secs: u64,
+}
+
+fn default_ring_timeout() -> u64 {
+    20
 }
 
 #[derive(Deserialize)]
@@ -100,6 +113,7 @@ const COMMANDS: &[&str] = &[
     "call.hangup",
     "call.transfer",
     "call.dtmf",
+    "call.dial",
 ];
 
 impl Command {
@@ -154,6 +168,20 @@ impl Command {
                     target: a.target,
                 })
             }
+            "call.dial" => {
+                let a: CallDialArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `call.dial`: {e}"))?;
+                if !a.to.starts_with("sip:") && !a.to.starts_with("sips:") {
+                    return Err(format!("`{}` must be a sip: URI", a.to));
+                }
+                if !(1..=25).contains(&a.ring_timeout_secs) {
+                    return Err("ring_timeout_secs must be 1 to 25".into());
+                }
+                Ok(Command::CallDial {
+                    to: a.to,
+                    ring_timeout_secs: a.ring_timeout_secs,
+                })
+            }
             "call.dtmf" => {
                 let a: CallDtmfArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `call.dtmf`: {e}"))?;
@@ -181,6 +209,7 @@ impl Command {
                 | Command::CallHangup { .. }
                 | Command::CallTransfer { .. }
                 | Command::CallDtmf { .. }
+                | Command::CallDial { .. }
         )
     }
 }
@@ -294,6 +323,24 @@ impl Dispatcher {
                     }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(format!("call {id} ended before the transfer was answered")),
+                }
+            }
+            Command::CallDial {
+                to,
+                ring_timeout_secs,
+            } => {
+                let telephony = self.ctx.telephony().ok_or("telephony is not running")?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let req = crate::call::session::DialRequest {
+                    to: to.clone(),
+                    ring_timeout: std::time::Duration::from_secs(*ring_timeout_secs),
+                };
+                telephony.dial(&self.ctx, req, tx)?;
+                match rx.blocking_recv() {
+                    Ok((id, outcome)) => {
+                        Ok(serde_json::json!({ "id": id, "to": to, "result": outcome }))
+                    }
+                    Err(_) => Err("the call task ended without an outcome".into()),
                 }
             }
             Command::ConfigReload => match self.ctx.reload() {

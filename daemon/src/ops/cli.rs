@@ -144,6 +144,14 @@ pub enum CallCommand {
     Transfer { id: String, target: String },
     /// Send DTMF digits (RFC 4733) on a live call.
     Dtmf { id: String, digits: String },
+    /// Place an outbound call (answered in media test mode) and print how dialling ended.
+    Dial {
+        /// SIP URI to call, e.g. sip:+442079460000@carrier.example.com
+        to: String,
+        /// Seconds to ring before CANCEL (1–25).
+        #[arg(long, default_value_t = 20)]
+        ring_timeout: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,6 +100,7 @@ pub struct DaemonContext {
     notifier: Notifier,
     sip_listen: std::sync::OnceLock<std::net::SocketAddr>,
     live_calls: crate::call::LiveCalls,
+    telephony: std::sync::OnceLock<crate::call::Telephony>,
     registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
@@ -118,6 +119,7 @@ impl DaemonContext {
             call_shutdown: tokio::sync::watch::channel(false).0,
             sip_listen: std::sync::OnceLock::new(),
             live_calls: crate::call::LiveCalls::default(),
+            telephony: std::sync::OnceLock::new(),
             registrations: std::sync::OnceLock::new(),
         }
     }
@@ -140,6 +142,11 @@ impl DaemonContext {
 
     pub fn live_calls(&self) -> &crate::call::LiveCalls {
         &self.live_calls
+    }
+
+    /// SIP and RTP, once started.
+    pub fn telephony(&self) -> Option<&crate::call::Telephony> {
+        self.telephony.get()
     }
 
     pub fn work(&self) -> &Arc<ActiveWork> {
@@ -292,9 +299,11 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
 
     let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
     let server = tokio::spawn(control::socket::serve(listener, dispatcher));
-    let sip = crate::call::start_telephony(ctx.clone()).await?;
+    let telephony = crate::call::start_telephony(ctx.clone()).await?;
+    let sip = telephony.ua.clone();
     let _ = ctx.sip_listen.set(sip.local_addr);
     let _ = ctx.registrations.set(sip.registrations.clone());
+    let _ = ctx.telephony.set(telephony);
 
     ctx.set_phase(Phase::Ready);
     let mut last_status = ctx.status().summary();

@@ -628,6 +628,7 @@ async fn drive_dialog(
     already_confirmed: bool,
 ) {
     let id = dialog.id();
+    let outbound = dialog.role() == rsipstack::transaction::key::TransactionRole::Client;
     let mut calling = false;
     let mut confirmed = already_confirmed;
     let mut early_commands: Vec<CallCommand> = Vec::new();
@@ -689,10 +690,12 @@ async fn drive_dialog(
                         let _ = handle.reply(rsip::StatusCode::NotImplemented).await;
                     }
                     DialogState::Terminated(_, reason) => {
+                        // rsipstack names the side that sent BYE by its role in the dialog.
+                        let remote_bye = if outbound { TerminatedReason::UasBye } else { TerminatedReason::UacBye };
                         let signal = match reason {
                             TerminatedReason::UacCancel => CallSignal::Cancelled,
-                            TerminatedReason::UacBye => CallSignal::RemoteHangup,
-                            TerminatedReason::UasBye => CallSignal::Terminated("ended by us".into()),
+                            r if std::mem::discriminant(&r) == std::mem::discriminant(&remote_bye) => CallSignal::RemoteHangup,
+                            TerminatedReason::UacBye | TerminatedReason::UasBye => CallSignal::Terminated("ended by us".into()),
                             TerminatedReason::Timeout => CallSignal::Terminated("SIP timeout (no ACK or no response)".into()),
                             other => CallSignal::Terminated(format!("{other:?}")),
                         };
