@@ -489,3 +489,62 @@ fn slow_outbound_calls_map_answer_busy_and_no_answer() {
     assert_eq!(newest["dial_outcome"]["outcome"], "no_answer", "{newest}");
     app.stop();
 }
+
+#[test]
+fn slow_when_the_caller_refuses_refer_the_appliance_bridges_the_human_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let speech = clip(tmp.path(), "speech.wav", 12_000, 6000, 8000);
+    let app = Appliance::start("[media_test]\nafter_prompt = \"listen\"\n");
+    let human = Baresip::start(BaresipOptions::new("human").auto_answer(true).record(true));
+    // call_transfer off: the caller answers REFER with 501.
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .call_transfer(false)
+            .mic(&speech, Duration::from_secs(2))
+            .record(true),
+    );
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    let id = app.live_call_id();
+    let out = app.site.cli(&["call", "transfer", &id, &human.uri()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("refused (501)") && said.contains("bridged to"),
+        "{said}"
+    );
+    human.wait_event("CALL_ESTABLISHED", T_CALL);
+    // The caller's WAV ends, it hangs up; the bridged leg to the human ends with it.
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(30));
+    human.wait_event("CALL_CLOSED", T_CALL);
+    let calls = peers::poll_until(Duration::from_secs(10), || {
+        let calls = app.calls();
+        (calls.len() == 2 && calls.iter().all(|c| !c["end_at_ms"].is_null())).then_some(calls)
+    })
+    .expect("both legs ended");
+    let inbound = calls.iter().find(|c| c["direction"] == "inbound").unwrap();
+    assert!(
+        inbound["transfer"].as_str().unwrap().contains("bridged to"),
+        "{inbound}"
+    );
+
+    // What the caller said reached the human through the bridge.
+    let heard = human.wait_recording(Duration::from_secs(5)).dec_wav();
+    let sent = caller.wait_recording(Duration::from_secs(5)).enc_wav();
+    let (r, lag) = audio::normalized_cross_correlation_max(
+        &heard.samples,
+        &sent.segment_ms(3000, 2500),
+        8000 * 6,
+    );
+    eprintln!("bridge: human heard the caller r={r:.3} lag={lag}");
+    assert!(
+        r >= 0.9,
+        "caller's speech not heard by the human (r={r:.3})"
+    );
+    app.stop();
+}

@@ -20,6 +20,45 @@ use crate::telephony::sdp::{self, LocalMedia, SdpError};
 use crate::telephony::sip::{CallCommand, CallSignal, DialOutcome, InboundCall};
 use tracing::Instrument;
 
+/// One end of a media bridge between two call legs: audio to the other leg, audio from it.
+/// When the other leg ends, its sender drops and this leg hangs up too.
+pub struct Bridge {
+    to_peer: mpsc::Sender<(Vec<i16>, u32)>,
+    from_peer: mpsc::Receiver<(Vec<i16>, u32)>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bridge")
+    }
+}
+
+/// Two connected bridge ends.
+pub fn bridge_pair() -> (Bridge, Bridge) {
+    // About a second of 20 ms frames: a stalled leg drops audio rather than growing memory.
+    let (a_tx, a_rx) = mpsc::channel(50);
+    let (b_tx, b_rx) = mpsc::channel(50);
+    (
+        Bridge {
+            to_peer: a_tx,
+            from_peer: b_rx,
+        },
+        Bridge {
+            to_peer: b_tx,
+            from_peer: a_rx,
+        },
+    )
+}
+
+/// A bridge being set up after a refused REFER: the target, the dial outcome to wait for,
+/// our end of the bridge, and the operator waiting for the result.
+type PendingBridge = (
+    String,
+    tokio::sync::oneshot::Receiver<(String, DialOutcome)>,
+    Bridge,
+    Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+);
+
 /// A REFER we sent: its target, and the operator waiting for its answer.
 type PendingTransfer = (
     String,
@@ -127,6 +166,7 @@ async fn inbound(
         rec,
         signals,
         commands,
+        None,
     )
     .await;
 }
@@ -141,6 +181,7 @@ async fn run_answered(
     mut rec: CallRecord,
     mut signals: mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
+    bridge: Option<Bridge>,
 ) {
     let recording = config.call.record.then(|| {
         config
@@ -150,7 +191,13 @@ async fn run_answered(
             .join(format!("{}.wav", rec.id))
     });
     let mut media = match MediaRun::new(config, negotiated, sockets, recording) {
-        Ok(m) => m,
+        Ok(mut m) => {
+            if bridge.is_some() {
+                m.session.flush_outgoing();
+                m.bridge = bridge;
+            }
+            m
+        }
         Err(e) => {
             tracing::error!("media engine refused the negotiated stream: {e}");
             let _ = commands.send(CallCommand::Hangup).await;
@@ -186,10 +233,12 @@ async fn run_answered(
 }
 
 /// An outbound call to place (commissioning now, campaigns later).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DialRequest {
     pub to: String,
     pub ring_timeout: Duration,
+    /// Connect the answered call's audio to another leg instead of media test mode.
+    pub bridge: Option<Bridge>,
 }
 
 /// Places an outbound call and, when answered, runs it like an inbound one. `outcome`
@@ -304,6 +353,7 @@ async fn outbound(
         rec,
         call.signals,
         call.commands,
+        req.bridge,
     )
     .await;
 }
@@ -413,6 +463,8 @@ struct MediaRun {
     max_duration: Option<Duration>,
     /// Digits an operator asked to send, played one after another.
     dtmf_queue: std::collections::VecDeque<char>,
+    /// When bridged to another leg: audio goes there instead of media test mode.
+    bridge: Option<Bridge>,
 }
 
 impl MediaRun {
@@ -468,6 +520,7 @@ impl MediaRun {
                 s => Some(Duration::from_secs(u64::from(s))),
             },
             dtmf_queue: std::collections::VecDeque::new(),
+            bridge: None,
         })
     }
 
@@ -482,6 +535,7 @@ impl MediaRun {
     ) -> Ending {
         let started = Instant::now();
         let mut transfer: Option<PendingTransfer> = None;
+        let mut pending_bridge: Option<PendingBridge> = None;
         let mut shutdown = ctx.call_shutdown();
         let mut last_saved = (
             rec.dtmf_received.len(),
@@ -557,11 +611,42 @@ impl MediaRun {
                             };
                             tracing::info!("{outcome}");
                             rec.transfer = Some(outcome.clone());
-                            if let Some(reply) = reply.take() {
-                                let _ = reply.send(if accepted { Ok(outcome) } else { Err(outcome) });
-                            }
-                            if !accepted {
+                            if accepted {
+                                if let Some(reply) = reply.take() {
+                                    let _ = reply.send(Ok(outcome));
+                                }
+                            } else {
+                                // The far end will not transfer: call the target ourselves and
+                                // relay the audio between the two legs.
+                                let reply = reply.take();
+                                let target = target.clone();
                                 transfer = None;
+                                match ctx.telephony() {
+                                    Some(tel) => {
+                                        let (mine, theirs) = bridge_pair();
+                                        let (otx, orx) = tokio::sync::oneshot::channel();
+                                        let req = DialRequest {
+                                            to: target.clone(),
+                                            ring_timeout: Duration::from_secs(20),
+                                            bridge: Some(theirs),
+                                        };
+                                        match tel.dial(ctx, req, otx) {
+                                            Ok(()) => pending_bridge = Some((target, orx, mine, reply)),
+                                            Err(e) => {
+                                                let note = format!("{outcome}; bridge to {target} not started: {e}");
+                                                rec.transfer = Some(note.clone());
+                                                if let Some(reply) = reply {
+                                                    let _ = reply.send(Err(note));
+                                                }
+                                            }
+                                        }
+                                    }
+                                    None => {
+                                        if let Some(reply) = reply {
+                                            let _ = reply.send(Err(outcome));
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -579,6 +664,49 @@ impl MediaRun {
                         }
                     }
                     None => return Ending { reason: EndReason::Failed { error: "signalling gone".into() }, by: None, send_bye: false },
+                },
+                chunk = async {
+                    match self.bridge.as_mut() {
+                        Some(b) => b.from_peer.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match chunk {
+                    Some((pcm, rate)) => {
+                        if let Err(e) = self.session.queue_audio(&pcm, rate) {
+                            tracing::debug!("bridged audio dropped: {e}");
+                        }
+                    }
+                    None => {
+                        tracing::info!("the bridged leg ended");
+                        return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
+                    }
+                },
+                dialled = async {
+                    match pending_bridge.as_mut() {
+                        Some((_, rx, _, _)) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((target, _, mine, reply)) = pending_bridge.take() {
+                        let previous = rec.transfer.clone().unwrap_or_default();
+                        let result = match dialled {
+                            Some((leg, DialOutcome::Answered)) => {
+                                self.session.flush_outgoing();
+                                self.bridge = Some(mine);
+                                Ok(format!("{previous}; bridged to {target} (call {leg})"))
+                            }
+                            Some((_, other)) => Err(format!("{previous}; bridge to {target} failed: {other:?}")),
+                            None => Err(format!("{previous}; bridge to {target} failed")),
+                        };
+                        let note = match &result {
+                            Ok(n) | Err(n) => n.clone(),
+                        };
+                        tracing::info!("{note}");
+                        rec.transfer = Some(note);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(result);
+                        }
+                    }
                 },
                 msg = control.recv() => match msg {
                     Some(CallControl::Hangup) => {
@@ -691,7 +819,10 @@ impl MediaRun {
                 MediaEvent::AudioFrame {
                     pcm, sample_rate, ..
                 } => {
-                    if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
+                    if let Some(b) = &self.bridge {
+                        // A full queue means the other leg stalls: drop, never block this call.
+                        let _ = b.to_peer.try_send((pcm, sample_rate));
+                    } else if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");
                         }
@@ -706,7 +837,7 @@ impl MediaRun {
                     }
                 }
                 MediaEvent::PlayoutDrained => {
-                    if !self.prompt_done {
+                    if !self.prompt_done && self.bridge.is_none() {
                         self.prompt_done = true;
                         tracing::debug!("prompt played");
                         if self.after_prompt == AfterPrompt::Hangup {

@@ -334,6 +334,7 @@ impl Dispatcher {
                 let req = crate::call::session::DialRequest {
                     to: to.clone(),
                     ring_timeout: std::time::Duration::from_secs(*ring_timeout_secs),
+                    bridge: None,
                 };
                 telephony.dial(&self.ctx, req, tx)?;
                 match rx.blocking_recv() {
