@@ -164,8 +164,7 @@ async fn inbound(
         answer.negotiated,
         sockets,
         rec,
-        signals,
-        commands,
+        (signals, commands),
         None,
     )
     .await;
@@ -179,8 +178,7 @@ async fn run_answered(
     negotiated: Negotiated,
     sockets: RtpSockets,
     mut rec: CallRecord,
-    mut signals: mpsc::Receiver<CallSignal>,
-    commands: mpsc::Sender<CallCommand>,
+    (mut signals, commands): (mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
 ) {
     let recording = config.call.record.then(|| {
@@ -351,8 +349,7 @@ async fn outbound(
         negotiated,
         sockets,
         rec,
-        call.signals,
-        call.commands,
+        (call.signals, call.commands),
         req.bridge,
     )
     .await;
