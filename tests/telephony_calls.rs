@@ -548,3 +548,54 @@ fn slow_when_the_caller_refuses_refer_the_appliance_bridges_the_human_itself() {
     );
     app.stop();
 }
+
+#[test]
+fn slow_calls_over_tcp_and_tls_are_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let tls_port = peers::free_port();
+    let app = Appliance::start(&format!(
+        "[sip]\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[media_test]\nafter_prompt = \"listen\"\n",
+        cert.display(),
+        key.display()
+    ));
+    // TCP: sipp over one TCP connection.
+    let mut uac = SippUac::new(&format!("127.0.0.1:{}", app.sip_port))
+        .calls(5)
+        .rate(5.0)
+        .call_duration(Duration::from_millis(500));
+    uac.extra_args = vec!["-t".into(), "t1".into()];
+    let tcp = Sipp::run_uac(&uac);
+    assert_eq!((tcp.successful, tcp.failed), (5, 0), "{}", tcp.screen);
+
+    // TLS: baresip dials the TLS port.
+    let mut opts = BaresipOptions::new("caller");
+    opts.extra_config.push("sip_verify_server no".into());
+    let caller = Baresip::start(opts);
+    caller.dial(&format!("sip:edgevoice@127.0.0.1:{tls_port};transport=tls"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.hangup();
+    let call = app.wait_call_ended();
+    assert_eq!(call["hung_up_by"], "caller", "{call}");
+    app.stop();
+}

@@ -79,6 +79,11 @@ pub struct SipConfig {
     pub listen: String,
     /// Calls handled at once; further INVITEs are refused with 486/503.
     pub max_calls: u32,
+    /// Address for SIP over TLS (e.g. "0.0.0.0:5061"); empty = no TLS.
+    pub tls_listen: String,
+    /// PEM certificate chain and private key for TLS.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     /// IP put in Contact and SDP; empty = the listen IP, or for a wildcard listen the local
     /// address that routes to the peer.
     pub public_address: String,
@@ -138,6 +143,9 @@ impl Default for SipConfig {
         Self {
             listen: "0.0.0.0:5060".to_owned(),
             max_calls: 16,
+            tls_listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             public_address: String::new(),
             codecs: vec!["pcmu".into(), "pcma".into(), "g722".into()],
             retry_after_secs: 30,
@@ -398,6 +406,8 @@ impl Config {
             &mut self.models.dir,
             &mut self.models.manifest,
             &mut self.media_test.prompt,
+            &mut self.sip.tls_cert,
+            &mut self.sip.tls_key,
         ] {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
@@ -452,6 +462,9 @@ impl Config {
         merged.daemon.state_dir = self.daemon.state_dir.clone();
         merged.daemon.runtime_dir = self.daemon.runtime_dir.clone();
         merged.sip.listen = self.sip.listen.clone();
+        merged.sip.tls_listen = self.sip.tls_listen.clone();
+        merged.sip.tls_cert = self.sip.tls_cert.clone();
+        merged.sip.tls_key = self.sip.tls_key.clone();
         merged.rtp.port_min = self.rtp.port_min;
         merged.rtp.port_max = self.rtp.port_max;
         merged

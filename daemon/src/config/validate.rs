@@ -141,6 +141,36 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if !sip.tls_listen.is_empty() {
+        if sip.tls_listen.parse::<SocketAddr>().is_err() {
+            problem(
+                "sip.tls_listen",
+                format!(
+                    "\"{}\" is not an IP:PORT address; use e.g. \"0.0.0.0:5061\" or leave it empty",
+                    sip.tls_listen
+                ),
+            );
+        }
+        for (key, path, marker) in [
+            ("sip.tls_cert", &sip.tls_cert, "CERTIFICATE"),
+            ("sip.tls_key", &sip.tls_key, "PRIVATE KEY"),
+        ] {
+            match std::fs::read_to_string(path) {
+                Ok(pem) if pem.contains(&format!("-----BEGIN ")) && pem.contains(marker) => {}
+                Ok(_) => problem(
+                    key,
+                    format!("{} is not a PEM file with a {marker}", path.display()),
+                ),
+                Err(e) => problem(
+                    key,
+                    format!(
+                        "cannot read {} ({e}); sip.tls_listen needs a PEM certificate and key",
+                        path.display()
+                    ),
+                ),
+            }
+        }
+    }
     if !(1..=1000).contains(&sip.max_calls) {
         problem(
             "sip.max_calls",

@@ -11,7 +11,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::{self as rsip, prelude::HeadersExt};
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::{
-    udp::UdpConnection, SipConnection, TcpListenerConnection, TransportLayer,
+    udp::UdpConnection, SipConnection, TcpListenerConnection, TlsListenerConnection, TransportLayer,
 };
 use rsipstack::EndpointBuilder;
 use tokio::sync::mpsc;
@@ -247,6 +247,37 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
             reason: e.to_string(),
         })?;
     transport_layer.add_transport(tcp.into());
+    let tls_addr = match config.sip.tls_listen.parse::<SocketAddr>() {
+        Ok(addr) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| SipError::Listen {
+                    addr,
+                    transport: "tls",
+                    reason: format!("cannot read {}: {e}", p.display()),
+                })
+            };
+            let tls_config = rsipstack::transport::TlsConfig {
+                cert: Some(read(&config.sip.tls_cert)?),
+                key: Some(read(&config.sip.tls_key)?),
+                ..Default::default()
+            };
+            std::net::TcpListener::bind(addr).map_err(|e| SipError::Listen {
+                addr,
+                transport: "tls",
+                reason: e.to_string(),
+            })?;
+            let tls = TlsListenerConnection::new(addr, None, tls_config)
+                .await
+                .map_err(|e| SipError::Listen {
+                    addr,
+                    transport: "tls",
+                    reason: e.to_string(),
+                })?;
+            transport_layer.add_transport(tls.into());
+            Some(addr)
+        }
+        Err(_) => None,
+    };
 
     let endpoint = EndpointBuilder::new()
         .with_user_agent(&format!("edgevoice/{}", crate::ops::VERSION))
@@ -297,7 +328,10 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
             _ = loop_cancel.cancelled() => {}
         }
     });
-    tracing::info!(%local_addr, "SIP listening on UDP and TCP");
+    match tls_addr {
+        Some(tls) => tracing::info!(%local_addr, %tls, "SIP listening on UDP, TCP and TLS"),
+        None => tracing::info!(%local_addr, "SIP listening on UDP and TCP"),
+    }
     Ok(UserAgent {
         cancel,
         dialogs: dialogs_for_outbound,
