@@ -156,7 +156,7 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ("sip.tls_key", &sip.tls_key, "PRIVATE KEY"),
         ] {
             match std::fs::read_to_string(path) {
-                Ok(pem) if pem.contains(&format!("-----BEGIN ")) && pem.contains(marker) => {}
+                Ok(pem) if pem.contains("-----BEGIN ") && pem.contains(marker) => {}
                 Ok(_) => problem(
                     key,
                     format!("{} is not a PEM file with a {marker}", path.display()),
