@@ -383,6 +383,24 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// `a/b/../c` → `a/c`, without touching the file system (the paths may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 /// The control socket named by the file at `path`, even when the file fails validation, so the
 /// CLI can still reach a daemon whose config file was since broken. Falls back to the default.
 pub fn control_socket_hint(path: &Path) -> PathBuf {
@@ -410,7 +428,7 @@ impl Config {
             &mut self.sip.tls_key,
         ] {
             if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         }
     }
@@ -674,6 +692,19 @@ mod tests {
             loaded.config.daemon.runtime_dir,
             PathBuf::from("/run/edgevoice")
         );
+    }
+
+    #[test]
+    fn relative_paths_are_normalized() {
+        assert_eq!(
+            normalize(Path::new("config/../var/state")),
+            PathBuf::from("var/state")
+        );
+        assert_eq!(
+            normalize(Path::new("/etc/./edgevoice/../x")),
+            PathBuf::from("/etc/x")
+        );
+        assert_eq!(normalize(Path::new("../var")), PathBuf::from("../var"));
     }
 
     #[test]

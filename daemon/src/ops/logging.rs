@@ -45,13 +45,16 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
-/// rsipstack logs every datagram at INFO; its own warnings are what an operator needs.
+/// rsipstack logs every datagram at INFO and sled every log-segment write at DEBUG; their
+/// warnings are what an operator needs, unless a directive names them.
 fn with_library_defaults(directives: &str) -> String {
-    if directives.contains("rsipstack") {
-        directives.to_owned()
-    } else {
-        format!("{directives},rsipstack=warn")
+    let mut out = directives.to_owned();
+    for library in ["rsipstack", "sled"] {
+        if !directives.contains(library) {
+            out.push_str(&format!(",{library}=warn"));
+        }
     }
+    out
 }
 
 /// Installs the global subscriber. Call once, first thing in a binary.
