@@ -599,3 +599,35 @@ fn slow_calls_over_tcp_and_tls_are_answered() {
     assert_eq!(call["hung_up_by"], "caller", "{call}");
     app.stop();
 }
+
+#[test]
+fn slow_hold_and_resume_by_reinvite_keep_the_call_and_pause_the_media_timeout() {
+    let app = Appliance::start(
+        "[sip]\nmedia_timeout_secs = 2\n[media_test]\nafter_prompt = \"listen\"\n",
+    );
+    let caller = Baresip::start(BaresipOptions::new("caller"));
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.hold();
+    // On hold the caller sends no RTP; longer than the media timeout must not end the call.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        app.calls()[0]["end_at_ms"].is_null(),
+        "call ended during hold: {:?}\n{}",
+        app.calls(),
+        tail(&app.daemon.log(), 40)
+    );
+    caller.resume();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(app.calls()[0]["end_at_ms"].is_null());
+    caller.hangup();
+    let call = app.wait_call_ended();
+    assert_eq!(call["hung_up_by"], "caller", "{call}");
+    let log = app.daemon.log();
+    assert!(
+        log.contains("re-INVITE applied") && log.contains("RecvOnly"),
+        "{}",
+        tail(&log, 40)
+    );
+    app.stop();
+}

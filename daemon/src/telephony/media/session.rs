@@ -397,6 +397,10 @@ impl MediaSession {
         }
         if n.direction.receives() && !old.direction.receives() {
             self.jb.reset(n.codec);
+        }
+        if n.direction == crate::telephony::codec::Direction::SendRecv
+            && old.direction != crate::telephony::codec::Direction::SendRecv
+        {
             self.last_media_at = now;
             self.timeout_fired = false;
         }
@@ -442,7 +446,10 @@ impl MediaSession {
 
     fn media_deadline(&self) -> Option<Instant> {
         let timeout = self.cfg.media_timeout.filter(|d| !d.is_zero())?;
-        if self.timeout_fired || !self.neg.direction.receives() {
+        // Only a two-way stream must carry RTP: a peer that holds us (our recvonly) often
+        // sends nothing at all instead of music on hold.
+        if self.timeout_fired || self.neg.direction != crate::telephony::codec::Direction::SendRecv
+        {
             return None;
         }
         Some(self.last_media_at + timeout)

@@ -1055,6 +1055,29 @@ fn media_timeout_never_fires_on_hold_and_restarts_after_it() {
 }
 
 #[test]
+fn media_timeout_never_fires_while_the_peer_holds_us() {
+    // The peer's sendonly makes us recvonly: it may send nothing at all while holding.
+    let mut cfg = config(Codec::Pcmu);
+    cfg.media_timeout = Some(Duration::from_secs(3));
+    let mut h = Harness::new(cfg);
+    let mut held = neg(Codec::Pcmu);
+    held.direction = Direction::RecvOnly;
+    h.s.update_negotiated(h.at(0), held).unwrap();
+    h.run_to(h.at(20_000));
+    assert_eq!(h.count(|e| *e == MediaEvent::MediaTimeout), 0);
+    h.s.update_negotiated(h.at(20_000), neg(Codec::Pcmu))
+        .unwrap();
+    h.run_to(h.at(22_990));
+    assert_eq!(
+        h.count(|e| *e == MediaEvent::MediaTimeout),
+        0,
+        "restarted at resume"
+    );
+    h.run_to(h.at(23_010));
+    assert_eq!(h.count(|e| *e == MediaEvent::MediaTimeout), 1);
+}
+
+#[test]
 fn media_timeout_zero_disables_it() {
     let mut cfg = config(Codec::Pcmu);
     cfg.media_timeout = Some(Duration::ZERO);
