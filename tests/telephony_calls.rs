@@ -631,3 +631,34 @@ fn slow_hold_and_resume_by_reinvite_keep_the_call_and_pause_the_media_timeout() 
     );
     app.stop();
 }
+
+#[test]
+fn slow_trunk_keepalive_reports_a_trunk_going_down() {
+    let mut pbx = Baresip::start(BaresipOptions::new("pbx"));
+    let app = Appliance::start(&format!(
+        "[[sip.trunk]]\nname = \"pbx\"\nallow = [\"127.0.0.1\"]\noptions_uri = \"{}\"\noptions_interval_secs = 5\n",
+        pbx.uri()
+    ));
+    let trunk = |app: &Appliance| -> Option<serde_json::Value> {
+        let v = json(&app.site.cli(&["status", "--json"]).stdout);
+        v["trunks"]
+            .as_array()?
+            .iter()
+            .find(|t| t["trunk"] == "pbx")
+            .cloned()
+    };
+    let up = peers::poll_until(Duration::from_secs(10), || {
+        trunk(&app).filter(|t| t["up"] == true)
+    })
+    .expect("trunk reported up");
+    assert!(up["last"].as_str().unwrap().starts_with("200"), "{up}");
+    pbx.stop();
+    let down = peers::poll_until(Duration::from_secs(15), || {
+        trunk(&app).filter(|t| t["up"] == false)
+    })
+    .expect("trunk reported down");
+    eprintln!("down: {down}");
+    assert!(text(&app.site.cli(&["status"]).stdout).contains("pbx DOWN"));
+    let log = app.stop();
+    assert!(log.contains("trunk down"), "{}", tail(&log, 20));
+}

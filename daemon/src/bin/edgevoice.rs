@@ -259,6 +259,13 @@ fn print_status(s: &Status) {
         "  sip           {}",
         s.sip_listen.as_deref().unwrap_or("not listening")
     );
+    for t in &s.trunks {
+        let state = if t.up { "up" } else { "DOWN" };
+        println!(
+            "  trunk         {} {state} ({}: {})",
+            t.trunk, t.target, t.last
+        );
+    }
     for r in &s.registrations {
         let state = if r.registered {
             "registered"

@@ -165,6 +165,16 @@ pub struct TrunkConfig {
     pub name: String,
     /// Source addresses or networks (CIDR), e.g. "192.0.2.10" or "10.1.0.0/16".
     pub allow: Vec<String>,
+    /// SIP URI to send OPTIONS to as a keepalive (e.g. "sip:192.0.2.10:5060"); empty = none.
+    #[serde(default)]
+    pub options_uri: String,
+    /// Seconds between keepalive OPTIONS.
+    #[serde(default = "default_options_interval")]
+    pub options_interval_secs: u32,
+}
+
+fn default_options_interval() -> u32 {
+    30
 }
 
 impl Default for TrunkConfig {
@@ -172,6 +182,8 @@ impl Default for TrunkConfig {
         Self {
             name: "local".into(),
             allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            options_uri: String::new(),
+            options_interval_secs: default_options_interval(),
         }
     }
 }

@@ -261,6 +261,21 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             );
         }
         names.push(trunk.name.clone());
+        if !trunk.options_uri.is_empty() && !trunk.options_uri.starts_with("sip:") {
+            problem(
+                &key,
+                format!("trunk \"{}\": options_uri \"{}\" is not a sip: URI; use e.g. \"sip:192.0.2.10:5060\" or leave it empty", trunk.name, trunk.options_uri),
+            );
+        }
+        if !(5..=3600).contains(&trunk.options_interval_secs) {
+            problem(
+                &key,
+                format!(
+                    "trunk \"{}\": options_interval_secs {} is out of range; use 5 to 3600",
+                    trunk.name, trunk.options_interval_secs
+                ),
+            );
+        }
         for a in &trunk.allow {
             if super::parse_net(a).is_none() {
                 problem(

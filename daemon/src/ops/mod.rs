@@ -58,6 +58,9 @@ pub struct Status {
     /// Register-mode accounts.
     #[serde(default)]
     pub registrations: Vec<crate::telephony::sip::registration::RegistrationStatus>,
+    /// Trunks with an OPTIONS keepalive.
+    #[serde(default)]
+    pub trunks: Vec<crate::telephony::sip::keepalive::TrunkHealth>,
     pub uplink: String,
 }
 
@@ -179,6 +182,16 @@ impl DaemonContext {
                 .registrations
                 .get()
                 .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .unwrap_or_default(),
+            trunks: self
+                .telephony
+                .get()
+                .map(|t| {
+                    t.ua.trunk_health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                })
                 .unwrap_or_default(),
             uplink: "not configured".to_owned(),
         }

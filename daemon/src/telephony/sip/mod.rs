@@ -4,6 +4,7 @@
 //! rsipstack's types.
 
 pub mod admission;
+pub mod keepalive;
 pub mod registration;
 pub mod user_agent;
 

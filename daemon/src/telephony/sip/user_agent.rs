@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, InviteFacts, Verdict};
+use super::keepalive::{self, TrunkBoard};
 use super::registration::{self, RegistrationBoard};
 use super::screen::{self, Screened};
 use super::{parse_info_dtmf, CallCommand, CallSignal, DialOutcome, InboundCall};
@@ -64,6 +65,8 @@ pub struct UserAgent {
     pub local_addr: SocketAddr,
     /// Register-mode accounts and how their registration stands.
     pub registrations: RegistrationBoard,
+    /// Trunks with a keepalive and how they last answered.
+    pub trunk_health: TrunkBoard,
 }
 
 /// An outbound call to place.
@@ -293,6 +296,23 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
             reason: e.to_string(),
         })?;
     let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+    let trunk_health: TrunkBoard = Arc::default();
+    for trunk in config
+        .sip
+        .trunks
+        .iter()
+        .filter(|t| !t.options_uri.is_empty())
+    {
+        tokio::spawn(keepalive::run(
+            endpoint.inner.clone(),
+            trunk.name.clone(),
+            trunk.options_uri.clone(),
+            Duration::from_secs(u64::from(trunk.options_interval_secs)),
+            local_addr.to_string(),
+            trunk_health.clone(),
+            cancel.child_token(),
+        ));
+    }
     let registrations: RegistrationBoard = Arc::default();
     let trusted_registrars: TrustedRegistrars = Arc::default();
     for account in config.sip.accounts.clone() {
@@ -337,6 +357,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         dialogs: dialogs_for_outbound,
         local_addr,
         registrations,
+        trunk_health,
     })
 }
 
@@ -497,6 +518,7 @@ impl Shell {
             trunks.push(crate::config::TrunkConfig {
                 name: account.clone(),
                 allow: ips.iter().map(|ip| ip.to_string()).collect(),
+                ..Default::default()
             });
         }
         trunks.extend(config.sip.trunks.iter().cloned());
