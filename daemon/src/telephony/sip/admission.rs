@@ -90,10 +90,12 @@ mod tests {
             TrunkConfig {
                 name: "pbx".into(),
                 allow: vec!["10.1.2.3".into()],
+                ..Default::default()
             },
             TrunkConfig {
                 name: "carrier".into(),
                 allow: vec!["198.51.100.0/24".into()],
+                ..Default::default()
             },
         ]
     }
