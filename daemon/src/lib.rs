@@ -12,3 +12,4 @@ pub mod models;
 pub mod ops;
 pub mod store;
 pub mod telephony;
+pub mod uplink;
