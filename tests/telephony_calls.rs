@@ -662,3 +662,23 @@ fn slow_trunk_keepalive_reports_a_trunk_going_down() {
     let log = app.stop();
     assert!(log.contains("trunk down"), "{}", tail(&log, 20));
 }
+
+#[test]
+fn sip_info_dtmf_is_received_when_rfc4733_was_not_negotiated() {
+    let app = Appliance::start("[media_test]\nafter_prompt = \"listen\"\n");
+    let result = Sipp::run_uac(
+        &SippUac::new(&format!("127.0.0.1:{}", app.sip_port))
+            .calls(1)
+            .scenario(peers::peers_dir().join("sipp/uac_info_dtmf.xml"))
+            .call_duration(Duration::from_millis(300)),
+    );
+    assert_eq!(
+        (result.successful, result.failed),
+        (1, 0),
+        "{}",
+        result.screen
+    );
+    let call = app.wait_call_ended();
+    assert_eq!(call["dtmf_received"], "79", "{call}");
+    app.stop();
+}
