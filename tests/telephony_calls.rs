@@ -682,3 +682,22 @@ fn sip_info_dtmf_is_received_when_rfc4733_was_not_negotiated() {
     assert_eq!(call["dtmf_received"], "79", "{call}");
     app.stop();
 }
+
+#[test]
+fn slow_register_mode_fails_over_to_the_backup_registrar() {
+    let kamailio = Kamailio::start(&[("bot", "s3cret")]);
+    // Nothing listens on the primary: REGISTERs there go unanswered.
+    let dead = peers::free_port();
+    let app = Appliance::start(&format!(
+        "[[sip.account]]\nname = \"pbx\"\nusername = \"bot\"\npassword = \"s3cret\"\n\
+         registrar = \"127.0.0.1:{dead}\"\nbackup_registrar = \"{}\"\n",
+        kamailio.addr()
+    ));
+    kamailio.wait_registered("bot", Duration::from_secs(30));
+    let status = json(&app.site.cli(&["status", "--json"]).stdout);
+    let reg = &status["registrations"][0];
+    assert_eq!(reg["registered"], true, "{status}");
+    assert_eq!(reg["registrar"], kamailio.addr(), "{status}");
+    let log = app.stop();
+    assert!(log.contains("unreachable"), "{}", tail(&log, 20));
+}

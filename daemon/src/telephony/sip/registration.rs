@@ -43,6 +43,9 @@ pub struct Registrar {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
+/// How long a REGISTER may go unanswered before the registrar counts as unreachable and the
+/// backup is tried: shorter than SIP's 32 s transaction timeout, so failover is quick.
+const REGISTER_ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 impl Registrar {
@@ -245,7 +248,7 @@ pub async fn run_account(
         };
         // Bounded: a registrar that never answers must not stall the loop past Timer F.
         let attempt = match tokio::time::timeout(
-            Duration::from_secs(35),
+            REGISTER_ANSWER_TIMEOUT,
             registration.register(uri, Some(state.requested_secs())),
         )
         .await
@@ -267,7 +270,7 @@ pub async fn run_account(
                 error: e.to_string(),
             },
             Err(_) => Attempt::Unreachable {
-                error: "no answer within 35 s".into(),
+                error: format!("no answer within {} s", REGISTER_ANSWER_TIMEOUT.as_secs()),
             },
         };
         let ok = matches!(attempt, Attempt::Registered { .. });
