@@ -75,22 +75,7 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Audit { limit, json } => {
-            let records: Vec<serde_json::Value> =
-                match daemon_call(&args, "audit.list", serde_json::json!({ "limit": limit })) {
-                    Ok(v) => serde_json::from_value(v)?,
-                    Err(e) if is_not_running(&e) => {
-                        let store = open_store_offline(&args)?;
-                        let tree = store.tree::<AuditRecord>()?;
-                        tree.newest(*limit)
-                            .into_iter()
-                            .map(|r| match r {
-                                Ok((_, rec)) => serde_json::to_value(rec).unwrap_or_default(),
-                                Err(e) => serde_json::json!({ "error": e.to_string() }),
-                            })
-                            .collect()
-                    }
-                    Err(e) => return Err(e),
-                };
+            let records = listing::<AuditRecord>(&args, "audit.list", *limit)?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -99,22 +84,7 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Calls { limit, json } => {
-            let records: Vec<serde_json::Value> =
-                match daemon_call(&args, "calls.list", serde_json::json!({ "limit": limit })) {
-                    Ok(v) => serde_json::from_value(v)?,
-                    Err(e) if is_not_running(&e) => {
-                        let store = open_store_offline(&args)?;
-                        let tree = store.tree::<CallRecord>()?;
-                        tree.newest(*limit)
-                            .into_iter()
-                            .map(|r| match r {
-                                Ok((_, rec)) => serde_json::to_value(rec).unwrap_or_default(),
-                                Err(e) => serde_json::json!({ "error": e.to_string() }),
-                            })
-                            .collect()
-                    }
-                    Err(e) => return Err(e),
-                };
+            let records = listing::<CallRecord>(&args, "calls.list", *limit)?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -237,6 +207,21 @@ fn is_not_running(e: &anyhow::Error) -> bool {
         e.downcast_ref::<ClientError>(),
         Some(ClientError::NotRunning { .. })
     )
+}
+
+/// The newest records of a tree: through the daemon, or from the store when it is stopped.
+fn listing<R: edgevoice::store::Record>(
+    args: &CliArgs,
+    command: &str,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>> {
+    match daemon_call(args, command, serde_json::json!({ "limit": limit })) {
+        Ok(v) => Ok(serde_json::from_value(v)?),
+        Err(e) if is_not_running(&e) => {
+            Ok(open_store_offline(args)?.tree::<R>()?.newest_json(limit))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn open_store_offline(args: &CliArgs) -> Result<Store> {

@@ -254,40 +254,20 @@ impl Dispatcher {
         match command {
             Command::Status => to_json(serde_json::to_value(self.ctx.status())),
             Command::StoreInfo => to_json(serde_json::to_value(self.ctx.store().info())),
-            Command::AuditList { limit } => {
-                let tree = self
-                    .ctx
+            Command::AuditList { limit } => Ok(serde_json::Value::Array(
+                self.ctx
                     .store()
                     .tree::<AuditRecord>()
-                    .map_err(|e| e.to_string())?;
-                let mut records = Vec::new();
-                for item in tree.newest(*limit) {
-                    match item {
-                        Ok((_, rec)) => {
-                            records.push(serde_json::to_value(rec).map_err(|e| e.to_string())?)
-                        }
-                        Err(e) => records.push(serde_json::json!({ "error": e.to_string() })),
-                    }
-                }
-                Ok(serde_json::Value::Array(records))
-            }
-            Command::CallsList { limit } => {
-                let tree = self
-                    .ctx
+                    .map_err(|e| e.to_string())?
+                    .newest_json(*limit),
+            )),
+            Command::CallsList { limit } => Ok(serde_json::Value::Array(
+                self.ctx
                     .store()
                     .tree::<crate::call::record::CallRecord>()
-                    .map_err(|e| e.to_string())?;
-                let mut records = Vec::new();
-                for item in tree.newest(*limit) {
-                    match item {
-                        Ok((_, rec)) => {
-                            records.push(serde_json::to_value(rec).map_err(|e| e.to_string())?)
-                        }
-                        Err(e) => records.push(serde_json::json!({ "error": e.to_string() })),
-                    }
-                }
-                Ok(serde_json::Value::Array(records))
-            }
+                    .map_err(|e| e.to_string())?
+                    .newest_json(*limit),
+            )),
             Command::CallGet { id } => match crate::call::record::get(self.ctx.store(), id) {
                 Ok(Some(rec)) => to_json(serde_json::to_value(rec)),
                 Ok(None) => Err(format!(

@@ -472,6 +472,21 @@ impl<R: Record> TypedTree<'_, R> {
             .collect()
     }
 
+    /// Up to `limit` records newest first as JSON values, an unreadable one as
+    /// `{"error": …}` in its place: what listings (CLI, control socket) show.
+    pub fn newest_json(&self, limit: usize) -> Vec<serde_json::Value> {
+        self.newest(limit)
+            .into_iter()
+            .map(
+                |item| match item.map(|(_, rec)| serde_json::to_value(rec)) {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                },
+            )
+            .collect()
+    }
+
     /// All records in key order.
     pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, R), StoreError>> + '_ {
         self.tree.iter().map(move |item| {
