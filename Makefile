@@ -86,6 +86,8 @@ bench: deps
 	$(CARGO) bench --locked --bench store
 	$(CARGO) bench --locked --bench media
 	$(CARGO) bench --locked --bench sip
+	$(CARGO) bench --locked --bench media_calls
+	$(CARGO) bench --locked --bench outbox
 	@echo "tables written under target/bench/"
 
 clean:

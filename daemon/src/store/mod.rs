@@ -494,6 +494,42 @@ impl<R: Record> TypedTree<'_, R> {
             Ok((k.to_vec(), Self::decode(&k, &v)?))
         })
     }
+
+    /// Applies every write and removal in `batch` atomically (all or none, also across a
+    /// crash) and flushes before returning.
+    pub fn apply(&self, batch: Batch<R>) -> Result<(), StoreError> {
+        self.tree
+            .apply_batch(batch.inner)
+            .map_err(self.err("write batch"))?;
+        self.store.flush()
+    }
+}
+
+/// Writes and removals for one tree that land together or not at all ([`TypedTree::apply`]).
+pub struct Batch<R> {
+    inner: sled::Batch,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R> Default for Batch<R> {
+    fn default() -> Self {
+        Self {
+            inner: sled::Batch::default(),
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<R: Record> Batch<R> {
+    pub fn put(&mut self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
+        self.inner
+            .insert(key.as_ref(), TypedTree::<R>::encode(record)?);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.inner.remove(key.as_ref());
+    }
 }
 
 /// A key for messages: a ULID when it is one, UTF-8 when printable, hex otherwise.
@@ -649,6 +685,27 @@ mod tests {
         assert!(tree.remove(b"k").unwrap());
         assert!(!tree.remove(b"k").unwrap());
         assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn batch_lands_whole_and_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tree = store.tree::<Note>().unwrap();
+            tree.put(b"gone", &Note { text: "x".into() }).unwrap();
+            let mut batch = Batch::default();
+            batch.remove(b"gone");
+            batch.put(b"a", &Note { text: "1".into() }).unwrap();
+            batch.put(b"b", &Note { text: "2".into() }).unwrap();
+            tree.apply(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        let texts: Vec<String> = tree.iter().map(|r| r.unwrap().1.text).collect();
+        assert_eq!(texts, ["1", "2"]);
+        tree.apply(Batch::default()).unwrap();
+        assert_eq!(tree.len(), 2);
     }
 
     #[test]

@@ -1,1 +1,37 @@
-//! Uplink: store-and-forward of everything that goes upstream (filled by the uplink work).
+//! Uplink: store-and-forward of everything that goes upstream.
+//!
+//! - [`Outbox`]: the sans-I/O state machine. Streams with priorities, per-stream sequences,
+//!   limits with an explicit policy when full, the in-flight window, the drain rate, expiry.
+//! - [`DurableOutbox`]: the same on the store: durable before acknowledged, deleted only after
+//!   the PUBACK, rebuilt from disk on open.
+//! - [`Reconnect`]: when to (re)connect: exponential back-off with jitter.
+//!
+//! The MQTT shell (rumqttc, later) owns the socket and drives them: see the docs on each
+//! `handle_*` / `poll_*` method.
+
+mod backoff;
+mod durable;
+#[cfg(test)]
+mod model_tests;
+mod outbox;
+
+use serde::{Deserialize, Serialize};
+
+pub use backoff::{
+    ConnectionPhase, Reconnect, ReconnectConfig, ReconnectConfigError, ReconnectStatus,
+};
+pub use durable::{
+    DurableOutbox, Identity, IdentityError, OutboxError, OutgoingPublish, QueuedMessage,
+};
+pub use outbox::{
+    AppendError, AppendPlan, Appended, MessageId, Outbox, OutboxConfig, OutboxConfigError,
+    OutboxStatus, Priority, PriorityPolicy, Publish, Sequence, Stream, StreamCounters,
+    StreamStatus, WhenFull,
+};
+
+/// What `edgevoice status` shows of the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub connection: ReconnectStatus,
+    pub outbox: OutboxStatus,
+}
