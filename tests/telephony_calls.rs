@@ -701,3 +701,18 @@ fn slow_register_mode_fails_over_to_the_backup_registrar() {
     let log = app.stop();
     assert!(log.contains("unreachable"), "{}", tail(&log, 20));
 }
+
+#[test]
+fn slow_a_caller_who_hangs_up_while_ringing_is_recorded_as_cancelled() {
+    let app = Appliance::start("[call]\nanswer_after_ms = 4000\n");
+    let caller = Baresip::start(BaresipOptions::new("caller"));
+    caller.dial(&app.uri("edgevoice"));
+    caller.wait_event("CALL_RINGING", T_CALL);
+    caller.hangup();
+    caller.wait_event("CALL_CLOSED", T_CALL);
+    let call = app.wait_call_ended();
+    assert_eq!(call["end_reason"]["kind"], "cancelled", "{call}");
+    assert_eq!(call["hung_up_by"], "caller");
+    assert!(call["answer_at_ms"].is_null());
+    app.stop();
+}

@@ -94,7 +94,7 @@ async fn inbound(
     ctx: Arc<DaemonContext>,
     ports: Arc<RtpPorts>,
     call: InboundCall,
-    signals: mpsc::Receiver<CallSignal>,
+    mut signals: mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
     id: ulid::Ulid,
 ) {
@@ -149,6 +149,33 @@ async fn inbound(
             return;
         }
     };
+    if config.call.answer_after_ms > 0 {
+        // Ring first, as a person would: the caller hears ringback, and may hang up.
+        let _ = commands.send(CallCommand::Ring).await;
+        let ring = tokio::time::sleep(Duration::from_millis(u64::from(
+            config.call.answer_after_ms,
+        )));
+        tokio::pin!(ring);
+        loop {
+            tokio::select! {
+                _ = &mut ring => break,
+                signal = signals.recv() => match signal {
+                    Some(CallSignal::Cancelled) | None => {
+                        tracing::info!("caller hung up while ringing (CANCEL)");
+                        rec.end(EndReason::Cancelled, Some(Party::Caller));
+                        save(&ctx, &rec).await;
+                        return;
+                    }
+                    Some(CallSignal::Terminated(why)) => {
+                        rec.end(EndReason::Failed { error: why }, None);
+                        save(&ctx, &rec).await;
+                        return;
+                    }
+                    Some(other) => tracing::debug!(?other, "signal while ringing"),
+                },
+            }
+        }
+    }
     let _ = commands
         .send(CallCommand::Answer {
             sdp: answer.sdp.clone(),

@@ -233,6 +233,8 @@ pub struct CallConfig {
     pub record: bool,
     /// Hang up calls that last longer than this. 0 = no limit.
     pub max_duration_secs: u32,
+    /// Ring (180) this long before answering; 0 answers at once.
+    pub answer_after_ms: u32,
 }
 
 impl Default for CallConfig {
@@ -241,6 +243,7 @@ impl Default for CallConfig {
             handler: CallHandler::MediaTest,
             record: false,
             max_duration_secs: 3600,
+            answer_after_ms: 0,
         }
     }
 }

@@ -342,6 +342,15 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             format!("{} does not exist or is not a file; give a WAV file or leave it empty for the built-in tones", prompt.display()),
         );
     }
+    if config.call.answer_after_ms > 30_000 {
+        problem(
+            "call.answer_after_ms",
+            format!(
+                "{} is out of range; use 0 (answer at once) to 30000 ms",
+                config.call.answer_after_ms
+            ),
+        );
+    }
     if config.call.max_duration_secs > 86_400 {
         problem(
             "call.max_duration_secs",

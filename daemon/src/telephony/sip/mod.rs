@@ -34,6 +34,8 @@ pub enum CallSignal {
 /// What a call task asks of the SIP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallCommand {
+    /// 180 Ringing: the caller hears ringback until we answer.
+    Ring,
     /// 200 OK with this SDP answer.
     Answer { sdp: String },
     /// A final error response before answer.

@@ -813,6 +813,7 @@ async fn apply_command(
         CallCommand::Answer { sdp } => {
             dialog.accept(Some(vec![content_type()]), Some(sdp.into_bytes()))
         }
+        CallCommand::Ring => dialog.ringing(None, None),
         CallCommand::Reject { code, reason } => dialog.reject(Some(status(code)), Some(reason)),
         CallCommand::AnswerUpdate { code, sdp } => {
             if let Some(handle) = pending_update.take() {
