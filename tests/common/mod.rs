@@ -70,18 +70,28 @@ impl TestSite {
     /// Rewrites the config: state/runtime under the temp dir, SIP on loopback, plus `extra`
     /// (which may add keys to [daemon] and later sections).
     /// SIP listens on an ephemeral loopback port unless `extra` sets sip.listen, so tests
-    /// run in parallel; `edgevoice status --json` tells the port.
+    /// run in parallel (`edgevoice status --json` tells the port); RTP uses 40000–44999
+    /// unless `extra` has an [rtp] section.
     pub fn write_config(&self, extra: &str) {
         let text = format!(
             "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"debug\"\ndrain_timeout_secs = 2\n{extra}\n"
         );
         let text = match text.parse::<toml_edit::DocumentMut>() {
-            Ok(mut doc) if doc.get("sip").and_then(|s| s.get("listen")).is_none() => {
-                doc["sip"]["listen"] = toml_edit::value("127.0.0.1:0");
-                doc.to_string()
+            Ok(mut doc) => {
+                if doc.get("sip").and_then(|s| s.get("listen")).is_none() {
+                    doc["sip"]["listen"] = toml_edit::value("127.0.0.1:0");
+                }
+                // RTP away from the 10000–32000 range the peer harness hands out to baresip,
+                // sipp and kamailio; the daemon skips ports another test holds.
+                let mut text = doc.to_string();
+                if doc.get("rtp").is_none() {
+                    // Appended as text: the lines above keep their numbers for error tests.
+                    text.push_str("\n[rtp]\nport_min = 40000\nport_max = 44999\n");
+                }
+                text
             }
-            // Already set, or deliberately invalid TOML: leave it as written.
-            _ => text,
+            // Deliberately invalid TOML: leave it as written.
+            Err(_) => text,
         };
         std::fs::write(&self.config, text).expect("write config");
     }
