@@ -226,22 +226,33 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5060)));
     let cancel = CancellationToken::new();
     let transport_layer = TransportLayer::new(cancel.clone());
-    let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
-        .await
-        .map_err(|e| SipError::Listen {
-            addr: listen,
-            transport: "udp",
-            reason: e.to_string(),
-        })?;
-    // A port of 0 (tests) is resolved by the UDP bind; TCP takes the same number.
-    let local_addr = udp_local_addr(&udp).unwrap_or(listen);
+    // UDP and TCP share the port. With port 0 the UDP bind picks it, and another process may
+    // hold that number for TCP: try again with a fresh one.
+    let mut attempts = 0;
+    let (udp, local_addr) = loop {
+        attempts += 1;
+        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| SipError::Listen {
+                addr: listen,
+                transport: "udp",
+                reason: e.to_string(),
+            })?;
+        let local_addr = udp_local_addr(&udp).unwrap_or(listen);
+        // Check the TCP port up front: rsipstack binds it later, where a failure would be silent.
+        match std::net::TcpListener::bind(local_addr) {
+            Ok(_) => break (udp, local_addr),
+            Err(_) if listen.port() == 0 && attempts < 20 => continue,
+            Err(e) => {
+                return Err(SipError::Listen {
+                    addr: local_addr,
+                    transport: "tcp",
+                    reason: e.to_string(),
+                })
+            }
+        }
+    };
     transport_layer.add_transport(udp.into());
-    // Check the TCP port up front: rsipstack binds it later, where a failure would be silent.
-    std::net::TcpListener::bind(local_addr).map_err(|e| SipError::Listen {
-        addr: local_addr,
-        transport: "tcp",
-        reason: e.to_string(),
-    })?;
     let tcp = TcpListenerConnection::new(local_addr, None)
         .await
         .map_err(|e| SipError::Listen {
@@ -508,19 +519,32 @@ impl Shell {
         };
         let config = self.ctx.config().config;
         // Register-mode accounts first: their registrar may also sit inside a trunk's network.
-        let mut trunks = Vec::new();
-        for (account, ips) in self
+        // Several accounts can share one registrar: the one the call is for (Request-URI user)
+        // comes first, then the rest by name, so attribution never depends on map order.
+        let registrars = self
             .trusted_registrars
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let called_user = req.uri.auth.as_ref().map(|a| a.user.clone());
+        let mut accounts: Vec<&crate::config::AccountConfig> = config
+            .sip
+            .accounts
             .iter()
-        {
-            trunks.push(crate::config::TrunkConfig {
-                name: account.clone(),
-                allow: ips.iter().map(|ip| ip.to_string()).collect(),
+            .filter(|a| registrars.contains_key(&a.name))
+            .collect();
+        accounts.sort_by_key(|a| (Some(&a.username) != called_user.as_ref(), a.name.clone()));
+        let mut trunks: Vec<crate::config::TrunkConfig> = accounts
+            .into_iter()
+            .map(|a| crate::config::TrunkConfig {
+                name: a.name.clone(),
+                allow: registrars[&a.name]
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
                 ..Default::default()
-            });
-        }
+            })
+            .collect();
         trunks.extend(config.sip.trunks.iter().cloned());
         let facts = InviteFacts {
             source: source.ip(),
