@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: to build, and additionally to test (real peers, packaging checks).
 APT_BUILD := build-essential pkg-config
-APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip baresip kamailio sip-tester tshark sox espeak-ng openssl
+APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip baresip kamailio sip-tester tshark sox espeak-ng openssl mosquitto mosquitto-clients
 CARGO_TOOLS := cargo-deb
 
 .PHONY: all deps test-deps build run models test test-fast lint deb bench clean

@@ -383,14 +383,24 @@ async fn outbound(
 }
 
 async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
-    let ctx = ctx.clone();
-    let rec = rec.clone();
+    let (owner, saved) = (ctx.clone(), rec.clone());
     // The store fsyncs: keep it off the runtime's workers.
-    let result = tokio::task::spawn_blocking(move || record::save(ctx.store(), &rec)).await;
+    let result = tokio::task::spawn_blocking(move || record::save(owner.store(), &saved)).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("call record not saved: {e}"),
         Err(e) => tracing::error!("call record task failed: {e}"),
+    }
+    // A finished record goes upstream (durably queued; the uplink delivers it when it can).
+    if let (Some(uplink), Some(_)) = (ctx.uplink(), &rec.end_reason) {
+        match serde_json::to_vec(rec) {
+            Ok(json) => {
+                if let Err(e) = uplink.append(crate::uplink::Stream::Calls, json).await {
+                    tracing::error!("call record not queued for the uplink: {e}");
+                }
+            }
+            Err(e) => tracing::error!("call record not serialisable for the uplink: {e}"),
+        }
     }
 }
 

@@ -28,6 +28,64 @@ pub struct Config {
     pub rtp: RtpConfig,
     pub call: CallConfig,
     pub media_test: MediaTestConfig,
+    pub uplink: UplinkConfig,
+}
+
+/// `[uplink]`: store-and-forward to an MQTT broker (see README "Uplink").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    pub enabled: bool,
+    pub broker_host: String,
+    pub broker_port: u16,
+    /// Empty: `edgevoice-{site_id}-{device id}`.
+    pub client_id: String,
+    pub site_id: String,
+    /// Empty: no username/password.
+    pub username: String,
+    pub password: String,
+    /// PEM CA bundle; non-empty turns TLS on.
+    pub ca_file: PathBuf,
+    /// PEM client certificate and key (both or neither), for TLS client authentication.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub keepalive_secs: u16,
+    /// "3.1.1" (MQTT 5 is not implemented yet).
+    pub mqtt_version: String,
+    pub max_messages: u32,
+    pub max_bytes: u64,
+    pub max_in_flight: u16,
+    /// Publishes per second while draining a backlog; 0 = unlimited.
+    pub drain_rate_per_sec: u32,
+    pub drain_burst: u32,
+    pub reconnect_min_ms: u32,
+    pub reconnect_max_secs: u32,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            broker_host: "localhost".to_owned(),
+            broker_port: 1883,
+            client_id: String::new(),
+            site_id: "site".to_owned(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            keepalive_secs: 30,
+            mqtt_version: "3.1.1".to_owned(),
+            max_messages: 200_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_in_flight: 16,
+            drain_rate_per_sec: 50,
+            drain_burst: 50,
+            reconnect_min_ms: 1000,
+            reconnect_max_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,6 +499,9 @@ impl Config {
             &mut self.media_test.prompt,
             &mut self.sip.tls_cert,
             &mut self.sip.tls_key,
+            &mut self.uplink.ca_file,
+            &mut self.uplink.client_cert,
+            &mut self.uplink.client_key,
         ] {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = normalize(&base.join(&*p));
@@ -661,6 +722,37 @@ mod tests {
         let line = parse(text, origin()).unwrap_err().lines().remove(0);
         assert!(line.starts_with("test.toml:2:13: sip.max_calls:"), "{line}");
         assert!(line.contains("between 1 and"), "{line}");
+    }
+
+    #[test]
+    fn uplink_problems_name_key_line_and_fix() {
+        let text = "[uplink]\nenabled = true\nsite_id = \"a/b\"\nmqtt_version = \"5\"\nclient_cert = \"/nonexistent/c.pem\"\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        let has = |start: &str, word: &str| {
+            lines
+                .iter()
+                .any(|l| l.starts_with(start) && l.contains(word))
+        };
+        assert!(
+            has("test.toml:3:11: uplink.site_id:", "letters, digits"),
+            "{lines:?}"
+        );
+        assert!(
+            has("test.toml:4:16: uplink.mqtt_version:", "\"3.1.1\""),
+            "{lines:?}"
+        );
+        assert!(
+            has("test.toml:5:15: uplink.client_cert:", "cannot read"),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("uplink.ca_file") && l.contains("needs TLS")),
+            "{lines:?}"
+        );
+        // Off: only the identity keys are checked.
+        assert!(parse("[uplink]\nmqtt_version = \"5\"\n", origin()).is_ok());
     }
 
     #[test]

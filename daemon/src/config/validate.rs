@@ -131,6 +131,8 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
         );
     }
 
+    check_uplink(&config.uplink, &mut problem);
+
     let sip = &config.sip;
     if sip.listen.parse::<SocketAddr>().is_err() {
         problem(
@@ -392,4 +394,127 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
         );
     }
     issues
+}
+
+fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String)) {
+    let id_ok = |v: &str| {
+        !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !id_ok(&u.site_id) {
+        problem(
+            "uplink.site_id",
+            format!(
+                "\"{}\" cannot be an MQTT topic level; use letters, digits, '-', '_' or '.'",
+                u.site_id
+            ),
+        );
+    }
+    if !u.client_id.is_empty() && !id_ok(&u.client_id) {
+        problem(
+            "uplink.client_id",
+            format!("\"{}\" is not a portable MQTT client id; use letters, digits, '-', '_' or '.', or leave it empty", u.client_id),
+        );
+    }
+    if !u.enabled {
+        return;
+    }
+    if u.broker_host.trim().is_empty() {
+        problem(
+            "uplink.broker_host",
+            "must not be empty while uplink.enabled = true; e.g. \"mqtt.example.com\"".into(),
+        );
+    }
+    if u.broker_port == 0 {
+        problem(
+            "uplink.broker_port",
+            "0 is not a port; use 1883 (plain) or 8883 (TLS)".into(),
+        );
+    }
+    if u.mqtt_version != "3.1.1" {
+        problem(
+            "uplink.mqtt_version",
+            format!(
+                "\"{}\" is not supported; use \"3.1.1\" (MQTT 5 is not implemented yet)",
+                u.mqtt_version
+            ),
+        );
+    }
+    if !(5..=3600).contains(&u.keepalive_secs) {
+        problem(
+            "uplink.keepalive_secs",
+            format!("{} is out of range; use 5 to 3600", u.keepalive_secs),
+        );
+    }
+    if !u.password.is_empty() && u.username.is_empty() {
+        problem(
+            "uplink.password",
+            "a password without a username is not sent by MQTT 3.1.1; set uplink.username too"
+                .into(),
+        );
+    }
+    for (key, path, marker) in [
+        ("uplink.ca_file", &u.ca_file, "CERTIFICATE"),
+        ("uplink.client_cert", &u.client_cert, "CERTIFICATE"),
+        ("uplink.client_key", &u.client_key, "PRIVATE KEY"),
+    ] {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(pem) if pem.contains("-----BEGIN ") && pem.contains(marker) => {}
+            Ok(_) => problem(
+                key,
+                format!("{} is not a PEM file with a {marker}", path.display()),
+            ),
+            Err(e) => problem(
+                key,
+                format!(
+                    "cannot read {} ({e}); fix the path or leave it empty",
+                    path.display()
+                ),
+            ),
+        }
+    }
+    if u.client_cert.as_os_str().is_empty() != u.client_key.as_os_str().is_empty() {
+        problem(
+            "uplink.client_cert",
+            "client_cert and client_key go together; set both or neither".into(),
+        );
+    }
+    if !u.client_cert.as_os_str().is_empty() && u.ca_file.as_os_str().is_empty() {
+        problem(
+            "uplink.ca_file",
+            "a client certificate needs TLS; set uplink.ca_file to the broker's CA".into(),
+        );
+    }
+    for (key, value) in [
+        ("uplink.max_messages", u64::from(u.max_messages)),
+        ("uplink.max_bytes", u.max_bytes),
+        ("uplink.drain_burst", u64::from(u.drain_burst)),
+        ("uplink.reconnect_min_ms", u64::from(u.reconnect_min_ms)),
+    ] {
+        if value == 0 {
+            problem(
+                key,
+                "0 is not allowed; use at least 1 or leave it out for the default".into(),
+            );
+        }
+    }
+    if !(1..=1000).contains(&u.max_in_flight) {
+        problem(
+            "uplink.max_in_flight",
+            format!("{} is out of range; use 1 to 1000", u.max_in_flight),
+        );
+    }
+    if u64::from(u.reconnect_max_secs) * 1000 < u64::from(u.reconnect_min_ms) {
+        problem(
+            "uplink.reconnect_max_secs",
+            format!(
+                "{} s is below uplink.reconnect_min_ms ({} ms); raise it",
+                u.reconnect_max_secs, u.reconnect_min_ms
+            ),
+        );
+    }
 }

@@ -61,7 +61,11 @@ pub struct Status {
     /// Trunks with an OPTIONS keepalive.
     #[serde(default)]
     pub trunks: Vec<crate::telephony::sip::keepalive::TrunkHealth>,
+    /// One line: "not configured", or state, broker, queued count and last error.
     pub uplink: String,
+    /// The same, structured (absent when the uplink is off).
+    #[serde(default)]
+    pub uplink_detail: Option<crate::uplink::UplinkReport>,
 }
 
 impl Status {
@@ -81,6 +85,12 @@ impl Status {
             "{phase}: {} {calls}, uplink {}",
             self.active_calls, self.uplink
         )
+    }
+}
+
+impl crate::uplink::StoreOwner for DaemonContext {
+    fn store(&self) -> &Store {
+        &self.store
     }
 }
 
@@ -105,6 +115,8 @@ pub struct DaemonContext {
     live_calls: crate::call::LiveCalls,
     telephony: std::sync::OnceLock<crate::call::Telephony>,
     registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
+    uplink: std::sync::OnceLock<crate::uplink::UplinkHandle>,
+    uplink_error: std::sync::OnceLock<String>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -124,6 +136,8 @@ impl DaemonContext {
             live_calls: crate::call::LiveCalls::default(),
             telephony: std::sync::OnceLock::new(),
             registrations: std::sync::OnceLock::new(),
+            uplink: std::sync::OnceLock::new(),
+            uplink_error: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,6 +155,11 @@ impl DaemonContext {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The uplink, when `[uplink] enabled` and it started.
+    pub fn uplink(&self) -> Option<&crate::uplink::UplinkHandle> {
+        self.uplink.get()
     }
 
     pub fn live_calls(&self) -> &crate::call::LiveCalls {
@@ -193,7 +212,12 @@ impl DaemonContext {
                         .clone()
                 })
                 .unwrap_or_default(),
-            uplink: "not configured".to_owned(),
+            uplink: match (self.uplink.get(), self.uplink_error.get()) {
+                (Some(u), _) => u.report().summary(),
+                (None, Some(e)) => format!("failed: {e}"),
+                (None, None) => "not configured".to_owned(),
+            },
+            uplink_detail: self.uplink.get().map(|u| u.report()),
         }
     }
 
@@ -312,6 +336,24 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
 
     let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
     let server = tokio::spawn(control::socket::serve(listener, dispatcher));
+    if ctx.config().config.uplink.enabled {
+        let weak = Arc::downgrade(&ctx);
+        let health = Arc::new(move || match weak.upgrade() {
+            Some(ctx) => format!("{:?}, {} active calls", ctx.phase(), ctx.work.active()),
+            None => "stopping".to_owned(),
+        });
+        let device_id = ctx.store.instance().device_id.clone();
+        let owner: Arc<dyn crate::uplink::StoreOwner> = ctx.clone();
+        match crate::uplink::start(&ctx.config().config.uplink, owner, &device_id, health) {
+            Ok(handle) => {
+                let _ = ctx.uplink.set(handle);
+            }
+            Err(e) => {
+                tracing::error!("uplink not started: {e}");
+                let _ = ctx.uplink_error.set(e.to_string());
+            }
+        }
+    }
     let telephony = crate::call::start_telephony(ctx.clone()).await?;
     let sip = telephony.ua.clone();
     let _ = ctx.sip_listen.set(sip.local_addr);

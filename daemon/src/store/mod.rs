@@ -186,10 +186,7 @@ impl Store {
                 source,
             }
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(sled_err("open"))?;
+        let db = open_sled(&path).map_err(sled_err("open"))?;
         let log_file = std::fs::File::open(path.join(SLED_LOG_FILE)).map_err(|source| {
             StoreError::NotWritable {
                 path: path.clone(),
@@ -304,6 +301,25 @@ impl Store {
                 context: "fdatasync",
                 source: source.into(),
             })
+    }
+}
+
+/// Opens sled, waiting briefly for its own file lock: a `Db` dropped in this process releases
+/// the lock only when sled's flusher thread exits. Our instance lock is already held, so no
+/// other daemon can be the holder.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled reports its lock failure as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

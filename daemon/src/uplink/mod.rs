@@ -6,14 +6,15 @@
 //!   the PUBACK, rebuilt from disk on open.
 //! - [`Reconnect`]: when to (re)connect: exponential back-off with jitter.
 //!
-//! The MQTT shell (rumqttc, later) owns the socket and drives them: see the docs on each
-//! `handle_*` / `poll_*` method.
+//! - [`start`] / [`UplinkHandle`]: the MQTT shell (rumqttc, `shell.rs`); it owns the socket and drives them: see the docs on each
+//!   `handle_*` / `poll_*` method.
 
 mod backoff;
 mod durable;
 #[cfg(test)]
 mod model_tests;
 mod outbox;
+mod shell;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,7 @@ pub use outbox::{
     OutboxStatus, Priority, PriorityPolicy, Publish, Sequence, Stream, StreamCounters,
     StreamStatus, WhenFull,
 };
+pub use shell::{start, StoreOwner, UplinkHandle, UplinkReport, UplinkStartError};
 
 /// What `edgevoice status` shows of the uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

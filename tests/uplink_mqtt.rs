@@ -1,0 +1,536 @@
+//! The uplink against a real mosquitto (Debian 2.0) on 127.0.0.1, with its own config and
+//! persistence dir per test (see ../shared/FACTS.md: autosave on every change, unlimited queue,
+//! SIGTERM to stop so it saves). Producer: real calls from sipp; each ended call record goes to
+//! the `calls` stream. The subscriber is mosquitto_sub with a persistent session registered
+//! before the daemon ever connects, so nothing published while it is away is missed.
+//!
+//! Debian packages: mosquitto, mosquitto-clients, sip-tester, openssl.
+
+#[path = "common/audio.rs"]
+mod audio;
+mod common;
+#[path = "common/peers.rs"]
+mod peers;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{text, TestDaemon, TestSite};
+use nix::sys::signal::Signal;
+use peers::{PeerProcess, Sipp, SippUac};
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", text(bytes)))
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A mosquitto with persistence in its own dir; plain listener on `port`, optionally a TLS
+/// listener with client certificates.
+struct Broker {
+    dir: PathBuf,
+    port: u16,
+    tls: Option<(u16, PathBuf)>,
+    proc: Option<PeerProcess>,
+    starts: u32,
+}
+
+impl Broker {
+    fn new(dir: &Path, tls: Option<(u16, PathBuf)>) -> Broker {
+        let dir = dir.join("mosquitto");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        Broker {
+            port: peers::free_port(),
+            dir,
+            tls,
+            proc: None,
+            starts: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        let mut conf = format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_on_changes true\nautosave_interval 1\nmax_queued_messages 0\nlog_dest stderr\nlog_type all\nlistener {} 127.0.0.1\n",
+            self.dir.join("data").display(),
+            self.port
+        );
+        if is_root() {
+            conf.push_str("user root\n");
+        }
+        if let Some((port, pki)) = &self.tls {
+            conf.push_str(&format!(
+                "listener {port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+                pki.display()
+            ));
+        }
+        let conf_path = self.dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        self.starts += 1;
+        let log = self.dir.join(format!("mosquitto-{}.log", self.starts));
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&conf_path);
+        self.proc = Some(PeerProcess::spawn("mosquitto", &mut cmd, &log));
+        let port = self.port;
+        peers::poll_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "mosquitto did not listen: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    }
+
+    /// SIGTERM: mosquitto saves its store and exits.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(Signal::SIGTERM, Duration::from_secs(5));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+}
+
+/// `mosquitto_sub` with a persistent session (`-c -i`), QoS 1, printing `topic payload` lines.
+struct Subscriber {
+    out: PathBuf,
+    proc: Option<PeerProcess>,
+    n: u32,
+}
+
+impl Subscriber {
+    fn connect(broker: &Broker, out_dir: &Path) -> Subscriber {
+        let mut s = Subscriber {
+            out: out_dir.to_owned(),
+            proc: None,
+            n: 0,
+        };
+        s.start(broker);
+        s
+    }
+
+    fn start(&mut self, broker: &Broker) {
+        self.n += 1;
+        // Line-buffered, so the file has each message as it arrives.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-i", "edgevoice-test-counter", "-c", "-q", "1", "-v"])
+            .args(["-t", "edgevoice/#"]);
+        let log = self.out.join(format!("sub-{}.log", self.n));
+        self.proc = Some(PeerProcess::spawn("mosquitto_sub", &mut cmd, &log));
+        // Subscribed once the broker logged the SUBACK to it.
+        peers::poll_until(Duration::from_secs(10), || {
+            broker
+                .log()
+                .contains("Sending SUBACK to edgevoice-test-counter")
+                .then_some(())
+        })
+        .expect("mosquitto_sub subscribed");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(Signal::SIGTERM, Duration::from_secs(2));
+        }
+    }
+
+    /// Every event message received so far (all runs), as (topic, envelope).
+    fn events(&self) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for n in 1..=self.n {
+            let log =
+                std::fs::read_to_string(self.out.join(format!("sub-{n}.log"))).unwrap_or_default();
+            for line in log.lines() {
+                let Some((topic, payload)) = line.split_once(' ') else {
+                    continue;
+                };
+                if topic.contains("/events/") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) {
+                        out.push((topic.to_owned(), v));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn lines(&self) -> String {
+        (1..=self.n)
+            .map(|n| {
+                std::fs::read_to_string(self.out.join(format!("sub-{n}.log"))).unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+struct Appliance {
+    site: TestSite,
+    daemon: TestDaemon,
+    sip_port: u16,
+}
+
+impl Appliance {
+    fn start(site: TestSite) -> Appliance {
+        let mut daemon = TestDaemon::spawn(&site, &[]);
+        daemon.wait_ready(&site);
+        let status = json(&site.cli(&["status", "--json"]).stdout);
+        let sip_port = status["sip_listen"]
+            .as_str()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("sip_listen in status");
+        Appliance {
+            site,
+            daemon,
+            sip_port,
+        }
+    }
+
+    fn restart(self) -> Appliance {
+        let Appliance { site, daemon, .. } = self;
+        drop(daemon);
+        Appliance::start(site)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        json(&self.site.cli(&["status", "--json"]).stdout)
+    }
+
+    fn calls(&self, n: u32) {
+        let r = Sipp::run_uac(
+            &SippUac::new(&format!("127.0.0.1:{}", self.sip_port))
+                .calls(n)
+                .rate(20.0)
+                .max_concurrent(10)
+                .call_duration(Duration::from_millis(100)),
+        );
+        assert_eq!((r.successful, r.failed), (u64::from(n), 0), "{}", r.screen);
+    }
+
+    /// Waits until the outbox holds `n` messages.
+    fn wait_queued(&self, n: u64) {
+        peers::poll_until(Duration::from_secs(20), || {
+            (self.status()["uplink_detail"]["queued_messages"].as_u64() == Some(n)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("outbox never held {n}: {}", self.status()));
+    }
+}
+
+fn uplink_config(port: u16, extra: &str) -> String {
+    format!(
+        "[media_test]\nafter_prompt = \"listen\"\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {port}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n{extra}\n"
+    )
+}
+
+/// Keys per stream in arrival order, and the distinct count.
+fn keys(events: &[(String, serde_json::Value)]) -> Vec<String> {
+    events
+        .iter()
+        .map(|(_, v)| v["key"].as_str().expect("key in envelope").to_owned())
+        .collect()
+}
+
+fn expected_keys(device: &str, from: u64, to: u64) -> Vec<String> {
+    // Sequences start at 1.
+    (from + 1..=to)
+        .map(|s| format!("s1/{device}/calls/{s}"))
+        .collect()
+}
+
+/// First occurrences in order, and a check that every repeat is a duplicate of an earlier key.
+fn dedup(keys: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    keys.iter()
+        .filter(|k| seen.insert((*k).clone()))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn slow_offline_records_are_delivered_in_order_once_the_broker_starts() {
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(site_dir.path(), None);
+    // Register the subscriber's persistent session, then take the broker away.
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+    sub.stop();
+    broker.stop();
+
+    let app = Appliance::start(TestSite::new(&uplink_config(broker.port, "")));
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    const N: u32 = 12;
+    app.calls(N);
+    app.wait_queued(u64::from(N));
+    let status = app.status();
+    let line = status["uplink"].as_str().unwrap();
+    assert!(
+        line.starts_with("offline") || line.starts_with("connecting"),
+        "{line}"
+    );
+    assert!(
+        line.contains("12 queued") && line.contains("connection refused"),
+        "{line}"
+    );
+    let plain = text(&app.site.cli(&["status"]).stdout);
+    assert!(plain.contains("12 queued"), "{plain}");
+
+    broker.start();
+    sub.start(&broker);
+    let want = expected_keys(&device, 0, u64::from(N));
+    let got = peers::poll_until(Duration::from_secs(20), || {
+        let k = keys(&sub.events());
+        (k.len() >= want.len()).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("not all delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    assert_eq!(got, want, "exactly the expected keys, in order");
+    for (topic, v) in sub.events() {
+        assert_eq!(topic, format!("edgevoice/s1/{device}/events/calls"));
+        assert!(
+            v["payload"]["id"].is_string(),
+            "the call record rides inside: {v}"
+        );
+    }
+    app.wait_queued(0);
+    let status = app.status();
+    assert!(
+        status["uplink"].as_str().unwrap().starts_with("connected"),
+        "{status}"
+    );
+    // Retained online status.
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .args(["-t", &format!("edgevoice/s1/{device}/status")])
+        .output()
+        .unwrap();
+    let st = json(&out.stdout);
+    assert_eq!(st["state"], "online", "{st}");
+    assert!(st["version"].is_string());
+    eprintln!("offline→online: {N} records in {:?}", t0.elapsed());
+    sub.stop();
+    broker.stop();
+}
+
+#[test]
+fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() {
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(site_dir.path(), None);
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+
+    // A slow drain, so the restarts land in the middle of it.
+    let app = Appliance::start(TestSite::new(&uplink_config(
+        broker.port,
+        "drain_rate_per_sec = 20\ndrain_burst = 1\nmax_in_flight = 4\n",
+    )));
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    sub.stop();
+    broker.stop();
+    const N: u32 = 40;
+    app.calls(N);
+    app.wait_queued(u64::from(N));
+    broker.start();
+    sub.start(&broker);
+    // Broker restart mid-drain.
+    peers::poll_until(Duration::from_secs(20), || {
+        (keys(&sub.events()).len() >= 8).then_some(())
+    })
+    .expect("drain started");
+    sub.stop();
+    broker.stop();
+    broker.start();
+    sub.start(&broker);
+    // kill -9 the daemon mid-drain, then restart it.
+    peers::poll_until(Duration::from_secs(20), || {
+        (dedup(&keys(&sub.events())).len() >= 20).then_some(())
+    })
+    .expect("drain continued after the broker restart");
+    app.daemon.signal(Signal::SIGKILL);
+    let app = app.restart();
+    let want = expected_keys(&device, 0, u64::from(N));
+    peers::poll_until(Duration::from_secs(30), || {
+        (dedup(&keys(&sub.events())).len() >= want.len()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not all delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    app.wait_queued(0);
+    let all = keys(&sub.events());
+    let unique = dedup(&all);
+    assert_eq!(unique, want, "nothing lost; first arrivals in order");
+    // Duplicates carry a key already seen and the same payload.
+    let events = sub.events();
+    for (i, (_, v)) in events.iter().enumerate() {
+        let first = events
+            .iter()
+            .position(|(_, w)| w["key"] == v["key"])
+            .unwrap();
+        assert_eq!(
+            &events[first].1, v,
+            "duplicate #{i} differs from its first copy"
+        );
+    }
+    eprintln!(
+        "faults: {N} records, {} deliveries ({} duplicates) in {:?}",
+        all.len(),
+        all.len() - unique.len(),
+        t0.elapsed()
+    );
+    sub.stop();
+    broker.stop();
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// CA, server certificate for 127.0.0.1, client certificate; and a second, unrelated CA.
+fn make_pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=edgevoice test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ],
+        );
+    }
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    // rustls (webpki) refuses X.509 v1 certificates: an extension makes the client's v3.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn, ext) in [
+        ("server", "127.0.0.1", true),
+        ("client", "edgevoice-device", false),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        let ext_file = if ext { "san.ext" } else { "client.ext" };
+        args.extend(["-extfile".to_owned(), ext_file.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(dir, &args);
+    }
+}
+
+#[test]
+fn slow_tls_with_client_certificates_and_a_wrong_ca_is_one_clear_error() {
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let pki = site_dir.path().join("pki");
+    make_pki(&pki);
+    let tls_port = peers::free_port();
+    let mut broker = Broker::new(site_dir.path(), Some((tls_port, pki.clone())));
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+
+    let tls = |ca: &str| {
+        format!(
+            "ca_file = \"{0}/{ca}\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"\n",
+            pki.display()
+        )
+    };
+    let app = Appliance::start(TestSite::new(&uplink_config(tls_port, &tls("ca.pem"))));
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    app.calls(3);
+    let got = peers::poll_until(Duration::from_secs(20), || {
+        let k = keys(&sub.events());
+        (k.len() >= 3).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("nothing over TLS: {}\n{}", app.daemon.log(), broker.log()));
+    assert_eq!(got, expected_keys(&device, 0, 3));
+    let status = app.status();
+    assert!(
+        status["uplink_detail"]["tls"].as_bool().unwrap(),
+        "{status}"
+    );
+    drop(app);
+
+    // The wrong CA: one clear line, in the log and in status.
+    let site = TestSite::new(&uplink_config(tls_port, &tls("other-ca.pem")));
+    let app = Appliance::start(site);
+    let line = peers::poll_until(Duration::from_secs(10), || {
+        let s = app.status();
+        s["uplink_detail"]["last_error"].as_str().map(str::to_owned)
+    })
+    .expect("an error in status");
+    assert!(line.contains("not signed by uplink.ca_file"), "{line}");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = app.daemon.log();
+    let mentions = log.matches("not signed by uplink.ca_file").count();
+    assert_eq!(mentions, 1, "logged once, not per retry:\n{log}");
+    let plain = text(&app.site.cli(&["status"]).stdout);
+    assert!(plain.contains("not signed by uplink.ca_file"), "{plain}");
+    eprintln!("tls: {:?}", t0.elapsed());
+    sub.stop();
+    broker.stop();
+}
