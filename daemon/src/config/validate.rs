@@ -87,6 +87,21 @@ fn valid_log_directive(d: &str) -> bool {
     LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
 }
 
+/// What is wrong with a PEM file that should hold a `marker` ("CERTIFICATE", "PRIVATE KEY").
+fn pem_problem(path: &Path, marker: &str, unreadable_fix: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) if pem.contains("-----BEGIN ") && pem.contains(marker) => None,
+        Ok(_) => Some(format!(
+            "{} is not a PEM file with a {marker}",
+            path.display()
+        )),
+        Err(e) => Some(format!(
+            "cannot read {} ({e}); {unreadable_fix}",
+            path.display()
+        )),
+    }
+}
+
 pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut problem = |key: &str, message: String| issues.push(ConfigIssue::at(text, key, message));
@@ -157,19 +172,12 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ("sip.tls_cert", &sip.tls_cert, "CERTIFICATE"),
             ("sip.tls_key", &sip.tls_key, "PRIVATE KEY"),
         ] {
-            match std::fs::read_to_string(path) {
-                Ok(pem) if pem.contains("-----BEGIN ") && pem.contains(marker) => {}
-                Ok(_) => problem(
-                    key,
-                    format!("{} is not a PEM file with a {marker}", path.display()),
-                ),
-                Err(e) => problem(
-                    key,
-                    format!(
-                        "cannot read {} ({e}); sip.tls_listen needs a PEM certificate and key",
-                        path.display()
-                    ),
-                ),
+            if let Some(message) = pem_problem(
+                path,
+                marker,
+                "sip.tls_listen needs a PEM certificate and key",
+            ) {
+                problem(key, message);
             }
         }
     }
@@ -462,19 +470,8 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
         if path.as_os_str().is_empty() {
             continue;
         }
-        match std::fs::read_to_string(path) {
-            Ok(pem) if pem.contains("-----BEGIN ") && pem.contains(marker) => {}
-            Ok(_) => problem(
-                key,
-                format!("{} is not a PEM file with a {marker}", path.display()),
-            ),
-            Err(e) => problem(
-                key,
-                format!(
-                    "cannot read {} ({e}); fix the path or leave it empty",
-                    path.display()
-                ),
-            ),
+        if let Some(message) = pem_problem(path, marker, "fix the path or leave it empty") {
+            problem(key, message);
         }
     }
     if u.client_cert.as_os_str().is_empty() != u.client_key.as_os_str().is_empty() {
