@@ -59,6 +59,9 @@ type PendingBridge = (
     Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
 );
 
+/// How long an accepted blind transfer may take to report its outcome before we leave the call.
+const TRANSFER_GRACE: Duration = Duration::from_secs(5);
+
 /// A REFER we sent: its target, and the operator waiting for its answer.
 type PendingTransfer = (
     String,
@@ -570,6 +573,10 @@ impl MediaRun {
         let started = Instant::now();
         let mut transfer: Option<PendingTransfer> = None;
         let mut pending_bridge: Option<PendingBridge> = None;
+        // After an accepted blind transfer our leg is done once the transferee says so, hangs
+        // up, or this passes: a transferee that never sends its final NOTIFY (or BYE) must not
+        // leave the call open forever.
+        let mut transfer_deadline: Option<Instant> = None;
         let mut shutdown = ctx.call_shutdown();
         let mut last_saved = (
             rec.dtmf_received.len(),
@@ -646,6 +653,7 @@ impl MediaRun {
                             tracing::info!("{outcome}");
                             rec.transfer = Some(outcome.clone());
                             if accepted {
+                                transfer_deadline = Some(Instant::now() + TRANSFER_GRACE);
                                 if let Some(reply) = reply.take() {
                                     let _ = reply.send(Ok(outcome));
                                 }
@@ -741,6 +749,19 @@ impl MediaRun {
                             let _ = reply.send(result);
                         }
                     }
+                },
+                _ = async {
+                    match transfer_deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((target, _)) = transfer.take() {
+                        let note = rec.transfer.take().unwrap_or_default();
+                        rec.transfer = Some(format!("{note}; no final NOTIFY within {} s, our leg ended", TRANSFER_GRACE.as_secs()));
+                        return Ending { reason: EndReason::Transferred { target }, by: Some(Party::Appliance), send_bye: true };
+                    }
+                    transfer_deadline = None;
                 },
                 msg = control.recv() => match msg {
                     Some(CallControl::Hangup) => {

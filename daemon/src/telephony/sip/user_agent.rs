@@ -789,9 +789,13 @@ async fn drive_dialog(
                 let Some(cmd) = cmd else { break };
                 let hangup = cmd == CallCommand::Hangup;
                 if let CallCommand::Transfer { target } = &cmd {
-                    // REFER's answer comes back as a signal; NOTIFYs follow as states.
-                    let code = refer(&dialog, target).await;
-                    let _ = signals.send(CallSignal::TransferAnswered { code }).await;
+                    // REFER in its own task: the transferee's NOTIFYs and BYE may arrive before
+                    // REFER's answer, and this loop must keep answering them meanwhile.
+                    let (dialog, signals, target) = (dialog.clone(), signals.clone(), target.clone());
+                    tokio::spawn(async move {
+                        let code = refer(&dialog, &target).await;
+                        let _ = signals.send(CallSignal::TransferAnswered { code }).await;
+                    });
                 } else if calling || confirmed {
                     apply_command(&dialog, cmd, &mut pending_update).await;
                 } else {
