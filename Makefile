@@ -11,11 +11,11 @@ DEV_CONFIG := config/dev.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: to build, and additionally to test (real peers, packaging checks).
-APT_BUILD := build-essential pkg-config
+APT_BUILD := build-essential pkg-config cmake clang libclang-dev libgomp1
 APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip baresip kamailio sip-tester tshark sox espeak-ng openssl mosquitto mosquitto-clients
 CARGO_TOOLS := cargo-deb
 
-.PHONY: all deps test-deps build run models test test-fast lint deb bench clean
+.PHONY: all deps ggml test-deps build run models test test-fast lint deb bench clean
 
 all: build
 
@@ -35,6 +35,12 @@ deps:
 	$(call apt_install,$(APT_BUILD))
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
 
+# The ONE ggml whisper.cpp and llama.cpp share: llama-cpp-sys-2's vendored ggml, static,
+# GGML_NATIVE=OFF, in target/ggml-prefix (.cargo/config.toml points the builds at it). Skips
+# when up to date; every cargo build below needs it first.
+ggml: deps
+	CARGO="$(CARGO)" bash packaging/build-ggml.sh
+
 test-deps: deps
 	$(call apt_install,$(APT_TEST))
 	@for t in $(CARGO_TOOLS); do \
@@ -42,7 +48,7 @@ test-deps: deps
 	done
 	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
-build: deps
+build: ggml
 	$(CARGO) build --release --locked
 
 # Install the models the manifest lists into the dev models dir: from the site bundle beside
@@ -59,7 +65,7 @@ run: build models
 	@mkdir -p var
 	exec ./target/release/edgevoiced --config $(DEV_CONFIG)
 
-lint: test-deps
+lint: test-deps ggml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
@@ -72,17 +78,17 @@ test: test-deps lint deb
 	fi
 
 # Unit tests only: seconds, no peers.
-test-fast:
+test-fast: ggml
 	$(CARGO) test --locked --workspace --lib --bins
 
 # The package, checked by lintian (no errors or warnings: packaging/LINTIAN.md).
-deb: test-deps
+deb: test-deps ggml
 	@deb="$$(bash packaging/build-deb.sh | tail -n1)"; \
 	lintian --fail-on error,warning "$$deb"; \
 	echo "$$deb" > target/debian/LATEST; \
 	echo "built $$deb"
 
-bench: deps
+bench: ggml
 	$(CARGO) bench --locked --bench store
 	$(CARGO) bench --locked --bench media
 	$(CARGO) bench --locked --bench sip

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod models;
 pub mod ops;
+pub mod speech;
 pub mod store;
 pub mod telephony;
 pub mod uplink;

@@ -1,0 +1,260 @@
+//! Speech engines: speech recognition (whisper.cpp) and the language model (llama.cpp), each
+//! behind a small trait so the conversation logic and its tests do not depend on the engine.
+//!
+//! Every engine loads its model once (memory-mapped) and is shared (`Arc`) by all calls; each call
+//! gets its own per-call state (a whisper state, a llama context) from it. Inference is blocking
+//! CPU work: run it on dedicated threads, never on the async runtime's workers.
+//!
+//! whisper-rs and llama-cpp-2 link ONE ggml, built once by `packaging/build-ggml.sh` (see
+//! `.cargo/config.toml`); `tests/speech_engines.rs` proves both run in one
+//! process.
+
+pub mod llm;
+pub mod text;
+pub mod whisper;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use llm::{LlamaEngine, LlamaSession, LlmConfig};
+pub use whisper::{WhisperConfig, WhisperRecognizer, WhisperSession};
+
+/// Sample rate every recognizer takes (mono f32 in -1.0..=1.0).
+pub const ASR_SAMPLE_RATE: u32 = 16_000;
+
+/// Model files, relative to `models.dir` (as laid out by `models/manifest.toml`).
+pub const WHISPER_MODEL_FILE: &str = "whisper/ggml-tiny.en-q8_0.bin";
+pub const VAD_MODEL_FILE: &str = "vad/ggml-silero-v6.2.0.bin";
+pub const LLM_MODEL_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// One recognised word with its time span in the utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Mean token probability (0..=1).
+    pub probability: f32,
+}
+
+/// A segment as whisper emits it: a span of text with its words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub words: Vec<Word>,
+    /// whisper's probability that the segment holds no speech.
+    pub no_speech_probability: f32,
+}
+
+/// The result of transcribing one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    /// The whole text, segments joined, trimmed.
+    pub text: String,
+    pub segments: Vec<Segment>,
+    /// Length of the audio decoded.
+    pub audio: Duration,
+    /// Wall time the decode took.
+    pub elapsed: Duration,
+    /// The encoder positions used (whisper's `audio_ctx`; 1500 = the whole 30 s window).
+    pub audio_ctx: u32,
+}
+
+impl Transcript {
+    pub fn words(&self) -> impl Iterator<Item = &Word> {
+        self.segments.iter().flat_map(|s| s.words.iter())
+    }
+}
+
+/// Speech recognition errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AsrError {
+    #[error("speech recognition model {} not found: install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    ModelMissing(PathBuf),
+    #[error("could not load the speech recognition model {}: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("could not create a speech recognition state: {0} (out of memory?)")]
+    State(String),
+    #[error("speech recognition failed: {0}")]
+    Decode(String),
+}
+
+/// Language model errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("language model {} not found: install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    ModelMissing(PathBuf),
+    #[error("could not load the language model {}: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("could not initialise llama.cpp: {0}")]
+    Backend(String),
+    #[error("could not create a language model context of {n_ctx} tokens: {reason} (lower the context size or free memory)")]
+    Context { n_ctx: u32, reason: String },
+    #[error("the language model has no usable chat template ({0}): use an instruct/chat GGUF that embeds one")]
+    ChatTemplate(String),
+    #[error("prompt of {needed} tokens does not fit the context of {n_ctx} tokens: shorten the system prompt or raise the context size")]
+    ContextFull { needed: usize, n_ctx: u32 },
+    #[error("language model evaluation failed: {0}")]
+    Decode(String),
+}
+
+/// Checks that a model file exists (before handing its path to C code that would only say
+/// "failed to load").
+pub(crate) fn require_file<E>(path: &Path, missing: impl FnOnce(PathBuf) -> E) -> Result<(), E> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(missing(path.to_path_buf()))
+    }
+}
+
+/// Speech recognition: a model loaded once, shared by every call.
+pub trait SpeechRecognizer: Send + Sync {
+    /// A per-call state (holds the decoder's buffers; reuse it for every utterance of a call).
+    fn session(&self) -> Result<Box<dyn AsrSession + '_>, AsrError>;
+
+    /// Transcribes one utterance with a fresh state (convenience; calls should keep a session).
+    fn transcribe(&self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
+        self.session()?.transcribe(pcm_16k)
+    }
+}
+
+/// A per-call recognition state.
+pub trait AsrSession: Send {
+    /// Transcribes one utterance: 16 kHz mono f32 samples. Utterances up to 30 s are decoded
+    /// with the encoder sized to the audio; longer audio uses whisper's 30 s windows (cut it by
+    /// VAD instead).
+    fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError>;
+}
+
+/// One chat message (role "system", "user" or "assistant").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Hard limits for one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub max_tokens: u32,
+    /// Wall time from the call to `generate`, prompt evaluation included.
+    pub max_time: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_tokens: 96,
+            max_time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model ended its turn.
+    EndOfTurn,
+    MaxTokens,
+    MaxTime,
+    /// The token callback asked to stop (barge-in, clause limit, ...).
+    Cancelled,
+}
+
+/// The outcome of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub stop: StopReason,
+    /// Prompt tokens in total, and those taken from the KV cache (not evaluated again).
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    /// From the call to the first generated token (None if none was generated).
+    pub first_token: Option<Duration>,
+    pub elapsed: Duration,
+}
+
+/// A language model: loaded once, shared by every call.
+pub trait LanguageModel: Send + Sync {
+    /// Renders a conversation with the model's own chat template, ending with the opening of the
+    /// assistant's turn.
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, LlmError>;
+    /// A per-call context. It keeps its KV cache between turns: the longest common prefix with
+    /// the previous prompt (the system prompt, earlier turns) is not evaluated again.
+    fn session(&self) -> Result<Box<dyn LlmSession + '_>, LlmError>;
+}
+
+/// A per-call language model context.
+pub trait LlmSession {
+    /// Evaluates `prompt` into the KV cache without generating (e.g. the system prompt at call
+    /// start, so the first turn only evaluates the caller's words).
+    fn prime(&mut self, prompt: &str) -> Result<(), LlmError>;
+    /// Generates a continuation of `prompt` (a rendered chat), streaming each piece of text to
+    /// `on_token` as it is produced; `ControlFlow::Break` stops the generation.
+    fn generate(
+        &mut self,
+        prompt: &str,
+        budget: Budget,
+        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, LlmError>;
+}
+
+/// whisper's encoder positions for `samples` of 16 kHz audio: ceil(seconds / 30 × 1500) + 64,
+/// at most 1500 (the whole 30 s window). FACTS.md: 7–8× faster than the full window on a phone
+/// turn, same words.
+pub fn audio_ctx_for(samples: usize) -> u32 {
+    let positions = (samples as u64 * 1500).div_ceil(30 * ASR_SAMPLE_RATE as u64) + 64;
+    positions.min(1500) as u32
+}
+
+/// Converts 16-bit PCM to the f32 samples the recognizers take.
+pub fn pcm_i16_to_f32(pcm: &[i16]) -> Vec<f32> {
+    pcm.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_ctx_matches_the_reference_figures() {
+        // REFERENCE-FIGURES.md: 2.74 s → 201, jfk 11 s → 614.
+        assert_eq!(audio_ctx_for(43_840), 201);
+        assert_eq!(audio_ctx_for(176_000), 614);
+        assert_eq!(audio_ctx_for(0), 64);
+        assert_eq!(audio_ctx_for(16_000 * 29), 1500);
+        assert_eq!(audio_ctx_for(16_000 * 60), 1500);
+    }
+
+    #[test]
+    fn missing_model_error_names_the_file_and_the_fix() {
+        let err =
+            require_file(Path::new("/nonexistent/m.bin"), AsrError::ModelMissing).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/m.bin"), "{msg}");
+        assert!(msg.contains("edgevoice models install"), "{msg}");
+    }
+}

@@ -1,0 +1,427 @@
+//! The speech engines with the real models (../shared/models) and real audio
+//! (../shared/testdata): whisper on 16 kHz and 8 kHz telephone audio, the language model, and
+//! the ONE-ggml proof (issue 4): real whisper and real llama inference in one process.
+//!
+//! The engines load once per test process and are shared; the tests take a lock so their
+//! timings are not skewed by each other on a 2-core machine.
+
+#[path = "common/audio.rs"]
+mod audio;
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use edgevoice::speech::text::word_error_rate;
+use edgevoice::speech::{
+    pcm_i16_to_f32, Budget, ChatMessage, LanguageModel, LlamaEngine, LlmConfig, SpeechRecognizer,
+    StopReason, WhisperConfig, WhisperRecognizer, LLM_MODEL_FILE, WHISPER_MODEL_FILE,
+};
+use edgevoice::telephony::media::Resampler;
+
+const JFK_REF: &str = "And so my fellow Americans, ask not what your country can do for you, \
+                       ask what you can do for your country.";
+const HARVARD_REF: &str = "A gold ring will please most any girl. The long journey home took a \
+    year. She saw a cat in the neighbor's house. A pink shell was found on the sandy beach. Small \
+    children came to see him. The grass and bushes were wet with dew. The blind man counted his \
+    old coins. A severe storm tore down the barn. She called his name many times. When you hear \
+    the bell, come quickly.";
+
+fn models_dir() -> PathBuf {
+    common::shared_dir().join("models")
+}
+
+fn testdata(name: &str) -> PathBuf {
+    common::shared_dir().join("testdata/audio").join(name)
+}
+
+/// One heavy test at a time (2 cores: parallel decodes would skew every timing).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn whisper() -> &'static WhisperRecognizer {
+    static W: OnceLock<WhisperRecognizer> = OnceLock::new();
+    W.get_or_init(|| {
+        let t = Instant::now();
+        let w = WhisperRecognizer::load(WhisperConfig::new(models_dir().join(WHISPER_MODEL_FILE)))
+            .expect("load whisper");
+        eprintln!("whisper model loaded in {:?}", t.elapsed());
+        w
+    })
+}
+
+fn llama() -> &'static LlamaEngine {
+    static L: OnceLock<LlamaEngine> = OnceLock::new();
+    L.get_or_init(|| {
+        let t = Instant::now();
+        let l = LlamaEngine::load(LlmConfig::new(models_dir().join(LLM_MODEL_FILE)))
+            .expect("load llama");
+        eprintln!("llama model loaded in {:?}", t.elapsed());
+        l
+    })
+}
+
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// 8 kHz telephone audio → 16 kHz with the product's resampler, optionally through G.711 µ-law.
+fn telephone_to_asr(pcm_8k: &[i16], mulaw: bool) -> Vec<i16> {
+    let pcm: Vec<i16> = if mulaw {
+        use audio_codec::{Decoder as _, Encoder as _};
+        let mut enc = audio_codec::pcmu::PcmuEncoder::new();
+        let mut dec = audio_codec::pcmu::PcmuDecoder::new();
+        let mut out = Vec::with_capacity(pcm_8k.len());
+        for frame in pcm_8k.chunks(160) {
+            let mut bytes = vec![0u8; enc.max_encode_bytes(frame.len())];
+            let n = enc.encode_into(frame, &mut bytes).expect("encode");
+            let mut samples = vec![0i16; dec.max_decode_samples(n)];
+            let m = dec.decode_into(&bytes[..n], &mut samples).expect("decode");
+            out.extend_from_slice(&samples[..m]);
+        }
+        out
+    } else {
+        pcm_8k.to_vec()
+    };
+    Resampler::resample_all(&pcm, 8000, 16_000).expect("resample")
+}
+
+/// Cuts 16 kHz audio at pauses (≥ 400 ms of 20 ms frames 25 dB below the loudest frame) into
+/// utterances of 2–30 s, the way an endpointer hands them to the recognizer (a piece shorter
+/// than 2 s joins the next: a mid-sentence pause must not make a fragment).
+fn cut_at_pauses(pcm: &[i16]) -> Vec<&[i16]> {
+    const FRAME: usize = 320;
+    const MIN_PAUSE_FRAMES: usize = 20;
+    const MIN_PIECE: usize = 16_000 * 2;
+    let db: Vec<f64> = pcm.chunks(FRAME).map(audio::rms_dbfs).collect();
+    let loud = db.iter().cloned().fold(f64::MIN, f64::max);
+    let speech: Vec<bool> = db.iter().map(|d| *d > loud - 25.0).collect();
+    let mut cuts = vec![0usize];
+    let mut run = 0usize;
+    for (i, s) in speech.iter().enumerate() {
+        if *s {
+            if run >= MIN_PAUSE_FRAMES && (i - run / 2) * FRAME - cuts.last().unwrap() >= MIN_PIECE
+            {
+                // Cut in the middle of the pause.
+                cuts.push((i - run / 2) * FRAME);
+            }
+            run = 0;
+        } else {
+            run += 1;
+        }
+    }
+    if pcm.len() - cuts.last().unwrap() < MIN_PIECE && cuts.len() > 1 {
+        cuts.pop();
+    }
+    cuts.push(pcm.len());
+    let mut out: Vec<&[i16]> = Vec::new();
+    for w in cuts.windows(2) {
+        for sub in pcm[w[0]..w[1]].chunks(16_000 * 30) {
+            out.push(sub);
+        }
+    }
+    out
+}
+
+#[test]
+fn whisper_transcribes_jfk_16k() {
+    let _g = serial();
+    let wav = audio::read_wav(testdata("jfk.wav"));
+    assert_eq!(wav.rate, 16_000);
+    let pcm = pcm_i16_to_f32(&wav.to_mono());
+    let w = whisper();
+    let mut session = w.session().unwrap();
+    let t = session.transcribe(&pcm).unwrap();
+    let wer = word_error_rate(JFK_REF, &t.text);
+    eprintln!(
+        "jfk.wav ({:.1} s): {:?} in {:?} (audio_ctx {}), WER {:.1} %",
+        t.audio.as_secs_f64(),
+        t.text,
+        t.elapsed,
+        t.audio_ctx,
+        wer * 100.0
+    );
+    assert!(wer <= 0.10, "WER {wer} for {:?}", t.text);
+    assert_eq!(t.audio_ctx, 614);
+    // Word timestamps: in order, within the clip, and "country" is the last word.
+    let words: Vec<_> = t.words().collect();
+    assert!(words.len() >= 20, "{words:?}");
+    let end_ms = t.audio.as_millis() as u64 + 100;
+    for pair in words.windows(2) {
+        assert!(pair[0].start_ms <= pair[1].start_ms, "{pair:?}");
+    }
+    assert!(
+        words
+            .iter()
+            .all(|w| w.end_ms <= end_ms && w.start_ms <= w.end_ms),
+        "{words:?}"
+    );
+    assert!(words
+        .last()
+        .unwrap()
+        .text
+        .to_lowercase()
+        .contains("country"));
+}
+
+fn transcribe_pieces(w: &WhisperRecognizer, pieces: &[&[i16]]) -> (String, Duration) {
+    let mut session = w.session().unwrap();
+    let started = Instant::now();
+    let mut text = Vec::new();
+    for piece in pieces {
+        text.push(session.transcribe(&pcm_i16_to_f32(piece)).unwrap().text);
+    }
+    (text.join(" "), started.elapsed())
+}
+
+/// harvard_8k through the telephone path: G.711 µ-law round trip, the product's resampler to
+/// 16 kHz, cut at pauses into sentences. Asserted with whisper's whole 30 s window (0 % WER, as
+/// the reference engine); the utterance-sized `audio_ctx` result is printed, not asserted: it
+/// repeats some sentences on these cuts (known issue, see speech/whisper.rs).
+#[test]
+fn slow_whisper_transcribes_harvard_8k_through_the_telephone_path() {
+    let _g = serial();
+    let wav = audio::read_wav(testdata("harvard_8k.wav"));
+    assert_eq!(wav.rate, 8000);
+    let pcm16 = telephone_to_asr(&wav.to_mono(), true);
+    let pieces = cut_at_pauses(&pcm16);
+    assert!(
+        pieces.len() >= 5,
+        "expected the sentences apart, got {}",
+        pieces.len()
+    );
+
+    let (sized_text, sized_time) = transcribe_pieces(whisper(), &pieces);
+    let sized_wer = word_error_rate(HARVARD_REF, &sized_text);
+    eprintln!(
+        "harvard_8k via G.711 µ-law → 16 kHz, {} utterances, audio_ctx sized: {:?}, WER {:.1} % \
+         (not asserted): {sized_text:?}",
+        pieces.len(),
+        sized_time,
+        sized_wer * 100.0
+    );
+
+    let mut cfg = WhisperConfig::new(models_dir().join(WHISPER_MODEL_FILE));
+    cfg.sized_audio_ctx = false;
+    let full = WhisperRecognizer::load(cfg).unwrap();
+    let (text, time) = transcribe_pieces(&full, &pieces);
+    let wer = word_error_rate(HARVARD_REF, &text);
+    eprintln!(
+        "harvard_8k via G.711 µ-law → 16 kHz, whole 30 s window: {time:?}, WER {:.1} %: {text:?}",
+        wer * 100.0
+    );
+    assert!(wer <= 0.03, "WER {wer} for {text:?}");
+}
+
+#[test]
+fn one_ggml_whisper_and_llama_infer_in_one_process() {
+    let _g = serial();
+    // Real whisper inference...
+    let wav = audio::read_wav(testdata("jfk.wav"));
+    let t = whisper()
+        .transcribe(&pcm_i16_to_f32(&wav.to_mono()))
+        .unwrap();
+    assert!(word_error_rate(JFK_REF, &t.text) <= 0.10, "{:?}", t.text);
+    // ...then real llama inference, same process, same ggml...
+    let llm = llama();
+    let prompt = llm
+        .chat_prompt(&[
+            ChatMessage::system("You are a helpful assistant. Answer briefly."),
+            ChatMessage::user("What is 2+2?"),
+        ])
+        .unwrap();
+    let mut session = llm.session().unwrap();
+    let mut streamed = String::new();
+    let g = session
+        .generate(
+            &prompt,
+            Budget {
+                max_tokens: 32,
+                max_time: Duration::from_secs(60),
+            },
+            &mut |piece| {
+                streamed.push_str(piece);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    eprintln!(
+        "llama: {:?} ({} tokens, first token {:?}, total {:?}, {:?})",
+        g.text, g.generated_tokens, g.first_token, g.elapsed, g.stop
+    );
+    assert!(!g.text.trim().is_empty());
+    assert_eq!(streamed, g.text);
+    // ...and whisper again after llama (both still work).
+    let again = whisper()
+        .transcribe(&pcm_i16_to_f32(&wav.to_mono()))
+        .unwrap();
+    assert_eq!(again.text, t.text);
+    let (rss, hwm) = rss_mb();
+    eprintln!("RSS with both models loaded: {rss:.0} MB (peak {hwm:.0} MB)");
+}
+
+const SYSTEM_PROMPT: &str = "You are the telephone assistant of Northwind Dental Clinic, \
+    answering callers on the clinic's main line. Speak in short, friendly sentences that sound \
+    natural when read aloud, one or two sentences at a time, and never use lists, markdown, \
+    emoji or abbreviations that a speech synthesizer would read badly. Facts you may use: the \
+    clinic is at 42 Harbour Street, Springfield, on the second floor above the pharmacy, with \
+    free parking behind the building. Opening hours are Monday to Friday from eight in the \
+    morning to six in the evening, and Saturday from nine to one; the clinic is closed on \
+    Sundays and public holidays. New patients are welcome and should bring a photo ID and their \
+    insurance card. A routine check-up with cleaning takes about forty-five minutes. Emergency \
+    appointments for pain or a broken tooth are kept free every weekday morning; callers with \
+    an emergency should say so and you will transfer them to the front desk. Cancellations need \
+    twenty-four hours notice, otherwise a fee of thirty dollars applies. The clinic accepts all \
+    major insurance plans and card payments, but not cheques. Dr. Alvarez and Dr. Chen are the \
+    dentists; Maria is the hygienist. You cannot book, move or cancel appointments yourself: \
+    when a caller wants to, collect their full name, date of birth and a phone number, confirm \
+    them back, and say that the front desk will call back within one working day. Never invent \
+    prices, medical advice or availability. If you do not know something, say so and offer to \
+    take a message. If the caller asks for a person, transfer them to the front desk. Stay on \
+    the topic of the clinic; politely decline anything else. Keep every answer under forty \
+    words. End the call politely when the caller says goodbye.";
+
+#[test]
+fn llm_second_turn_first_token_is_faster_with_the_kept_kv_cache() {
+    let _g = serial();
+    let llm = llama();
+    let budget = Budget {
+        max_tokens: 12,
+        max_time: Duration::from_secs(60),
+    };
+    let mut turn1 = vec![
+        ChatMessage::system(SYSTEM_PROMPT),
+        ChatMessage::user("Hello, what are your opening hours on Saturday?"),
+    ];
+
+    // The product's call: prime the system prompt at call start, then the turns.
+    let mut call = llm.new_session().unwrap();
+    let t = Instant::now();
+    call.prime(&llm.render_system(SYSTEM_PROMPT).unwrap())
+        .unwrap();
+    let prime_time = t.elapsed();
+    let system_tokens = call.cached_tokens();
+    let g1 = call
+        .generate(&llm.render_chat(&turn1).unwrap(), budget, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    turn1.push(ChatMessage::assistant(g1.text.trim()));
+    turn1.push(ChatMessage::user(
+        "And where do I park my car when I come in?",
+    ));
+    let prompt2 = llm.render_chat(&turn1).unwrap();
+    let cached = call
+        .generate(&prompt2, budget, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+
+    // The same second turn with nothing cached: the whole prompt evaluated.
+    let mut fresh = llm.new_session().unwrap();
+    let uncached = fresh
+        .generate(&prompt2, budget, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+
+    eprintln!(
+        "system prompt: {system_tokens} tokens, primed in {prime_time:?}; turn 1 first token \
+         {:?} ({} of {} prompt tokens cached)",
+        g1.first_token, g1.cached_tokens, g1.prompt_tokens
+    );
+    eprintln!(
+        "turn 2 first token: cached {:?} ({} of {} prompt tokens from the KV cache) vs uncached \
+         {:?} ({} tokens evaluated)",
+        cached.first_token,
+        cached.cached_tokens,
+        cached.prompt_tokens,
+        uncached.first_token,
+        uncached.prompt_tokens
+    );
+    assert!(
+        system_tokens >= 250,
+        "system prompt only {system_tokens} tokens"
+    );
+    assert!(
+        g1.cached_tokens >= system_tokens,
+        "turn 1 did not reuse the primed system prompt"
+    );
+    assert!(cached.cached_tokens > system_tokens);
+    assert_eq!(uncached.cached_tokens, 0);
+    assert_eq!(
+        cached.text, uncached.text,
+        "greedy output must not depend on the cache"
+    );
+    let (c, u) = (cached.first_token.unwrap(), uncached.first_token.unwrap());
+    assert!(
+        c < u,
+        "cached first token {c:?} not faster than uncached {u:?}"
+    );
+}
+
+#[test]
+fn llm_budgets_and_cancellation_stop_generation() {
+    let _g = serial();
+    let llm = llama();
+    let prompt = llm
+        .render_chat(&[
+            ChatMessage::system("You are a storyteller."),
+            ChatMessage::user("Tell me a long story about a lighthouse keeper."),
+        ])
+        .unwrap();
+    let mut s = llm.new_session().unwrap();
+    let g = s
+        .generate(
+            &prompt,
+            Budget {
+                max_tokens: 5,
+                max_time: Duration::from_secs(60),
+            },
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(g.stop, StopReason::MaxTokens);
+    assert_eq!(g.generated_tokens, 5);
+    let mut n = 0;
+    let g = s
+        .generate(&prompt, Budget::default(), &mut |_| {
+            n += 1;
+            if n == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(g.stop, StopReason::Cancelled);
+    assert!(g.generated_tokens <= 4, "{g:?}");
+}
+
+#[test]
+fn missing_models_are_named_with_the_install_command() {
+    let err = WhisperRecognizer::load(WhisperConfig::new("/nonexistent/ggml-tiny.en-q8_0.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/ggml-tiny.en-q8_0.bin")
+            && err.contains("edgevoice models install"),
+        "{err}"
+    );
+    let err = LlamaEngine::load(LlmConfig::new("/nonexistent/model.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/model.gguf") && err.contains("edgevoice models install"),
+        "{err}"
+    );
+}
