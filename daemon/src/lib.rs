@@ -5,6 +5,7 @@
 //! running daemon, local socket), `models` (manifest, install, verify). Telephony, call, speech,
 //! agent and uplink arrive with their issues.
 
+pub mod agent;
 pub mod call;
 pub mod config;
 pub mod control;

@@ -5,6 +5,7 @@
 //! Every key's default lives in the `Default` impls below and is documented, with units, in
 //! `config/edgevoice.toml`; a unit test keeps the two equal.
 
+mod agent;
 mod locate;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use agent::{AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SpeechConfig};
 pub use validate::ConfigIssue;
 
 /// Where the packaged daemon looks for its configuration.
@@ -28,6 +30,8 @@ pub struct Config {
     pub rtp: RtpConfig,
     pub call: CallConfig,
     pub media_test: MediaTestConfig,
+    pub agent: AgentConfig,
+    pub speech: SpeechConfig,
     pub uplink: UplinkConfig,
 }
 
@@ -278,6 +282,8 @@ impl SipConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallHandler {
+    /// The voice agent (`[agent]`): speech recognition, language model, speech synthesis.
+    Agent,
     /// Media test mode (commissioning): play a prompt, then echo or record.
     MediaTest,
 }
@@ -298,7 +304,7 @@ pub struct CallConfig {
 impl Default for CallConfig {
     fn default() -> Self {
         Self {
-            handler: CallHandler::MediaTest,
+            handler: CallHandler::Agent,
             record: false,
             max_duration_secs: 3600,
             answer_after_ms: 0,
@@ -497,6 +503,7 @@ impl Config {
             &mut self.models.dir,
             &mut self.models.manifest,
             &mut self.media_test.prompt,
+            &mut self.speech.onnxruntime,
             &mut self.sip.tls_cert,
             &mut self.sip.tls_key,
             &mut self.uplink.ca_file,

@@ -147,6 +147,7 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
     }
 
     check_uplink(&config.uplink, &mut problem);
+    super::agent::check_agent(&config.agent, &config.speech, &mut problem);
 
     let sip = &config.sip;
     if sip.listen.parse::<SocketAddr>().is_err() {

@@ -1,0 +1,1049 @@
+//! The per-call conversation: a state machine without I/O. The call's shell feeds it
+//! [`Input`]s (speech start/end, transcripts, reply clauses, key presses, playout done) and the
+//! time; it answers with [`Action`]s (play a cached prompt, say a text, stop playback, run
+//! recognition or generation, transfer, hang up, record a turn).
+//!
+//! Rules before the model: key presses and matched intents act directly; only `answer` turns go
+//! to the language model. Every engine failure has a fallback, and the caller never waits in
+//! silence longer than `filler_after_ms` without hearing "one moment".
+
+use std::time::{Duration, Instant};
+
+use super::{guard_clause, AgentSpec, Guarded};
+use crate::config::{AgentAction, BargeIn};
+use crate::speech::ChatMessage;
+
+/// Fixed prompts, rendered once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prompt {
+    Greeting,
+    OneMoment,
+    Repeat,
+    Goodbye,
+    Transfer,
+    StillThere,
+    TakeMessage,
+    MessageTaken,
+}
+
+impl Prompt {
+    pub const ALL: [Prompt; 8] = [
+        Prompt::Greeting,
+        Prompt::OneMoment,
+        Prompt::Repeat,
+        Prompt::Goodbye,
+        Prompt::Transfer,
+        Prompt::StillThere,
+        Prompt::TakeMessage,
+        Prompt::MessageTaken,
+    ];
+
+    pub fn text(self, c: &crate::config::AgentConfig) -> &str {
+        match self {
+            Prompt::Greeting => &c.greeting,
+            Prompt::OneMoment => &c.one_moment,
+            Prompt::Repeat => &c.repeat,
+            Prompt::Goodbye => &c.goodbye,
+            Prompt::Transfer => &c.transfer,
+            Prompt::StillThere => &c.still_there,
+            Prompt::TakeMessage => &c.take_message,
+            Prompt::MessageTaken => &c.message_taken,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The call is answered.
+    Start,
+    /// The caller started speaking (confirmed by the endpointer: not a cough).
+    SpeechStarted,
+    /// The caller's turn ended; the shell holds the audio as utterance `utterance`.
+    SpeechEnded {
+        utterance: u64,
+    },
+    /// Recognition of an utterance finished (text may be empty: nothing intelligible).
+    Transcript {
+        utterance: u64,
+        text: String,
+    },
+    RecognitionFailed {
+        utterance: u64,
+        error: String,
+    },
+    Dtmf(char),
+    /// A finished clause of the model's reply for `turn`.
+    ReplyClause {
+        turn: u64,
+        text: String,
+    },
+    /// The model's reply for `turn` ended; `over_budget` when a token or time limit cut it.
+    ReplyDone {
+        turn: u64,
+        over_budget: bool,
+    },
+    ReplyFailed {
+        turn: u64,
+        error: String,
+    },
+    /// Synthesis of a `Say` failed (the shell played a cached prompt instead, or nothing).
+    SynthesisFailed {
+        error: String,
+    },
+    /// Everything queued for the caller has been played.
+    PlayoutDrained,
+    /// The shell could not transfer the call (REFER refused and no bridge).
+    TransferFailed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue a cached prompt.
+    Play(Prompt),
+    /// Synthesize and queue this text.
+    Say(String),
+    /// Stop what the caller hears now and drop everything queued (barge-in).
+    StopPlayback,
+    Transcribe {
+        utterance: u64,
+    },
+    /// Generate a reply to `history` (user/assistant turns; the system prompt is the shell's).
+    Generate {
+        turn: u64,
+        history: Vec<ChatMessage>,
+        max_tokens: u32,
+        max_time: Duration,
+    },
+    CancelGeneration {
+        turn: u64,
+    },
+    Transfer {
+        target: String,
+    },
+    Hangup,
+    /// A caller turn is complete: store it.
+    RecordTurn(TurnRecord),
+}
+
+/// One caller turn and the agent's answer, as stored in the call record.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TurnRecord {
+    pub turn: u64,
+    pub caller: String,
+    pub agent: String,
+    /// The intent matched, or "dtmf:<digit>", or "llm".
+    pub intent: String,
+    /// What the agent did: answer, reply, transfer, end_call, take_message, repeat, fallback.
+    pub action: String,
+    /// The caller spoke over the reply.
+    pub interrupted: bool,
+    /// Failures handled in this turn (recognition, model, synthesis), one line each.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationState {
+    Greeting,
+    Listening,
+    /// Recognition or generation running; nothing to say yet.
+    Thinking,
+    Speaking,
+    /// Waiting for the caller's message (take_message).
+    TakingMessage,
+    Transferring,
+    /// Saying goodbye; hangs up when it has been played.
+    Ending,
+    Ended,
+}
+
+pub struct Conversation {
+    spec: AgentSpec,
+    state: ConversationState,
+    /// The caller turn in progress (its id keys generation and the turn record).
+    turn: u64,
+    record: TurnRecord,
+    history: Vec<ChatMessage>,
+    /// A transcript kept when the caller went on speaking before it was answered.
+    pending_caller: String,
+    generating: bool,
+    reply_words: usize,
+    reply_clauses: usize,
+    /// The reply ended (generation done, or a fixed reply queued).
+    reply_complete: bool,
+    failures: u32,
+    no_input_prompts: u32,
+    filler_at: Option<Instant>,
+    no_input_at: Option<Instant>,
+    taking_message: bool,
+}
+
+/// Longest history (user + assistant messages) sent to the model.
+const MAX_HISTORY: usize = 8;
+/// "Are you still there?" at most this often before goodbye.
+const MAX_NO_INPUT_PROMPTS: u32 = 2;
+
+impl Conversation {
+    pub fn new(spec: AgentSpec) -> Self {
+        Self {
+            spec,
+            state: ConversationState::Greeting,
+            turn: 0,
+            record: TurnRecord::default(),
+            history: Vec::new(),
+            pending_caller: String::new(),
+            generating: false,
+            reply_words: 0,
+            reply_clauses: 0,
+            reply_complete: true,
+            failures: 0,
+            no_input_prompts: 0,
+            filler_at: None,
+            no_input_at: None,
+            taking_message: false,
+        }
+    }
+
+    pub fn state(&self) -> ConversationState {
+        self.state
+    }
+
+    pub fn spec(&self) -> &AgentSpec {
+        &self.spec
+    }
+
+    /// The next timer the shell must wake this machine for.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.filler_at, self.no_input_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.filler_at.is_some_and(|t| t <= now) {
+            self.filler_at = None;
+            if self.state == ConversationState::Thinking {
+                out.push(Action::Play(Prompt::OneMoment));
+            }
+        }
+        if self.no_input_at.is_some_and(|t| t <= now) {
+            self.no_input_at = None;
+            if matches!(
+                self.state,
+                ConversationState::Listening | ConversationState::TakingMessage
+            ) {
+                if self.no_input_prompts >= MAX_NO_INPUT_PROMPTS {
+                    self.end_call(&mut out, Prompt::Goodbye);
+                } else {
+                    self.no_input_prompts += 1;
+                    out.push(Action::Play(Prompt::StillThere));
+                    self.state = ConversationState::Speaking;
+                    self.reply_complete = true;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == ConversationState::Ended {
+            return out;
+        }
+        match input {
+            Input::Start => {
+                out.push(Action::Play(Prompt::Greeting));
+                self.state = ConversationState::Greeting;
+                self.reply_complete = true;
+            }
+            Input::SpeechStarted => {
+                self.no_input_at = None;
+                let speaking = matches!(
+                    self.state,
+                    ConversationState::Greeting | ConversationState::Speaking
+                );
+                if speaking && self.spec.config.barge_in == BargeIn::Speech {
+                    self.barge_in(&mut out);
+                } else if self.state == ConversationState::Thinking && self.generating {
+                    // The caller went on talking before we answered: answer everything at once.
+                    out.push(Action::CancelGeneration { turn: self.turn });
+                    self.generating = false;
+                    self.pending_caller = self.record.caller.clone();
+                    self.filler_at = None;
+                    self.state = ConversationState::Listening;
+                }
+            }
+            Input::SpeechEnded { utterance } => {
+                if matches!(
+                    self.state,
+                    ConversationState::Listening
+                        | ConversationState::TakingMessage
+                        | ConversationState::Thinking
+                ) {
+                    out.push(Action::Transcribe { utterance });
+                    if self.state != ConversationState::TakingMessage {
+                        self.state = ConversationState::Thinking;
+                    }
+                    self.filler_at = Some(now + ms(self.spec.config.filler_after_ms));
+                }
+            }
+            Input::Transcript { text, .. } => self.on_transcript(now, text, &mut out),
+            Input::RecognitionFailed { error, .. } => {
+                self.record.errors.push(format!("recognition: {error}"));
+                self.on_transcript(now, String::new(), &mut out);
+            }
+            Input::Dtmf(digit) => self.on_dtmf(now, digit, &mut out),
+            Input::ReplyClause { turn, text } => {
+                if turn != self.turn || !self.generating {
+                    return out;
+                }
+                match guard_clause(
+                    &text,
+                    self.reply_words,
+                    self.spec.config.max_reply_words as usize,
+                ) {
+                    Guarded::Say { text, last } => {
+                        self.reply_words += text.split_whitespace().count();
+                        self.reply_clauses += 1;
+                        append(&mut self.record.agent, &text);
+                        out.push(Action::Say(text));
+                        self.start_speaking();
+                        if last {
+                            out.push(Action::CancelGeneration { turn });
+                            self.generating = false;
+                            self.finish_reply(&mut out, false);
+                        }
+                    }
+                    Guarded::Dropped => self
+                        .record
+                        .errors
+                        .push(format!("guardrail: dropped \"{text}\" (claims an action)")),
+                    Guarded::OverLimit => {
+                        out.push(Action::CancelGeneration { turn });
+                        self.generating = false;
+                        self.finish_reply(&mut out, false);
+                    }
+                }
+            }
+            Input::ReplyDone { turn, over_budget } => {
+                if turn == self.turn && self.generating {
+                    self.generating = false;
+                    if over_budget {
+                        self.record.errors.push("model: over its budget".to_owned());
+                    }
+                    self.finish_reply(&mut out, over_budget);
+                }
+            }
+            Input::ReplyFailed { turn, error } => {
+                if turn == self.turn && self.generating {
+                    self.generating = false;
+                    self.record.errors.push(format!("model: {error}"));
+                    self.finish_reply(&mut out, true);
+                }
+            }
+            Input::SynthesisFailed { error } => {
+                self.record.errors.push(format!("synthesis: {error}"));
+            }
+            Input::PlayoutDrained => self.on_drained(now, &mut out),
+            Input::TransferFailed { error } => {
+                self.record.errors.push(format!("transfer: {error}"));
+                if self.state == ConversationState::Transferring {
+                    self.end_call(&mut out, Prompt::Goodbye);
+                }
+            }
+        }
+        out
+    }
+
+    fn barge_in(&mut self, out: &mut Vec<Action>) {
+        out.push(Action::StopPlayback);
+        if self.generating {
+            out.push(Action::CancelGeneration { turn: self.turn });
+            self.generating = false;
+        }
+        if self.turn > 0 && !self.record.caller.is_empty() {
+            self.record.interrupted = true;
+            self.close_turn(out);
+        }
+        self.filler_at = None;
+        self.state = ConversationState::Listening;
+    }
+
+    fn on_transcript(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+        let text = text.trim().to_owned();
+        if self.state == ConversationState::TakingMessage {
+            self.filler_at = None;
+            if text.is_empty() {
+                out.push(Action::Play(Prompt::Repeat));
+                self.state = ConversationState::Speaking;
+                self.taking_message = true;
+                return;
+            }
+            self.new_turn(&text, "take_message");
+            self.record.action = "message".to_owned();
+            self.taking_message = false;
+            self.end_call(out, Prompt::MessageTaken);
+            return;
+        }
+        if self.state != ConversationState::Thinking {
+            return;
+        }
+        if text.is_empty() {
+            self.failures += 1;
+            self.filler_at = None;
+            if self.failures > self.spec.config.max_failures {
+                self.escalate(out);
+            } else {
+                out.push(Action::Play(Prompt::Repeat));
+                self.state = ConversationState::Speaking;
+                self.reply_complete = true;
+            }
+            return;
+        }
+        let caller = if self.pending_caller.is_empty() {
+            text
+        } else {
+            format!("{} {text}", std::mem::take(&mut self.pending_caller))
+        };
+        let intent = self.spec.match_intent(&caller).cloned();
+        let (name, action, reply) = match &intent {
+            Some(i) => (i.name.clone(), i.action, i.reply.clone()),
+            None => ("llm".to_owned(), AgentAction::Answer, String::new()),
+        };
+        self.new_turn(&caller, &name);
+        self.act(now, action, &reply, out);
+    }
+
+    fn on_dtmf(&mut self, now: Instant, digit: char, out: &mut Vec<Action>) {
+        let Some((action, reply)) = self.spec.dtmf_rule(digit).map(|(a, r)| (a, r.to_owned()))
+        else {
+            return;
+        };
+        if matches!(
+            self.state,
+            ConversationState::Transferring | ConversationState::Ending
+        ) {
+            return;
+        }
+        if self.spec.config.barge_in != BargeIn::Off
+            && matches!(
+                self.state,
+                ConversationState::Greeting | ConversationState::Speaking
+            )
+        {
+            self.barge_in(out);
+        } else if self.generating {
+            out.push(Action::CancelGeneration { turn: self.turn });
+            self.generating = false;
+        }
+        self.new_turn(&format!("<key {digit}>"), &format!("dtmf:{digit}"));
+        self.act(now, action, &reply, out);
+    }
+
+    fn act(&mut self, now: Instant, action: AgentAction, reply: &str, out: &mut Vec<Action>) {
+        self.no_input_prompts = 0;
+        match action {
+            AgentAction::Answer => {
+                self.record.action = "answer".to_owned();
+                self.history
+                    .push(ChatMessage::user(self.record.caller.clone()));
+                let skip = self.history.len().saturating_sub(MAX_HISTORY);
+                out.push(Action::Generate {
+                    turn: self.turn,
+                    history: self.history[skip..].to_vec(),
+                    max_tokens: self.spec.config.max_reply_tokens,
+                    max_time: ms(self.spec.config.max_reply_ms),
+                });
+                self.generating = true;
+                self.reply_complete = false;
+                self.state = ConversationState::Thinking;
+                self.filler_at
+                    .get_or_insert(now + ms(self.spec.config.filler_after_ms));
+            }
+            AgentAction::Reply => {
+                self.record.action = "reply".to_owned();
+                self.say_fixed(reply, out);
+                self.failures = 0;
+            }
+            AgentAction::Transfer => {
+                self.record.action = "transfer".to_owned();
+                self.transfer(reply, out);
+            }
+            AgentAction::EndCall => {
+                self.record.action = "end_call".to_owned();
+                if reply.trim().is_empty() {
+                    self.end_call(out, Prompt::Goodbye);
+                } else {
+                    self.record.agent = reply.to_owned();
+                    out.push(Action::Say(reply.to_owned()));
+                    self.filler_at = None;
+                    self.close_turn(out);
+                    self.state = ConversationState::Ending;
+                }
+            }
+            AgentAction::TakeMessage => {
+                self.record.action = "take_message".to_owned();
+                self.filler_at = None;
+                if reply.trim().is_empty() {
+                    out.push(Action::Play(Prompt::TakeMessage));
+                    self.record.agent = self.spec.config.take_message.clone();
+                } else {
+                    out.push(Action::Say(reply.to_owned()));
+                    self.record.agent = reply.to_owned();
+                }
+                self.close_turn(out);
+                self.taking_message = true;
+                self.state = ConversationState::Speaking;
+                self.reply_complete = true;
+            }
+        }
+    }
+
+    fn say_fixed(&mut self, text: &str, out: &mut Vec<Action>) {
+        self.filler_at = None;
+        self.record.agent = text.to_owned();
+        out.push(Action::Say(text.to_owned()));
+        self.history
+            .push(ChatMessage::user(self.record.caller.clone()));
+        self.history.push(ChatMessage::assistant(text.to_owned()));
+        self.close_turn(out);
+        self.state = ConversationState::Speaking;
+        self.reply_complete = true;
+    }
+
+    fn transfer(&mut self, reply: &str, out: &mut Vec<Action>) {
+        self.filler_at = None;
+        let target = self.spec.config.human_target.trim().to_owned();
+        if target.is_empty() {
+            self.record
+                .errors
+                .push("transfer: agent.human_target is not set".to_owned());
+            self.end_call(out, Prompt::Goodbye);
+            return;
+        }
+        if reply.trim().is_empty() {
+            out.push(Action::Play(Prompt::Transfer));
+            self.record.agent = self.spec.config.transfer.clone();
+        } else {
+            out.push(Action::Say(reply.to_owned()));
+            self.record.agent = reply.to_owned();
+        }
+        self.close_turn(out);
+        self.state = ConversationState::Transferring;
+        self.reply_complete = true;
+    }
+
+    /// Too many failures in a row: a human if there is one, else a polite goodbye.
+    fn escalate(&mut self, out: &mut Vec<Action>) {
+        self.record.action = "escalate".to_owned();
+        if self.spec.config.human_target.trim().is_empty() {
+            self.end_call(out, Prompt::Goodbye);
+        } else {
+            self.transfer("", out);
+        }
+    }
+
+    fn end_call(&mut self, out: &mut Vec<Action>, prompt: Prompt) {
+        self.filler_at = None;
+        self.no_input_at = None;
+        out.push(Action::Play(prompt));
+        if self.turn > 0 && !self.record.caller.is_empty() {
+            append(&mut self.record.agent, prompt.text(&self.spec.config));
+            if self.record.action.is_empty() {
+                self.record.action = "end_call".to_owned();
+            }
+            self.close_turn(out);
+        }
+        self.state = ConversationState::Ending;
+        self.reply_complete = true;
+    }
+
+    /// The model's reply ended: fall back if it said nothing.
+    fn finish_reply(&mut self, out: &mut Vec<Action>, failed: bool) {
+        self.reply_complete = true;
+        if self.reply_clauses == 0 {
+            self.failures += 1;
+            let template = self
+                .spec
+                .match_intent(&self.record.caller)
+                .and_then(|i| self.spec.answer_template(Some(i)))
+                .map(str::to_owned);
+            if self.failures > self.spec.config.max_failures {
+                self.escalate(out);
+                return;
+            }
+            match template {
+                Some(t) => {
+                    self.record.action = "fallback".to_owned();
+                    self.record.agent = t.clone();
+                    out.push(Action::Say(t));
+                }
+                None => {
+                    self.record.action = "repeat".to_owned();
+                    self.record.agent = self.spec.config.repeat.clone();
+                    out.push(Action::Play(Prompt::Repeat));
+                }
+            }
+            self.history.pop(); // the unanswered user message
+            self.filler_at = None;
+            self.close_turn(out);
+            self.state = ConversationState::Speaking;
+            return;
+        }
+        if !failed {
+            self.failures = 0;
+        }
+        self.history
+            .push(ChatMessage::assistant(self.record.agent.clone()));
+        self.close_turn(out);
+    }
+
+    fn start_speaking(&mut self) {
+        self.filler_at = None;
+        if self.state == ConversationState::Thinking {
+            self.state = ConversationState::Speaking;
+        }
+    }
+
+    fn on_drained(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.state {
+            ConversationState::Greeting => self.listen(now),
+            ConversationState::Speaking if self.reply_complete && !self.generating => {
+                if self.taking_message {
+                    self.state = ConversationState::TakingMessage;
+                    self.no_input_at = Some(now + secs(self.spec.config.no_input_secs));
+                } else {
+                    self.listen(now);
+                }
+            }
+            ConversationState::Transferring => {
+                out.push(Action::Transfer {
+                    target: self.spec.config.human_target.trim().to_owned(),
+                });
+            }
+            ConversationState::Ending => {
+                out.push(Action::Hangup);
+                self.state = ConversationState::Ended;
+            }
+            _ => {}
+        }
+    }
+
+    fn listen(&mut self, now: Instant) {
+        self.state = ConversationState::Listening;
+        self.no_input_at = Some(now + secs(self.spec.config.no_input_secs));
+    }
+
+    fn new_turn(&mut self, caller: &str, intent: &str) {
+        self.turn += 1;
+        self.record = TurnRecord {
+            turn: self.turn,
+            caller: caller.to_owned(),
+            intent: intent.to_owned(),
+            ..TurnRecord::default()
+        };
+        self.reply_words = 0;
+        self.reply_clauses = 0;
+    }
+
+    fn close_turn(&mut self, out: &mut Vec<Action>) {
+        if self.record.turn == self.turn && self.turn > 0 && !self.record.caller.is_empty() {
+            out.push(Action::RecordTurn(self.record.clone()));
+            // Recorded once; later notes on the same turn (interruption) re-record it.
+            self.record.caller.clear();
+        }
+    }
+}
+
+fn append(to: &mut String, text: &str) {
+    if !to.is_empty() {
+        to.push(' ');
+    }
+    to.push_str(text);
+}
+
+fn ms(v: u32) -> Duration {
+    Duration::from_millis(u64::from(v))
+}
+
+fn secs(v: u32) -> Duration {
+    Duration::from_secs(u64::from(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    fn agent(human: &str) -> Conversation {
+        let config = AgentConfig {
+            human_target: human.to_owned(),
+            ..AgentConfig::default()
+        };
+        Conversation::new(AgentSpec::new(&config))
+    }
+
+    /// Drives the machine through the greeting into listening.
+    fn listening(c: &mut Conversation, t: Instant) {
+        assert_eq!(
+            c.handle(t, Input::Start),
+            vec![Action::Play(Prompt::Greeting)]
+        );
+        assert!(c.handle(t, Input::PlayoutDrained).is_empty());
+        assert_eq!(c.state(), ConversationState::Listening);
+    }
+
+    fn ask(c: &mut Conversation, t: Instant, utterance: u64, text: &str) -> Vec<Action> {
+        assert!(c.handle(t, Input::SpeechStarted).is_empty());
+        assert_eq!(
+            c.handle(t, Input::SpeechEnded { utterance }),
+            vec![Action::Transcribe { utterance }]
+        );
+        c.handle(
+            t,
+            Input::Transcript {
+                utterance,
+                text: text.to_owned(),
+            },
+        )
+    }
+
+    fn recorded(actions: &[Action]) -> Vec<TurnRecord> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RecordTurn(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_question_is_answered_clause_by_clause_then_the_agent_listens_again() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        let a = ask(&mut c, t, 1, "When are you open?");
+        assert!(
+            matches!(&a[..], [Action::Generate { turn: 1, history, .. }] if history.len() == 1)
+        );
+        assert_eq!(c.state(), ConversationState::Thinking);
+        let a = c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "We are open nine to five.".into(),
+            },
+        );
+        assert_eq!(a, vec![Action::Say("We are open nine to five.".into())]);
+        assert_eq!(c.state(), ConversationState::Speaking);
+        let a = c.handle(
+            t,
+            Input::ReplyDone {
+                turn: 1,
+                over_budget: false,
+            },
+        );
+        let turns = recorded(&a);
+        assert_eq!(turns.len(), 1);
+        assert_eq!(turns[0].caller, "When are you open?");
+        assert_eq!(turns[0].agent, "We are open nine to five.");
+        assert_eq!(turns[0].intent, "llm");
+        c.handle(t, Input::PlayoutDrained);
+        assert_eq!(c.state(), ConversationState::Listening);
+        // The second question carries the first exchange as history.
+        let a = ask(&mut c, t, 2, "And where are you?");
+        assert!(
+            matches!(&a[..], [Action::Generate { turn: 2, history, .. }] if history.len() == 3)
+        );
+    }
+
+    #[test]
+    fn speech_during_the_reply_stops_playback_cancels_generation_and_keeps_the_new_words() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "When are you open?");
+        c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "We are open on weekdays.".into(),
+            },
+        );
+        let a = c.handle(t, Input::SpeechStarted);
+        assert_eq!(a[0], Action::StopPlayback);
+        assert_eq!(a[1], Action::CancelGeneration { turn: 1 });
+        let turns = recorded(&a);
+        assert!(turns[0].interrupted);
+        assert_eq!(c.state(), ConversationState::Listening);
+        // A late clause of the cancelled reply is not said.
+        assert!(c
+            .handle(
+                t,
+                Input::ReplyClause {
+                    turn: 1,
+                    text: "Also.".into()
+                }
+            )
+            .is_empty());
+        let a = c.handle(t, Input::SpeechEnded { utterance: 2 });
+        assert_eq!(a, vec![Action::Transcribe { utterance: 2 }]);
+        let a = c.handle(
+            t,
+            Input::Transcript {
+                utterance: 2,
+                text: "What is the address?".into(),
+            },
+        );
+        assert!(matches!(&a[..], [Action::Generate { turn: 2, .. }]));
+    }
+
+    #[test]
+    fn barge_in_off_lets_the_agent_finish() {
+        let t = Instant::now();
+        let mut c = Conversation::new(AgentSpec::new(&AgentConfig {
+            barge_in: BargeIn::Off,
+            ..AgentConfig::default()
+        }));
+        c.handle(t, Input::Start);
+        assert!(c.handle(t, Input::SpeechStarted).is_empty());
+        assert_eq!(c.state(), ConversationState::Greeting);
+    }
+
+    #[test]
+    fn asking_for_a_person_and_key_zero_both_transfer_after_the_prompt() {
+        let t = Instant::now();
+        let mut c = agent("sip:human@127.0.0.1:5090");
+        listening(&mut c, t);
+        let a = ask(&mut c, t, 1, "Can I talk to a real person please");
+        assert_eq!(a[0], Action::Play(Prompt::Transfer));
+        assert_eq!(recorded(&a)[0].intent, "human");
+        assert_eq!(c.state(), ConversationState::Transferring);
+        assert_eq!(
+            c.handle(t, Input::PlayoutDrained),
+            vec![Action::Transfer {
+                target: "sip:human@127.0.0.1:5090".into()
+            }]
+        );
+
+        let mut c = agent("sip:human@127.0.0.1:5090");
+        c.handle(t, Input::Start);
+        // Key 0 during the greeting: stop it and transfer.
+        let a = c.handle(t, Input::Dtmf('0'));
+        assert_eq!(a[0], Action::StopPlayback);
+        assert!(a.contains(&Action::Play(Prompt::Transfer)));
+        assert_eq!(recorded(&a)[0].intent, "dtmf:0");
+        assert_eq!(
+            c.handle(t, Input::PlayoutDrained),
+            vec![Action::Transfer {
+                target: "sip:human@127.0.0.1:5090".into()
+            }]
+        );
+        // Unknown keys do nothing.
+        assert!(c.handle(t, Input::Dtmf('7')).is_empty());
+    }
+
+    #[test]
+    fn transfer_without_a_target_or_failing_says_goodbye_and_hangs_up() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        let a = ask(&mut c, t, 1, "operator");
+        assert_eq!(a[0], Action::Play(Prompt::Goodbye));
+        assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
+        assert_eq!(c.state(), ConversationState::Ended);
+
+        let mut c = agent("sip:human@127.0.0.1:5090");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "operator");
+        c.handle(t, Input::PlayoutDrained);
+        let a = c.handle(
+            t,
+            Input::TransferFailed {
+                error: "486".into(),
+            },
+        );
+        assert_eq!(a, vec![Action::Play(Prompt::Goodbye)]);
+    }
+
+    #[test]
+    fn nothing_recognised_asks_to_repeat_twice_then_escalates() {
+        let t = Instant::now();
+        let mut c = agent("sip:human@127.0.0.1:5090");
+        listening(&mut c, t);
+        for _ in 0..2 {
+            assert_eq!(ask(&mut c, t, 1, "  "), vec![Action::Play(Prompt::Repeat)]);
+            c.handle(t, Input::PlayoutDrained);
+            assert_eq!(c.state(), ConversationState::Listening);
+        }
+        c.handle(t, Input::SpeechStarted);
+        c.handle(t, Input::SpeechEnded { utterance: 3 });
+        let a = c.handle(
+            t,
+            Input::RecognitionFailed {
+                utterance: 3,
+                error: "decode".into(),
+            },
+        );
+        assert_eq!(a, vec![Action::Play(Prompt::Transfer)]);
+        assert_eq!(c.state(), ConversationState::Transferring);
+    }
+
+    #[test]
+    fn a_failing_or_silent_model_falls_back_to_the_template_or_a_repeat() {
+        let t = Instant::now();
+        let mut config = AgentConfig::default();
+        config.intents.push(crate::config::IntentConfig {
+            name: "hours".into(),
+            examples: vec!["open".into(), "opening hours".into()],
+            action: AgentAction::Answer,
+            reply: "We are open nine to five on weekdays.".into(),
+        });
+        let mut c = Conversation::new(AgentSpec::new(&config));
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "When are you open?");
+        let a = c.handle(
+            t,
+            Input::ReplyFailed {
+                turn: 1,
+                error: "timeout".into(),
+            },
+        );
+        assert_eq!(
+            a[0],
+            Action::Say("We are open nine to five on weekdays.".into())
+        );
+        let turn = &recorded(&a)[0];
+        assert_eq!(turn.action, "fallback");
+        assert_eq!(turn.errors, vec!["model: timeout".to_owned()]);
+        c.handle(t, Input::PlayoutDrained);
+        // No template for this question: ask again.
+        ask(&mut c, t, 2, "Do you do vaccinations?");
+        let a = c.handle(
+            t,
+            Input::ReplyDone {
+                turn: 2,
+                over_budget: true,
+            },
+        );
+        assert_eq!(a[0], Action::Play(Prompt::Repeat));
+    }
+
+    #[test]
+    fn silence_while_thinking_gets_a_filler_within_the_configured_time() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        c.handle(t, Input::SpeechStarted);
+        c.handle(t, Input::SpeechEnded { utterance: 1 });
+        let due = c.poll_timeout().expect("filler timer");
+        assert_eq!(due, t + Duration::from_millis(1000));
+        c.handle(
+            t,
+            Input::Transcript {
+                utterance: 1,
+                text: "When are you open?".into(),
+            },
+        );
+        assert!(c.handle_timeout(due - Duration::from_millis(1)).is_empty());
+        assert_eq!(c.handle_timeout(due), vec![Action::Play(Prompt::OneMoment)]);
+        // Once: the next tick says nothing more.
+        assert!(c.handle_timeout(due + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn a_silent_caller_is_asked_twice_then_the_call_ends() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        for _ in 0..2 {
+            let now = c.poll_timeout().expect("no-input timer");
+            assert_eq!(
+                c.handle_timeout(now),
+                vec![Action::Play(Prompt::StillThere)]
+            );
+            c.handle(now, Input::PlayoutDrained);
+        }
+        let now = c.poll_timeout().expect("no-input timer");
+        assert_eq!(c.handle_timeout(now), vec![Action::Play(Prompt::Goodbye)]);
+        assert_eq!(c.handle(now, Input::PlayoutDrained), vec![Action::Hangup]);
+    }
+
+    #[test]
+    fn replies_that_claim_actions_are_dropped_and_long_ones_cut() {
+        let t = Instant::now();
+        let mut c = Conversation::new(AgentSpec::new(&AgentConfig {
+            max_reply_words: 11,
+            ..AgentConfig::default()
+        }));
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "Book me in for Monday");
+        assert!(c
+            .handle(
+                t,
+                Input::ReplyClause {
+                    turn: 1,
+                    text: "I have booked you in.".into()
+                }
+            )
+            .is_empty());
+        let a = c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "A colleague can help you with booking,".into(),
+            },
+        );
+        assert_eq!(
+            a[0],
+            Action::Say("A colleague can help you with booking,".into())
+        );
+        let a = c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "please call back tomorrow morning.".into(),
+            },
+        );
+        assert_eq!(a[0], Action::Say("please call back tomorrow.".into()));
+        assert_eq!(a[1], Action::CancelGeneration { turn: 1 });
+        let turn = &recorded(&a)[0];
+        assert!(turn.errors[0].contains("claims an action"), "{turn:?}");
+    }
+
+    #[test]
+    fn take_message_records_the_next_turn_then_says_goodbye() {
+        let t = Instant::now();
+        let mut config = AgentConfig::default();
+        config.intents.push(crate::config::IntentConfig {
+            name: "message".into(),
+            examples: vec!["leave a message".into()],
+            action: AgentAction::TakeMessage,
+            reply: String::new(),
+        });
+        let mut c = Conversation::new(AgentSpec::new(&config));
+        listening(&mut c, t);
+        let a = ask(&mut c, t, 1, "I'd like to leave a message");
+        assert_eq!(a[0], Action::Play(Prompt::TakeMessage));
+        c.handle(t, Input::PlayoutDrained);
+        assert_eq!(c.state(), ConversationState::TakingMessage);
+        c.handle(t, Input::SpeechStarted);
+        c.handle(t, Input::SpeechEnded { utterance: 2 });
+        let a = c.handle(
+            t,
+            Input::Transcript {
+                utterance: 2,
+                text: "Please call Jo back on 555 0100.".into(),
+            },
+        );
+        assert_eq!(a[0], Action::Play(Prompt::MessageTaken));
+        let turn = &recorded(&a)[0];
+        assert_eq!(turn.action, "message");
+        assert_eq!(turn.caller, "Please call Jo back on 555 0100.");
+        assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
+    }
+}

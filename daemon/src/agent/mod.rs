@@ -1,0 +1,276 @@
+//! The voice agent: what it knows (facts, intents, DTMF rules from `[agent]`), the per-call
+//! conversation state machine, endpointing and clause splitting. No I/O here: `call::agent` is
+//! the shell that feeds audio, runs the engines and plays the replies.
+
+pub mod conversation;
+pub mod endpoint;
+pub mod sentences;
+
+use crate::config::{AgentAction, AgentConfig};
+use crate::speech::text::normalize_words;
+
+pub use conversation::{Action, Conversation, ConversationState, Input, Prompt, TurnRecord};
+
+/// Words that carry no intent ("to", "a", "please"): ignored when matching examples.
+const FILLER_WORDS: &[&str] = &[
+    "a", "an", "the", "to", "with", "i", "i'd", "i'm", "me", "my", "please", "can", "could",
+    "would", "like", "want", "just", "um", "uh", "so", "and", "is", "it", "do", "you", "for", "of",
+    "some",
+];
+
+/// Replies that claim an action the agent cannot take (it only talks; transfers and hang-ups are
+/// done by rules, never by the model). Sentences containing these are dropped.
+const CLAIMED_ACTIONS: &[&str] = &[
+    "i have booked",
+    "i've booked",
+    "i booked",
+    "i have scheduled",
+    "i've scheduled",
+    "i have cancelled",
+    "i've cancelled",
+    "i have canceled",
+    "i have sent",
+    "i've sent",
+    "i have transferred",
+    "i've transferred",
+    "i am transferring",
+    "i'm transferring",
+    "i will transfer",
+    "i'll transfer",
+    "i have made",
+    "i've made",
+    "i have updated",
+    "i've updated",
+    "i have noted",
+    "i have passed",
+    "is booked",
+    "is confirmed",
+    "has been booked",
+    "has been scheduled",
+    "has been cancelled",
+];
+
+/// An intent ready for matching.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    pub name: String,
+    pub action: AgentAction,
+    pub reply: String,
+    examples: Vec<Vec<String>>,
+}
+
+/// The agent as configured: prompt text, intents and key rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    pub config: AgentConfig,
+    pub intents: Vec<Intent>,
+}
+
+impl AgentSpec {
+    pub fn new(config: &AgentConfig) -> Self {
+        let intents = config
+            .intents
+            .iter()
+            .map(|i| Intent {
+                name: i.name.clone(),
+                action: i.action,
+                reply: i.reply.clone(),
+                examples: i
+                    .examples
+                    .iter()
+                    .map(|e| content_words(e))
+                    .filter(|w| !w.is_empty())
+                    .collect(),
+            })
+            .collect();
+        Self {
+            config: config.clone(),
+            intents,
+        }
+    }
+
+    /// The system prompt: persona, topics, facts and the rules the model must keep.
+    pub fn system_prompt(&self) -> String {
+        let c = &self.config;
+        let mut p = c.persona.trim().to_owned();
+        p.push_str("\n\nFacts:\n");
+        for f in &c.facts {
+            p.push_str("- ");
+            p.push_str(f.trim());
+            p.push('\n');
+        }
+        p.push_str(&format!(
+            "\nOnly talk about {}. If the caller asks about anything else, say politely that you can only help with {}. \
+             Never say you booked, changed, sent or transferred anything. \
+             If you do not know, say a colleague can help. Reply in at most {} words, in plain spoken English, without lists or symbols.",
+            c.topics.trim(),
+            c.topics.trim(),
+            c.max_reply_words
+        ));
+        p
+    }
+
+    /// The intent whose example best matches what the caller said: every content word of an
+    /// example must appear; the example with the most words wins.
+    pub fn match_intent(&self, said: &str) -> Option<&Intent> {
+        let words = content_words(said);
+        if words.is_empty() {
+            return None;
+        }
+        let mut best: Option<(&Intent, usize)> = None;
+        for intent in &self.intents {
+            for example in &intent.examples {
+                if example.iter().all(|w| words.contains(w))
+                    && best.is_none_or(|(_, n)| example.len() > n)
+                {
+                    best = Some((intent, example.len()));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The rule for a key press, if any.
+    pub fn dtmf_rule(&self, digit: char) -> Option<(AgentAction, &str)> {
+        self.config
+            .dtmf
+            .iter()
+            .find(|r| r.digit.chars().next() == Some(digit))
+            .map(|r| (r.action, r.reply.as_str()))
+    }
+
+    /// The fallback said when the model fails for a caller turn: the matched answer intent's
+    /// template, else `one_moment`-style holding text is not enough, so the repeat prompt.
+    pub fn answer_template<'a>(&'a self, intent: Option<&'a Intent>) -> Option<&'a str> {
+        intent
+            .filter(|i| i.action == AgentAction::Answer && !i.reply.trim().is_empty())
+            .map(|i| i.reply.as_str())
+    }
+}
+
+/// Lower-case words without punctuation and filler words.
+fn content_words(text: &str) -> Vec<String> {
+    normalize_words(text)
+        .into_iter()
+        .filter(|w| !FILLER_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// What a guard did to a clause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// Say it (possibly shortened to the word limit; `last` when nothing more may follow).
+    Say { text: String, last: bool },
+    /// Dropped: it claimed an action the agent did not take.
+    Dropped,
+    /// The word limit was already reached.
+    OverLimit,
+}
+
+/// Applies the guardrails to one clause of a reply: no claimed actions, at most `max_words`
+/// words per reply (`said_words` already said this turn).
+pub fn guard_clause(clause: &str, said_words: usize, max_words: usize) -> Guarded {
+    let lower = clause.to_lowercase().replace('’', "'");
+    if CLAIMED_ACTIONS.iter().any(|c| lower.contains(c)) {
+        return Guarded::Dropped;
+    }
+    if said_words >= max_words {
+        return Guarded::OverLimit;
+    }
+    let words: Vec<&str> = clause.split_whitespace().collect();
+    let room = max_words - said_words;
+    if words.len() <= room {
+        return Guarded::Say {
+            text: clause.to_owned(),
+            last: words.len() == room,
+        };
+    }
+    // A fragment of two or three words sounds broken: stop at the last whole clause instead.
+    if room < 4 {
+        return Guarded::OverLimit;
+    }
+    let mut text = words[..room].join(" ");
+    text = text
+        .trim_end_matches(|c: char| c == ',' || c == ';' || c == ':')
+        .to_owned();
+    if !text.ends_with(['.', '!', '?']) {
+        text.push('.');
+    }
+    Guarded::Say { text, last: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AgentSpec {
+        AgentSpec::new(&AgentConfig::default())
+    }
+
+    #[test]
+    fn intents_match_on_content_words_in_any_phrasing() {
+        let s = spec();
+        for said in [
+            "Can I talk to a person please?",
+            "I'd like to speak to someone.",
+            "Could I speak with a real person?",
+            "Operator.",
+        ] {
+            assert_eq!(
+                s.match_intent(said).map(|i| i.name.as_str()),
+                Some("human"),
+                "{said}"
+            );
+        }
+        assert_eq!(
+            s.match_intent("Okay, that's all, thanks.")
+                .map(|i| i.name.as_str()),
+            Some("goodbye")
+        );
+        assert_eq!(s.match_intent("What are your opening hours?"), None);
+        assert_eq!(s.match_intent(""), None);
+    }
+
+    #[test]
+    fn dtmf_rules_come_from_config() {
+        let s = spec();
+        assert_eq!(s.dtmf_rule('0').map(|r| r.0), Some(AgentAction::Transfer));
+        assert_eq!(s.dtmf_rule('5'), None);
+    }
+
+    #[test]
+    fn system_prompt_carries_facts_topics_and_limits() {
+        let p = spec().system_prompt();
+        assert!(p.contains("nine in the morning"), "{p}");
+        assert!(p.contains("12 River Street"), "{p}");
+        assert!(p.contains("opening hours, address"), "{p}");
+        assert!(p.contains("at most 40 words"), "{p}");
+    }
+
+    #[test]
+    fn guard_drops_claimed_actions_and_cuts_long_replies() {
+        assert_eq!(
+            guard_clause("I have booked you in for Monday.", 0, 40),
+            Guarded::Dropped
+        );
+        assert_eq!(
+            guard_clause("Your appointment is confirmed.", 0, 40),
+            Guarded::Dropped
+        );
+        assert_eq!(
+            guard_clause("We are open nine to five.", 0, 40),
+            Guarded::Say {
+                text: "We are open nine to five.".into(),
+                last: false
+            }
+        );
+        assert_eq!(
+            guard_clause("We are open from nine, until five,", 36, 40),
+            Guarded::Say {
+                text: "We are open from.".into(),
+                last: true
+            }
+        );
+        assert_eq!(guard_clause("More.", 40, 40), Guarded::OverLimit);
+    }
+}

@@ -1,0 +1,361 @@
+//! `[agent]` (what the voice agent says and does) and `[speech]` (engine threads and queues).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What an intent, a DTMF rule or a fallback does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentAction {
+    /// Answer with the language model, from the configured facts.
+    Answer,
+    /// Say the intent's reply (or the transfer prompt) and hand the call to `agent.human_target`.
+    Transfer,
+    /// Say the intent's reply (or the goodbye prompt) and hang up.
+    EndCall,
+    /// Ask the caller for a message, record what they say next as the message, then say goodbye.
+    TakeMessage,
+    /// Say the intent's fixed reply, then listen again.
+    Reply,
+}
+
+/// When the caller may interrupt the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BargeIn {
+    /// Never: the agent finishes what it says.
+    Off,
+    /// Caller speech (at least `agent.barge_in_min_speech_ms`) or a key press.
+    Speech,
+    /// Only a key press.
+    Dtmf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntentConfig {
+    pub name: String,
+    /// Phrases a caller might say for this intent (matched on words, not with the LLM).
+    pub examples: Vec<String>,
+    pub action: AgentAction,
+    /// Fixed reply for `reply`, `transfer`, `end_call`, `take_message`; for `answer`, the
+    /// template said when the language model fails or runs over its budget.
+    pub reply: String,
+}
+
+impl Default for IntentConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            examples: Vec::new(),
+            action: AgentAction::Answer,
+            reply: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DtmfRuleConfig {
+    /// One of 0-9 * # A-D.
+    pub digit: String,
+    pub action: AgentAction,
+    pub reply: String,
+}
+
+impl Default for DtmfRuleConfig {
+    fn default() -> Self {
+        Self {
+            digit: String::new(),
+            action: AgentAction::Transfer,
+            reply: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The organisation the agent answers for.
+    pub organisation: String,
+    /// Who the agent is and how it speaks (the start of the system prompt).
+    pub persona: String,
+    /// What the agent may talk about; it declines anything else.
+    pub topics: String,
+    /// Business facts the agent answers from (opening hours, address, policies).
+    pub facts: Vec<String>,
+    /// Fixed prompts, rendered once at start-up.
+    pub greeting: String,
+    pub one_moment: String,
+    pub repeat: String,
+    pub goodbye: String,
+    pub transfer: String,
+    pub still_there: String,
+    pub take_message: String,
+    pub message_taken: String,
+    /// SIP URI calls are handed to for a human (REFER, or a bridge when REFER is refused).
+    pub human_target: String,
+    pub barge_in: BargeIn,
+    pub barge_in_min_speech_ms: u32,
+    /// Silence after speech that ends the caller's turn.
+    pub endpoint_silence_ms: u32,
+    /// Speech shorter than this is ignored (a cough, a click).
+    pub min_speech_ms: u32,
+    /// Silero speech probability (percent) above which a 32 ms window counts as speech.
+    pub vad_threshold_percent: u32,
+    /// Longest caller turn; longer speech is cut and answered.
+    pub max_utterance_secs: u32,
+    /// Say `one_moment` when no reply audio is ready this long after the caller stopped.
+    pub filler_after_ms: u32,
+    /// Ask `still_there` after this much silence from the caller, twice, then say goodbye.
+    pub no_input_secs: u32,
+    /// Hard limits for one language model reply.
+    pub max_reply_tokens: u32,
+    pub max_reply_ms: u32,
+    /// Replies are cut to this many words.
+    pub max_reply_words: u32,
+    /// Recognition or generation failures in a row before the call goes to a human (or ends).
+    pub max_failures: u32,
+    pub intents: Vec<IntentConfig>,
+    pub dtmf: Vec<DtmfRuleConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            organisation: "Riverside Clinic".to_owned(),
+            persona: "You are Sam, the receptionist of Riverside Clinic, answering the phone. \
+                      Answer in one or two short, friendly sentences, using only the facts below."
+                .to_owned(),
+            topics: "the clinic's opening hours, address, appointments and services".to_owned(),
+            facts: vec![
+                "The clinic is open Monday to Friday, from nine in the morning to five in the afternoon.".to_owned(),
+                "The clinic is at 12 River Street, next to the library.".to_owned(),
+            ],
+            greeting: "Hello, you are through to Riverside Clinic. How can I help you?".to_owned(),
+            one_moment: "One moment, please.".to_owned(),
+            repeat: "Sorry, I did not catch that. Could you say it again?".to_owned(),
+            goodbye: "Thank you for calling. Goodbye.".to_owned(),
+            transfer: "Let me put you through to a colleague.".to_owned(),
+            still_there: "Are you still there?".to_owned(),
+            take_message: "Please leave your message after this, and we will call you back.".to_owned(),
+            message_taken: "Thank you, I have taken your message. Goodbye.".to_owned(),
+            human_target: String::new(),
+            barge_in: BargeIn::Speech,
+            barge_in_min_speech_ms: 300,
+            endpoint_silence_ms: 600,
+            min_speech_ms: 200,
+            vad_threshold_percent: 50,
+            max_utterance_secs: 20,
+            filler_after_ms: 1000,
+            no_input_secs: 10,
+            max_reply_tokens: 60,
+            max_reply_ms: 4000,
+            max_reply_words: 40,
+            max_failures: 2,
+            intents: vec![
+                IntentConfig {
+                    name: "human".to_owned(),
+                    examples: vec![
+                        "talk to a person".to_owned(),
+                        "speak to someone".to_owned(),
+                        "speak to a human".to_owned(),
+                        "real person".to_owned(),
+                        "operator".to_owned(),
+                        "receptionist".to_owned(),
+                    ],
+                    action: AgentAction::Transfer,
+                    reply: String::new(),
+                },
+                IntentConfig {
+                    name: "goodbye".to_owned(),
+                    examples: vec![
+                        "that's all".to_owned(),
+                        "goodbye".to_owned(),
+                        "bye".to_owned(),
+                        "nothing else".to_owned(),
+                    ],
+                    action: AgentAction::EndCall,
+                    reply: String::new(),
+                },
+            ],
+            dtmf: vec![DtmfRuleConfig {
+                digit: "0".to_owned(),
+                action: AgentAction::Transfer,
+                reply: String::new(),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// CPU threads each engine uses for one job.
+    pub asr_threads: u32,
+    pub llm_threads: u32,
+    pub tts_threads: u32,
+    /// Jobs each engine queues (all calls together) before new calls are refused with 503.
+    pub queue_depth: u32,
+    /// Language model context tokens per call (on top of the shared system prompt).
+    pub llm_context_per_call: u32,
+    /// ONNX Runtime library for the voice; empty: the one `edgevoice models install` puts in
+    /// models.dir.
+    pub onnxruntime: PathBuf,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        Self {
+            asr_threads: 2,
+            llm_threads: 2,
+            tts_threads: 2,
+            queue_depth: 8,
+            llm_context_per_call: 1024,
+            onnxruntime: PathBuf::new(),
+        }
+    }
+}
+
+pub(super) fn check_agent(
+    agent: &AgentConfig,
+    speech: &SpeechConfig,
+    problem: &mut impl FnMut(&str, String),
+) {
+    let ranges: [(&str, u32, u32, u32); 10] = [
+        (
+            "agent.barge_in_min_speech_ms",
+            agent.barge_in_min_speech_ms,
+            50,
+            5000,
+        ),
+        (
+            "agent.endpoint_silence_ms",
+            agent.endpoint_silence_ms,
+            200,
+            5000,
+        ),
+        ("agent.min_speech_ms", agent.min_speech_ms, 32, 5000),
+        ("agent.max_utterance_secs", agent.max_utterance_secs, 2, 29),
+        ("agent.filler_after_ms", agent.filler_after_ms, 200, 10_000),
+        ("agent.no_input_secs", agent.no_input_secs, 2, 600),
+        ("agent.max_reply_tokens", agent.max_reply_tokens, 8, 1000),
+        ("agent.max_reply_ms", agent.max_reply_ms, 200, 60_000),
+        ("agent.max_reply_words", agent.max_reply_words, 3, 500),
+        ("agent.max_failures", agent.max_failures, 1, 10),
+    ];
+    for (key, value, min, max) in ranges {
+        if !(min..=max).contains(&value) {
+            problem(key, format!("{value} is out of range; use {min} to {max}"));
+        }
+    }
+    if !(5..=95).contains(&agent.vad_threshold_percent) {
+        problem(
+            "agent.vad_threshold_percent",
+            format!(
+                "{} is out of range; use 5 to 95 (50 suits most lines)",
+                agent.vad_threshold_percent
+            ),
+        );
+    }
+    for (key, text) in [
+        ("agent.greeting", &agent.greeting),
+        ("agent.one_moment", &agent.one_moment),
+        ("agent.repeat", &agent.repeat),
+        ("agent.goodbye", &agent.goodbye),
+        ("agent.transfer", &agent.transfer),
+        ("agent.still_there", &agent.still_there),
+        ("agent.persona", &agent.persona),
+    ] {
+        if text.trim().is_empty() {
+            problem(
+                key,
+                "is empty; the agent needs something to say here".to_owned(),
+            );
+        }
+    }
+    let target = agent.human_target.trim();
+    if !target.is_empty() && !(target.starts_with("sip:") || target.starts_with("sips:")) {
+        problem(
+            "agent.human_target",
+            format!("\"{target}\" is not a SIP URI; use e.g. \"sip:reception@192.0.2.10:5060\""),
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for intent in &agent.intents {
+        if intent.name.trim().is_empty() {
+            problem(
+                "agent.intents",
+                "an intent has no name; give each a name".to_owned(),
+            );
+        } else if !names.insert(intent.name.as_str()) {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{}\" is defined twice; names must be unique",
+                    intent.name
+                ),
+            );
+        }
+        if intent.examples.iter().all(|e| e.trim().is_empty()) {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{}\" has no examples; list phrases a caller would say",
+                    intent.name
+                ),
+            );
+        }
+        if intent.action == AgentAction::Reply && intent.reply.trim().is_empty() {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{}\" has action \"reply\" but no reply text",
+                    intent.name
+                ),
+            );
+        }
+    }
+    for rule in &agent.dtmf {
+        let ok = rule.digit.len() == 1
+            && rule
+                .digit
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'));
+        if !ok {
+            problem(
+                "agent.dtmf",
+                format!(
+                    "digit \"{}\" is not one DTMF key; use one of 0-9 * # A-D",
+                    rule.digit
+                ),
+            );
+        }
+        if rule.action == AgentAction::Reply && rule.reply.trim().is_empty() {
+            problem(
+                "agent.dtmf",
+                format!(
+                    "digit \"{}\" has action \"reply\" but no reply text",
+                    rule.digit
+                ),
+            );
+        }
+    }
+    for (key, value, min, max) in [
+        ("speech.asr_threads", speech.asr_threads, 1, 64),
+        ("speech.llm_threads", speech.llm_threads, 1, 64),
+        ("speech.tts_threads", speech.tts_threads, 1, 64),
+        ("speech.queue_depth", speech.queue_depth, 1, 1000),
+        (
+            "speech.llm_context_per_call",
+            speech.llm_context_per_call,
+            256,
+            8192,
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            problem(key, format!("{value} is out of range; use {min} to {max}"));
+        }
+    }
+}
