@@ -135,7 +135,7 @@ impl AgentSpec {
         self.config
             .dtmf
             .iter()
-            .find(|r| r.digit.chars().next() == Some(digit))
+            .find(|r| r.digit.starts_with(digit))
             .map(|r| (r.action, r.reply.as_str()))
     }
 
@@ -191,7 +191,7 @@ pub fn guard_clause(clause: &str, said_words: usize, max_words: usize) -> Guarde
     }
     let mut text = words[..room].join(" ");
     text = text
-        .trim_end_matches(|c: char| c == ',' || c == ';' || c == ':')
+        .trim_end_matches([',', ';', ':'])
         .to_owned();
     if !text.ends_with(['.', '!', '?']) {
         text.push('.');

@@ -20,8 +20,7 @@ impl SentenceSplitter {
     pub fn push(&mut self, piece: &str) -> Vec<String> {
         self.buf.push_str(piece);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.clause_end() else { break };
+        while let Some(end) = self.clause_end() {
             let clause: String = self.buf.drain(..end).collect();
             let clause = clause.trim();
             if !clause.is_empty() {

@@ -276,7 +276,7 @@ pub(super) fn check_agent(
         }
     }
     let target = agent.human_target.trim();
-    if !target.is_empty() && !(target.starts_with("sip:") || target.starts_with("sips:")) {
+    if !(target.is_empty() || target.starts_with("sip:") || target.starts_with("sips:")) {
         problem(
             "agent.human_target",
             format!("\"{target}\" is not a SIP URI; use e.g. \"sip:reception@192.0.2.10:5060\""),
