@@ -19,7 +19,7 @@ use edgevoice::telephony::media::Resampler;
 
 /// Ten words: REFERENCE-FIGURES.md's "first audio, 10-word sentence".
 const HOURS: &str = "Our opening hours are nine to five, Monday to Friday.";
-/// `HOURS` the way whisper writes it (digits), for the word error rate.
+/// `HOURS` with digits, as whisper often writes it.
 const HOURS_DIGITS: &str = "Our opening hours are 9 to 5, Monday to Friday.";
 const PARAGRAPH: &str = "Thank you for calling. Our opening hours are nine to five, Monday to \
     Friday. If you would like to speak to someone about an order, please stay on the line and \
@@ -77,41 +77,53 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
         .unwrap_or_else(|_| panic!("did not finish within {limit:?} (hang?)"))
 }
 
+/// Word error rate against `HOURS`, numbers spelled or in digits (whisper writes either).
+fn hours_wer(text: &str) -> f64 {
+    word_error_rate(HOURS, text).min(word_error_rate(HOURS_DIGITS, text))
+}
+
 /// Transcribes 16 kHz PCM with the whole window (asserted on) and with the sized encoder
-/// (printed); returns the first's text and its word error rate against `HOURS` with the numbers
-/// as whisper writes them.
+/// (printed); returns the first's text and its word error rate.
 fn transcribe(pcm_16k: &[i16], label: &str) -> (String, f64) {
     let pcm = pcm_i16_to_f32(pcm_16k);
     let sized = whisper(true).transcribe(&pcm).expect("transcribe");
     let t = whisper(false).transcribe(&pcm).expect("transcribe");
-    let wer = word_error_rate(HOURS_DIGITS, &t.text);
+    let wer = hours_wer(&t.text);
     eprintln!(
-        "{label}: {:?}, WER {:.1} % (vs {HOURS:?}: {:.1} %); sized encoder: {:?}, WER {:.1} %",
+        "{label}: {:?}, WER {:.1} %; sized encoder: {:?}, WER {:.1} %",
         t.text,
         wer * 100.0,
-        word_error_rate(HOURS, &t.text) * 100.0,
         sized.text,
-        word_error_rate(HOURS_DIGITS, &sized.text) * 100.0
+        hours_wer(&sized.text) * 100.0
     );
     (t.text, wer)
 }
 
 /// The words a caller must hear (numbers either spelled or as digits).
-fn assert_key_words(transcript: &str) {
-    let words = normalize_words(transcript);
+const KEY_WORDS: [&[&str]; 6] = [
+    &["opening"],
+    &["hours"],
+    &["nine", "9"],
+    &["five", "5"],
+    &["monday"],
+    &["friday"],
+];
+
+/// Why a take was not understood (None: every key word heard, WER ≤ 10 %).
+fn misheard(text: &str, wer: f64) -> Option<String> {
+    let words = normalize_words(text);
     let has = |alts: &[&str]| alts.iter().any(|a| words.iter().any(|w| w == a));
-    for alts in [
-        &["opening"][..],
-        &["hours"],
-        &["nine", "9"],
-        &["five", "5"],
-        &["monday"],
-        &["friday"],
-    ] {
-        assert!(
-            has(alts),
-            "{alts:?} missing from the transcript {transcript:?}"
-        );
+    let missing: Vec<&str> = KEY_WORDS
+        .iter()
+        .filter(|alts| !has(alts))
+        .map(|alts| alts[0])
+        .collect();
+    if !missing.is_empty() {
+        Some(format!("{missing:?} missing from {text:?}"))
+    } else if wer > 0.1 {
+        Some(format!("WER {:.0} % in {text:?}", wer * 100.0))
+    } else {
+        None
     }
 }
 
@@ -120,33 +132,40 @@ fn piper_speech_is_understood_by_whisper_at_16k_and_through_8k() {
     let _g = serial();
     let p = piper();
     assert_eq!(p.sample_rate(), 22_050);
-    let s = p.synthesize(HOURS).expect("synthesize");
-    assert_eq!(s.sample_rate, 22_050);
-    let audio = s.audio();
-    assert!(
-        audio > Duration::from_secs(2) && audio < Duration::from_secs(8),
-        "{audio:?} of audio for ten words"
-    );
-    let peak = s.pcm.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-    assert!(peak > 3000, "peak {peak}: the voice is silent or nearly");
+    // Piper's voices are stochastic (noise in durations and timbre, every take differs), and
+    // whisper tiny.en hears "Monday" after the comma's pause as "1 day" in about one take in
+    // ten. So a second take is allowed; a voice or pipeline that is really broken fails both.
+    let mut failures = Vec::new();
+    for take in 1..=2 {
+        let s = p.synthesize(HOURS).expect("synthesize");
+        assert_eq!(s.sample_rate, 22_050);
+        let audio = s.audio();
+        assert!(
+            audio > Duration::from_secs(2) && audio < Duration::from_secs(8),
+            "{audio:?} of audio for ten words"
+        );
+        let peak = s.pcm.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        assert!(peak > 3000, "peak {peak}: the voice is silent or nearly");
+        eprintln!(
+            "take {take}: {:.2} s of audio in {:?}, peak {peak}",
+            audio.as_secs_f64(),
+            s.elapsed
+        );
 
-    eprintln!(
-        "{:.2} s of audio in {:?}, peak {peak}",
-        audio.as_secs_f64(),
-        s.elapsed
-    );
-
-    let pcm16 = Resampler::resample_all(&s.pcm, s.sample_rate, 16_000).expect("resample");
-    let (text, wer) = transcribe(&pcm16, "22.05 kHz → 16 kHz");
-    assert_key_words(&text);
-    assert!(wer <= 0.2, "WER {wer}: {text:?}");
-
-    // The telephone path: 8 kHz to the caller, and back to 16 kHz for the recognizer.
-    let pcm8 = Resampler::resample_all(&s.pcm, s.sample_rate, 8000).expect("resample");
-    let pcm16 = Resampler::resample_all(&pcm8, 8000, 16_000).expect("resample");
-    let (text, wer) = transcribe(&pcm16, "via 8 kHz");
-    assert_key_words(&text);
-    assert!(wer <= 0.2, "WER {wer}: {text:?}");
+        let pcm16 = Resampler::resample_all(&s.pcm, s.sample_rate, 16_000).expect("resample");
+        let (text, wer) = transcribe(&pcm16, "22.05 kHz → 16 kHz");
+        let wide = misheard(&text, wer);
+        // The telephone path: 8 kHz to the caller, and back to 16 kHz for the recognizer.
+        let pcm8 = Resampler::resample_all(&s.pcm, s.sample_rate, 8000).expect("resample");
+        let pcm16 = Resampler::resample_all(&pcm8, 8000, 16_000).expect("resample");
+        let (text, wer) = transcribe(&pcm16, "via 8 kHz");
+        let phone = misheard(&text, wer);
+        if wide.is_none() && phone.is_none() {
+            return;
+        }
+        failures.push(format!("take {take}: 22 kHz {wide:?}, 8 kHz {phone:?}"));
+    }
+    panic!("the voice was not understood: {failures:#?}");
 }
 
 #[test]
@@ -244,6 +263,30 @@ fn missing_onnxruntime_fails_fast_with_the_install_command() {
     let msg = err.to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
     assert!(msg.contains("edgevoice models install"), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_fails_fast() {
+    // A file that is there but is no library (here the voice's config): ort itself would hang
+    // on it (ort issue 560). In a process that has not loaded ONNX Runtime yet (nextest runs
+    // each test in its own) it is refused at once; where another test loaded it already, the
+    // first library is kept and the voice loads.
+    let mut c = config(2);
+    c.onnxruntime = c.voice_config();
+    let bogus = c.onnxruntime.clone();
+    let started = Instant::now();
+    let result = within(Duration::from_secs(30), move || PiperSynthesizer::load(c));
+    eprintln!(
+        "not a library: {:?} after {:?}",
+        result.as_ref().err(),
+        started.elapsed()
+    );
+    if let Err(err) = result {
+        assert!(matches!(err, TtsError::OnnxRuntimeLoad { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&bogus.display().to_string()), "{msg}");
+        assert!(msg.contains("edgevoice models install"), "{msg}");
+    }
 }
 
 #[test]

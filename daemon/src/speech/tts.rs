@@ -3,10 +3,12 @@
 //!
 //! - **ONNX Runtime** is not linked: `ort` loads the library named in [`PiperConfig::onnxruntime`]
 //!   (the model bundle's `onnxruntime/libonnxruntime.so.*`, installed by `edgevoice models
-//!   install`) at the first [`PiperSynthesizer::load`]. ort 2.0.0-rc.12 hangs forever when that
-//!   file is missing (ort issue 560), so the file is checked first. ONNX Runtime can be loaded only
-//!   once per process: later loads reuse the library already loaded (a different path is logged
-//!   and ignored).
+//!   install`) at the first [`PiperSynthesizer::load`]. ort 2.0.0-rc.12 hangs forever when it
+//!   cannot load that library (ort issue 560: building its error re-enters its own
+//!   initialisation), whether the file is missing, not a library, or too old. So the file is
+//!   checked and opened here first, and its version read, before ort sees it. ONNX Runtime can
+//!   be loaded only once per process: later loads reuse the library already loaded (a different
+//!   path is logged and ignored).
 //! - **espeak-ng data** (phoneme tables and dictionaries) comes from the Debian package
 //!   `espeak-ng-data` (`/usr/lib/<triplet>/espeak-ng-data`); `PIPER_ESPEAKNG_DATA_DIRECTORY` (the
 //!   directory holding `espeak-ng-data`) overrides it. espeak-ng is one global, non-thread-safe
@@ -210,6 +212,46 @@ fn check_onnxruntime_file(path: &Path) -> Result<(), TtsError> {
         })
 }
 
+/// Opens the ONNX Runtime library the way ort will and checks its API version, so that ort is
+/// only given a library it can load (on any failure it would hang). Returns its version.
+fn probe_onnxruntime(path: &Path) -> Result<String, TtsError> {
+    let failed = |reason: String| TtsError::OnnxRuntimeLoad {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // SAFETY: loading runs the library's initialisers: this is the file configured as ONNX
+    // Runtime (from the model bundle, verified by `edgevoice models verify`), the same file ort
+    // loads next. The symbol's type is ONNX Runtime's C API entry point.
+    let version = unsafe {
+        // (libloading's Display says only "dlopen failed"; its Debug has dlerror's reason.)
+        let lib = libloading::Library::new(path).map_err(|e| failed(format!("{e:?}")))?;
+        let get_api_base = lib
+            .get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase")
+            .map_err(|_| failed("not an ONNX Runtime library (no OrtGetApiBase)".into()))?;
+        let base = get_api_base();
+        if base.is_null() {
+            return Err(failed("OrtGetApiBase returned nothing".into()));
+        }
+        let version = ((*base).GetVersionString)();
+        if version.is_null() {
+            return Err(failed("no version string".into()));
+        }
+        CStr::from_ptr(version).to_string_lossy().into_owned()
+    };
+    let minor = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor < ort::MINOR_VERSION {
+        return Err(failed(format!(
+            "version {version} is too old, 1.{}.x or newer is needed",
+            ort::MINOR_VERSION
+        )));
+    }
+    Ok(version)
+}
+
 /// Loads ONNX Runtime from `path` once per process (ort's own limit). A later call with another
 /// library keeps the first one (logged).
 fn init_onnxruntime(path: &Path) -> Result<(), TtsError> {
@@ -225,6 +267,8 @@ fn init_onnxruntime(path: &Path) -> Result<(), TtsError> {
             "ONNX Runtime is already loaded in this process and cannot be replaced: using the first library"
         ),
         None => {
+            let version = probe_onnxruntime(path)?;
+            tracing::debug!(path = %canonical.display(), %version, "loading ONNX Runtime");
             let builder = ort::init_from(&canonical).map_err(|e| TtsError::OnnxRuntimeLoad {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
