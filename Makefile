@@ -11,7 +11,10 @@ DEV_CONFIG := config/dev.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: to build, and additionally to test (real peers, packaging checks).
-APT_BUILD := build-essential pkg-config cmake clang libclang-dev libgomp1
+# libsonic-dev: espeak-ng (compiled into the binary for Piper) links libsonic; libssl-dev: ort-sys's
+# build script is compiled with its TLS client (piper-rs enables ort's default features; nothing is
+# downloaded); espeak-ng-data: espeak-ng's phoneme data, read at run time (also by the tests).
+APT_BUILD := build-essential pkg-config cmake clang libclang-dev libgomp1 libsonic-dev libssl-dev espeak-ng-data
 APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip baresip kamailio sip-tester tshark sox espeak-ng openssl mosquitto mosquitto-clients
 CARGO_TOOLS := cargo-deb
 

@@ -216,8 +216,9 @@ print(as_field_text(
     "exact notices); Comment: keeps the license expression the crate declares (SPDX), which\n"
     "License: spells in this format's syntax.\n"
     "\n"
-    "espeak-ng (GPL-3.0-or-later) will also be linked statically once speech synthesis is\n"
-    "added (through piper-rs); it and every other dependency must stay compatible with\n"
+    "espeak-ng (GPL-3.0-or-later) is linked statically for speech synthesis: its C sources\n"
+    "come with the espeak-rs-sys crate (through piper-rs), whose own license field covers only\n"
+    "the crate's Rust code. It and every other dependency must stay compatible with\n"
     "GPL-3.0-or-later, which is why edgevoice as a whole is distributed under it."
 ).replace(" Comment:", "Comment:", 1))
 print()

@@ -1,5 +1,6 @@
-//! Speech engines: speech recognition (whisper.cpp) and the language model (llama.cpp), each
-//! behind a small trait so the conversation logic and its tests do not depend on the engine.
+//! Speech engines: speech recognition (whisper.cpp), the language model (llama.cpp) and speech
+//! synthesis (Piper on ONNX Runtime), each behind a small trait so the conversation logic and its
+//! tests do not depend on the engine.
 //!
 //! Every engine loads its model once (memory-mapped) and is shared (`Arc`) by all calls; each call
 //! gets its own per-call state (a whisper state, a llama context) from it. Inference is blocking
@@ -7,10 +8,11 @@
 //!
 //! whisper-rs and llama-cpp-2 link ONE ggml, built once by `packaging/build-ggml.sh` (see
 //! `.cargo/config.toml`); `tests/speech_engines.rs` proves both run in one
-//! process.
+//! process. Piper's ONNX Runtime is loaded at run time from the model bundle (`tts`).
 
 pub mod llm;
 pub mod text;
+pub mod tts;
 pub mod whisper;
 
 use std::ops::ControlFlow;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use llm::{LlamaEngine, LlamaSession, LlmConfig};
+pub use tts::{PiperConfig, PiperSynthesizer};
 pub use whisper::{WhisperConfig, WhisperRecognizer, WhisperSession};
 
 /// Sample rate every recognizer takes (mono f32 in -1.0..=1.0).
@@ -27,6 +30,10 @@ pub const ASR_SAMPLE_RATE: u32 = 16_000;
 pub const WHISPER_MODEL_FILE: &str = "whisper/ggml-tiny.en-q8_0.bin";
 pub const VAD_MODEL_FILE: &str = "vad/ggml-silero-v6.2.0.bin";
 pub const LLM_MODEL_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The Piper voice (its `.onnx.json` config sits next to it).
+pub const TTS_VOICE_FILE: &str = "piper/en_US-joe-medium.onnx";
+/// The ONNX Runtime library Piper runs on (loaded at run time, not linked).
+pub const ONNXRUNTIME_FILE: &str = "onnxruntime/libonnxruntime.so.1.24.4";
 
 /// One recognised word with its time span in the utterance.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +108,29 @@ pub enum LlmError {
     Decode(String),
 }
 
+/// Speech synthesis errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TtsError {
+    #[error("voice model {} not found: install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    VoiceMissing(PathBuf),
+    #[error("voice config {} not found: it belongs next to the voice model (<voice>.onnx.json); install the models with `edgevoice models install`", .0.display())]
+    VoiceConfigMissing(PathBuf),
+    #[error("voice config {} is not a valid Piper voice config: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    VoiceConfigInvalid { path: PathBuf, reason: String },
+    #[error("ONNX Runtime library {} not found: speech synthesis needs it; install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    OnnxRuntimeMissing(PathBuf),
+    #[error("ONNX Runtime library {} cannot be read: {reason} (the daemon's user needs read access; `edgevoice models install` sets it up)", path.display())]
+    OnnxRuntimeUnreadable { path: PathBuf, reason: String },
+    #[error("could not load the ONNX Runtime library {}: {reason} (it must be ONNX Runtime 1.24 or newer for this machine; re-install it with `edgevoice models install`)", path.display())]
+    OnnxRuntimeLoad { path: PathBuf, reason: String },
+    #[error("espeak-ng data unusable ({reason}; looked in {searched}): install the Debian package espeak-ng-data, or set PIPER_ESPEAKNG_DATA_DIRECTORY to the directory that holds espeak-ng-data")]
+    EspeakData { searched: String, reason: String },
+    #[error("could not load the voice model {}: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("speech synthesis failed: {0}")]
+    Synthesis(String),
+}
+
 /// Checks that a model file exists (before handing its path to C code that would only say
 /// "failed to load").
 pub(crate) fn require_file<E>(path: &Path, missing: impl FnOnce(PathBuf) -> E) -> Result<(), E> {
@@ -128,6 +158,46 @@ pub trait AsrSession: Send {
     /// with the encoder sized to the audio; longer audio uses whisper's 30 s windows (cut it by
     /// VAD instead).
     fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError>;
+}
+
+/// Synthesized speech.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Synthesis {
+    /// Mono 16-bit PCM at `sample_rate`.
+    pub pcm: Vec<i16>,
+    pub sample_rate: u32,
+    /// Wall time the synthesis took.
+    pub elapsed: Duration,
+}
+
+impl Synthesis {
+    /// Length of the audio.
+    pub fn audio(&self) -> Duration {
+        Duration::from_secs_f64(self.pcm.len() as f64 / f64::from(self.sample_rate.max(1)))
+    }
+}
+
+/// Speech synthesis: a voice loaded once, shared by every call. Callers split replies into
+/// sentences (or clauses) and synthesize each as soon as it is known.
+pub trait SpeechSynthesizer: Send + Sync {
+    /// The rate of the audio this voice produces.
+    fn sample_rate(&self) -> u32;
+
+    /// Synthesizes `text` (one or more sentences) to mono PCM at `sample_rate()`.
+    fn synthesize(&self, text: &str) -> Result<Synthesis, TtsError>;
+
+    /// Like `synthesize`, handing audio to `on_audio` piece by piece as it is produced (per
+    /// sentence where the engine can); `ControlFlow::Break` stops after that piece (barge-in).
+    /// The result holds the audio produced.
+    fn synthesize_streaming(
+        &self,
+        text: &str,
+        on_audio: &mut dyn FnMut(&[i16]) -> ControlFlow<()>,
+    ) -> Result<Synthesis, TtsError> {
+        let synthesis = self.synthesize(text)?;
+        let _ = on_audio(&synthesis.pcm);
+        Ok(synthesis)
+    }
 }
 
 /// One chat message (role "system", "user" or "assistant").
