@@ -60,6 +60,12 @@ pub struct UplinkConfig {
     pub drain_burst: u32,
     pub reconnect_min_ms: u32,
     pub reconnect_max_secs: u32,
+    /// Public keys whose signed commands (`cmd/{name}`) are accepted: `name:base64` entries.
+    pub trusted_keys: Vec<String>,
+    /// Longest allowed `expires_at - issued_at` of a command; bounds the replay ledger.
+    pub command_max_lifetime_secs: u64,
+    /// Clock difference tolerated when checking `issued_at` / `expires_at`.
+    pub command_clock_skew_secs: u64,
 }
 
 impl Default for UplinkConfig {
@@ -84,6 +90,9 @@ impl Default for UplinkConfig {
             drain_burst: 50,
             reconnect_min_ms: 1000,
             reconnect_max_secs: 300,
+            trusted_keys: Vec::new(),
+            command_max_lifetime_secs: 900,
+            command_clock_skew_secs: 60,
         }
     }
 }
@@ -753,6 +762,43 @@ mod tests {
         );
         // Off: only the identity keys are checked.
         assert!(parse("[uplink]\nmqtt_version = \"5\"\n", origin()).is_ok());
+    }
+
+    #[test]
+    fn trusted_keys_and_command_limits_are_checked_one_line_each() {
+        let good = "ops:4QeTNedNSmYlH40NnDGh9osGIbqHYoPfw8d6Z4vBnWU=";
+        assert!(parse(
+            &format!("[uplink]\ntrusted_keys = [\"{good}\"]\n"),
+            origin()
+        )
+        .is_ok());
+        let text = format!(
+            "[uplink]\ntrusted_keys = [\"{good}\", \"{good}\", \"nocolon\", \"x:AAAA\"]\ncommand_max_lifetime_secs = 0\ncommand_clock_skew_secs = 99999\n"
+        );
+        let lines = parse(&text, origin()).unwrap_err().lines();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "test.toml:2:16: uplink.trusted_keys: entry 2: key name \"ops\" is listed twice"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("entry 3") && lines[1].contains("keygen"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("entry 4") && lines[2].contains("32"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[3].contains("uplink.command_max_lifetime_secs"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[4].contains("uplink.command_clock_skew_secs"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Commands to the running daemon: parsed, authorized, executed, audited. The local control
-//! socket uses this dispatcher now; remote MQTT commands will go through the same one.
+//! socket and signed remote commands over MQTT ([`remote`]) go through the same dispatcher.
 
 pub mod client;
 pub mod protocol;
+pub mod remote;
 pub mod socket;
 
 use std::sync::Arc;
@@ -16,10 +17,17 @@ use protocol::{Request, Response};
 /// Who sent a command, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
-    /// `control-socket` now; `mqtt` later.
+    /// `control-socket` or `mqtt`.
     pub channel: String,
-    /// e.g. `uid 1000 pid 4242`.
+    /// e.g. `uid 1000 pid 4242`, `mqtt:<key id>`, `mqtt:unverified`.
     pub who: String,
+}
+
+impl Principal {
+    /// Remote commands are all audited, queries too.
+    fn is_remote(&self) -> bool {
+        self.channel == remote::CHANNEL
+    }
 }
 
 /// One audited command.
@@ -32,6 +40,9 @@ pub struct AuditRecord {
     pub args: serde_json::Value,
     /// `ok`, or `refused: …` / `failed: …` with the reason.
     pub outcome: String,
+    /// The remote command's request id (MQTT), when it had a usable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Record for AuditRecord {
@@ -235,7 +246,7 @@ impl Dispatcher {
             }
         };
         let result = self.execute(&command);
-        if command.changes_state() {
+        if command.changes_state() || principal.is_remote() {
             let outcome = match &result {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => format!("failed: {e}"),
@@ -344,7 +355,8 @@ impl Dispatcher {
             .ok_or_else(|| format!("no live call with id {id}; `edgevoice calls` lists calls"))
     }
 
-    fn audit(&self, principal: &Principal, req: &Request, outcome: String) {
+    /// Writes one audit record (logged, not returned, if the store refuses).
+    pub(crate) fn audit(&self, principal: &Principal, req: &Request, outcome: String) {
         let record = AuditRecord {
             at_ms: store::now_ms(),
             channel: principal.channel.clone(),
@@ -352,6 +364,11 @@ impl Dispatcher {
             command: req.command.chars().take(200).collect(),
             args: req.args.clone(),
             outcome,
+            request_id: if principal.is_remote() {
+                req.id.clone()
+            } else {
+                None
+            },
         };
         let store = self.ctx.store();
         let result = store

@@ -335,7 +335,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
 
     let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
-    let server = tokio::spawn(control::socket::serve(listener, dispatcher));
+    let server = tokio::spawn(control::socket::serve(listener, dispatcher.clone()));
     if ctx.config().config.uplink.enabled {
         let weak = Arc::downgrade(&ctx);
         let health = Arc::new(move || match weak.upgrade() {
@@ -344,7 +344,16 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         });
         let device_id = ctx.store.instance().device_id.clone();
         let owner: Arc<dyn crate::uplink::StoreOwner> = ctx.clone();
-        match crate::uplink::start(&ctx.config().config.uplink, owner, &device_id, health) {
+        let commands: Arc<dyn crate::uplink::CommandHandler> = Arc::new(
+            control::remote::RemoteCommands::new(ctx.clone(), dispatcher.clone()),
+        );
+        match crate::uplink::start(
+            &ctx.config().config.uplink,
+            owner,
+            &device_id,
+            health,
+            Some(commands),
+        ) {
             Ok(handle) => {
                 let _ = ctx.uplink.set(handle);
             }
