@@ -350,3 +350,36 @@ fn slow_signed_commands_round_trip_and_every_rejection_says_why() {
     eprintln!("commands: {:?}", t0.elapsed());
     broker.stop();
 }
+
+/// Signs `name` with `args`, publishes it, returns its result.
+fn run(
+    app: &Appliance,
+    broker: &Broker,
+    results: &Results,
+    key: &Path,
+    name: &str,
+    args: serde_json::Value,
+) -> serde_json::Value {
+    let cmd = sign(key, "ops", name, &["--args", &args.to_string()]);
+    app.publish(broker, name, &cmd);
+    results.wait(&request_id(&cmd), 1)
+}
+
+#[test]
+fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), None);
+    broker.start();
+    let results = Results::subscribe(&broker, dir.path());
+    let (ops, ops_line) = keygen(dir.path(), "ops");
+    let app = Appliance::start(TestSite::new(&config(broker.port, &ops_line, "")), &broker);
+    let run = |name: &str, args: serde_json::Value| run(&app, &broker, &results, &ops, name, args);
+
+    // log.level
+    let r = run("log.level", serde_json::json!({"level": "trace"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["previous"], "debug");
+    let e = error_of(&run("log.level", serde_json::json!({"level": "loud"})));
+    assert!(e.contains("not a log level"), "{e}");
+    broker.stop();
+}

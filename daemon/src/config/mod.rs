@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 
 pub use validate::ConfigIssue;
 
+/// True when `directives` is a valid `daemon.log_level` (a level, or comma-separated
+/// `target=level` directives).
+pub fn valid_log_level(directives: &str) -> bool {
+    !directives.trim().is_empty() && directives.split(',').all(validate::valid_log_directive)
+}
+
 /// Where the packaged daemon looks for its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/edgevoice/edgevoice.toml";
 

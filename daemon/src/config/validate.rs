@@ -74,7 +74,7 @@ pub(super) fn decode_issue(text: &str, err: &toml::de::Error) -> ConfigIssue {
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-fn valid_log_directive(d: &str) -> bool {
+pub(super) fn valid_log_directive(d: &str) -> bool {
     let level = match d.split_once('=') {
         Some((target, level)) => {
             if target.is_empty() || target.contains(char::is_whitespace) {

@@ -62,6 +62,13 @@ enum Command {
     CallTransfer { id: String, target: String },
     CallDtmf { id: String, digits: String },
     CallDial { to: String, ring_timeout_secs: u64 },
+    LogLevel { level: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelArgs {
+    level: String,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +132,7 @@ const COMMANDS: &[&str] = &[
     "call.transfer",
     "call.dtmf",
     "call.dial",
+    "log.level",
 ];
 
 impl Command {
@@ -205,6 +213,11 @@ impl Command {
                     digits: a.digits,
                 })
             }
+            "log.level" => {
+                let a: LogLevelArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `log.level`: {e}"))?;
+                Ok(Command::LogLevel { level: a.level })
+            }
             other => Err(format!(
                 "unknown command `{other}`; known commands: {}",
                 COMMANDS.join(", ")
@@ -221,6 +234,7 @@ impl Command {
                 | Command::CallTransfer { .. }
                 | Command::CallDtmf { .. }
                 | Command::CallDial { .. }
+                | Command::LogLevel { .. }
         )
     }
 }
@@ -335,6 +349,10 @@ impl Dispatcher {
                     Err(_) => Err("the call task ended without an outcome".into()),
                 }
             }
+            Command::LogLevel { level } => {
+                let previous = self.ctx.set_log_level(level)?;
+                Ok(serde_json::json!({ "level": level, "previous": previous }))
+            }
             Command::ConfigReload => match self.ctx.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(
@@ -402,6 +420,54 @@ mod tests {
             Command::parse(&req("audit.list", serde_json::Value::Null)),
             Ok(Command::AuditList { limit: 20 })
         );
+    }
+
+    fn context(
+        dir: &std::path::Path,
+        log: Option<crate::ops::logging::LogControl>,
+    ) -> (Dispatcher, Arc<DaemonContext>) {
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = dir.join("state");
+        config.daemon.runtime_dir = dir.join("run");
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.join("edgevoice.toml"),
+        };
+        let store = crate::store::Store::open(&dir.join("state")).unwrap();
+        let ctx = Arc::new(DaemonContext::new(loaded, store, log));
+        (Dispatcher::new(ctx.clone()), ctx)
+    }
+
+    fn local() -> Principal {
+        Principal {
+            channel: "control-socket".into(),
+            who: "test".into(),
+        }
+    }
+
+    #[test]
+    fn log_level_changes_the_filter_and_the_running_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _subscriber) = crate::ops::logging::LogControl::detached("info");
+        let (d, ctx) = context(dir.path(), Some(log));
+        let r = d.handle(
+            &local(),
+            req("log.level", serde_json::json!({"level": "debug,sled=warn"})),
+        );
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.result.unwrap()["previous"], "info");
+        assert_eq!(ctx.config().config.daemon.log_level, "debug,sled=warn");
+        let r = d.handle(
+            &local(),
+            req("log.level", serde_json::json!({"level": "loud"})),
+        );
+        assert!(!r.ok && r.error.unwrap().contains("not a log level"));
+        assert_eq!(ctx.config().config.daemon.log_level, "debug,sled=warn");
+        let r = d.handle(&local(), req("log.level", serde_json::json!({})));
+        assert!(!r.ok);
+        // State-changing: audited, refusals too.
+        let audit = ctx.store().tree::<AuditRecord>().unwrap().newest_json(10);
+        assert_eq!(audit.len(), 3, "{audit:?}");
     }
 
     #[test]

@@ -221,6 +221,30 @@ impl DaemonContext {
         }
     }
 
+    /// Changes the log filter now (`log.level`); the running config's `daemon.log_level`
+    /// follows, so `config.get` shows it, and a reload re-applies the file's value. Returns the
+    /// previous value.
+    pub fn set_log_level(&self, directives: &str) -> Result<String, String> {
+        if !config::valid_log_level(directives) {
+            return Err(format!(
+                "\"{directives}\" is not a log level; use off, error, warn, info, debug or trace, or directives like \"info,edgevoice::uplink=debug\""
+            ));
+        }
+        let log = self
+            .log
+            .as_ref()
+            .ok_or("logging is not controllable in this process")?;
+        if log.is_pinned() {
+            return Err("RUST_LOG is set in the daemon's environment and pins the filter; unset it to change the level at run time".into());
+        }
+        log.set_level(directives)?;
+        let mut running = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let previous =
+            std::mem::replace(&mut running.config.daemon.log_level, directives.to_owned());
+        tracing::info!(level = directives, previous = %previous, "log level changed");
+        Ok(previous)
+    }
+
     /// Re-reads the config file and applies it: the path shared by SIGHUP and the control
     /// socket (and later remote config pushes). A file that fails validation changes nothing.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
