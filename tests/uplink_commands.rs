@@ -381,5 +381,26 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     assert_eq!(r["result"]["previous"], "debug");
     let e = error_of(&run("log.level", serde_json::json!({"level": "loud"})));
     assert!(e.contains("not a log level"), "{e}");
+
+    // drain: new INVITEs get 503 while the daemon runs on; undrain takes calls again.
+    let status = || json(&app.site.cli(&["status", "--json"]).stdout);
+    let sip = status()["sip_listen"].as_str().unwrap().to_owned();
+    let r = run("drain", serde_json::json!({}));
+    assert_eq!(r["result"]["phase"], "draining", "{r}");
+    assert_eq!(status()["phase"], "draining");
+    let call = || {
+        peers::Sipp::run_uac(
+            &peers::SippUac::new(&sip)
+                .calls(1)
+                .call_duration(Duration::from_millis(100)),
+        )
+    };
+    let refused = call();
+    assert_eq!(refused.codes.get(&503), Some(&1), "{:?}", refused.codes);
+    let r = run("undrain", serde_json::json!({}));
+    assert_eq!(r["result"]["phase"], "ready", "{r}");
+    assert_eq!(status()["phase"], "ready");
+    let answered = call();
+    assert_eq!(answered.successful, 1, "{}", answered.screen);
     broker.stop();
 }

@@ -63,6 +63,8 @@ enum Command {
     CallDtmf { id: String, digits: String },
     CallDial { to: String, ring_timeout_secs: u64 },
     LogLevel { level: String },
+    Drain,
+    Undrain,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +135,8 @@ const COMMANDS: &[&str] = &[
     "call.dtmf",
     "call.dial",
     "log.level",
+    "drain",
+    "undrain",
 ];
 
 impl Command {
@@ -152,6 +156,8 @@ impl Command {
             "status" => no_args(Command::Status),
             "store.info" => no_args(Command::StoreInfo),
             "config.reload" => no_args(Command::ConfigReload),
+            "drain" => no_args(Command::Drain),
+            "undrain" => no_args(Command::Undrain),
             "audit.list" => {
                 let a: AuditListArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `audit.list`: {e}"))?;
@@ -235,6 +241,8 @@ impl Command {
                 | Command::CallDtmf { .. }
                 | Command::CallDial { .. }
                 | Command::LogLevel { .. }
+                | Command::Drain
+                | Command::Undrain
         )
     }
 }
@@ -353,6 +361,14 @@ impl Dispatcher {
                 let previous = self.ctx.set_log_level(level)?;
                 Ok(serde_json::json!({ "level": level, "previous": previous }))
             }
+            Command::Drain => {
+                let active = self.ctx.drain();
+                Ok(serde_json::json!({ "phase": "draining", "active_calls": active }))
+            }
+            Command::Undrain => {
+                self.ctx.undrain()?;
+                Ok(serde_json::json!({ "phase": self.ctx.phase() }))
+            }
             Command::ConfigReload => match self.ctx.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(
@@ -468,6 +484,21 @@ mod tests {
         // State-changing: audited, refusals too.
         let audit = ctx.store().tree::<AuditRecord>().unwrap().newest_json(10);
         assert_eq!(audit.len(), 3, "{audit:?}");
+    }
+
+    #[test]
+    fn drain_refuses_new_calls_until_undrain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, ctx) = context(dir.path(), None);
+        let r = d.handle(&local(), req("drain", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.result.unwrap()["phase"], "draining");
+        assert_eq!(ctx.status().phase, crate::ops::Phase::Draining);
+        assert!(ctx.work().try_begin(10).is_none(), "new calls refused");
+        let r = d.handle(&local(), req("undrain", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        assert_eq!(ctx.status().phase, crate::ops::Phase::Ready);
+        assert!(ctx.work().try_begin(10).is_some(), "calls taken again");
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct DaemonContext {
     registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
     uplink: std::sync::OnceLock<crate::uplink::UplinkHandle>,
     uplink_error: std::sync::OnceLock<String>,
+    /// Set once SIGTERM/SIGINT started the final drain: `undrain` is refused from then on.
+    stopping: std::sync::atomic::AtomicBool,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -132,6 +134,7 @@ impl DaemonContext {
             log,
             notifier: Notifier::from_env(),
             call_shutdown: tokio::sync::watch::channel(false).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             sip_listen: std::sync::OnceLock::new(),
             live_calls: crate::call::LiveCalls::default(),
             telephony: std::sync::OnceLock::new(),
@@ -219,6 +222,34 @@ impl DaemonContext {
             },
             uplink_detail: self.uplink.get().map(|u| u.report()),
         }
+    }
+
+    /// Stops taking new calls (new INVITEs get 503, OPTIONS too) while the daemon keeps running
+    /// and active calls go on: the `drain` command. Returns the active call count.
+    pub fn drain(&self) -> usize {
+        self.work.start_drain();
+        self.set_phase(Phase::Draining);
+        let active = self.work.active();
+        tracing::warn!(
+            active,
+            "draining on command: new calls are refused until `undrain`"
+        );
+        self.notifier.status(&self.status().summary());
+        active
+    }
+
+    /// Takes calls again after [`drain`](Self::drain); refused once the daemon is stopping.
+    pub fn undrain(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("the daemon is stopping (SIGTERM); it cannot take calls again".into());
+        }
+        if self.phase() == Phase::Draining {
+            self.work.stop_drain();
+            self.set_phase(Phase::Ready);
+            tracing::info!("drain ended on command: taking calls again");
+            self.notifier.status(&self.status().summary());
+        }
+        Ok(())
     }
 
     /// Changes the log filter now (`log.level`); the running config's `daemon.log_level`
@@ -393,7 +424,10 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let _ = ctx.registrations.set(sip.registrations.clone());
     let _ = ctx.telephony.set(telephony);
 
-    ctx.set_phase(Phase::Ready);
+    // A `drain` command that arrived during start-up stays in force.
+    if !ctx.work.is_draining() {
+        ctx.set_phase(Phase::Ready);
+    }
     let mut last_status = ctx.status().summary();
     ctx.notifier.ready(&last_status);
     tracing::info!(
@@ -438,6 +472,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         }
     };
 
+    ctx.stopping.store(true, Ordering::Release);
     ctx.set_phase(Phase::Draining);
     ctx.work.start_drain();
     let active = ctx.work.active();
