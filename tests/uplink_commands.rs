@@ -372,7 +372,14 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     broker.start();
     let results = Results::subscribe(&broker, dir.path());
     let (ops, ops_line) = keygen(dir.path(), "ops");
-    let app = Appliance::start(TestSite::new(&config(broker.port, &ops_line, "")), &broker);
+    let app = Appliance::start(
+        TestSite::new(&config(
+            broker.port,
+            &ops_line,
+            "username = \"dev\"\npassword = \"broker-secret\"\n",
+        )),
+        &broker,
+    );
     let run = |name: &str, args: serde_json::Value| run(&app, &broker, &results, &ops, name, args);
 
     // log.level
@@ -402,5 +409,15 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     assert_eq!(status()["phase"], "ready");
     let answered = call();
     assert_eq!(answered.successful, 1, "{}", answered.screen);
+
+    // config.get: the running config, secrets redacted.
+    let r = run("config.get", serde_json::json!({}));
+    assert_eq!(r["ok"], true, "{r}");
+    let got = &r["result"]["config"];
+    assert_eq!(got["uplink"]["password"], "(redacted)", "{got}");
+    assert!(!r.to_string().contains("broker-secret"), "{r}");
+    assert_eq!(got["uplink"]["site_id"], "s1");
+    assert_eq!(got["daemon"]["log_level"], "trace", "log.level shows");
+    assert_eq!(r["result"]["source"], app.site.config.display().to_string());
     broker.stop();
 }

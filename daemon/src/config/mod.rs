@@ -504,7 +504,26 @@ pub fn control_socket_hint(path: &Path) -> PathBuf {
     base.join(runtime_dir).join("control.sock")
 }
 
+/// What `config.get` shows in place of a secret.
+pub const REDACTED: &str = "(redacted)";
+
 impl Config {
+    /// This config with its secrets (passwords) replaced by [`REDACTED`]; empty ones stay
+    /// empty, so "none set" remains visible.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.to_owned();
+            }
+        };
+        hide(&mut c.uplink.password);
+        for account in &mut c.sip.accounts {
+            hide(&mut account.password);
+        }
+        c
+    }
+
     fn resolve_relative_paths(&mut self, base: &Path) {
         for p in [
             &mut self.daemon.state_dir,
@@ -656,6 +675,32 @@ mod tests {
                 "the [[sip.account]] example lacks {field}"
             );
         }
+    }
+
+    #[test]
+    fn redacted_hides_every_password_and_nothing_else() {
+        let mut c = Config::default();
+        c.uplink.username = "u".into();
+        c.uplink.password = "hunter2".into();
+        c.sip.accounts.push(AccountConfig {
+            name: "a".into(),
+            password: "s3cret".into(),
+            ..AccountConfig::default()
+        });
+        let r = c.redacted();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert_eq!(r.uplink.password, REDACTED);
+        assert_eq!(r.sip.accounts[0].password, REDACTED);
+        assert_eq!(r.uplink.username, "u");
+        assert_eq!(
+            Config::default().redacted(),
+            Config::default(),
+            "empty stays empty"
+        );
     }
 
     #[test]

@@ -65,6 +65,7 @@ enum Command {
     LogLevel { level: String },
     Drain,
     Undrain,
+    ConfigGet,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +138,7 @@ const COMMANDS: &[&str] = &[
     "log.level",
     "drain",
     "undrain",
+    "config.get",
 ];
 
 impl Command {
@@ -157,6 +159,7 @@ impl Command {
             "store.info" => no_args(Command::StoreInfo),
             "config.reload" => no_args(Command::ConfigReload),
             "drain" => no_args(Command::Drain),
+            "config.get" => no_args(Command::ConfigGet),
             "undrain" => no_args(Command::Undrain),
             "audit.list" => {
                 let a: AuditListArgs = serde_json::from_value(args)
@@ -361,6 +364,13 @@ impl Dispatcher {
                 let previous = self.ctx.set_log_level(level)?;
                 Ok(serde_json::json!({ "level": level, "previous": previous }))
             }
+            Command::ConfigGet => {
+                let loaded = self.ctx.config();
+                Ok(serde_json::json!({
+                    "source": loaded.source,
+                    "config": to_json(serde_json::to_value(loaded.config.redacted()))?,
+                }))
+            }
             Command::Drain => {
                 let active = self.ctx.drain();
                 Ok(serde_json::json!({ "phase": "draining", "active_calls": active }))
@@ -499,6 +509,30 @@ mod tests {
         assert!(r.ok, "{r:?}");
         assert_eq!(ctx.status().phase, crate::ops::Phase::Ready);
         assert!(ctx.work().try_begin(10).is_some(), "calls taken again");
+    }
+
+    #[test]
+    fn config_get_shows_the_running_config_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.uplink.username = "dev".into();
+        config.uplink.password = "hunter2".into();
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.path().join("edgevoice.toml"),
+        };
+        let store = crate::store::Store::open(&dir.path().join("state")).unwrap();
+        let d = Dispatcher::new(Arc::new(DaemonContext::new(loaded, store, None)));
+        let r = d.handle(&local(), req("config.get", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        let v = r.result.unwrap();
+        assert_eq!(v["config"]["uplink"]["username"], "dev");
+        assert_eq!(v["config"]["uplink"]["password"], crate::config::REDACTED);
+        assert!(!v.to_string().contains("hunter2"));
+        assert_eq!(
+            v["source"],
+            dir.path().join("edgevoice.toml").display().to_string()
+        );
     }
 
     #[test]
