@@ -419,5 +419,28 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     assert_eq!(got["uplink"]["site_id"], "s1");
     assert_eq!(got["daemon"]["log_level"], "trace", "log.level shows");
     assert_eq!(r["result"]["source"], app.site.config.display().to_string());
+
+    // config.apply: a bad config is refused, file and running config unchanged.
+    let file = std::fs::read_to_string(&app.site.config).unwrap();
+    assert!(file.contains("log_level = \"debug\""), "{file}");
+    let before = run("config.get", serde_json::json!({}))["result"].clone();
+    let bad = file.replace("log_level = \"debug\"", "log_level = \"loud\"");
+    let e = error_of(&run("config.apply", serde_json::json!({ "toml": bad })));
+    assert!(
+        e.contains("config refused") && e.contains("daemon.log_level"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&app.site.config).unwrap(), file);
+    let after = run("config.get", serde_json::json!({}))["result"].clone();
+    assert_eq!(before, after, "running config unchanged");
+    // A good one is applied through the reload path; the old file is kept as last good.
+    let good = file.replace("log_level = \"debug\"", "log_level = \"warn\"");
+    let r = run("config.apply", serde_json::json!({ "toml": good }));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(std::fs::read_to_string(&app.site.config).unwrap(), good);
+    let last_good = r["result"]["last_good"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(last_good).unwrap(), file);
+    let now = run("config.get", serde_json::json!({}));
+    assert_eq!(now["result"]["config"]["daemon"]["log_level"], "warn");
     broker.stop();
 }

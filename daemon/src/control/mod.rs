@@ -66,6 +66,14 @@ enum Command {
     Drain,
     Undrain,
     ConfigGet,
+    ConfigApply { toml: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigApplyArgs {
+    /// The whole config file.
+    toml: String,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +147,7 @@ const COMMANDS: &[&str] = &[
     "drain",
     "undrain",
     "config.get",
+    "config.apply",
 ];
 
 impl Command {
@@ -160,6 +169,11 @@ impl Command {
             "config.reload" => no_args(Command::ConfigReload),
             "drain" => no_args(Command::Drain),
             "config.get" => no_args(Command::ConfigGet),
+            "config.apply" => {
+                let a: ConfigApplyArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `config.apply`: {e}"))?;
+                Ok(Command::ConfigApply { toml: a.toml })
+            }
             "undrain" => no_args(Command::Undrain),
             "audit.list" => {
                 let a: AuditListArgs = serde_json::from_value(args)
@@ -246,6 +260,7 @@ impl Command {
                 | Command::LogLevel { .. }
                 | Command::Drain
                 | Command::Undrain
+                | Command::ConfigApply { .. }
         )
     }
 }
@@ -370,6 +385,9 @@ impl Dispatcher {
                     "source": loaded.source,
                     "config": to_json(serde_json::to_value(loaded.config.redacted()))?,
                 }))
+            }
+            Command::ConfigApply { toml } => {
+                to_json(serde_json::to_value(self.ctx.apply_config(toml)?))
             }
             Command::Drain => {
                 let active = self.ctx.drain();
@@ -533,6 +551,46 @@ mod tests {
             v["source"],
             dir.path().join("edgevoice.toml").display().to_string()
         );
+    }
+
+    #[test]
+    fn config_apply_validates_replaces_the_file_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, ctx) = context(dir.path(), None);
+        let source = dir.path().join("edgevoice.toml");
+        let old = format!(
+            "[daemon]\nstate_dir = \"{}\"\nruntime_dir = \"run\"\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&source, &old).unwrap();
+        let apply = |text: &str| {
+            d.handle(
+                &local(),
+                req("config.apply", serde_json::json!({ "toml": text })),
+            )
+        };
+        // Invalid: refused, file and running config untouched.
+        let r = apply(&format!("{old}log_level = \"loud\"\n"));
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("config refused") && e.contains("daemon.log_level"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), old);
+        assert!(!dir.path().join("edgevoice.toml.last-good").exists());
+        let r = apply("[daemon\n");
+        assert!(!r.ok);
+        // Valid: applied, the old file kept as last good.
+        let new = format!("{old}log_level = \"debug\"\n");
+        let r = apply(&new);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), new);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("edgevoice.toml.last-good")).unwrap(),
+            old
+        );
+        assert_eq!(ctx.config().config.daemon.log_level, "debug");
+        assert!(!dir.path().join("edgevoice.toml.tmp").exists());
     }
 
     #[test]

@@ -102,6 +102,48 @@ pub struct ReloadOutcome {
     pub restart_required: Vec<String>,
 }
 
+/// Result of `config.apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    pub source: PathBuf,
+    /// The previous file, kept for a manual roll-back.
+    pub last_good: PathBuf,
+    /// Keys that changed but need a restart; their running values were kept.
+    pub restart_required: Vec<String>,
+}
+
+/// `dir/name` → `dir/name{suffix}`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Replaces `path` with `bytes` so a crash leaves the old or the new file, never a mix: a
+/// temporary file beside it (same mode), fsynced, renamed over it, the directory fsynced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = sibling(path, ".tmp");
+    let mode = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        if let Some(mode) = mode {
+            file.set_permissions(mode)?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Everything the running daemon shares between its tasks.
 pub struct DaemonContext {
     started: Instant,
@@ -119,6 +161,8 @@ pub struct DaemonContext {
     uplink_error: std::sync::OnceLock<String>,
     /// Set once SIGTERM/SIGINT started the final drain: `undrain` is refused from then on.
     stopping: std::sync::atomic::AtomicBool,
+    /// One `config.apply` at a time.
+    applying: std::sync::Mutex<()>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -135,6 +179,7 @@ impl DaemonContext {
             notifier: Notifier::from_env(),
             call_shutdown: tokio::sync::watch::channel(false).0,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            applying: std::sync::Mutex::new(()),
             sip_listen: std::sync::OnceLock::new(),
             live_calls: crate::call::LiveCalls::default(),
             telephony: std::sync::OnceLock::new(),
@@ -274,6 +319,76 @@ impl DaemonContext {
             std::mem::replace(&mut running.config.daemon.log_level, directives.to_owned());
         tracing::info!(level = directives, previous = %previous, "log level changed");
         Ok(previous)
+    }
+
+    /// `config.apply`: validates `text` as the config file; if valid, keeps the current file as
+    /// `<file>.last-good`, replaces the file atomically and applies it through [`reload`]
+    /// (the SIGHUP path). If that fails, the last good file is put back. A refused text
+    /// changes neither the file nor the running config.
+    ///
+    /// [`reload`]: Self::reload
+    pub fn apply_config(&self, text: &str) -> Result<ApplyOutcome, String> {
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let source = self.config().source;
+        if let Err(e) = config::parse(text, &source) {
+            return Err(format!(
+                "config refused, running config and file kept: {}",
+                e.lines().join("; ")
+            ));
+        }
+        let last_good = sibling(&source, ".last-good");
+        match config::load(&source) {
+            Ok(_) => {
+                let current = std::fs::read(&source)
+                    .map_err(|e| format!("cannot read {} ({e})", source.display()))?;
+                write_atomically(&last_good, &current).map_err(|e| {
+                    format!(
+                        "cannot keep the last good config as {} ({e}); the daemon needs write access to {}",
+                        last_good.display(),
+                        source.parent().unwrap_or(Path::new("/")).display()
+                    )
+                })?;
+            }
+            // The file on disk was broken by hand: an older last-good copy stays the fallback.
+            Err(e) => tracing::warn!(
+                "config.apply: {} does not validate ({}); keeping the older {}",
+                source.display(),
+                e.lines().join("; "),
+                last_good.display()
+            ),
+        }
+        write_atomically(&source, text.as_bytes()).map_err(|e| {
+            format!(
+                "cannot write {} ({e}); nothing changed; the daemon needs write access to it and its directory",
+                source.display()
+            )
+        })?;
+        match self.reload() {
+            Ok(outcome) => {
+                tracing::info!(source = %source.display(), last_good = %last_good.display(), "config applied on command");
+                Ok(ApplyOutcome {
+                    source,
+                    last_good,
+                    restart_required: outcome.restart_required,
+                })
+            }
+            Err(e) => {
+                let restored =
+                    std::fs::read(&last_good).and_then(|good| write_atomically(&source, &good));
+                let what = match restored {
+                    Ok(()) => format!("{} restored from {}", source.display(), last_good.display()),
+                    Err(r) => format!(
+                        "restoring {} from {} failed too ({r}); fix the file by hand",
+                        source.display(),
+                        last_good.display()
+                    ),
+                };
+                Err(format!(
+                    "the new config did not apply ({}); running config kept, {what}",
+                    e.lines().join("; ")
+                ))
+            }
+        }
     }
 
     /// Re-reads the config file and applies it: the path shared by SIGHUP and the control
