@@ -442,5 +442,24 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     assert_eq!(std::fs::read_to_string(last_good).unwrap(), file);
     let now = run("config.get", serde_json::json!({}));
     assert_eq!(now["result"]["config"]["daemon"]["log_level"], "warn");
+
+    // retention.purge: the call made above is younger than a day and stays.
+    let r = run("retention.purge", serde_json::json!({"older_than_days": 1}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        (
+            r["result"]["calls"].as_u64(),
+            r["result"]["recordings"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let calls = json(&app.site.cli(&["calls", "--json"]).stdout);
+    assert!(!calls.as_array().unwrap().is_empty(), "{calls}");
+    let e = error_of(&run(
+        "retention.purge",
+        serde_json::json!({"older_than_days": 0}),
+    ));
+    assert!(e.contains("older_than_days"), "{e}");
     broker.stop();
 }

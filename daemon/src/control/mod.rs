@@ -67,6 +67,13 @@ enum Command {
     Undrain,
     ConfigGet,
     ConfigApply { toml: String },
+    RetentionPurge { older_than_days: u32 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionPurgeArgs {
+    older_than_days: u32,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +155,7 @@ const COMMANDS: &[&str] = &[
     "undrain",
     "config.get",
     "config.apply",
+    "retention.purge",
 ];
 
 impl Command {
@@ -169,6 +177,16 @@ impl Command {
             "config.reload" => no_args(Command::ConfigReload),
             "drain" => no_args(Command::Drain),
             "config.get" => no_args(Command::ConfigGet),
+            "retention.purge" => {
+                let a: RetentionPurgeArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `retention.purge`: {e}"))?;
+                if !(1..=36_500).contains(&a.older_than_days) {
+                    return Err("older_than_days must be 1 to 36500".into());
+                }
+                Ok(Command::RetentionPurge {
+                    older_than_days: a.older_than_days,
+                })
+            }
             "config.apply" => {
                 let a: ConfigApplyArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `config.apply`: {e}"))?;
@@ -261,6 +279,7 @@ impl Command {
                 | Command::Drain
                 | Command::Undrain
                 | Command::ConfigApply { .. }
+                | Command::RetentionPurge { .. }
         )
     }
 }
@@ -388,6 +407,24 @@ impl Dispatcher {
             }
             Command::ConfigApply { toml } => {
                 to_json(serde_json::to_value(self.ctx.apply_config(toml)?))
+            }
+            Command::RetentionPurge { older_than_days } => {
+                let cutoff_ms =
+                    store::now_ms().saturating_sub(u64::from(*older_than_days) * 86_400_000);
+                let purged = crate::call::record::purge_ended_before(self.ctx.store(), cutoff_ms)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    older_than_days,
+                    calls = purged.calls,
+                    recordings = purged.recordings,
+                    "retention.purge"
+                );
+                Ok(serde_json::json!({
+                    "older_than_days": older_than_days,
+                    "cutoff_ms": cutoff_ms,
+                    "calls": purged.calls,
+                    "recordings": purged.recordings,
+                }))
             }
             Command::Drain => {
                 let active = self.ctx.drain();
