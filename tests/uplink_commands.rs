@@ -2,7 +2,7 @@
 //! signed by the real `edgevoice command sign` and published with the real `mosquitto_pub`,
 //! results read with `mosquitto_sub` from `edgevoice/{site}/{device}/cmd-result/{request_id}`.
 //!
-//! Debian packages: mosquitto, mosquitto-clients.
+//! Debian packages: mosquitto, mosquitto-clients, sip-tester, python3 (http.server).
 
 #[path = "common/audio.rs"]
 mod audio;
@@ -372,11 +372,32 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     broker.start();
     let results = Results::subscribe(&broker, dir.path());
     let (ops, ops_line) = keygen(dir.path(), "ops");
+    // One model installed, a new version of it served over HTTP.
+    let sha = |b: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    std::fs::write(dir.path().join("models/vad.bin"), b"vad v1").unwrap();
+    std::fs::write(dir.path().join("www/vad-v2.bin"), b"vad v2, better").unwrap();
+    std::fs::write(
+        dir.path().join("manifest.toml"),
+        format!(
+            "schema = 1\n[[model]]\nname = \"vad\"\nrole = \"vad\"\nfile = \"vad.bin\"\nsize = 6\nsha256 = \"{}\"\nlicense = \"MIT\"\n",
+            sha(b"vad v1")
+        ),
+    )
+    .unwrap();
+    let (_http, http_port) = serve_dir(&dir.path().join("www"));
     let app = Appliance::start(
         TestSite::new(&config(
             broker.port,
             &ops_line,
-            "username = \"dev\"\npassword = \"broker-secret\"\n",
+            &format!(
+                "username = \"dev\"\npassword = \"broker-secret\"\n[models]\ndir = \"{0}/models\"\nmanifest = \"{0}/manifest.toml\"\n",
+                dir.path().display()
+            ),
         )),
         &broker,
     );
@@ -461,5 +482,63 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
         serde_json::json!({"older_than_days": 0}),
     ));
     assert!(e.contains("older_than_days"), "{e}");
+
+    // models.install: a wrong sha256 never replaces the installed file; the right one does.
+    let url = format!("http://127.0.0.1:{http_port}/vad-v2.bin");
+    let wrong = sha(b"something else");
+    let e = error_of(&run(
+        "models.install",
+        serde_json::json!({"name": "vad", "url": url, "sha256": wrong}),
+    ));
+    assert!(
+        e.contains("nothing was replaced") && e.contains("unchanged"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("models/vad.bin")).unwrap(),
+        b"vad v1"
+    );
+    let r = run(
+        "models.install",
+        serde_json::json!({"name": "vad", "url": url, "sha256": sha(b"vad v2, better")}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["installed"]["size"], 14);
+    assert_eq!(
+        std::fs::read(dir.path().join("models/vad.bin")).unwrap(),
+        b"vad v2, better"
+    );
     broker.stop();
+}
+
+struct HttpServer(std::process::Child);
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `python3 -m http.server` on 127.0.0.1 serving `dir`.
+fn serve_dir(dir: &Path) -> (HttpServer, u16) {
+    let port = peers::free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let server = HttpServer(child);
+    peers::poll_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("http server started");
+    (server, port)
 }

@@ -54,20 +54,56 @@ impl Record for AuditRecord {
 enum Command {
     Status,
     StoreInfo,
-    AuditList { limit: usize },
+    AuditList {
+        limit: usize,
+    },
     ConfigReload,
-    CallsList { limit: usize },
-    CallGet { id: String },
-    CallHangup { id: String },
-    CallTransfer { id: String, target: String },
-    CallDtmf { id: String, digits: String },
-    CallDial { to: String, ring_timeout_secs: u64 },
-    LogLevel { level: String },
+    CallsList {
+        limit: usize,
+    },
+    CallGet {
+        id: String,
+    },
+    CallHangup {
+        id: String,
+    },
+    CallTransfer {
+        id: String,
+        target: String,
+    },
+    CallDtmf {
+        id: String,
+        digits: String,
+    },
+    CallDial {
+        to: String,
+        ring_timeout_secs: u64,
+    },
+    LogLevel {
+        level: String,
+    },
     Drain,
     Undrain,
     ConfigGet,
-    ConfigApply { toml: String },
-    RetentionPurge { older_than_days: u32 },
+    ConfigApply {
+        toml: String,
+    },
+    RetentionPurge {
+        older_than_days: u32,
+    },
+    ModelsInstall {
+        name: String,
+        url: String,
+        sha256: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsInstallArgs {
+    name: String,
+    url: String,
+    sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +192,7 @@ const COMMANDS: &[&str] = &[
     "config.get",
     "config.apply",
     "retention.purge",
+    "models.install",
 ];
 
 impl Command {
@@ -177,6 +214,15 @@ impl Command {
             "config.reload" => no_args(Command::ConfigReload),
             "drain" => no_args(Command::Drain),
             "config.get" => no_args(Command::ConfigGet),
+            "models.install" => {
+                let a: ModelsInstallArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `models.install`: {e}"))?;
+                Ok(Command::ModelsInstall {
+                    name: a.name,
+                    url: a.url,
+                    sha256: a.sha256,
+                })
+            }
             "retention.purge" => {
                 let a: RetentionPurgeArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `retention.purge`: {e}"))?;
@@ -280,6 +326,7 @@ impl Command {
                 | Command::Undrain
                 | Command::ConfigApply { .. }
                 | Command::RetentionPurge { .. }
+                | Command::ModelsInstall { .. }
         )
     }
 }
@@ -424,6 +471,24 @@ impl Dispatcher {
                     "cutoff_ms": cutoff_ms,
                     "calls": purged.calls,
                     "recordings": purged.recordings,
+                }))
+            }
+            Command::ModelsInstall { name, url, sha256 } => {
+                let config = self.ctx.config().config;
+                let manifest = crate::models::Manifest::load(&config.models.manifest)
+                    .map_err(|e| e.to_string())?;
+                let installed = crate::models::install_from_url(
+                    &manifest,
+                    &config.models.dir,
+                    name,
+                    url,
+                    sha256,
+                )
+                .map_err(|e| format!("{e}; the installed model is unchanged"))?;
+                tracing::info!(model = %name, path = %installed.path.display(), "model installed on command");
+                Ok(serde_json::json!({
+                    "installed": installed,
+                    "takes_effect": "at the next start of edgevoiced (running engines keep the file they loaded)",
                 }))
             }
             Command::Drain => {
