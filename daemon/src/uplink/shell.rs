@@ -12,7 +12,8 @@
 //!   last will says "offline".
 //! - Remote commands: after CONNACK, `edgevoice/{site}/{device}/cmd/+` at QoS 1. Each message
 //!   goes to the [`CommandHandler`] on a blocking thread (at most [`MAX_COMMANDS_RUNNING`] at
-//!   once; the event loop never waits for a command); its result is appended to the
+//!   once, [`MAX_COMMANDS_QUEUED`] running or waiting, beyond that dropped and logged; the
+//!   event loop never waits for a command); its result is appended to the
 //!   `command_results` stream of the outbox, so it survives a disconnect, and is published on
 //!   `edgevoice/{site}/{device}/cmd-result/{request_id}`.
 
@@ -35,6 +36,9 @@ use crate::store::Store;
 
 /// Commands running at once; further ones wait their turn (the event loop does not).
 pub const MAX_COMMANDS_RUNNING: usize = 4;
+/// Commands running or waiting; beyond this a message is dropped (logged), so a flood of
+/// messages cannot grow memory without bound.
+pub const MAX_COMMANDS_QUEUED: usize = 64;
 /// Largest MQTT packet sent or received (commands carry whole config files).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 
@@ -359,12 +363,21 @@ fn outgoing_message(
 /// Runs one remote command off the event loop and queues its result.
 fn spawn_command(
     handler: Arc<dyn CommandHandler>,
+    queue: Arc<tokio::sync::Semaphore>,
     slots: Arc<tokio::sync::Semaphore>,
     handle: UplinkHandle,
     name: String,
     message: Vec<u8>,
 ) {
+    let Ok(queued) = queue.try_acquire_owned() else {
+        tracing::warn!(
+            command = %name.chars().take(64).collect::<String>(),
+            "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
+        );
+        return;
+    };
     tokio::spawn(async move {
+        let _queued = queued;
         let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
@@ -448,6 +461,7 @@ async fn run(
     commands: Option<Arc<dyn CommandHandler>>,
 ) {
     let command_slots = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING));
+    let command_queue = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED));
     let command_prefix = format!("{base}/cmd/");
     let identity = shared
         .outbox
@@ -580,6 +594,7 @@ async fn run(
                             match (&commands, publish.topic.strip_prefix(&command_prefix)) {
                                 (Some(handler), Some(name)) => spawn_command(
                                     handler.clone(),
+                                    command_queue.clone(),
                                     command_slots.clone(),
                                     UplinkHandle { shared: shared.clone() },
                                     name.to_owned(),
