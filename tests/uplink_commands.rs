@@ -463,6 +463,11 @@ fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
     assert_eq!(std::fs::read_to_string(last_good).unwrap(), file);
     let now = run("config.get", serde_json::json!({}));
     assert_eq!(now["result"]["config"]["daemon"]["log_level"], "warn");
+    let audit = serde_json::to_string(&app.audit()).unwrap();
+    assert!(
+        audit.contains("config.apply") && !audit.contains("broker-secret"),
+        "{audit}"
+    );
 
     // retention.purge: the call made above is younger than a day and stays.
     let r = run("retention.purge", serde_json::json!({"older_than_days": 1}));

@@ -331,6 +331,25 @@ impl Command {
     }
 }
 
+/// The arguments as the audit tree keeps them: a config pushed with `config.apply` holds
+/// passwords, so only its size and sha256 are kept.
+fn audited_args(command: &str, args: &serde_json::Value) -> serde_json::Value {
+    match (command, args.get("toml")) {
+        ("config.apply", Some(toml)) => {
+            use sha2::Digest as _;
+            let text = toml.as_str().unwrap_or_default();
+            serde_json::json!({
+                "toml": format!(
+                    "({} bytes, sha256 {})",
+                    text.len(),
+                    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+                )
+            })
+        }
+        _ => args.clone(),
+    }
+}
+
 pub struct Dispatcher {
     ctx: Arc<DaemonContext>,
 }
@@ -526,7 +545,7 @@ impl Dispatcher {
             channel: principal.channel.clone(),
             who: principal.who.clone(),
             command: req.command.chars().take(200).collect(),
-            args: req.args.clone(),
+            args: audited_args(&req.command, &req.args),
             outcome,
             request_id: if principal.is_remote() {
                 req.id.clone()
@@ -693,6 +712,16 @@ mod tests {
         );
         assert_eq!(ctx.config().config.daemon.log_level, "debug");
         assert!(!dir.path().join("edgevoice.toml.tmp").exists());
+        // The audit keeps neither text nor secrets of the pushed files, only size and hash.
+        let audit = ctx.store().tree::<AuditRecord>().unwrap().newest_json(10);
+        assert_eq!(audit.len(), 3, "{audit:?}");
+        for r in &audit {
+            let kept = r["args"]["toml"].as_str().unwrap();
+            assert!(
+                kept.contains("bytes, sha256") && !kept.contains("state_dir"),
+                "{kept}"
+            );
+        }
     }
 
     #[test]
