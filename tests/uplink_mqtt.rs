@@ -9,6 +9,8 @@
 #[path = "common/audio.rs"]
 mod audio;
 mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt;
 #[path = "common/peers.rs"]
 mod peers;
 
@@ -17,84 +19,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{text, TestDaemon, TestSite};
+use mqtt::Broker;
 use nix::sys::signal::Signal;
 use peers::{PeerProcess, Sipp, SippUac};
 
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", text(bytes)))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A mosquitto with persistence in its own dir; plain listener on `port`, optionally a TLS
-/// listener with client certificates.
-struct Broker {
-    dir: PathBuf,
-    port: u16,
-    tls: Option<(u16, PathBuf)>,
-    proc: Option<PeerProcess>,
-    starts: u32,
-}
-
-impl Broker {
-    fn new(dir: &Path, tls: Option<(u16, PathBuf)>) -> Broker {
-        let dir = dir.join("mosquitto");
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        Broker {
-            port: peers::free_port(),
-            dir,
-            tls,
-            proc: None,
-            starts: 0,
-        }
-    }
-
-    fn start(&mut self) {
-        let mut conf = format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_on_changes true\nautosave_interval 1\nmax_queued_messages 0\nlog_dest stderr\nlog_type all\nlistener {} 127.0.0.1\n",
-            self.dir.join("data").display(),
-            self.port
-        );
-        if is_root() {
-            conf.push_str("user root\n");
-        }
-        if let Some((port, pki)) = &self.tls {
-            conf.push_str(&format!(
-                "listener {port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
-                pki.display()
-            ));
-        }
-        let conf_path = self.dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        self.starts += 1;
-        let log = self.dir.join(format!("mosquitto-{}.log", self.starts));
-        let mut cmd = Command::new("mosquitto");
-        cmd.arg("-c").arg(&conf_path);
-        self.proc = Some(PeerProcess::spawn("mosquitto", &mut cmd, &log));
-        let port = self.port;
-        peers::poll_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "mosquitto did not listen: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    }
-
-    /// SIGTERM: mosquitto saves its store and exits.
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop_with(Signal::SIGTERM, Duration::from_secs(5));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
-    }
 }
 
 /// `mosquitto_sub` with a persistent session (`-c -i`), QoS 1, printing `topic payload` lines.

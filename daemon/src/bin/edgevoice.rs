@@ -12,7 +12,7 @@ use edgevoice::control::protocol::Request;
 use edgevoice::control::AuditRecord;
 use edgevoice::models::{self, Manifest, Outcome, Progress, Source};
 use edgevoice::ops::cli::{
-    CallCommand, CliArgs, CliCommand, ConfigCommand, ModelsCommand, StoreCommand,
+    CallCommand, CliArgs, CliCommand, ConfigCommand, ModelsCommand, RemoteCommand, StoreCommand,
 };
 use edgevoice::ops::Status;
 use edgevoice::store::{Store, StoreInfo};
@@ -160,6 +160,88 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             })
         }
         CliCommand::Models(cmd) => models_command(&args, cmd),
+        CliCommand::Remote(cmd) => remote_command(cmd),
+    }
+}
+
+/// `edgevoice command keygen|sign`: offline, no config or daemon needed.
+fn remote_command(cmd: &RemoteCommand) -> Result<ExitCode> {
+    use edgevoice::control::remote;
+    match cmd {
+        RemoteCommand::Keygen { out, key_id } => {
+            if !remote::valid_id(key_id) {
+                anyhow::bail!("--key-id {key_id:?}: use 1-64 letters, digits, '-', '_' or '.'");
+            }
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed)
+                .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (an existing key is never overwritten; choose another --out)",
+                        out.display()
+                    )
+                })?;
+            file.write_all(remote::encode_signing_key(&key).as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "private key written to {} (mode 0600); add this line to uplink.trusted_keys:",
+                out.display()
+            );
+            println!("{}", remote::public_key_line(key_id, &key.verifying_key()));
+            Ok(ExitCode::SUCCESS)
+        }
+        RemoteCommand::Sign {
+            key,
+            key_id,
+            name,
+            args,
+            ttl,
+            request_id,
+            issued_at,
+        } => {
+            let text = std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read key file {}", key.display()))?;
+            let signing = remote::decode_signing_key(&text)
+                .map_err(|e| anyhow::anyhow!("key file {}: {e}", key.display()))?;
+            let args = match args {
+                Some(a) => {
+                    let v: serde_json::Value = serde_json::from_str(a)
+                        .with_context(|| format!("--args is not JSON: {a}"))?;
+                    if !v.is_object() {
+                        anyhow::bail!("--args must be a JSON object, e.g. '{{\"limit\":5}}'");
+                    }
+                    v
+                }
+                None => serde_json::json!({}),
+            };
+            let request_id = request_id.clone().unwrap_or_else(|| {
+                ulid::Ulid::from_datetime(std::time::SystemTime::now())
+                    .to_string()
+                    .to_lowercase()
+            });
+            if !remote::valid_id(&request_id) || request_id.starts_with('_') {
+                anyhow::bail!("--request-id {request_id:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '_'");
+            }
+            let issued_at = issued_at.unwrap_or_else(remote::now_secs);
+            let payload = remote::CommandPayload {
+                request_id,
+                name: name.clone(),
+                args,
+                issued_at,
+                expires_at: issued_at.saturating_add(*ttl),
+            };
+            println!("{}", remote::sign(&signing, key_id, &payload));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -148,6 +148,52 @@ pub fn get(store: &Store, id: &str) -> Result<Option<CallRecord>, StoreError> {
     store.tree::<CallRecord>()?.get(key)
 }
 
+/// What `retention.purge` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Call records removed.
+    pub calls: usize,
+    /// Recording files removed with them.
+    pub recordings: usize,
+}
+
+/// Removes the records (and recording files) of calls that ended before `cutoff_ms`, in one
+/// atomic batch; live calls and unreadable records stay.
+pub fn purge_ended_before(store: &Store, cutoff_ms: u64) -> Result<Purged, StoreError> {
+    let tree = store.tree::<CallRecord>()?;
+    let mut batch = crate::store::Batch::default();
+    let mut victims = Vec::new();
+    for item in tree.iter() {
+        match item {
+            Ok((key, rec)) if rec.end_at_ms.is_some_and(|end| end < cutoff_ms) => {
+                batch.remove(&key);
+                victims.push(rec);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("retention.purge skips a record: {e}"),
+        }
+    }
+    if victims.is_empty() {
+        return Ok(Purged {
+            calls: 0,
+            recordings: 0,
+        });
+    }
+    tree.apply(batch)?;
+    let mut recordings = 0;
+    for path in victims.iter().filter_map(|r| r.recording.as_ref()) {
+        match std::fs::remove_file(path) {
+            Ok(()) => recordings += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("retention.purge: cannot remove {}: {e}", path.display()),
+        }
+    }
+    Ok(Purged {
+        calls: victims.len(),
+        recordings,
+    })
+}
+
 /// Calls left without an end by a daemon that died: marked `interrupted` at start-up, so the
 /// record says what happened instead of looking live forever. Returns how many.
 pub fn close_interrupted(store: &Store) -> Result<usize, StoreError> {
@@ -167,6 +213,45 @@ pub fn close_interrupted(store: &Store) -> Result<usize, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purge_removes_calls_that_ended_before_the_cutoff_with_their_recordings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let call = |end: Option<u64>, recording: Option<PathBuf>| {
+            let mut r = CallRecord::new_inbound(
+                store.new_id(),
+                "c@x",
+                "sip:a@x",
+                "sip:b@y",
+                "10.0.0.1:5060",
+            );
+            r.end_at_ms = end;
+            r.recording = recording;
+            save(&store, &r).unwrap();
+            r
+        };
+        let wav = dir.path().join("old.wav");
+        std::fs::write(&wav, b"RIFF").unwrap();
+        let old = call(Some(1_000), Some(wav.clone()));
+        let old_gone_wav = call(Some(2_000), Some(dir.path().join("missing.wav")));
+        let recent = call(Some(10_000), None);
+        let live = call(None, None);
+        let purged = purge_ended_before(&store, 5_000).unwrap();
+        assert_eq!(
+            purged,
+            Purged {
+                calls: 2,
+                recordings: 1
+            }
+        );
+        assert!(!wav.exists());
+        assert_eq!(get(&store, &old.id).unwrap(), None);
+        assert_eq!(get(&store, &old_gone_wav.id).unwrap(), None);
+        assert!(get(&store, &recent.id).unwrap().is_some());
+        assert!(get(&store, &live.id).unwrap().is_some());
+        assert_eq!(purge_ended_before(&store, 5_000).unwrap().calls, 0);
+    }
 
     #[test]
     fn records_round_trip_and_interrupted_calls_are_closed_on_start() {

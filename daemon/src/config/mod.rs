@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 pub use agent::{AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SpeechConfig};
 pub use validate::ConfigIssue;
 
+/// True when `directives` is a valid `daemon.log_level` (a level, or comma-separated
+/// `target=level` directives).
+pub fn valid_log_level(directives: &str) -> bool {
+    !directives.trim().is_empty() && directives.split(',').all(validate::valid_log_directive)
+}
+
 /// Where the packaged daemon looks for its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/edgevoice/edgevoice.toml";
 
@@ -64,6 +70,12 @@ pub struct UplinkConfig {
     pub drain_burst: u32,
     pub reconnect_min_ms: u32,
     pub reconnect_max_secs: u32,
+    /// Public keys whose signed commands (`cmd/{name}`) are accepted: `name:base64` entries.
+    pub trusted_keys: Vec<String>,
+    /// Longest allowed `expires_at - issued_at` of a command; bounds the replay ledger.
+    pub command_max_lifetime_secs: u64,
+    /// Clock difference tolerated when checking `issued_at` / `expires_at`.
+    pub command_clock_skew_secs: u64,
 }
 
 impl Default for UplinkConfig {
@@ -88,6 +100,9 @@ impl Default for UplinkConfig {
             drain_burst: 50,
             reconnect_min_ms: 1000,
             reconnect_max_secs: 300,
+            trusted_keys: Vec::new(),
+            command_max_lifetime_secs: 900,
+            command_clock_skew_secs: 60,
         }
     }
 }
@@ -495,7 +510,26 @@ pub fn control_socket_hint(path: &Path) -> PathBuf {
     base.join(runtime_dir).join("control.sock")
 }
 
+/// What `config.get` shows in place of a secret.
+pub const REDACTED: &str = "(redacted)";
+
 impl Config {
+    /// This config with its secrets (passwords) replaced by [`REDACTED`]; empty ones stay
+    /// empty, so "none set" remains visible.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.to_owned();
+            }
+        };
+        hide(&mut c.uplink.password);
+        for account in &mut c.sip.accounts {
+            hide(&mut account.password);
+        }
+        c
+    }
+
     fn resolve_relative_paths(&mut self, base: &Path) {
         for p in [
             &mut self.daemon.state_dir,
@@ -651,6 +685,32 @@ mod tests {
     }
 
     #[test]
+    fn redacted_hides_every_password_and_nothing_else() {
+        let mut c = Config::default();
+        c.uplink.username = "u".into();
+        c.uplink.password = "hunter2".into();
+        c.sip.accounts.push(AccountConfig {
+            name: "a".into(),
+            password: "s3cret".into(),
+            ..AccountConfig::default()
+        });
+        let r = c.redacted();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert_eq!(r.uplink.password, REDACTED);
+        assert_eq!(r.sip.accounts[0].password, REDACTED);
+        assert_eq!(r.uplink.username, "u");
+        assert_eq!(
+            Config::default().redacted(),
+            Config::default(),
+            "empty stays empty"
+        );
+    }
+
+    #[test]
     fn trunk_and_codec_errors_name_the_entry() {
         let text = "[sip]\ncodecs = [\"pcmu\", \"opus\"]\n\n[[sip.trunk]]\nname = \"pbx\"\nallow = [\"10.0.0.0/33\"]\n";
         let lines = parse(text, origin()).unwrap_err().lines();
@@ -760,6 +820,43 @@ mod tests {
         );
         // Off: only the identity keys are checked.
         assert!(parse("[uplink]\nmqtt_version = \"5\"\n", origin()).is_ok());
+    }
+
+    #[test]
+    fn trusted_keys_and_command_limits_are_checked_one_line_each() {
+        let good = "ops:4QeTNedNSmYlH40NnDGh9osGIbqHYoPfw8d6Z4vBnWU=";
+        assert!(parse(
+            &format!("[uplink]\ntrusted_keys = [\"{good}\"]\n"),
+            origin()
+        )
+        .is_ok());
+        let text = format!(
+            "[uplink]\ntrusted_keys = [\"{good}\", \"{good}\", \"nocolon\", \"x:AAAA\"]\ncommand_max_lifetime_secs = 0\ncommand_clock_skew_secs = 99999\n"
+        );
+        let lines = parse(&text, origin()).unwrap_err().lines();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "test.toml:2:16: uplink.trusted_keys: entry 2: key name \"ops\" is listed twice"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("entry 3") && lines[1].contains("keygen"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("entry 4") && lines[2].contains("32"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[3].contains("uplink.command_max_lifetime_secs"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[4].contains("uplink.command_clock_skew_secs"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub(super) fn decode_issue(text: &str, err: &toml::de::Error) -> ConfigIssue {
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-fn valid_log_directive(d: &str) -> bool {
+pub(super) fn valid_log_directive(d: &str) -> bool {
     let level = match d.split_once('=') {
         Some((target, level)) => {
             if target.is_empty() || target.contains(char::is_whitespace) {
@@ -417,6 +417,40 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
             format!(
                 "\"{}\" cannot be an MQTT topic level; use letters, digits, '-', '_' or '.'",
                 u.site_id
+            ),
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, entry) in u.trusted_keys.iter().enumerate() {
+        let key = "uplink.trusted_keys";
+        match crate::control::remote::parse_trusted_key(entry) {
+            Ok(k) if !names.insert(k.name.clone()) => problem(
+                key,
+                format!(
+                    "entry {}: key name \"{}\" is listed twice; give each key its own name",
+                    i + 1,
+                    k.name
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => problem(key, format!("entry {}: {e}", i + 1)),
+        }
+    }
+    if !(1..=7 * 86_400).contains(&u.command_max_lifetime_secs) {
+        problem(
+            "uplink.command_max_lifetime_secs",
+            format!(
+                "{} is out of range; use 1 to 604800 (a week)",
+                u.command_max_lifetime_secs
+            ),
+        );
+    }
+    if u.command_clock_skew_secs > 3600 {
+        problem(
+            "uplink.command_clock_skew_secs",
+            format!(
+                "{} is out of range; use 0 to 3600 (and fix the clocks: run NTP)",
+                u.command_clock_skew_secs
             ),
         );
     }

@@ -1,8 +1,9 @@
 //! Commands to the running daemon: parsed, authorized, executed, audited. The local control
-//! socket uses this dispatcher now; remote MQTT commands will go through the same one.
+//! socket and signed remote commands over MQTT ([`remote`]) go through the same dispatcher.
 
 pub mod client;
 pub mod protocol;
+pub mod remote;
 pub mod socket;
 
 use std::sync::Arc;
@@ -16,10 +17,17 @@ use protocol::{Request, Response};
 /// Who sent a command, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
-    /// `control-socket` now; `mqtt` later.
+    /// `control-socket` or `mqtt`.
     pub channel: String,
-    /// e.g. `uid 1000 pid 4242`.
+    /// e.g. `uid 1000 pid 4242`, `mqtt:<key id>`, `mqtt:unverified`.
     pub who: String,
+}
+
+impl Principal {
+    /// Remote commands are all audited, queries too.
+    fn is_remote(&self) -> bool {
+        self.channel == remote::CHANNEL
+    }
 }
 
 /// One audited command.
@@ -32,6 +40,9 @@ pub struct AuditRecord {
     pub args: serde_json::Value,
     /// `ok`, or `refused: …` / `failed: …` with the reason.
     pub outcome: String,
+    /// The remote command's request id (MQTT), when it had a usable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Record for AuditRecord {
@@ -43,14 +54,75 @@ impl Record for AuditRecord {
 enum Command {
     Status,
     StoreInfo,
-    AuditList { limit: usize },
+    AuditList {
+        limit: usize,
+    },
     ConfigReload,
-    CallsList { limit: usize },
-    CallGet { id: String },
-    CallHangup { id: String },
-    CallTransfer { id: String, target: String },
-    CallDtmf { id: String, digits: String },
-    CallDial { to: String, ring_timeout_secs: u64 },
+    CallsList {
+        limit: usize,
+    },
+    CallGet {
+        id: String,
+    },
+    CallHangup {
+        id: String,
+    },
+    CallTransfer {
+        id: String,
+        target: String,
+    },
+    CallDtmf {
+        id: String,
+        digits: String,
+    },
+    CallDial {
+        to: String,
+        ring_timeout_secs: u64,
+    },
+    LogLevel {
+        level: String,
+    },
+    Drain,
+    Undrain,
+    ConfigGet,
+    ConfigApply {
+        toml: String,
+    },
+    RetentionPurge {
+        older_than_days: u32,
+    },
+    ModelsInstall {
+        name: String,
+        url: String,
+        sha256: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsInstallArgs {
+    name: String,
+    url: String,
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionPurgeArgs {
+    older_than_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigApplyArgs {
+    /// The whole config file.
+    toml: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelArgs {
+    level: String,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +186,13 @@ const COMMANDS: &[&str] = &[
     "call.transfer",
     "call.dtmf",
     "call.dial",
+    "log.level",
+    "drain",
+    "undrain",
+    "config.get",
+    "config.apply",
+    "retention.purge",
+    "models.install",
 ];
 
 impl Command {
@@ -133,6 +212,33 @@ impl Command {
             "status" => no_args(Command::Status),
             "store.info" => no_args(Command::StoreInfo),
             "config.reload" => no_args(Command::ConfigReload),
+            "drain" => no_args(Command::Drain),
+            "config.get" => no_args(Command::ConfigGet),
+            "models.install" => {
+                let a: ModelsInstallArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `models.install`: {e}"))?;
+                Ok(Command::ModelsInstall {
+                    name: a.name,
+                    url: a.url,
+                    sha256: a.sha256,
+                })
+            }
+            "retention.purge" => {
+                let a: RetentionPurgeArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `retention.purge`: {e}"))?;
+                if !(1..=36_500).contains(&a.older_than_days) {
+                    return Err("older_than_days must be 1 to 36500".into());
+                }
+                Ok(Command::RetentionPurge {
+                    older_than_days: a.older_than_days,
+                })
+            }
+            "config.apply" => {
+                let a: ConfigApplyArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `config.apply`: {e}"))?;
+                Ok(Command::ConfigApply { toml: a.toml })
+            }
+            "undrain" => no_args(Command::Undrain),
             "audit.list" => {
                 let a: AuditListArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `audit.list`: {e}"))?;
@@ -194,6 +300,11 @@ impl Command {
                     digits: a.digits,
                 })
             }
+            "log.level" => {
+                let a: LogLevelArgs = serde_json::from_value(args)
+                    .map_err(|e| format!("bad arguments for `log.level`: {e}"))?;
+                Ok(Command::LogLevel { level: a.level })
+            }
             other => Err(format!(
                 "unknown command `{other}`; known commands: {}",
                 COMMANDS.join(", ")
@@ -210,7 +321,32 @@ impl Command {
                 | Command::CallTransfer { .. }
                 | Command::CallDtmf { .. }
                 | Command::CallDial { .. }
+                | Command::LogLevel { .. }
+                | Command::Drain
+                | Command::Undrain
+                | Command::ConfigApply { .. }
+                | Command::RetentionPurge { .. }
+                | Command::ModelsInstall { .. }
         )
+    }
+}
+
+/// The arguments as the audit tree keeps them: a config pushed with `config.apply` holds
+/// passwords, so only its size and sha256 are kept.
+fn audited_args(command: &str, args: &serde_json::Value) -> serde_json::Value {
+    match (command, args.get("toml")) {
+        ("config.apply", Some(toml)) => {
+            use sha2::Digest as _;
+            let text = toml.as_str().unwrap_or_default();
+            serde_json::json!({
+                "toml": format!(
+                    "({} bytes, sha256 {})",
+                    text.len(),
+                    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+                )
+            })
+        }
+        _ => args.clone(),
     }
 }
 
@@ -235,7 +371,7 @@ impl Dispatcher {
             }
         };
         let result = self.execute(&command);
-        if command.changes_state() {
+        if command.changes_state() || principal.is_remote() {
             let outcome = match &result {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => format!("failed: {e}"),
@@ -324,6 +460,64 @@ impl Dispatcher {
                     Err(_) => Err("the call task ended without an outcome".into()),
                 }
             }
+            Command::LogLevel { level } => {
+                let previous = self.ctx.set_log_level(level)?;
+                Ok(serde_json::json!({ "level": level, "previous": previous }))
+            }
+            Command::ConfigGet => {
+                let loaded = self.ctx.config();
+                Ok(serde_json::json!({
+                    "source": loaded.source,
+                    "config": to_json(serde_json::to_value(loaded.config.redacted()))?,
+                }))
+            }
+            Command::ConfigApply { toml } => {
+                to_json(serde_json::to_value(self.ctx.apply_config(toml)?))
+            }
+            Command::RetentionPurge { older_than_days } => {
+                let cutoff_ms =
+                    store::now_ms().saturating_sub(u64::from(*older_than_days) * 86_400_000);
+                let purged = crate::call::record::purge_ended_before(self.ctx.store(), cutoff_ms)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    older_than_days,
+                    calls = purged.calls,
+                    recordings = purged.recordings,
+                    "retention.purge"
+                );
+                Ok(serde_json::json!({
+                    "older_than_days": older_than_days,
+                    "cutoff_ms": cutoff_ms,
+                    "calls": purged.calls,
+                    "recordings": purged.recordings,
+                }))
+            }
+            Command::ModelsInstall { name, url, sha256 } => {
+                let config = self.ctx.config().config;
+                let manifest = crate::models::Manifest::load(&config.models.manifest)
+                    .map_err(|e| e.to_string())?;
+                let installed = crate::models::install_from_url(
+                    &manifest,
+                    &config.models.dir,
+                    name,
+                    url,
+                    sha256,
+                )
+                .map_err(|e| format!("{e}; the installed model is unchanged"))?;
+                tracing::info!(model = %name, path = %installed.path.display(), "model installed on command");
+                Ok(serde_json::json!({
+                    "installed": installed,
+                    "takes_effect": "at the next start of edgevoiced (running engines keep the file they loaded)",
+                }))
+            }
+            Command::Drain => {
+                let active = self.ctx.drain();
+                Ok(serde_json::json!({ "phase": "draining", "active_calls": active }))
+            }
+            Command::Undrain => {
+                self.ctx.undrain()?;
+                Ok(serde_json::json!({ "phase": self.ctx.phase() }))
+            }
             Command::ConfigReload => match self.ctx.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(
@@ -344,14 +538,20 @@ impl Dispatcher {
             .ok_or_else(|| format!("no live call with id {id}; `edgevoice calls` lists calls"))
     }
 
-    fn audit(&self, principal: &Principal, req: &Request, outcome: String) {
+    /// Writes one audit record (logged, not returned, if the store refuses).
+    pub(crate) fn audit(&self, principal: &Principal, req: &Request, outcome: String) {
         let record = AuditRecord {
             at_ms: store::now_ms(),
             channel: principal.channel.clone(),
             who: principal.who.clone(),
             command: req.command.chars().take(200).collect(),
-            args: req.args.clone(),
+            args: audited_args(&req.command, &req.args),
             outcome,
+            request_id: if principal.is_remote() {
+                req.id.clone()
+            } else {
+                None
+            },
         };
         let store = self.ctx.store();
         let result = store
@@ -385,6 +585,143 @@ mod tests {
             Command::parse(&req("audit.list", serde_json::Value::Null)),
             Ok(Command::AuditList { limit: 20 })
         );
+    }
+
+    fn context(
+        dir: &std::path::Path,
+        log: Option<crate::ops::logging::LogControl>,
+    ) -> (Dispatcher, Arc<DaemonContext>) {
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = dir.join("state");
+        config.daemon.runtime_dir = dir.join("run");
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.join("edgevoice.toml"),
+        };
+        let store = crate::store::Store::open(&dir.join("state")).unwrap();
+        let ctx = Arc::new(DaemonContext::new(loaded, store, log));
+        (Dispatcher::new(ctx.clone()), ctx)
+    }
+
+    fn local() -> Principal {
+        Principal {
+            channel: "control-socket".into(),
+            who: "test".into(),
+        }
+    }
+
+    #[test]
+    fn log_level_changes_the_filter_and_the_running_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _subscriber) = crate::ops::logging::LogControl::detached("info");
+        let (d, ctx) = context(dir.path(), Some(log));
+        let r = d.handle(
+            &local(),
+            req("log.level", serde_json::json!({"level": "debug,sled=warn"})),
+        );
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.result.unwrap()["previous"], "info");
+        assert_eq!(ctx.config().config.daemon.log_level, "debug,sled=warn");
+        let r = d.handle(
+            &local(),
+            req("log.level", serde_json::json!({"level": "loud"})),
+        );
+        assert!(!r.ok && r.error.unwrap().contains("not a log level"));
+        assert_eq!(ctx.config().config.daemon.log_level, "debug,sled=warn");
+        let r = d.handle(&local(), req("log.level", serde_json::json!({})));
+        assert!(!r.ok);
+        // State-changing: audited, refusals too.
+        let audit = ctx.store().tree::<AuditRecord>().unwrap().newest_json(10);
+        assert_eq!(audit.len(), 3, "{audit:?}");
+    }
+
+    #[test]
+    fn drain_refuses_new_calls_until_undrain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, ctx) = context(dir.path(), None);
+        let r = d.handle(&local(), req("drain", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.result.unwrap()["phase"], "draining");
+        assert_eq!(ctx.status().phase, crate::ops::Phase::Draining);
+        assert!(ctx.work().try_begin(10).is_none(), "new calls refused");
+        let r = d.handle(&local(), req("undrain", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        assert_eq!(ctx.status().phase, crate::ops::Phase::Ready);
+        assert!(ctx.work().try_begin(10).is_some(), "calls taken again");
+    }
+
+    #[test]
+    fn config_get_shows_the_running_config_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.uplink.username = "dev".into();
+        config.uplink.password = "hunter2".into();
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.path().join("edgevoice.toml"),
+        };
+        let store = crate::store::Store::open(&dir.path().join("state")).unwrap();
+        let d = Dispatcher::new(Arc::new(DaemonContext::new(loaded, store, None)));
+        let r = d.handle(&local(), req("config.get", serde_json::Value::Null));
+        assert!(r.ok, "{r:?}");
+        let v = r.result.unwrap();
+        assert_eq!(v["config"]["uplink"]["username"], "dev");
+        assert_eq!(v["config"]["uplink"]["password"], crate::config::REDACTED);
+        assert!(!v.to_string().contains("hunter2"));
+        assert_eq!(
+            v["source"],
+            dir.path().join("edgevoice.toml").display().to_string()
+        );
+    }
+
+    #[test]
+    fn config_apply_validates_replaces_the_file_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, ctx) = context(dir.path(), None);
+        let source = dir.path().join("edgevoice.toml");
+        let old = format!(
+            "[daemon]\nstate_dir = \"{}\"\nruntime_dir = \"run\"\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&source, &old).unwrap();
+        let apply = |text: &str| {
+            d.handle(
+                &local(),
+                req("config.apply", serde_json::json!({ "toml": text })),
+            )
+        };
+        // Invalid: refused, file and running config untouched.
+        let r = apply(&format!("{old}log_level = \"loud\"\n"));
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("config refused") && e.contains("daemon.log_level"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), old);
+        assert!(!dir.path().join("edgevoice.toml.last-good").exists());
+        let r = apply("[daemon\n");
+        assert!(!r.ok);
+        // Valid: applied, the old file kept as last good.
+        let new = format!("{old}log_level = \"debug\"\n");
+        let r = apply(&new);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), new);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("edgevoice.toml.last-good")).unwrap(),
+            old
+        );
+        assert_eq!(ctx.config().config.daemon.log_level, "debug");
+        assert!(!dir.path().join("edgevoice.toml.tmp").exists());
+        // The audit keeps neither text nor secrets of the pushed files, only size and hash.
+        let audit = ctx.store().tree::<AuditRecord>().unwrap().newest_json(10);
+        assert_eq!(audit.len(), 3, "{audit:?}");
+        for r in &audit {
+            let kept = r["args"]["toml"].as_str().unwrap();
+            assert!(
+                kept.contains("bytes, sha256") && !kept.contains("state_dir"),
+                "{kept}"
+            );
+        }
     }
 
     #[test]

@@ -376,6 +376,109 @@ fn install_entry(
     result
 }
 
+/// Largest file `models.install` downloads.
+pub const MAX_REMOTE_MODEL_BYTES: u64 = 32 * 1024 * 1024 * 1024;
+
+/// What `models.install` put in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The `models.install` command: downloads `url` for the manifest entry `name` into a
+/// temporary name beside the installed file, hashing while it writes, and renames it into
+/// place only when its sha256 is `sha256`. A mismatch, a failed or partial download leaves the
+/// installed file untouched. Engines that already mapped the old file keep it (a rename does
+/// not change an open file); the new one is used from the next start.
+pub fn install_from_url(
+    manifest: &Manifest,
+    models_dir: &Path,
+    name: &str,
+    url: &str,
+    sha256: &str,
+) -> Result<InstalledFile, ModelError> {
+    let entry = manifest
+        .models
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ModelError::Download {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            reason: format!(
+                "no model named \"{name}\" in the manifest; known: {}",
+                manifest
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    let fail = |reason: String| ModelError::Download {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        reason,
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(fail("only http:// and https:// URLs are downloaded".into()));
+    }
+    let sha256 = sha256.to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(fail("sha256 must be 64 hex digits".into()));
+    }
+    let dest = models_dir.join(&entry.file);
+    let write_err = |source| ModelError::Write {
+        name: name.to_owned(),
+        path: dest.clone(),
+        source,
+    };
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(write_err)?;
+    }
+    let tmp = dest.with_file_name(format!(
+        ".{}.partial",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("model")
+    ));
+    let result = (|| {
+        let response = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
+        let mut reader = response.into_body().into_reader();
+        let mut out = File::create(&tmp).map_err(write_err)?;
+        let (actual, size) =
+            hash_reader(&mut reader, &mut out, &mut Silent, MAX_REMOTE_MODEL_BYTES)
+                .map_err(|e| fail(e.to_string()))?;
+        if size > MAX_REMOTE_MODEL_BYTES {
+            return Err(fail(format!(
+                "more than {MAX_REMOTE_MODEL_BYTES} bytes; refused"
+            )));
+        }
+        if actual != sha256 {
+            return Err(fail(format!(
+                "the file has sha256 {actual} ({size} bytes), not the {sha256} asked for; nothing was replaced"
+            )));
+        }
+        out.sync_all().map_err(write_err)?;
+        std::fs::rename(&tmp, &dest).map_err(write_err)?;
+        if let Some(parent) = dest.parent() {
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(InstalledFile {
+            name: name.to_owned(),
+            path: dest.clone(),
+            size,
+            sha256: actual,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn copy_from_mirror(
     entry: &ModelEntry,
     mirror: &Path,
@@ -536,6 +639,69 @@ mod tests {
             0,
             "no partial file left"
         );
+    }
+
+    /// Serves `body` to each of `n` HTTP requests on 127.0.0.1; returns the URL.
+    fn serve(body: &'static [u8], n: usize) -> String {
+        use std::io::BufRead as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(n) {
+                let mut stream = stream.unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        format!("http://127.0.0.1:{port}/model.bin")
+    }
+
+    #[test]
+    fn install_from_url_swaps_in_only_a_file_with_the_given_sha256() {
+        let mirror = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let entry = entry_for(mirror.path(), "a.bin", b"version one");
+        std::fs::copy(mirror.path().join("a.bin"), models.path().join("a.bin")).unwrap();
+        let manifest = Manifest {
+            schema: 1,
+            models: vec![entry],
+        };
+        let url = serve(b"version two", 2);
+        let good = hex::encode(Sha256::digest(b"version two"));
+        let wrong = hex::encode(Sha256::digest(b"something else"));
+        let err = install_from_url(&manifest, models.path(), "a.bin", &url, &wrong).unwrap_err();
+        assert!(err.to_string().contains("not the"), "{err}");
+        assert_eq!(
+            std::fs::read(models.path().join("a.bin")).unwrap(),
+            b"version one"
+        );
+        assert!(!models.path().join(".a.bin.partial").exists());
+        let done = install_from_url(&manifest, models.path(), "a.bin", &url, &good).unwrap();
+        assert_eq!(done.size, 11);
+        assert_eq!(
+            std::fs::read(models.path().join("a.bin")).unwrap(),
+            b"version two"
+        );
+        let err = install_from_url(&manifest, models.path(), "nope", &url, &good).unwrap_err();
+        assert!(err.to_string().contains("no model named"), "{err}");
+        let err = install_from_url(
+            &manifest,
+            models.path(),
+            "a.bin",
+            "file:///etc/passwd",
+            &good,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("http"), "{err}");
     }
 
     #[test]

@@ -83,9 +83,51 @@ pub enum CliCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Signed remote commands: make a key pair, sign a command for mosquitto_pub.
+    #[command(subcommand, name = "command")]
+    Remote(RemoteCommand),
     /// Write the man pages of edgevoiced and edgevoice into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Make an Ed25519 key pair: the private key goes to --out (mode 0600, never overwritten),
+    /// the `uplink.trusted_keys` line for the appliances' config is printed.
+    Keygen {
+        /// Private key file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name of the key in uplink.trusted_keys and in the envelopes' key_id.
+        #[arg(long, default_value = "operator")]
+        key_id: String,
+    },
+    /// Print the signed envelope of one command, to publish on
+    /// edgevoice/SITE/DEVICE/cmd/NAME (e.g. with mosquitto_pub -m).
+    Sign {
+        /// Private key file from `edgevoice command keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's name in the appliances' uplink.trusted_keys.
+        #[arg(long)]
+        key_id: String,
+        /// Command name, e.g. status, config.get, log.level.
+        #[arg(long)]
+        name: String,
+        /// Arguments as a JSON object, e.g. '{"level":"debug"}'.
+        #[arg(long)]
+        args: Option<String>,
+        /// Seconds the command stays valid.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// Request id (default: a new ULID); results arrive on cmd-result/<request id>.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Issue time in unix seconds (default: now).
+        #[arg(long)]
+        issued_at: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -195,7 +237,7 @@ mod tests {
         let pages = render_man_pages(dir.path()).unwrap();
         let cli = std::fs::read_to_string(&pages[1]).unwrap();
         for sub in [
-            "status", "reload", "config", "models", "store", "audit", "calls", "call",
+            "status", "reload", "config", "models", "store", "audit", "calls", "call", "command",
         ] {
             assert!(cli.contains(sub), "man page lacks {sub}");
         }

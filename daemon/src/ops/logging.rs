@@ -17,6 +17,11 @@ pub struct LogControl {
 }
 
 impl LogControl {
+    /// True when `RUST_LOG` pins the filter (level changes are then not applied).
+    pub fn is_pinned(&self) -> bool {
+        self.env_override
+    }
+
     /// Applies a new `daemon.log_level` unless `RUST_LOG` pins the filter.
     pub fn set_level(&self, directives: &str) -> Result<(), String> {
         if self.env_override {
@@ -25,6 +30,25 @@ impl LogControl {
         let filter =
             EnvFilter::try_new(with_library_defaults(directives)).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+impl LogControl {
+    /// A control over a filter that is not installed globally; keep the returned subscriber
+    /// alive while the control is used.
+    pub(crate) fn detached(
+        level: &str,
+    ) -> (LogControl, Box<dyn tracing::Subscriber + Send + Sync>) {
+        let (filter, handle) = reload::Layer::new(EnvFilter::new(level));
+        let subscriber = tracing_subscriber::registry().with(filter);
+        (
+            LogControl {
+                handle,
+                env_override: false,
+            },
+            Box::new(subscriber),
+        )
     }
 }
 

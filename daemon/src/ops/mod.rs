@@ -102,6 +102,48 @@ pub struct ReloadOutcome {
     pub restart_required: Vec<String>,
 }
 
+/// Result of `config.apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    pub source: PathBuf,
+    /// The previous file, kept for a manual roll-back.
+    pub last_good: PathBuf,
+    /// Keys that changed but need a restart; their running values were kept.
+    pub restart_required: Vec<String>,
+}
+
+/// `dir/name` → `dir/name{suffix}`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Replaces `path` with `bytes` so a crash leaves the old or the new file, never a mix: a
+/// temporary file beside it (same mode), fsynced, renamed over it, the directory fsynced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = sibling(path, ".tmp");
+    let mode = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        if let Some(mode) = mode {
+            file.set_permissions(mode)?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Everything the running daemon shares between its tasks.
 pub struct DaemonContext {
     started: Instant,
@@ -117,6 +159,10 @@ pub struct DaemonContext {
     registrations: std::sync::OnceLock<crate::telephony::sip::registration::RegistrationBoard>,
     uplink: std::sync::OnceLock<crate::uplink::UplinkHandle>,
     uplink_error: std::sync::OnceLock<String>,
+    /// Set once SIGTERM/SIGINT started the final drain: `undrain` is refused from then on.
+    stopping: std::sync::atomic::AtomicBool,
+    /// One `config.apply` at a time.
+    applying: std::sync::Mutex<()>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -132,6 +178,8 @@ impl DaemonContext {
             log,
             notifier: Notifier::from_env(),
             call_shutdown: tokio::sync::watch::channel(false).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            applying: std::sync::Mutex::new(()),
             sip_listen: std::sync::OnceLock::new(),
             live_calls: crate::call::LiveCalls::default(),
             telephony: std::sync::OnceLock::new(),
@@ -218,6 +266,128 @@ impl DaemonContext {
                 (None, None) => "not configured".to_owned(),
             },
             uplink_detail: self.uplink.get().map(|u| u.report()),
+        }
+    }
+
+    /// Stops taking new calls (new INVITEs get 503, OPTIONS too) while the daemon keeps running
+    /// and active calls go on: the `drain` command. Returns the active call count.
+    pub fn drain(&self) -> usize {
+        self.work.start_drain();
+        self.set_phase(Phase::Draining);
+        let active = self.work.active();
+        tracing::warn!(
+            active,
+            "draining on command: new calls are refused until `undrain`"
+        );
+        self.notifier.status(&self.status().summary());
+        active
+    }
+
+    /// Takes calls again after [`drain`](Self::drain); refused once the daemon is stopping.
+    pub fn undrain(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("the daemon is stopping (SIGTERM); it cannot take calls again".into());
+        }
+        if self.phase() == Phase::Draining {
+            self.work.stop_drain();
+            self.set_phase(Phase::Ready);
+            tracing::info!("drain ended on command: taking calls again");
+            self.notifier.status(&self.status().summary());
+        }
+        Ok(())
+    }
+
+    /// Changes the log filter now (`log.level`); the running config's `daemon.log_level`
+    /// follows, so `config.get` shows it, and a reload re-applies the file's value. Returns the
+    /// previous value.
+    pub fn set_log_level(&self, directives: &str) -> Result<String, String> {
+        if !config::valid_log_level(directives) {
+            return Err(format!(
+                "\"{directives}\" is not a log level; use off, error, warn, info, debug or trace, or directives like \"info,edgevoice::uplink=debug\""
+            ));
+        }
+        let log = self
+            .log
+            .as_ref()
+            .ok_or("logging is not controllable in this process")?;
+        if log.is_pinned() {
+            return Err("RUST_LOG is set in the daemon's environment and pins the filter; unset it to change the level at run time".into());
+        }
+        log.set_level(directives)?;
+        let mut running = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let previous =
+            std::mem::replace(&mut running.config.daemon.log_level, directives.to_owned());
+        tracing::info!(level = directives, previous = %previous, "log level changed");
+        Ok(previous)
+    }
+
+    /// `config.apply`: validates `text` as the config file; if valid, keeps the current file as
+    /// `<file>.last-good`, replaces the file atomically and applies it through [`reload`]
+    /// (the SIGHUP path). If that fails, the last good file is put back. A refused text
+    /// changes neither the file nor the running config.
+    ///
+    /// [`reload`]: Self::reload
+    pub fn apply_config(&self, text: &str) -> Result<ApplyOutcome, String> {
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let source = self.config().source;
+        if let Err(e) = config::parse(text, &source) {
+            return Err(format!(
+                "config refused, running config and file kept: {}",
+                e.lines().join("; ")
+            ));
+        }
+        let last_good = sibling(&source, ".last-good");
+        match config::load(&source) {
+            Ok(_) => {
+                let current = std::fs::read(&source)
+                    .map_err(|e| format!("cannot read {} ({e})", source.display()))?;
+                write_atomically(&last_good, &current).map_err(|e| {
+                    format!(
+                        "cannot keep the last good config as {} ({e}); the daemon needs write access to {}",
+                        last_good.display(),
+                        source.parent().unwrap_or(Path::new("/")).display()
+                    )
+                })?;
+            }
+            // The file on disk was broken by hand: an older last-good copy stays the fallback.
+            Err(e) => tracing::warn!(
+                "config.apply: {} does not validate ({}); keeping the older {}",
+                source.display(),
+                e.lines().join("; "),
+                last_good.display()
+            ),
+        }
+        write_atomically(&source, text.as_bytes()).map_err(|e| {
+            format!(
+                "cannot write {} ({e}); nothing changed; the daemon needs write access to it and its directory",
+                source.display()
+            )
+        })?;
+        match self.reload() {
+            Ok(outcome) => {
+                tracing::info!(source = %source.display(), last_good = %last_good.display(), "config applied on command");
+                Ok(ApplyOutcome {
+                    source,
+                    last_good,
+                    restart_required: outcome.restart_required,
+                })
+            }
+            Err(e) => {
+                let restored =
+                    std::fs::read(&last_good).and_then(|good| write_atomically(&source, &good));
+                let what = match restored {
+                    Ok(()) => format!("{} restored from {}", source.display(), last_good.display()),
+                    Err(r) => format!(
+                        "restoring {} from {} failed too ({r}); fix the file by hand",
+                        source.display(),
+                        last_good.display()
+                    ),
+                };
+                Err(format!(
+                    "the new config did not apply ({}); running config kept, {what}",
+                    e.lines().join("; ")
+                ))
+            }
         }
     }
 
@@ -335,7 +505,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
 
     let dispatcher = Arc::new(control::Dispatcher::new(ctx.clone()));
-    let server = tokio::spawn(control::socket::serve(listener, dispatcher));
+    let server = tokio::spawn(control::socket::serve(listener, dispatcher.clone()));
     if ctx.config().config.uplink.enabled {
         let weak = Arc::downgrade(&ctx);
         let health = Arc::new(move || match weak.upgrade() {
@@ -344,7 +514,16 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         });
         let device_id = ctx.store.instance().device_id.clone();
         let owner: Arc<dyn crate::uplink::StoreOwner> = ctx.clone();
-        match crate::uplink::start(&ctx.config().config.uplink, owner, &device_id, health) {
+        let commands: Arc<dyn crate::uplink::CommandHandler> = Arc::new(
+            control::remote::RemoteCommands::new(ctx.clone(), dispatcher.clone()),
+        );
+        match crate::uplink::start(
+            &ctx.config().config.uplink,
+            owner,
+            &device_id,
+            health,
+            Some(commands),
+        ) {
             Ok(handle) => {
                 let _ = ctx.uplink.set(handle);
             }
@@ -360,7 +539,10 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let _ = ctx.registrations.set(sip.registrations.clone());
     let _ = ctx.telephony.set(telephony);
 
-    ctx.set_phase(Phase::Ready);
+    // A `drain` command that arrived during start-up stays in force.
+    if !ctx.work.is_draining() {
+        ctx.set_phase(Phase::Ready);
+    }
     let mut last_status = ctx.status().summary();
     ctx.notifier.ready(&last_status);
     tracing::info!(
@@ -405,6 +587,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         }
     };
 
+    ctx.stopping.store(true, Ordering::Release);
     ctx.set_phase(Phase::Draining);
     ctx.work.start_drain();
     let active = ctx.work.active();

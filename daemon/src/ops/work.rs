@@ -63,6 +63,11 @@ impl ActiveWork {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Takes new work again after [`start_drain`](Self::start_drain) (the `undrain` command).
+    pub fn stop_drain(&self) {
+        self.draining.store(false, Ordering::Release);
+    }
+
     /// Waits until no work is active or `timeout` passes; true if it became idle.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
         let wait = async {
@@ -92,6 +97,8 @@ mod tests {
         assert_eq!(work.active(), 1);
         work.start_drain();
         assert!(work.try_begin(2).is_none(), "draining");
+        work.stop_drain();
+        assert!(work.try_begin(2).is_some(), "resumed");
     }
 
     #[tokio::test(start_paused = true)]

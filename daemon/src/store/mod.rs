@@ -43,11 +43,13 @@ pub enum TreeName {
     Leads,
     Outbox,
     Audit,
+    /// Request ids of remote commands already seen, until they expire (replay protection).
+    CommandIds,
     Meta,
 }
 
 impl TreeName {
-    pub const ALL: [TreeName; 8] = [
+    pub const ALL: [TreeName; 9] = [
         TreeName::Calls,
         TreeName::Transcripts,
         TreeName::Summaries,
@@ -55,6 +57,7 @@ impl TreeName {
         TreeName::Leads,
         TreeName::Outbox,
         TreeName::Audit,
+        TreeName::CommandIds,
         TreeName::Meta,
     ];
 
@@ -67,6 +70,7 @@ impl TreeName {
             TreeName::Leads => "leads",
             TreeName::Outbox => "outbox",
             TreeName::Audit => "audit",
+            TreeName::CommandIds => "command_ids",
             TreeName::Meta => "meta",
         }
     }
@@ -445,6 +449,26 @@ impl<R: Record> TypedTree<'_, R> {
             .insert(key.as_ref(), Self::encode(record)?)
             .map(|_| ())
             .map_err(self.err("write"))
+    }
+
+    /// Writes `record` under `key` only if the key is absent, atomically, and flushes before
+    /// returning; false (nothing written) when the key was already there.
+    pub fn insert_new(&self, key: impl AsRef<[u8]>, record: &R) -> Result<bool, StoreError> {
+        let swapped = self
+            .tree
+            .compare_and_swap(
+                key.as_ref(),
+                None as Option<&[u8]>,
+                Some(Self::encode(record)?),
+            )
+            .map_err(self.err("write"))?;
+        match swapped {
+            Ok(()) => {
+                self.store.flush()?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {

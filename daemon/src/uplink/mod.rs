@@ -29,7 +29,10 @@ pub use outbox::{
     OutboxStatus, Priority, PriorityPolicy, Publish, Sequence, Stream, StreamCounters,
     StreamStatus, WhenFull,
 };
-pub use shell::{start, StoreOwner, UplinkHandle, UplinkReport, UplinkStartError};
+pub use shell::{
+    start, CommandHandler, StoreOwner, UplinkHandle, UplinkReport, UplinkStartError,
+    MAX_COMMANDS_RUNNING,
+};
 
 /// What `edgevoice status` shows of the uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

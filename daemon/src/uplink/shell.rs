@@ -10,6 +10,12 @@
 //!   A PUBACK for a mapped id is the only thing that deletes a message (`handle_puback`).
 //! - Retained `edgevoice/{site}/{device}/status` "online" after CONNACK; the same topic as
 //!   last will says "offline".
+//! - Remote commands: after CONNACK, `edgevoice/{site}/{device}/cmd/+` at QoS 1. Each message
+//!   goes to the [`CommandHandler`] on a blocking thread (at most [`MAX_COMMANDS_RUNNING`] at
+//!   once, [`MAX_COMMANDS_QUEUED`] running or waiting, beyond that dropped and logged; the
+//!   event loop never waits for a command); its result is appended to the
+//!   `command_results` stream of the outbox, so it survives a disconnect, and is published on
+//!   `edgevoice/{site}/{device}/cmd-result/{request_id}`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,20 @@ use super::{
 };
 use crate::config::UplinkConfig;
 use crate::store::Store;
+
+/// Commands running at once; further ones wait their turn (the event loop does not).
+pub const MAX_COMMANDS_RUNNING: usize = 4;
+/// Commands running or waiting; beyond this a message is dropped (logged), so a flood of
+/// messages cannot grow memory without bound.
+pub const MAX_COMMANDS_QUEUED: usize = 64;
+/// Largest MQTT packet sent or received (commands carry whole config files).
+const MAX_PACKET_BYTES: usize = 256 * 1024;
+
+/// Turns one message from `cmd/{name}` into the JSON result to publish (verification, replay
+/// check, audit, execution). Called on a blocking thread.
+pub trait CommandHandler: Send + Sync + 'static {
+    fn handle(&self, topic_name: &str, message: &[u8]) -> Vec<u8>;
+}
 
 /// Whoever owns the store lends it to the uplink's blocking calls.
 pub trait StoreOwner: Send + Sync + 'static {
@@ -154,6 +174,7 @@ pub fn start(
     owner: Arc<dyn StoreOwner>,
     device_id: &str,
     health: Arc<dyn Fn() -> String + Send + Sync>,
+    commands: Option<Arc<dyn CommandHandler>>,
 ) -> Result<UplinkHandle, UplinkStartError> {
     let identity = Identity::new(&config.site_id, device_id)?;
     let outbox_config = OutboxConfig {
@@ -197,7 +218,8 @@ pub fn start(
         .set_clean_session(true)
         // A little above the outbox's window, so rumqttc's packet ids rarely collide.
         .set_inflight(config.max_in_flight.saturating_add(4))
-        .set_request_channel_capacity(usize::from(config.max_in_flight) + 8);
+        .set_request_channel_capacity(usize::from(config.max_in_flight) + 8)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if !config.username.is_empty() {
         options.set_credentials(config.username.clone(), config.password.clone());
     }
@@ -225,7 +247,7 @@ pub fn start(
     let handle = UplinkHandle {
         shared: shared.clone(),
     };
-    tokio::spawn(run(shared, options, reconnect, base, health));
+    tokio::spawn(run(shared, options, reconnect, base, health, commands));
     Ok(handle)
 }
 
@@ -307,6 +329,70 @@ fn envelope(identity: &Identity, id: MessageId, key: &str, payload: &[u8]) -> Ve
     .into_bytes()
 }
 
+/// Topic and body of one outbox message. Command results go to `cmd-result/{request_id}` as
+/// the result object with the idempotency key added; everything else to `events/{stream}` in
+/// the [`envelope`].
+fn outgoing_message(
+    identity: &Identity,
+    base: &str,
+    id: MessageId,
+    key: &str,
+    payload: &[u8],
+) -> (String, Vec<u8>) {
+    if id.stream == Stream::CommandResults {
+        if let Ok(serde_json::Value::Object(mut result)) =
+            serde_json::from_slice::<serde_json::Value>(payload)
+        {
+            let request_id = result
+                .get("request_id")
+                .and_then(|r| r.as_str())
+                .filter(|r| crate::control::remote::valid_id(r))
+                .unwrap_or(crate::control::remote::NO_REQUEST_ID)
+                .to_owned();
+            result.insert("key".into(), serde_json::Value::String(key.to_owned()));
+            let body = serde_json::to_vec(&result).unwrap_or_default();
+            return (format!("{base}/cmd-result/{request_id}"), body);
+        }
+    }
+    (
+        format!("{base}/events/{}", id.stream.as_str()),
+        envelope(identity, id, key, payload),
+    )
+}
+
+/// Runs one remote command off the event loop and queues its result.
+fn spawn_command(
+    handler: Arc<dyn CommandHandler>,
+    queue: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
+    handle: UplinkHandle,
+    name: String,
+    message: Vec<u8>,
+) {
+    let Ok(queued) = queue.try_acquire_owned() else {
+        tracing::warn!(
+            command = %name.chars().take(64).collect::<String>(),
+            "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        let _queued = queued;
+        let Ok(_permit) = slots.acquire_owned().await else {
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || handler.handle(&name, &message)).await;
+        match result {
+            Ok(result) => {
+                if let Err(e) = handle.append(Stream::CommandResults, result).await {
+                    tracing::error!("remote command result not queued: {e}");
+                }
+            }
+            Err(e) => tracing::error!("remote command task failed: {e}"),
+        }
+    });
+}
+
 /// A one-line, actionable reading of a rumqttc connection error.
 fn explain(e: &rumqttc::ConnectionError, broker: &str, tls: bool) -> String {
     let raw = e.to_string();
@@ -372,7 +458,11 @@ async fn run(
     mut reconnect: Reconnect,
     base: String,
     health: Arc<dyn Fn() -> String + Send + Sync>,
+    commands: Option<Arc<dyn CommandHandler>>,
 ) {
+    let command_slots = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING));
+    let command_queue = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED));
+    let command_prefix = format!("{base}/cmd/");
     let identity = shared
         .outbox
         .lock()
@@ -438,6 +528,12 @@ async fn run(
                 break 'conn format!("cannot queue the status message: {e}");
             }
             requested.push_back(None);
+            if commands.is_some() {
+                if let Err(e) = client.try_subscribe(format!("{command_prefix}+"), QoS::AtLeastOnce)
+                {
+                    break 'conn format!("cannot subscribe to commands: {e}");
+                }
+            }
             loop {
                 // Hand rumqttc everything the outbox allows now (window, drain rate).
                 let outgoing = with_outbox(&shared, |o, store| {
@@ -458,8 +554,8 @@ async fn run(
                 .await;
                 let (outgoing, failure) = outgoing;
                 for p in outgoing {
-                    let topic = format!("{base}/events/{}", p.id.stream.as_str());
-                    let body = envelope(&identity, p.id, &p.key, &p.payload);
+                    let (topic, body) =
+                        outgoing_message(&identity, &base, p.id, &p.key, &p.payload);
                     if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
                         break 'conn format!("cannot queue a publish: {e}");
                     }
@@ -492,6 +588,19 @@ async fn run(
                                 if let Err(e) = r {
                                     break 'conn format!("outbox: {e}");
                                 }
+                            }
+                        }
+                        Some(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
+                            match (&commands, publish.topic.strip_prefix(&command_prefix)) {
+                                (Some(handler), Some(name)) => spawn_command(
+                                    handler.clone(),
+                                    command_queue.clone(),
+                                    command_slots.clone(),
+                                    UplinkHandle { shared: shared.clone() },
+                                    name.to_owned(),
+                                    publish.payload.to_vec(),
+                                ),
+                                _ => tracing::debug!(topic = %publish.topic, "uplink: unexpected message ignored"),
                             }
                         }
                         Some(Ok(_)) => {}
@@ -538,6 +647,42 @@ mod tests {
         let t: serde_json::Value =
             serde_json::from_slice(&envelope(&identity, id, &key, b"not json")).unwrap();
         assert_eq!(t["payload"], "not json");
+    }
+
+    #[test]
+    fn command_results_go_to_their_request_topic_with_the_key() {
+        let identity = Identity::new("s1", "dev").unwrap();
+        let id = MessageId {
+            stream: Stream::CommandResults,
+            sequence: Sequence(3),
+        };
+        let key = identity.key(id);
+        let (topic, body) = outgoing_message(
+            &identity,
+            "edgevoice/s1/dev",
+            id,
+            &key,
+            br#"{"request_id":"r-1","ok":true,"result":{"a":1}}"#,
+        );
+        assert_eq!(topic, "edgevoice/s1/dev/cmd-result/r-1");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["result"]["a"], 1);
+        assert_eq!(v["key"], "s1/dev/command_results/3");
+        let (topic, _) = outgoing_message(
+            &identity,
+            "edgevoice/s1/dev",
+            id,
+            &key,
+            br#"{"request_id":null,"ok":false,"error":"malformed: x"}"#,
+        );
+        assert_eq!(topic, "edgevoice/s1/dev/cmd-result/_invalid");
+        let calls = MessageId {
+            stream: Stream::Calls,
+            sequence: Sequence(1),
+        };
+        let (topic, _) = outgoing_message(&identity, "edgevoice/s1/dev", calls, "k", b"{}");
+        assert_eq!(topic, "edgevoice/s1/dev/events/calls");
     }
 
     #[test]

@@ -670,6 +670,7 @@ impl Shell {
             command: "INVITE".into(),
             args: serde_json::json!({ "from": from.chars().take(200).collect::<String>() }),
             outcome: format!("refused: 403 {reason}"),
+            request_id: None,
         };
         let ctx = self.ctx.clone();
         // The store fsyncs: keep it off the runtime's workers.

@@ -1,0 +1,822 @@
+//! Signed remote commands (MQTT `edgevoice/{site}/{device}/cmd/{name}`): the envelope, its
+//! verification, the replay ledger, and the handler the uplink shell hands each message to.
+//!
+//! The envelope signs exact bytes, so nothing depends on JSON canonicalisation:
+//!
+//! ```text
+//! {"payload": "<base64 of the payload JSON bytes>", "key_id": "<trusted key name>",
+//!  "signature": "<base64 Ed25519 signature over exactly those bytes>"}
+//! payload = {"request_id", "name", "args", "issued_at", "expires_at"}   (unix seconds)
+//! ```
+//!
+//! [`Policy::verify`] is sans-I/O: message, topic name and the current time in, a verified
+//! command or a [`Rejection`] saying why out. The replay check ([`remember`]) is the one step
+//! that needs the store; [`RemoteCommands`] puts the two together with the [`Dispatcher`], so
+//! MQTT and the local socket share one implementation of every command.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::protocol::Request;
+use super::{Dispatcher, Principal};
+use crate::config::UplinkConfig;
+use crate::ops::DaemonContext;
+use crate::store::{Record, Store, StoreError, TreeName};
+
+/// The MQTT channel name in audit records.
+pub const CHANNEL: &str = "mqtt";
+/// Largest result published; a bigger one is replaced by an error saying so.
+pub const MAX_RESULT_BYTES: usize = 128 * 1024;
+/// Where results go when the message carried no usable request id (ids starting with `_` are
+/// reserved for this).
+pub const NO_REQUEST_ID: &str = "_invalid";
+
+/// One `uplink.trusted_keys` entry: `name:base64-public-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub name: String,
+    pub key: VerifyingKey,
+}
+
+/// Names of keys and request ids: what can be a topic level and a log word.
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses `name:base64-public-key` (32 bytes, a valid Ed25519 point).
+pub fn parse_trusted_key(entry: &str) -> Result<TrustedKey, String> {
+    let Some((name, b64)) = entry.split_once(':') else {
+        return Err(format!(
+            "\"{entry}\" is not name:base64-public-key; `edgevoice command keygen` prints such a line"
+        ));
+    };
+    if !valid_id(name) {
+        return Err(format!(
+            "key name \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let bytes = B64
+        .decode(b64.trim())
+        .map_err(|e| format!("key \"{name}\": the public key is not base64 ({e})"))?;
+    let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "key \"{name}\": the public key is {} bytes, an Ed25519 public key is 32",
+            bytes.len()
+        )
+    })?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| format!("key \"{name}\": not a valid Ed25519 public key"))?;
+    Ok(TrustedKey {
+        name: name.to_owned(),
+        key,
+    })
+}
+
+/// The `uplink.trusted_keys` line for a public key.
+pub fn public_key_line(name: &str, key: &VerifyingKey) -> String {
+    format!("{name}:{}", B64.encode(key.as_bytes()))
+}
+
+/// What is signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandPayload {
+    pub request_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// What travels on `cmd/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub payload: String,
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// Signs `payload` and returns the envelope JSON (what `edgevoice command sign` prints).
+pub fn sign(key: &SigningKey, key_id: &str, payload: &CommandPayload) -> String {
+    let bytes = serde_json::to_vec(payload).unwrap_or_default();
+    let signature = key.sign(&bytes);
+    let envelope = Envelope {
+        payload: B64.encode(&bytes),
+        key_id: key_id.to_owned(),
+        signature: B64.encode(signature.to_bytes()),
+    };
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
+/// A private key file: the 32-byte seed in base64 on one line.
+pub fn encode_signing_key(key: &SigningKey) -> String {
+    format!("{}\n", B64.encode(key.to_bytes()))
+}
+
+pub fn decode_signing_key(text: &str) -> Result<SigningKey, String> {
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|e| format!("not a key file written by `edgevoice command keygen` ({e})"))?;
+    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "holds {} bytes; a key file from `edgevoice command keygen` holds 32",
+            bytes.len()
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Why a command was refused. `Display` is the `error` of the published result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("unsigned: the envelope has no signature; sign it with `edgevoice command sign`")]
+    Unsigned,
+    #[error("unknown key: \"{0}\" is not in uplink.trusted_keys")]
+    UnknownKey(String),
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("name mismatch: the topic says \"{topic}\", the signed payload \"{payload}\"")]
+    NameMismatch { topic: String, payload: String },
+    #[error("not yet valid: issued_at {issued_at} is {ahead} s in the future (clock skew allowed: {skew} s); check the signer's clock")]
+    NotYetValid {
+        issued_at: u64,
+        ahead: u64,
+        skew: u64,
+    },
+    #[error("lifetime too long: expires_at - issued_at is {lifetime} s, the most allowed is {max} s (uplink.command_max_lifetime_secs)")]
+    LifetimeTooLong { lifetime: u64, max: u64 },
+    #[error("expired: expires_at {expires_at} was {ago} s ago (clock skew allowed: {skew} s)")]
+    Expired {
+        expires_at: u64,
+        ago: u64,
+        skew: u64,
+    },
+    #[error("replayed: request_id \"{0}\" was seen before")]
+    Replayed(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A refused message with whatever could be learnt from it, for the result and the audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// Usable as a topic level ([`valid_id`]); the result goes to `cmd-result/{this}`.
+    pub request_id: Option<String>,
+    /// Set only when the signature verified with this key.
+    pub verified_key: Option<String>,
+    pub args: serde_json::Value,
+}
+
+/// A command whose envelope verified; not yet checked against the replay ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub key_id: String,
+    pub payload: CommandPayload,
+}
+
+/// What verification checks against: trusted keys and time limits.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub keys: Vec<TrustedKey>,
+    pub max_lifetime_secs: u64,
+    pub clock_skew_secs: u64,
+}
+
+impl Policy {
+    /// From a validated config (entries that do not parse are skipped; validation refuses them).
+    pub fn from_config(u: &UplinkConfig) -> Policy {
+        Policy {
+            keys: u
+                .trusted_keys
+                .iter()
+                .filter_map(|k| parse_trusted_key(k).ok())
+                .collect(),
+            max_lifetime_secs: u.command_max_lifetime_secs,
+            clock_skew_secs: u.command_clock_skew_secs,
+        }
+    }
+
+    /// Checks one message from `cmd/{topic_name}` at `now` (unix seconds).
+    pub fn verify(
+        &self,
+        topic_name: &str,
+        message: &[u8],
+        now: u64,
+    ) -> Result<Verified, Box<Rejection>> {
+        let mut rejection = Rejection {
+            reason: RejectReason::Internal(String::new()),
+            request_id: None,
+            verified_key: None,
+            args: serde_json::Value::Null,
+        };
+        let reject = |mut r: Rejection, reason| {
+            r.reason = reason;
+            Err(Box::new(r))
+        };
+        let value: serde_json::Value = match serde_json::from_slice(message) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => {
+                return reject(
+                    rejection,
+                    RejectReason::Malformed("the message is not a JSON object".into()),
+                )
+            }
+            Err(e) => {
+                return reject(
+                    rejection,
+                    RejectReason::Malformed(format!("the message is not JSON ({e})")),
+                )
+            }
+        };
+        // Unverified hints, only to route the result and fill the audit record.
+        let claimed = value
+            .get("payload")
+            .and_then(|p| p.as_str())
+            .and_then(|p| B64.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_else(|| value.clone());
+        rejection.request_id = claimed
+            .get("request_id")
+            .and_then(|r| r.as_str())
+            .filter(|r| valid_id(r) && !r.starts_with('_'))
+            .map(str::to_owned);
+        rejection.args = claimed
+            .get("args")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+
+        let field = |name: &str| value.get(name).and_then(|v| v.as_str());
+        let Some(signature) = field("signature") else {
+            if value.get("signature").is_some() {
+                return reject(
+                    rejection,
+                    RejectReason::Malformed("signature must be a base64 string".into()),
+                );
+            }
+            return reject(rejection, RejectReason::Unsigned);
+        };
+        let (Some(payload_b64), Some(key_id)) = (field("payload"), field("key_id")) else {
+            return reject(
+                rejection,
+                RejectReason::Malformed(
+                    "the envelope needs string fields payload, key_id and signature".into(),
+                ),
+            );
+        };
+        let Some(trusted) = self.keys.iter().find(|k| k.name == key_id) else {
+            return reject(
+                rejection,
+                RejectReason::UnknownKey(key_id.chars().take(64).collect()),
+            );
+        };
+        let Ok(payload) = B64.decode(payload_b64) else {
+            return reject(
+                rejection,
+                RejectReason::Malformed("payload is not base64".into()),
+            );
+        };
+        let signature = match B64.decode(signature) {
+            Ok(s) => s,
+            Err(_) => {
+                return reject(
+                    rejection,
+                    RejectReason::BadSignature("the signature is not base64".into()),
+                )
+            }
+        };
+        let Ok(signature) = Signature::from_slice(&signature) else {
+            return reject(
+                rejection,
+                RejectReason::BadSignature(format!(
+                    "the signature is {} bytes, an Ed25519 signature is 64",
+                    signature.len()
+                )),
+            );
+        };
+        if trusted.key.verify_strict(&payload, &signature).is_err() {
+            return reject(
+                rejection,
+                RejectReason::BadSignature(format!(
+                    "it does not verify with key \"{key_id}\" over the payload bytes"
+                )),
+            );
+        }
+        rejection.verified_key = Some(key_id.to_owned());
+        let payload: CommandPayload = match serde_json::from_slice(&payload) {
+            Ok(p) => p,
+            Err(e) => {
+                return reject(
+                    rejection,
+                    RejectReason::Malformed(format!(
+                        "the signed payload is not {{request_id, name, args, issued_at, expires_at}} ({e})"
+                    )),
+                )
+            }
+        };
+        if !valid_id(&payload.request_id) || payload.request_id.starts_with('_') {
+            return reject(
+                rejection,
+                RejectReason::Malformed(
+                    "request_id must be 1-64 letters, digits, '-', '_' or '.', not starting with '_'"
+                        .into(),
+                ),
+            );
+        }
+        if payload.name != topic_name {
+            return reject(
+                rejection,
+                RejectReason::NameMismatch {
+                    topic: topic_name.chars().take(64).collect(),
+                    payload: payload.name.chars().take(64).collect(),
+                },
+            );
+        }
+        let skew = self.clock_skew_secs;
+        if payload.issued_at > now.saturating_add(skew) {
+            return reject(
+                rejection,
+                RejectReason::NotYetValid {
+                    issued_at: payload.issued_at,
+                    ahead: payload.issued_at - now,
+                    skew,
+                },
+            );
+        }
+        if payload.expires_at < payload.issued_at {
+            return reject(
+                rejection,
+                RejectReason::Malformed("expires_at is before issued_at".into()),
+            );
+        }
+        let lifetime = payload.expires_at - payload.issued_at;
+        if lifetime > self.max_lifetime_secs {
+            return reject(
+                rejection,
+                RejectReason::LifetimeTooLong {
+                    lifetime,
+                    max: self.max_lifetime_secs,
+                },
+            );
+        }
+        if now > payload.expires_at.saturating_add(skew) {
+            return reject(
+                rejection,
+                RejectReason::Expired {
+                    expires_at: payload.expires_at,
+                    ago: now - payload.expires_at,
+                    skew,
+                },
+            );
+        }
+        Ok(Verified {
+            key_id: key_id.to_owned(),
+            payload,
+        })
+    }
+}
+
+/// A request id seen, kept until its command could no longer be accepted anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenCommand {
+    pub key_id: String,
+    pub name: String,
+    /// Unix seconds; the entry may go once this plus the clock skew has passed.
+    pub expires_at: u64,
+    pub seen_at_ms: u64,
+}
+
+impl Record for SeenCommand {
+    const TREE: TreeName = TreeName::CommandIds;
+    const SCHEMA: u32 = 1;
+}
+
+/// Records `verified`'s request id, durably; false if it was seen before (a replay).
+pub fn remember(store: &Store, verified: &Verified) -> Result<bool, StoreError> {
+    let seen = SeenCommand {
+        key_id: verified.key_id.clone(),
+        name: verified.payload.name.clone(),
+        expires_at: verified.payload.expires_at,
+        seen_at_ms: crate::store::now_ms(),
+    };
+    store
+        .tree::<SeenCommand>()?
+        .insert_new(verified.payload.request_id.as_bytes(), &seen)
+}
+
+/// Drops ids whose commands would now be refused as expired anyway; returns how many.
+pub fn prune(store: &Store, now: u64, skew: u64) -> Result<usize, StoreError> {
+    let tree = store.tree::<SeenCommand>()?;
+    let mut stale = Vec::new();
+    for item in tree.iter() {
+        match item {
+            Ok((key, seen)) if seen.expires_at.saturating_add(skew) < now => stale.push(key),
+            Ok(_) => {}
+            // An unreadable entry is kept: dropping it could let a replay through.
+            Err(e) => tracing::warn!("command id ledger: {e}"),
+        }
+    }
+    let mut batch = crate::store::Batch::default();
+    for key in &stale {
+        batch.remove(key);
+    }
+    if !stale.is_empty() {
+        tree.apply(batch)?;
+    }
+    Ok(stale.len())
+}
+
+/// The JSON published on `cmd-result/{request_id}`.
+pub fn result_json(
+    request_id: Option<&str>,
+    outcome: Result<serde_json::Value, String>,
+) -> Vec<u8> {
+    let mut v = match outcome {
+        Ok(result) => {
+            serde_json::json!({ "request_id": request_id, "ok": true, "result": result })
+        }
+        Err(error) => serde_json::json!({ "request_id": request_id, "ok": false, "error": error }),
+    };
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    if bytes.len() <= MAX_RESULT_BYTES {
+        return bytes;
+    }
+    v = serde_json::json!({
+        "request_id": request_id,
+        "ok": false,
+        "error": format!("the result is {} bytes, more than the {MAX_RESULT_BYTES} a result may carry; ask for less (e.g. a smaller limit)", bytes.len()),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    crate::store::now_ms() / 1000
+}
+
+/// Verifies, checks for replays, audits and runs remote commands through the [`Dispatcher`].
+pub struct RemoteCommands {
+    ctx: Arc<DaemonContext>,
+    dispatcher: Arc<Dispatcher>,
+    last_prune: AtomicU64,
+}
+
+impl RemoteCommands {
+    pub fn new(ctx: Arc<DaemonContext>, dispatcher: Arc<Dispatcher>) -> Self {
+        Self {
+            ctx,
+            dispatcher,
+            last_prune: AtomicU64::new(0),
+        }
+    }
+
+    /// One message from `cmd/{topic_name}` → the result to publish. Blocking (store, and
+    /// whatever the command does): call it off the runtime's workers.
+    pub fn handle_message(&self, topic_name: &str, message: &[u8], now: u64) -> Vec<u8> {
+        let policy = Policy::from_config(&self.ctx.config().config.uplink);
+        let store = self.ctx.store();
+        if now.saturating_sub(self.last_prune.load(Ordering::Relaxed)) >= 60 {
+            self.last_prune.store(now, Ordering::Relaxed);
+            match prune(store, now, policy.clock_skew_secs) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "command id ledger pruned"),
+                Err(e) => tracing::warn!("command id ledger not pruned: {e}"),
+            }
+        }
+        let verified = policy.verify(topic_name, message, now).and_then(|v| {
+            let refuse = |reason| {
+                Box::new(Rejection {
+                    reason,
+                    request_id: Some(v.payload.request_id.clone()),
+                    verified_key: Some(v.key_id.clone()),
+                    args: v.payload.args.clone(),
+                })
+            };
+            match remember(store, &v) {
+                Ok(true) => Ok(v),
+                Ok(false) => Err(refuse(RejectReason::Replayed(v.payload.request_id.clone()))),
+                Err(e) => Err(refuse(RejectReason::Internal(format!(
+                    "the command id ledger cannot be written ({e})"
+                )))),
+            }
+        });
+        match verified {
+            Err(r) => {
+                let who = match &r.verified_key {
+                    Some(k) => format!("{CHANNEL}:{k}"),
+                    None => format!("{CHANNEL}:unverified"),
+                };
+                tracing::warn!(command = %topic_name.chars().take(64).collect::<String>(), %who, "remote command refused: {}", r.reason);
+                let principal = Principal {
+                    channel: CHANNEL.into(),
+                    who,
+                };
+                let mut req = Request::new(topic_name, r.args.clone());
+                req.id = r.request_id.clone();
+                self.dispatcher
+                    .audit(&principal, &req, format!("refused: {}", r.reason));
+                result_json(r.request_id.as_deref(), Err(r.reason.to_string()))
+            }
+            Ok(v) => {
+                let principal = Principal {
+                    channel: CHANNEL.into(),
+                    who: format!("{CHANNEL}:{}", v.key_id),
+                };
+                let request_id = v.payload.request_id.clone();
+                tracing::info!(command = %v.payload.name, %request_id, key = %v.key_id, "remote command");
+                let req = Request {
+                    id: Some(request_id.clone()),
+                    command: v.payload.name,
+                    args: v.payload.args,
+                };
+                let response = self.dispatcher.handle(&principal, req);
+                let outcome = if response.ok {
+                    Ok(response.result.unwrap_or(serde_json::Value::Null))
+                } else {
+                    Err(response.error.unwrap_or_else(|| "failed".into()))
+                };
+                result_json(Some(&request_id), outcome)
+            }
+        }
+    }
+}
+
+impl crate::uplink::CommandHandler for RemoteCommands {
+    fn handle(&self, topic_name: &str, message: &[u8]) -> Vec<u8> {
+        self.handle_message(topic_name, message, now_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            keys: vec![TrustedKey {
+                name: "ops".into(),
+                key: key(1).verifying_key(),
+            }],
+            max_lifetime_secs: 600,
+            clock_skew_secs: 30,
+        }
+    }
+
+    fn payload(name: &str) -> CommandPayload {
+        CommandPayload {
+            request_id: "r1".into(),
+            name: name.into(),
+            args: serde_json::json!({}),
+            issued_at: NOW - 10,
+            expires_at: NOW + 50,
+        }
+    }
+
+    fn signed(p: &CommandPayload) -> Vec<u8> {
+        sign(&key(1), "ops", p).into_bytes()
+    }
+
+    fn rejected(topic: &str, msg: &[u8]) -> Box<Rejection> {
+        policy().verify(topic, msg, NOW).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_envelope_verifies() {
+        let v = policy()
+            .verify("status", &signed(&payload("status")), NOW)
+            .unwrap();
+        assert_eq!(v.key_id, "ops");
+        assert_eq!(v.payload, payload("status"));
+    }
+
+    #[test]
+    fn trusted_key_lines_round_trip_and_bad_ones_say_why() {
+        let line = public_key_line("ops", &key(1).verifying_key());
+        assert_eq!(
+            parse_trusted_key(&line).unwrap().key,
+            key(1).verifying_key()
+        );
+        assert!(parse_trusted_key("nocolon")
+            .unwrap_err()
+            .contains("name:base64"));
+        assert!(parse_trusted_key("a b:AAAA")
+            .unwrap_err()
+            .contains("key name"));
+        assert!(parse_trusted_key("ops:!!")
+            .unwrap_err()
+            .contains("not base64"));
+        assert!(parse_trusted_key("ops:AAAA").unwrap_err().contains("32"));
+        let file = encode_signing_key(&key(3));
+        assert_eq!(
+            decode_signing_key(&file).unwrap().to_bytes(),
+            key(3).to_bytes()
+        );
+    }
+
+    #[test]
+    fn not_json_or_missing_fields_is_malformed() {
+        let r = rejected("status", b"not json");
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+        let r = rejected("status", b"[1]");
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+        let r = rejected("status", br#"{"signature": "AAAA"}"#);
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+        // Signed, but the payload lacks fields.
+        let bytes = br#"{"request_id":"r1","name":"status"}"#;
+        let env = Envelope {
+            payload: B64.encode(bytes),
+            key_id: "ops".into(),
+            signature: B64.encode(key(1).sign(bytes).to_bytes()),
+        };
+        let r = rejected("status", &serde_json::to_vec(&env).unwrap());
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+        assert_eq!(r.verified_key.as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn unsigned_is_refused_with_the_request_id_for_the_result() {
+        let raw = serde_json::to_vec(&payload("status")).unwrap();
+        let r = rejected("status", &raw);
+        assert_eq!(r.reason, RejectReason::Unsigned);
+        assert_eq!(r.request_id.as_deref(), Some("r1"));
+        assert!(r.reason.to_string().starts_with("unsigned"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let msg = sign(&key(2), "stranger", &payload("status"));
+        let r = rejected("status", msg.as_bytes());
+        assert_eq!(r.reason, RejectReason::UnknownKey("stranger".into()));
+        assert_eq!(r.verified_key, None);
+        // A trusted name with another key's signature is a bad signature.
+        let msg = sign(&key(2), "ops", &payload("status"));
+        let r = rejected("status", msg.as_bytes());
+        assert!(matches!(r.reason, RejectReason::BadSignature(_)), "{r:?}");
+    }
+
+    #[test]
+    fn name_must_match_the_topic() {
+        let r = rejected("config.apply", &signed(&payload("status")));
+        assert!(
+            matches!(r.reason, RejectReason::NameMismatch { .. }),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn expired_future_and_too_long_lived_commands_are_refused() {
+        let mut p = payload("status");
+        p.issued_at = NOW - 200;
+        p.expires_at = NOW - 31;
+        let r = rejected("status", &signed(&p));
+        assert!(
+            matches!(r.reason, RejectReason::Expired { ago: 31, .. }),
+            "{r:?}"
+        );
+        // Within the skew: accepted.
+        p.expires_at = NOW - 30;
+        assert!(policy().verify("status", &signed(&p), NOW).is_ok());
+
+        let mut p = payload("status");
+        p.issued_at = NOW + 31;
+        p.expires_at = NOW + 100;
+        let r = rejected("status", &signed(&p));
+        assert!(
+            matches!(r.reason, RejectReason::NotYetValid { .. }),
+            "{r:?}"
+        );
+        p.issued_at = NOW + 30;
+        assert!(policy().verify("status", &signed(&p), NOW).is_ok());
+
+        let mut p = payload("status");
+        p.expires_at = p.issued_at + 601;
+        let r = rejected("status", &signed(&p));
+        assert!(
+            matches!(r.reason, RejectReason::LifetimeTooLong { .. }),
+            "{r:?}"
+        );
+        p.expires_at = p.issued_at - 1;
+        let r = rejected("status", &signed(&p));
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+    }
+
+    #[test]
+    fn bad_request_ids_are_refused() {
+        let mut p = payload("status");
+        p.request_id = "a/b".into();
+        let r = rejected("status", &signed(&p));
+        assert!(matches!(r.reason, RejectReason::Malformed(_)), "{r:?}");
+        assert_eq!(r.request_id, None, "never used as a topic level");
+        p.request_id = "_invalid".into();
+        assert!(matches!(
+            rejected("status", &signed(&p)).reason,
+            RejectReason::Malformed(_)
+        ));
+    }
+
+    /// Any single-byte change of the payload or the signature is refused.
+    #[test]
+    fn every_single_byte_change_of_payload_or_signature_is_refused() {
+        let p = payload("status");
+        let bytes = serde_json::to_vec(&p).unwrap();
+        let sig = key(1).sign(&bytes).to_bytes();
+        let envelope = |payload: &[u8], sig: &[u8]| {
+            serde_json::to_vec(&Envelope {
+                payload: B64.encode(payload),
+                key_id: "ops".into(),
+                signature: B64.encode(sig),
+            })
+            .unwrap()
+        };
+        assert!(policy()
+            .verify("status", &envelope(&bytes, &sig), NOW)
+            .is_ok());
+        let mut tried = 0;
+        for i in 0..bytes.len() {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut changed = bytes.clone();
+                changed[i] = changed[i].wrapping_add(delta);
+                let r = policy()
+                    .verify("status", &envelope(&changed, &sig), NOW)
+                    .unwrap_err();
+                assert!(
+                    matches!(r.reason, RejectReason::BadSignature(_)),
+                    "payload byte {i} +{delta}: {r:?}"
+                );
+                tried += 1;
+            }
+        }
+        for i in 0..sig.len() {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut changed = sig;
+                changed[i] = changed[i].wrapping_add(delta);
+                let r = policy()
+                    .verify("status", &envelope(&bytes, &changed), NOW)
+                    .unwrap_err();
+                assert!(
+                    matches!(r.reason, RejectReason::BadSignature(_)),
+                    "signature byte {i} +{delta}: {r:?}"
+                );
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, 3 * (bytes.len() + 64));
+    }
+
+    #[test]
+    fn the_ledger_refuses_replays_across_reopen_and_prunes_expired_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = policy()
+            .verify("status", &signed(&payload("status")), NOW)
+            .unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(remember(&store, &v).unwrap(), "first time");
+            assert!(!remember(&store, &v).unwrap(), "replay");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(!remember(&store, &v).unwrap(), "replay after reopen");
+        // Not yet prunable: it would still be accepted within the skew.
+        assert_eq!(prune(&store, v.payload.expires_at + 30, 30).unwrap(), 0);
+        assert_eq!(prune(&store, v.payload.expires_at + 31, 30).unwrap(), 1);
+        assert!(remember(&store, &v).unwrap());
+    }
+
+    #[test]
+    fn results_carry_the_request_id_and_big_ones_become_an_error() {
+        let ok: serde_json::Value =
+            serde_json::from_slice(&result_json(Some("r1"), Ok(serde_json::json!({"a": 1}))))
+                .unwrap();
+        assert_eq!(
+            ok,
+            serde_json::json!({"request_id": "r1", "ok": true, "result": {"a": 1}})
+        );
+        let err: serde_json::Value =
+            serde_json::from_slice(&result_json(None, Err("expired: x".into()))).unwrap();
+        assert_eq!(err["ok"], false);
+        assert_eq!(err["error"], "expired: x");
+        let big = "x".repeat(MAX_RESULT_BYTES);
+        let v: serde_json::Value =
+            serde_json::from_slice(&result_json(Some("r"), Ok(serde_json::json!(big)))).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(v["error"].as_str().unwrap().contains("ask for less"));
+    }
+}

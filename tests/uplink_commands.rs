@@ -1,0 +1,549 @@
+//! Signed remote commands end to end: a real mosquitto on 127.0.0.1, the real daemon, commands
+//! signed by the real `edgevoice command sign` and published with the real `mosquitto_pub`,
+//! results read with `mosquitto_sub` from `edgevoice/{site}/{device}/cmd-result/{request_id}`.
+//!
+//! Debian packages: mosquitto, mosquitto-clients, sip-tester, python3 (http.server).
+
+#[path = "common/audio.rs"]
+mod audio;
+mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt;
+#[path = "common/peers.rs"]
+mod peers;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{cli_bin, text, TestDaemon, TestSite};
+use mqtt::Broker;
+use peers::PeerProcess;
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", text(bytes)))
+}
+
+/// `mosquitto_sub` on every command result, printing `topic payload` lines to a file.
+struct Results {
+    out: PathBuf,
+    _proc: PeerProcess,
+}
+
+impl Results {
+    fn subscribe(broker: &Broker, dir: &Path) -> Results {
+        let out = dir.join("results.log");
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-i", "edgevoice-test-results", "-q", "1", "-v"])
+            .args(["-t", "edgevoice/+/+/cmd-result/#"]);
+        let proc = PeerProcess::spawn("mosquitto_sub", &mut cmd, &out);
+        peers::poll_until(Duration::from_secs(10), || {
+            broker
+                .log()
+                .contains("Sending SUBACK to edgevoice-test-results")
+                .then_some(())
+        })
+        .expect("mosquitto_sub subscribed");
+        Results { out, _proc: proc }
+    }
+
+    fn all(&self) -> Vec<(String, serde_json::Value)> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (topic, payload) = line.split_once(' ')?;
+                Some((topic.to_owned(), serde_json::from_str(payload).ok()?))
+            })
+            .collect()
+    }
+
+    /// The `nth` (1-based) result for `request_id`.
+    fn wait(&self, request_id: &str, nth: usize) -> serde_json::Value {
+        let suffix = format!("/cmd-result/{request_id}");
+        peers::poll_until(Duration::from_secs(20), || {
+            let mine: Vec<_> = self
+                .all()
+                .into_iter()
+                .filter(|(t, _)| t.ends_with(&suffix))
+                .collect();
+            mine.get(nth - 1).map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no result #{nth} for {request_id}: {}",
+                std::fs::read_to_string(&self.out).unwrap_or_default()
+            )
+        })
+    }
+}
+
+fn edgevoice(args: &[&str]) -> String {
+    let out = Command::new(cli_bin())
+        .args(args)
+        .env_remove("EDGEVOICE_CONFIG")
+        .output()
+        .expect("run edgevoice");
+    assert!(
+        out.status.success(),
+        "edgevoice {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+/// `edgevoice command keygen`: the key file and the trusted_keys line.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let line = edgevoice(&[
+        "command",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--key-id",
+        name,
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private key file mode");
+    assert!(line.starts_with(&format!("{name}:")), "{line}");
+    (key, line)
+}
+
+fn sign(key: &Path, key_id: &str, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "command",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--key-id",
+        key_id,
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    edgevoice(&args)
+}
+
+/// The request id inside an envelope's (base64) payload.
+fn request_id(envelope: &str) -> String {
+    let env = json(envelope.as_bytes());
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    json(&payload)["request_id"].as_str().unwrap().to_owned()
+}
+
+struct Appliance {
+    site: TestSite,
+    daemon: TestDaemon,
+    device: String,
+}
+
+impl Appliance {
+    /// Starts the daemon and waits until it is subscribed to its command topic.
+    fn start(site: TestSite, broker: &Broker) -> Appliance {
+        let subacks = || {
+            broker
+                .log()
+                .matches("Sending SUBACK to edgevoice-s1-")
+                .count()
+        };
+        let before = subacks();
+        let mut daemon = TestDaemon::spawn(&site, &[]);
+        daemon.wait_ready(&site);
+        let status = json(&site.cli(&["status", "--json"]).stdout);
+        let device = status["device_id"].as_str().unwrap().to_owned();
+        peers::poll_until(Duration::from_secs(20), || {
+            (subacks() > before).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the daemon never subscribed: {}\n{}",
+                daemon.log(),
+                broker.log()
+            )
+        });
+        Appliance {
+            site,
+            daemon,
+            device,
+        }
+    }
+
+    fn restart(self, broker: &Broker) -> Appliance {
+        let Appliance { site, daemon, .. } = self;
+        drop(daemon);
+        Appliance::start(site, broker)
+    }
+
+    fn publish(&self, broker: &Broker, name: &str, message: &str) {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+            .args(["-t", &format!("edgevoice/s1/{}/cmd/{name}", self.device)])
+            .args(["-m", message])
+            .output()
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        let out = self.site.cli(&["audit", "--json", "--limit", "200"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json(&out.stdout).as_array().unwrap().clone()
+    }
+}
+
+fn config(port: u16, trusted: &str, extra: &str) -> String {
+    format!(
+        "[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {port}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\ntrusted_keys = [\"{trusted}\"]\ncommand_clock_skew_secs = 5\n{extra}\n"
+    )
+}
+
+fn error_of(result: &serde_json::Value) -> String {
+    assert_eq!(result["ok"], false, "{result}");
+    result["error"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn slow_signed_commands_round_trip_and_every_rejection_says_why() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), None);
+    broker.start();
+    let results = Results::subscribe(&broker, dir.path());
+    let (ops, ops_line) = keygen(dir.path(), "ops");
+    let (stranger, _) = keygen(dir.path(), "stranger");
+    let app = Appliance::start(TestSite::new(&config(broker.port, &ops_line, "")), &broker);
+
+    // Accepted.
+    let status_cmd = sign(&ops, "ops", "status", &[]);
+    let status_id = request_id(&status_cmd);
+    app.publish(&broker, "status", &status_cmd);
+    let r = results.wait(&status_id, 1);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["request_id"], status_id.as_str());
+    assert_eq!(r["result"]["device_id"], app.device.as_str());
+    assert_eq!(r["result"]["phase"], "ready");
+    assert!(
+        r["key"].as_str().unwrap().contains("/command_results/"),
+        "{r}"
+    );
+
+    // Unsigned: the bare payload, no envelope.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let unsigned = serde_json::json!({
+        "request_id": "unsigned-1", "name": "status", "args": {},
+        "issued_at": now, "expires_at": now + 60,
+    })
+    .to_string();
+    app.publish(&broker, "status", &unsigned);
+    let e = error_of(&results.wait("unsigned-1", 1));
+    assert!(e.starts_with("unsigned"), "{e}");
+
+    // Bad signature: one character of the signature changed.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "badsig-1"]);
+    let mut env = json(cmd.as_bytes());
+    let sig = env["signature"].as_str().unwrap().to_owned();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    env["signature"] = serde_json::Value::String(format!("{flipped}{}", &sig[1..]));
+    app.publish(&broker, "status", &env.to_string());
+    let e = error_of(&results.wait("badsig-1", 1));
+    assert!(e.starts_with("bad signature"), "{e}");
+
+    // A key the appliance does not trust.
+    let cmd = sign(
+        &stranger,
+        "stranger",
+        "status",
+        &["--request-id", "stranger-1"],
+    );
+    app.publish(&broker, "status", &cmd);
+    let e = error_of(&results.wait("stranger-1", 1));
+    assert!(
+        e.starts_with("unknown key") && e.contains("stranger"),
+        "{e}"
+    );
+
+    // Expired: issued 1000 s ago for 60 s.
+    let issued = (now - 1000).to_string();
+    let cmd = sign(
+        &ops,
+        "ops",
+        "status",
+        &[
+            "--request-id",
+            "expired-1",
+            "--issued-at",
+            &issued,
+            "--ttl",
+            "60",
+        ],
+    );
+    app.publish(&broker, "status", &cmd);
+    let e = error_of(&results.wait("expired-1", 1));
+    assert!(e.starts_with("expired"), "{e}");
+
+    // Replayed: the accepted status command again.
+    app.publish(&broker, "status", &status_cmd);
+    let e = error_of(&results.wait(&status_id, 2));
+    assert!(e.starts_with("replayed"), "{e}");
+
+    // Unknown command (signed, on its own topic).
+    let cmd = sign(&ops, "ops", "reboot", &["--request-id", "reboot-1"]);
+    app.publish(&broker, "reboot", &cmd);
+    let e = error_of(&results.wait("reboot-1", 1));
+    assert!(e.contains("unknown command `reboot`"), "{e}");
+
+    // Everything is in the audit tree, accepted or not.
+    let audit = app.audit();
+    let outcome = |id: &str| -> Vec<String> {
+        audit
+            .iter()
+            .filter(|r| r["request_id"] == id)
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["who"].as_str().unwrap(),
+                    r["outcome"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let mut want = outcome(&status_id);
+    want.sort();
+    assert_eq!(
+        want,
+        vec![
+            "mqtt:ops ok".to_owned(),
+            format!("mqtt:ops refused: replayed: request_id \"{status_id}\" was seen before"),
+        ],
+        "{audit:?}"
+    );
+    for (id, who, starts) in [
+        ("unsigned-1", "mqtt:unverified", "refused: unsigned"),
+        ("badsig-1", "mqtt:unverified", "refused: bad signature"),
+        ("stranger-1", "mqtt:unverified", "refused: unknown key"),
+        ("expired-1", "mqtt:ops", "refused: expired"),
+        ("reboot-1", "mqtt:ops", "refused: unknown command"),
+    ] {
+        let got = outcome(id);
+        assert_eq!(got.len(), 1, "{id}: {got:?}");
+        assert!(
+            got[0].starts_with(&format!("{who} {starts}")),
+            "{id}: {got:?}"
+        );
+    }
+    assert!(audit.iter().all(|r| r["channel"] == "mqtt"), "{audit:?}");
+
+    // The ledger survives a restart: the replay is still refused.
+    let app = app.restart(&broker);
+    app.publish(&broker, "status", &status_cmd);
+    let e = error_of(&results.wait(&status_id, 3));
+    assert!(e.starts_with("replayed"), "{e}");
+    eprintln!("commands: {:?}", t0.elapsed());
+    broker.stop();
+}
+
+/// Signs `name` with `args`, publishes it, returns its result.
+fn run(
+    app: &Appliance,
+    broker: &Broker,
+    results: &Results,
+    key: &Path,
+    name: &str,
+    args: serde_json::Value,
+) -> serde_json::Value {
+    let cmd = sign(key, "ops", name, &["--args", &args.to_string()]);
+    app.publish(broker, name, &cmd);
+    results.wait(&request_id(&cmd), 1)
+}
+
+#[test]
+fn slow_operations_commands_run_over_mqtt_through_the_dispatcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), None);
+    broker.start();
+    let results = Results::subscribe(&broker, dir.path());
+    let (ops, ops_line) = keygen(dir.path(), "ops");
+    // One model installed, a new version of it served over HTTP.
+    let sha = |b: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    std::fs::write(dir.path().join("models/vad.bin"), b"vad v1").unwrap();
+    std::fs::write(dir.path().join("www/vad-v2.bin"), b"vad v2, better").unwrap();
+    std::fs::write(
+        dir.path().join("manifest.toml"),
+        format!(
+            "schema = 1\n[[model]]\nname = \"vad\"\nrole = \"vad\"\nfile = \"vad.bin\"\nsize = 6\nsha256 = \"{}\"\nlicense = \"MIT\"\n",
+            sha(b"vad v1")
+        ),
+    )
+    .unwrap();
+    let (_http, http_port) = serve_dir(&dir.path().join("www"));
+    let app = Appliance::start(
+        TestSite::new(&config(
+            broker.port,
+            &ops_line,
+            &format!(
+                "username = \"dev\"\npassword = \"broker-secret\"\n[models]\ndir = \"{0}/models\"\nmanifest = \"{0}/manifest.toml\"\n",
+                dir.path().display()
+            ),
+        )),
+        &broker,
+    );
+    let run = |name: &str, args: serde_json::Value| run(&app, &broker, &results, &ops, name, args);
+
+    // log.level
+    let r = run("log.level", serde_json::json!({"level": "trace"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["previous"], "debug");
+    let e = error_of(&run("log.level", serde_json::json!({"level": "loud"})));
+    assert!(e.contains("not a log level"), "{e}");
+
+    // drain: new INVITEs get 503 while the daemon runs on; undrain takes calls again.
+    let status = || json(&app.site.cli(&["status", "--json"]).stdout);
+    let sip = status()["sip_listen"].as_str().unwrap().to_owned();
+    let r = run("drain", serde_json::json!({}));
+    assert_eq!(r["result"]["phase"], "draining", "{r}");
+    assert_eq!(status()["phase"], "draining");
+    let call = || {
+        peers::Sipp::run_uac(
+            &peers::SippUac::new(&sip)
+                .calls(1)
+                .call_duration(Duration::from_millis(100)),
+        )
+    };
+    let refused = call();
+    assert_eq!(refused.codes.get(&503), Some(&1), "{:?}", refused.codes);
+    let r = run("undrain", serde_json::json!({}));
+    assert_eq!(r["result"]["phase"], "ready", "{r}");
+    assert_eq!(status()["phase"], "ready");
+    let answered = call();
+    assert_eq!(answered.successful, 1, "{}", answered.screen);
+
+    // config.get: the running config, secrets redacted.
+    let r = run("config.get", serde_json::json!({}));
+    assert_eq!(r["ok"], true, "{r}");
+    let got = &r["result"]["config"];
+    assert_eq!(got["uplink"]["password"], "(redacted)", "{got}");
+    assert!(!r.to_string().contains("broker-secret"), "{r}");
+    assert_eq!(got["uplink"]["site_id"], "s1");
+    assert_eq!(got["daemon"]["log_level"], "trace", "log.level shows");
+    assert_eq!(r["result"]["source"], app.site.config.display().to_string());
+
+    // config.apply: a bad config is refused, file and running config unchanged.
+    let file = std::fs::read_to_string(&app.site.config).unwrap();
+    assert!(file.contains("log_level = \"debug\""), "{file}");
+    let before = run("config.get", serde_json::json!({}))["result"].clone();
+    let bad = file.replace("log_level = \"debug\"", "log_level = \"loud\"");
+    let e = error_of(&run("config.apply", serde_json::json!({ "toml": bad })));
+    assert!(
+        e.contains("config refused") && e.contains("daemon.log_level"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&app.site.config).unwrap(), file);
+    let after = run("config.get", serde_json::json!({}))["result"].clone();
+    assert_eq!(before, after, "running config unchanged");
+    // A good one is applied through the reload path; the old file is kept as last good.
+    let good = file.replace("log_level = \"debug\"", "log_level = \"warn\"");
+    let r = run("config.apply", serde_json::json!({ "toml": good }));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(std::fs::read_to_string(&app.site.config).unwrap(), good);
+    let last_good = r["result"]["last_good"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(last_good).unwrap(), file);
+    let now = run("config.get", serde_json::json!({}));
+    assert_eq!(now["result"]["config"]["daemon"]["log_level"], "warn");
+    let audit = serde_json::to_string(&app.audit()).unwrap();
+    assert!(
+        audit.contains("config.apply") && !audit.contains("broker-secret"),
+        "{audit}"
+    );
+
+    // retention.purge: the call made above is younger than a day and stays.
+    let r = run("retention.purge", serde_json::json!({"older_than_days": 1}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        (
+            r["result"]["calls"].as_u64(),
+            r["result"]["recordings"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let calls = json(&app.site.cli(&["calls", "--json"]).stdout);
+    assert!(!calls.as_array().unwrap().is_empty(), "{calls}");
+    let e = error_of(&run(
+        "retention.purge",
+        serde_json::json!({"older_than_days": 0}),
+    ));
+    assert!(e.contains("older_than_days"), "{e}");
+
+    // models.install: a wrong sha256 never replaces the installed file; the right one does.
+    let url = format!("http://127.0.0.1:{http_port}/vad-v2.bin");
+    let wrong = sha(b"something else");
+    let e = error_of(&run(
+        "models.install",
+        serde_json::json!({"name": "vad", "url": url, "sha256": wrong}),
+    ));
+    assert!(
+        e.contains("nothing was replaced") && e.contains("unchanged"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("models/vad.bin")).unwrap(),
+        b"vad v1"
+    );
+    let r = run(
+        "models.install",
+        serde_json::json!({"name": "vad", "url": url, "sha256": sha(b"vad v2, better")}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["installed"]["size"], 14);
+    assert_eq!(
+        std::fs::read(dir.path().join("models/vad.bin")).unwrap(),
+        b"vad v2, better"
+    );
+    broker.stop();
+}
+
+struct HttpServer(std::process::Child);
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `python3 -m http.server` on 127.0.0.1 serving `dir`.
+fn serve_dir(dir: &Path) -> (HttpServer, u16) {
+    let port = peers::free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let server = HttpServer(child);
+    peers::poll_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("http server started");
+    (server, port)
+}
