@@ -69,6 +69,7 @@ impl TestSite {
 
     /// Rewrites the config: state/runtime under the temp dir, SIP on loopback, plus `extra`
     /// (which may add keys to [daemon] and later sections).
+    /// Calls are answered in media test mode unless `extra` sets call.handler.
     /// SIP listens on an ephemeral loopback port unless `extra` sets sip.listen, so tests
     /// run in parallel (`edgevoice status --json` tells the port); RTP uses 40000–44999
     /// unless `extra` has an [rtp] section.
@@ -80,6 +81,10 @@ impl TestSite {
             Ok(mut doc) => {
                 if doc.get("sip").and_then(|s| s.get("listen")).is_none() {
                     doc["sip"]["listen"] = toml_edit::value("127.0.0.1:0");
+                }
+                // Media test mode unless the test asks for the voice agent (which loads models).
+                if doc.get("call").and_then(|s| s.get("handler")).is_none() {
+                    doc["call"]["handler"] = toml_edit::value("media_test");
                 }
                 // RTP away from the 10000–32000 range the peer harness hands out to baresip,
                 // sipp and kamailio; the daemon skips ports another test holds.

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{guard_clause, AgentSpec, Guarded};
+use super::{AgentSpec, Guarded};
 use crate::config::{AgentAction, BargeIn};
 use crate::speech::ChatMessage;
 
@@ -106,9 +106,9 @@ pub enum Action {
     Say(String),
     /// Stop what the caller hears now and drop everything queued (barge-in).
     StopPlayback,
-    Transcribe {
-        utterance: u64,
-    },
+    /// Recognise an utterance; with `join_previous`, the previous utterance's audio and this
+    /// one's as one (the caller paused mid-sentence and went on).
+    Transcribe { utterance: u64, join_previous: bool },
     /// Generate a reply to `history` (user/assistant turns; the system prompt is the shell's).
     Generate {
         turn: u64,
@@ -165,8 +165,9 @@ pub struct Conversation {
     turn: u64,
     record: TurnRecord,
     history: Vec<ChatMessage>,
-    /// A transcript kept when the caller went on speaking before it was answered.
-    pending_caller: String,
+    /// The caller went on speaking before the turn was answered: the next utterance is heard
+    /// together with the previous one.
+    continuing: bool,
     generating: bool,
     reply_words: usize,
     reply_clauses: usize,
@@ -192,7 +193,7 @@ impl Conversation {
             turn: 0,
             record: TurnRecord::default(),
             history: Vec::new(),
-            pending_caller: String::new(),
+            continuing: false,
             generating: false,
             reply_words: 0,
             reply_clauses: 0,
@@ -267,11 +268,15 @@ impl Conversation {
                 );
                 if speaking && self.spec.config.barge_in == BargeIn::Speech {
                     self.barge_in(&mut out);
-                } else if self.state == ConversationState::Thinking && self.generating {
-                    // The caller went on talking before we answered: answer everything at once.
-                    out.push(Action::CancelGeneration { turn: self.turn });
-                    self.generating = false;
-                    self.pending_caller = self.record.caller.clone();
+                } else if self.state == ConversationState::Thinking {
+                    // The caller went on after a pause before we answered: drop what we were
+                    // preparing and hear the whole turn again, both parts as one utterance.
+                    if self.generating {
+                        out.push(Action::CancelGeneration { turn: self.turn });
+                        self.generating = false;
+                        self.history.pop();
+                    }
+                    self.continuing = true;
                     self.filler_at = None;
                     self.state = ConversationState::Listening;
                 }
@@ -283,7 +288,10 @@ impl Conversation {
                         | ConversationState::TakingMessage
                         | ConversationState::Thinking
                 ) {
-                    out.push(Action::Transcribe { utterance });
+                    out.push(Action::Transcribe {
+                        utterance,
+                        join_previous: std::mem::take(&mut self.continuing),
+                    });
                     if self.state != ConversationState::TakingMessage {
                         self.state = ConversationState::Thinking;
                     }
@@ -300,7 +308,7 @@ impl Conversation {
                 if turn != self.turn || !self.generating {
                     return out;
                 }
-                match guard_clause(
+                match self.spec.guard(
                     &text,
                     self.reply_words,
                     self.spec.config.max_reply_words as usize,
@@ -321,6 +329,15 @@ impl Conversation {
                         .record
                         .errors
                         .push(format!("guardrail: dropped \"{text}\" (claims an action)")),
+                    Guarded::Ungrounded(word) => {
+                        self.record.errors.push(format!(
+                            "guardrail: dropped \"{text}\" (\"{word}\" is in no fact)"
+                        ));
+                        // What follows builds on the made-up part: stop here.
+                        out.push(Action::CancelGeneration { turn });
+                        self.generating = false;
+                        self.finish_reply(&mut out, true);
+                    }
                     Guarded::OverLimit => {
                         out.push(Action::CancelGeneration { turn });
                         self.generating = false;
@@ -345,7 +362,22 @@ impl Conversation {
                 }
             }
             Input::SynthesisFailed { error } => {
+                // Without synthesis only the cached prompts are left: hand the caller to a
+                // person (or say goodbye) rather than leave them with silence.
                 self.record.errors.push(format!("synthesis: {error}"));
+                if !matches!(
+                    self.state,
+                    ConversationState::Transferring
+                        | ConversationState::Ending
+                        | ConversationState::Ended
+                ) {
+                    if self.generating {
+                        out.push(Action::CancelGeneration { turn: self.turn });
+                        self.generating = false;
+                    }
+                    out.push(Action::StopPlayback);
+                    self.escalate(&mut out);
+                }
             }
             Input::PlayoutDrained => self.on_drained(now, &mut out),
             Input::TransferFailed { error } => {
@@ -403,11 +435,7 @@ impl Conversation {
             }
             return;
         }
-        let caller = if self.pending_caller.is_empty() {
-            text
-        } else {
-            format!("{} {text}", std::mem::take(&mut self.pending_caller))
-        };
+        let caller = text;
         let intent = self.spec.match_intent(&caller).cloned();
         let (name, action, reply) = match &intent {
             Some(i) => (i.name.clone(), i.action, i.reply.clone()),
@@ -566,10 +594,12 @@ impl Conversation {
         self.reply_complete = true;
         if self.reply_clauses == 0 {
             self.failures += 1;
+            // The intent's template, else the fact that answers the question.
             let template = self
                 .spec
                 .match_intent(&self.record.caller)
                 .and_then(|i| self.spec.answer_template(Some(i)))
+                .or_else(|| self.spec.relevant_fact(&self.record.caller))
                 .map(str::to_owned);
             if self.failures > self.spec.config.max_failures {
                 self.escalate(out);
@@ -700,7 +730,10 @@ mod tests {
         assert!(c.handle(t, Input::SpeechStarted).is_empty());
         assert_eq!(
             c.handle(t, Input::SpeechEnded { utterance }),
-            vec![Action::Transcribe { utterance }]
+            vec![Action::Transcribe {
+                utterance,
+                join_previous: false
+            }]
         );
         c.handle(
             t,
@@ -791,7 +824,13 @@ mod tests {
             )
             .is_empty());
         let a = c.handle(t, Input::SpeechEnded { utterance: 2 });
-        assert_eq!(a, vec![Action::Transcribe { utterance: 2 }]);
+        assert_eq!(
+            a,
+            vec![Action::Transcribe {
+                utterance: 2,
+                join_previous: false
+            }]
+        );
         let a = c.handle(
             t,
             Input::Transcript {
@@ -800,6 +839,37 @@ mod tests {
             },
         );
         assert!(matches!(&a[..], [Action::Generate { turn: 2, .. }]));
+    }
+
+    #[test]
+    fn a_caller_who_goes_on_after_a_pause_is_heard_as_one_turn() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "And so my fellow Americans");
+        // Speech again before any reply: cancel, listen, and re-hear both parts together.
+        let a = c.handle(t, Input::SpeechStarted);
+        assert_eq!(a, vec![Action::CancelGeneration { turn: 1 }]);
+        assert_eq!(c.state(), ConversationState::Listening);
+        let a = c.handle(t, Input::SpeechEnded { utterance: 2 });
+        assert_eq!(
+            a,
+            vec![Action::Transcribe {
+                utterance: 2,
+                join_previous: true
+            }]
+        );
+        let a = c.handle(
+            t,
+            Input::Transcript {
+                utterance: 2,
+                text: "And so my fellow Americans, ask not".into(),
+            },
+        );
+        assert!(
+            matches!(&a[..], [Action::Generate { history, .. }] if history.len() == 1 && history[0].content.starts_with("And so my fellow Americans, ask not")),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -1013,6 +1083,21 @@ mod tests {
         assert_eq!(a[1], Action::CancelGeneration { turn: 1 });
         let turn = &recorded(&a)[0];
         assert!(turn.errors[0].contains("claims an action"), "{turn:?}");
+    }
+
+    #[test]
+    fn a_failed_synthesis_escalates_with_cached_prompts() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "When are you open?");
+        c.handle(t, Input::ReplyClause { turn: 1, text: "We are open.".into() });
+        let a = c.handle(t, Input::SynthesisFailed { error: "no voice".into() });
+        assert_eq!(a[0], Action::CancelGeneration { turn: 1 });
+        assert_eq!(a[1], Action::StopPlayback);
+        assert_eq!(a[2], Action::Play(Prompt::Goodbye));
+        assert!(recorded(&a)[0].errors[0].starts_with("synthesis"));
+        assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
     }
 
     #[test]

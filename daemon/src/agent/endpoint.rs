@@ -87,6 +87,11 @@ impl Endpointer {
         self.windows
     }
 
+    /// Changes how much speech confirms a start (shorter while the agent talks, for barge-in).
+    pub fn set_min_speech_ms(&mut self, ms: u32) {
+        self.cfg.min_speech_ms = ms;
+    }
+
     /// Forgets any speech in progress (e.g. after the agent took the turn by DTMF).
     pub fn reset(&mut self) {
         self.state = State::Silence;

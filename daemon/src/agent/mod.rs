@@ -59,11 +59,34 @@ pub struct Intent {
     examples: Vec<Vec<String>>,
 }
 
+/// Words that tie a question to a fact beyond the words they share.
+const RELATED_WORDS: &[(&str, &[&str])] = &[
+    ("hours", &["open", "opening", "close", "closed"]),
+    ("opening", &["open", "hours"]),
+    ("open", &["opening", "hours", "close", "closed"]),
+    ("closed", &["open", "close"]),
+    ("when", &["open", "hours"]),
+    ("where", &["street", "road", "address", "next", "located"]),
+    ("address", &["street", "road", "where"]),
+    ("located", &["street", "road", "where"]),
+    ("find", &["street", "road", "address"]),
+];
+
+/// Words naming a day, month or time: a reply may only use those the facts use.
+const TIME_WORDS: &[&str] = &[
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend",
+    "weekends", "am", "pm", "noon", "midnight", "january", "february", "march", "april", "june",
+    "july", "august", "september", "october", "november", "december",
+];
+
 /// The agent as configured: prompt text, intents and key rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpec {
     pub config: AgentConfig,
     pub intents: Vec<Intent>,
+    /// Every word of the facts, persona and prompts: what a reply may state as numbers/times.
+    grounded: std::collections::HashSet<String>,
+    facts: Vec<(String, Vec<String>)>,
 }
 
 impl AgentSpec {
@@ -83,10 +106,63 @@ impl AgentSpec {
                     .collect(),
             })
             .collect();
+        let mut grounded = std::collections::HashSet::new();
+        for text in config
+            .facts
+            .iter()
+            .chain([&config.persona, &config.organisation, &config.topics])
+        {
+            grounded.extend(normalize_words(text));
+        }
+        let facts = config
+            .facts
+            .iter()
+            .map(|f| (f.trim().to_owned(), content_words(f)))
+            .collect();
         Self {
             config: config.clone(),
             intents,
+            grounded,
+            facts,
         }
+    }
+
+    /// The fact that best answers `question` (shared or related words), if any.
+    pub fn relevant_fact(&self, question: &str) -> Option<&str> {
+        let mut words = content_words(question);
+        let related: Vec<String> = words
+            .iter()
+            .flat_map(|w| {
+                RELATED_WORDS
+                    .iter()
+                    .filter(move |(k, _)| k == w)
+                    .flat_map(|(_, r)| r.iter().map(|s| (*s).to_owned()))
+            })
+            .collect();
+        words.extend(related);
+        self.facts
+            .iter()
+            .map(|(fact, fw)| (fact, fw.iter().filter(|w| words.contains(w)).count()))
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(_, n)| *n)
+            .map(|(f, _)| f.as_str())
+    }
+
+    /// A number, day or time in `clause` that no fact states (the model made it up).
+    pub fn ungrounded_word(&self, clause: &str) -> Option<String> {
+        normalize_words(clause).into_iter().find(|w| {
+            let factual = w.chars().any(|c| c.is_ascii_digit()) || TIME_WORDS.contains(&w.as_str());
+            factual && !self.grounded.contains(w)
+        })
+    }
+
+    /// Applies every guardrail to one clause of a reply (see [`guard_clause`]), and refuses
+    /// numbers, days and times that are not in the facts.
+    pub fn guard(&self, clause: &str, said_words: usize, max_words: usize) -> Guarded {
+        if let Some(word) = self.ungrounded_word(clause) {
+            return Guarded::Ungrounded(word);
+        }
+        guard_clause(clause, said_words, max_words)
     }
 
     /// The system prompt: persona, topics, facts and the rules the model must keep.
@@ -163,6 +239,8 @@ pub enum Guarded {
     Say { text: String, last: bool },
     /// Dropped: it claimed an action the agent did not take.
     Dropped,
+    /// Dropped: it states a number, day or time no fact gives (this word).
+    Ungrounded(String),
     /// The word limit was already reached.
     OverLimit,
 }
@@ -241,10 +319,34 @@ mod tests {
     #[test]
     fn system_prompt_carries_facts_topics_and_limits() {
         let p = spec().system_prompt();
-        assert!(p.contains("nine in the morning"), "{p}");
+        assert!(p.contains("9 am to 5 pm"), "{p}");
         assert!(p.contains("12 River Street"), "{p}");
         assert!(p.contains("opening hours, address"), "{p}");
         assert!(p.contains("at most 40 words"), "{p}");
+    }
+
+    #[test]
+    fn questions_find_their_fact_and_made_up_times_are_refused() {
+        let s = spec();
+        assert!(s
+            .relevant_fact("Hello, what are your opening hours?")
+            .is_some_and(|f| f.contains("Monday to Friday")));
+        assert!(s
+            .relevant_fact("Where is the clinic?")
+            .is_some_and(|f| f.contains("River Street")));
+        assert_eq!(s.relevant_fact("Do you like football?"), None);
+        assert_eq!(
+            s.guard("We are open on Saturday mornings.", 0, 40),
+            Guarded::Ungrounded("saturday".into())
+        );
+        assert_eq!(
+            s.guard("We close at 12:00 PM.", 0, 40),
+            Guarded::Ungrounded("1200".into())
+        );
+        assert!(matches!(
+            s.guard("We are open Monday to Friday, 9 am to 5 pm.", 0, 40),
+            Guarded::Say { .. }
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Calls: the durable call record, and the per-call task that drives signalling and media.
 
+pub mod agent;
 pub mod record;
 pub mod session;
 

@@ -1,5 +1,5 @@
-//! One inbound call as a task: negotiate SDP, answer, run media (media test mode until the
-//! voice agent exists), keep the call record, end cleanly whoever hangs up.
+//! One call as a task: negotiate SDP, answer, run media with the voice agent (`call::agent`) or
+//! media test mode, keep the call record, end cleanly whoever hangs up.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::agent::{AgentRun, Directive};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
 use super::CallControl;
-use crate::config::{AfterPrompt, Config};
+use crate::config::{AfterPrompt, CallHandler, Config};
+use crate::speech::service::CallSpeech;
 use crate::ops::work::WorkGuard;
 use crate::ops::DaemonContext;
 use crate::telephony::codec::Negotiated;
@@ -114,6 +116,23 @@ async fn inbound(
     tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
 
     let reject = |code: u16, reason: String| CallCommand::Reject { code, reason };
+    let agent = if config.call.handler == CallHandler::Agent {
+        match admit_agent(&ctx) {
+            Ok(speech) => Some(speech),
+            Err(reason) => {
+                tracing::warn!("call refused (503): {reason}");
+                let _ = commands.send(reject(503, reason.clone())).await;
+                rec.end(
+                    EndReason::Rejected { code: 503, reason },
+                    Some(Party::Appliance),
+                );
+                save(&ctx, &rec).await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let Some(sockets) = ports.allocate().await else {
         let reason = "no free RTP port pair".to_owned();
         tracing::warn!("{reason}; widen rtp.port_min..port_max");
@@ -196,6 +215,7 @@ async fn inbound(
         rec,
         (signals, commands),
         None,
+        agent,
     )
     .await;
 }
@@ -210,6 +230,7 @@ async fn run_answered(
     mut rec: CallRecord,
     (mut signals, commands): (mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
+    agent: Option<CallSpeech>,
 ) {
     let recording = config.call.record.then(|| {
         config
@@ -218,7 +239,7 @@ async fn run_answered(
             .join("recordings")
             .join(format!("{}.wav", rec.id))
     });
-    let mut media = match MediaRun::new(config, negotiated, sockets, recording) {
+    let mut media = match MediaRun::new(config, negotiated, sockets, recording, agent) {
         Ok(mut m) => {
             if bridge.is_some() {
                 m.session.flush_outgoing();
@@ -236,6 +257,11 @@ async fn run_answered(
     };
     let (control_tx, mut control_rx) = mpsc::channel(8);
     ctx.live_calls().insert(&rec.id, control_tx);
+    if let Some(agent) = media.agent.as_mut() {
+        if let Some(d) = agent.start(&mut media.session, &mut rec) {
+            media.directive = Some(d);
+        }
+    }
     let ending = media
         .run(
             ctx,
@@ -381,8 +407,18 @@ async fn outbound(
         rec,
         (call.signals, call.commands),
         req.bridge,
+        None,
     )
     .await;
+}
+
+/// A voice agent call's share of the engines, or why there is none (the caller gets 503).
+fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<CallSpeech, String> {
+    match ctx.speech() {
+        None => Err("the voice agent is still loading its models".to_owned()),
+        Some(Err(e)) => Err(format!("the voice agent is unavailable: {e}")),
+        Some(Ok(service)) => service.open_call(),
+    }
 }
 
 async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
@@ -502,6 +538,10 @@ struct MediaRun {
     dtmf_queue: std::collections::VecDeque<char>,
     /// When bridged to another leg: audio goes there instead of media test mode.
     bridge: Option<Bridge>,
+    /// The voice agent (else media test mode).
+    agent: Option<AgentRun>,
+    /// What the agent asked for, handled by the call loop.
+    directive: Option<Directive>,
 }
 
 impl MediaRun {
@@ -510,6 +550,7 @@ impl MediaRun {
         negotiated: Negotiated,
         sockets: RtpSockets,
         recording: Option<PathBuf>,
+        agent: Option<CallSpeech>,
     ) -> Result<Self, String> {
         let now = Instant::now();
         let mut media_config = MediaConfig::new(
@@ -523,16 +564,19 @@ impl MediaRun {
         media_config.wallclock_at_start = std::time::SystemTime::now();
         media_config.record = recording.is_some();
         let mut session = MediaSession::new(media_config, now).map_err(|e| e.to_string())?;
-        let (pcm, rate) = if config.media_test.prompt.as_os_str().is_empty() {
-            builtin_prompt()
-        } else {
-            load_prompt(&config.media_test.prompt).unwrap_or_else(|e| {
-                tracing::warn!("prompt not playable, using the built-in tones: {e}");
+        let agent = agent.map(|speech| AgentRun::new(config, speech));
+        if agent.is_none() {
+            let (pcm, rate) = if config.media_test.prompt.as_os_str().is_empty() {
                 builtin_prompt()
-            })
-        };
-        if let Err(e) = session.queue_audio(&pcm, rate) {
-            tracing::warn!("prompt not queued: {e}");
+            } else {
+                load_prompt(&config.media_test.prompt).unwrap_or_else(|e| {
+                    tracing::warn!("prompt not playable, using the built-in tones: {e}");
+                    builtin_prompt()
+                })
+            };
+            if let Err(e) = session.queue_audio(&pcm, rate) {
+                tracing::warn!("prompt not queued: {e}");
+            }
         }
         let recorder = recording.and_then(|path| {
             if let Some(dir) = path.parent() {
@@ -558,6 +602,8 @@ impl MediaRun {
             },
             dtmf_queue: std::collections::VecDeque::new(),
             bridge: None,
+            agent,
+            directive: None,
         })
     }
 
@@ -585,11 +631,39 @@ impl MediaRun {
         );
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
+        // The agent's own transfer request: its outcome goes back to the conversation.
+        let mut agent_transfer: Option<tokio::sync::oneshot::Receiver<Result<String, String>>> =
+            None;
         loop {
             self.feed_dtmf();
             self.flush_transmits().await;
             if let Some(ending) = self.drain_events(rec) {
                 return ending;
+            }
+            let directive = self
+                .directive
+                .take()
+                .or_else(|| self.agent.as_mut().and_then(AgentRun::take_directive));
+            match directive {
+                Some(Directive::Hangup) => {
+                    return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
+                }
+                Some(Directive::Transfer(target)) => {
+                    if transfer.is_none() {
+                        let (otx, orx) = tokio::sync::oneshot::channel();
+                        tracing::info!(%target, "agent transfers the call");
+                        let _ = commands.send(CallCommand::Transfer { target: target.clone() }).await;
+                        transfer = Some((target, Some(otx)));
+                        agent_transfer = Some(orx);
+                    }
+                }
+                None => {}
+            }
+            if self.agent.as_ref().is_some_and(|a| a.dirty) {
+                if let Some(a) = self.agent.as_mut() {
+                    a.dirty = false;
+                }
+                save(ctx, rec).await;
             }
             // Operators see a live call through the store: keep what changed there.
             let now_seen = (
@@ -607,7 +681,47 @@ impl MediaRun {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let deadline = self.max_duration.map(|d| started + d);
+            let agent_wake = self.agent.as_ref().and_then(AgentRun::poll_timeout);
             tokio::select! {
+                event = async {
+                    match self.agent.as_mut() {
+                        Some(a) => a.next_event().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let (Some(event), Some(agent)) = (event, self.agent.as_mut()) {
+                        if let Some(d) = agent.handle_event(event, &mut self.session, rec) {
+                            self.directive = Some(d);
+                        }
+                    }
+                }
+                _ = async {
+                    match agent_wake {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        if let Some(d) = agent.handle_timeout(&mut self.session, rec) {
+                            self.directive = Some(d);
+                        }
+                    }
+                }
+                outcome = async {
+                    match agent_transfer.as_mut() {
+                        Some(rx) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    agent_transfer = None;
+                    if let Some(Err(error)) = outcome {
+                        if let Some(agent) = self.agent.as_mut() {
+                            if let Some(d) = agent.on_transfer_failed(error, &mut self.session, rec) {
+                                self.directive = Some(d);
+                            }
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     self.session.handle_timeout(Instant::now());
                 }
@@ -638,6 +752,11 @@ impl MediaRun {
                     Some(CallSignal::InfoDtmf { digit, .. }) => {
                         tracing::info!(%digit, "DTMF (SIP INFO)");
                         rec.dtmf_received.push(digit);
+                        if let Some(agent) = self.agent.as_mut() {
+                            if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
+                                self.directive = Some(d);
+                            }
+                        }
                     }
                     Some(CallSignal::Reoffer { sdp: offer }) => {
                         self.reoffer(config, &offer, commands).await;
@@ -877,6 +996,8 @@ impl MediaRun {
                     if let Some(b) = &self.bridge {
                         // A full queue means the other leg stalls: drop, never block this call.
                         let _ = b.to_peer.try_send((pcm, sample_rate));
+                    } else if let Some(agent) = self.agent.as_mut() {
+                        agent.on_caller_audio(&pcm, sample_rate);
                     } else if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");
@@ -888,6 +1009,13 @@ impl MediaRun {
                         if let Err(e) = r.handle_event(&event) {
                             tracing::warn!("recording stopped: {e}");
                             self.recorder = None;
+                        }
+                    }
+                }
+                MediaEvent::PlayoutDrained if self.agent.is_some() && self.bridge.is_none() => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        if let Some(d) = agent.on_playout_drained(&mut self.session, rec) {
+                            self.directive = Some(d);
                         }
                     }
                 }
@@ -907,6 +1035,11 @@ impl MediaRun {
                 MediaEvent::Dtmf { digit, duration_ms } => {
                     tracing::info!(%digit, duration_ms, "DTMF (RFC 4733)");
                     rec.dtmf_received.push(digit);
+                    if let Some(agent) = self.agent.as_mut() {
+                        if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
+                            self.directive = Some(d);
+                        }
+                    }
                 }
                 MediaEvent::MediaTimeout => {
                     tracing::warn!("no RTP for the media timeout; ending the call");

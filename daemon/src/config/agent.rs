@@ -130,7 +130,7 @@ impl Default for AgentConfig {
                 .to_owned(),
             topics: "the clinic's opening hours, address, appointments and services".to_owned(),
             facts: vec![
-                "The clinic is open Monday to Friday, from nine in the morning to five in the afternoon.".to_owned(),
+                "We are open Monday to Friday, from 9 am to 5 pm, and closed at weekends.".to_owned(),
                 "The clinic is at 12 River Street, next to the library.".to_owned(),
             ],
             greeting: "Hello, you are through to Riverside Clinic. How can I help you?".to_owned(),
@@ -241,7 +241,7 @@ pub(super) fn check_agent(
         ("agent.filler_after_ms", agent.filler_after_ms, 200, 10_000),
         ("agent.no_input_secs", agent.no_input_secs, 2, 600),
         ("agent.max_reply_tokens", agent.max_reply_tokens, 8, 1000),
-        ("agent.max_reply_ms", agent.max_reply_ms, 200, 60_000),
+        ("agent.max_reply_ms", agent.max_reply_ms, 1, 60_000),
         ("agent.max_reply_words", agent.max_reply_words, 3, 500),
         ("agent.max_failures", agent.max_failures, 1, 10),
     ];

@@ -66,6 +66,11 @@ pub struct Status {
     /// The same, structured (absent when the uplink is off).
     #[serde(default)]
     pub uplink_detail: Option<crate::uplink::UplinkReport>,
+    /// The voice agent's engines: "ready", "loading", "media test mode" or why not.
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub speech: Option<crate::speech::service::SpeechStatus>,
 }
 
 impl Status {
@@ -163,6 +168,8 @@ pub struct DaemonContext {
     stopping: std::sync::atomic::AtomicBool,
     /// One `config.apply` at a time.
     applying: std::sync::Mutex<()>,
+    /// The voice agent's engines (call.handler = "agent"), or why they are not there.
+    speech: std::sync::OnceLock<Result<Arc<crate::speech::service::SpeechService>, String>>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -186,6 +193,7 @@ impl DaemonContext {
             registrations: std::sync::OnceLock::new(),
             uplink: std::sync::OnceLock::new(),
             uplink_error: std::sync::OnceLock::new(),
+            speech: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,6 +216,12 @@ impl DaemonContext {
     /// The uplink, when `[uplink] enabled` and it started.
     pub fn uplink(&self) -> Option<&crate::uplink::UplinkHandle> {
         self.uplink.get()
+    }
+
+    /// The speech engines: None before they are loaded (or with media test mode), Err when they
+    /// failed to load (agent calls get 503 with the reason).
+    pub fn speech(&self) -> Option<&Result<Arc<crate::speech::service::SpeechService>, String>> {
+        self.speech.get()
     }
 
     pub fn live_calls(&self) -> &crate::call::LiveCalls {
@@ -266,6 +280,17 @@ impl DaemonContext {
                 (None, None) => "not configured".to_owned(),
             },
             uplink_detail: self.uplink.get().map(|u| u.report()),
+            agent: match (loaded.config.call.handler, self.speech.get()) {
+                (crate::config::CallHandler::MediaTest, _) => "media test mode".to_owned(),
+                (_, None) => "loading".to_owned(),
+                (_, Some(Ok(_))) => "ready".to_owned(),
+                (_, Some(Err(e))) => format!("unavailable: {e}"),
+            },
+            speech: self
+                .speech
+                .get()
+                .and_then(|s| s.as_ref().ok())
+                .map(|s| s.status()),
         }
     }
 
@@ -532,6 +557,23 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 let _ = ctx.uplink_error.set(e.to_string());
             }
         }
+    }
+    if ctx.config().config.call.handler == crate::config::CallHandler::Agent {
+        // Seconds of model loading: off the runtime, before SIP takes calls.
+        let config = ctx.config().config;
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::speech::service::SpeechService::load(&config)
+        })
+        .await;
+        let speech = match loaded {
+            Ok(Ok(s)) => Ok(Arc::new(s)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("speech engines panicked while loading: {e}")),
+        };
+        if let Err(e) = &speech {
+            tracing::error!("voice agent unavailable, calls get 503: {e}");
+        }
+        let _ = ctx.speech.set(speech);
     }
     let telephony = crate::call::start_telephony(ctx.clone()).await?;
     let sip = telephony.ua.clone();

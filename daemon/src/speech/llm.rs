@@ -124,13 +124,23 @@ impl LlamaEngine {
 
     /// A per-call context with an empty KV cache.
     pub fn new_session(&self) -> Result<LlamaSession<'_>, LlmError> {
+        self.new_shared_session(1, self.config.n_ctx)
+    }
+
+    /// One context holding `n_seq` conversations (sequence 0 and up) in a unified KV cache of
+    /// `n_ctx` cells: sequence 0 can hold the system prompt once, and [`LlamaSession::fork`]
+    /// shares it with each call's sequence without copying or evaluating it again.
+    pub fn new_shared_session(&self, n_seq: u32, n_ctx: u32) -> Result<LlamaSession<'_>, LlmError> {
         let backend = backend()?;
-        let n_ctx = self.config.n_ctx.max(64);
+        let n_ctx = n_ctx.max(64);
+        let n_seq = n_seq.max(1);
         let threads = i32::try_from(self.config.threads.max(1)).unwrap_or(1);
         let n_batch = n_ctx.min(512);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_batch)
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = self
@@ -143,10 +153,15 @@ impl LlamaEngine {
         Ok(LlamaSession {
             engine: self,
             ctx,
-            cached: Vec::new(),
+            cached: vec![Vec::new(); n_seq as usize],
             batch: LlamaBatch::new(n_batch as usize, 1),
             n_batch: n_batch as usize,
         })
+    }
+
+    /// Tokens `text` makes (special tokens parsed, as in a rendered chat).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenize(text).len()
     }
 
     fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
@@ -166,32 +181,70 @@ impl LanguageModel for LlamaEngine {
     }
 }
 
-/// A per-call llama context. Its KV cache holds `cached` (the tokens evaluated so far, in order);
-/// each new prompt reuses the longest common prefix and evaluates only the rest.
+/// A llama context. For each sequence its KV cache holds `cached[seq]` (the tokens evaluated so
+/// far, in order); each new prompt reuses the longest common prefix and evaluates only the rest.
+/// The single-conversation methods use sequence 0.
 pub struct LlamaSession<'m> {
     engine: &'m LlamaEngine,
     ctx: LlamaContext<'m>,
-    cached: Vec<LlamaToken>,
+    cached: Vec<Vec<LlamaToken>>,
     batch: LlamaBatch<'static>,
     n_batch: usize,
 }
 
 impl LlamaSession<'_> {
-    /// Tokens currently in the KV cache.
+    /// Tokens currently in sequence 0's KV cache.
     pub fn cached_tokens(&self) -> usize {
+        self.cached[0].len()
+    }
+
+    /// Sequences this context holds.
+    pub fn sequences(&self) -> usize {
         self.cached.len()
     }
 
     /// Drops the KV cache (the next prompt is evaluated whole).
     pub fn clear(&mut self) {
         self.ctx.clear_kv_cache();
-        self.cached.clear();
+        self.cached.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Makes sequence `dst` share sequence `src`'s cache (e.g. the system prompt) without
+    /// evaluating it again: the unified KV cache references the same cells.
+    pub fn fork(&mut self, src: usize, dst: usize) -> Result<(), LlmError> {
+        if src >= self.cached.len() || dst >= self.cached.len() || src == dst {
+            return Err(LlmError::Decode(format!("no sequence pair {src} → {dst}")));
+        }
+        self.release(dst);
+        self.ctx
+            .kv_cache_seq_cp(seq_id(src), seq_id(dst), None, None)
+            .map_err(|e| LlmError::Decode(e.to_string()))?;
+        self.cached[dst] = self.cached[src].clone();
+        Ok(())
+    }
+
+    /// Empties sequence `seq` (a call ended).
+    pub fn release(&mut self, seq: usize) {
+        if seq < self.cached.len() {
+            let _ = self.ctx.kv_cache_seq_rm(seq_id(seq), None, None);
+            self.cached[seq].clear();
+        }
+    }
+
+    /// Tokens cached for `seq`.
+    pub fn cached_tokens_of(&self, seq: usize) -> usize {
+        self.cached.get(seq).map_or(0, Vec::len)
     }
 
     /// Makes the KV cache hold exactly `tokens`, evaluating only what differs from what it holds;
     /// with `logits_last`, the last token's logits are computed (and it is evaluated even when
     /// cached). Returns how many tokens came from the cache.
-    fn sync(&mut self, tokens: &[LlamaToken], logits_last: bool) -> Result<usize, LlmError> {
+    fn sync(
+        &mut self,
+        seq: usize,
+        tokens: &[LlamaToken],
+        logits_last: bool,
+    ) -> Result<usize, LlmError> {
         let n_ctx = self.ctx.n_ctx();
         if tokens.len() >= n_ctx as usize {
             return Err(LlmError::ContextFull {
@@ -199,8 +252,7 @@ impl LlamaSession<'_> {
                 n_ctx,
             });
         }
-        let mut keep = self
-            .cached
+        let mut keep = self.cached[seq]
             .iter()
             .zip(tokens)
             .take_while(|(a, b)| a == b)
@@ -208,13 +260,13 @@ impl LlamaSession<'_> {
         if logits_last && keep == tokens.len() && keep > 0 {
             keep -= 1; // re-evaluate the last token for its logits
         }
-        if keep < self.cached.len() {
+        if keep < self.cached[seq].len() {
             let p0 = u32::try_from(keep).unwrap_or(u32::MAX);
-            if self.ctx.kv_cache_seq_rm(0, Some(p0), None).is_err() {
-                self.ctx.clear_kv_cache();
+            if self.ctx.kv_cache_seq_rm(seq_id(seq), Some(p0), None).is_err() {
+                let _ = self.ctx.kv_cache_seq_rm(seq_id(seq), None, None);
                 keep = 0;
             }
-            self.cached.truncate(keep);
+            self.cached[seq].truncate(keep);
         }
         let rest = &tokens[keep..];
         for (chunk_i, chunk) in rest.chunks(self.n_batch).enumerate() {
@@ -224,21 +276,26 @@ impl LlamaSession<'_> {
                 let pos = base + i;
                 let last = logits_last && pos + 1 == tokens.len();
                 self.batch
-                    .add(tok, pos as i32, &[0], last)
+                    .add(tok, pos as i32, &[seq_id(seq)], last)
                     .map_err(|e| LlmError::Decode(e.to_string()))?;
             }
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| LlmError::Decode(e.to_string()))?;
-            self.cached.extend_from_slice(chunk);
+            self.cached[seq].extend_from_slice(chunk);
         }
         Ok(keep)
     }
 
     /// Evaluates `prompt` into the KV cache (see [`LlmSession::prime`]).
     pub fn prime(&mut self, prompt: &str) -> Result<(), LlmError> {
+        self.prime_seq(0, prompt)
+    }
+
+    /// Evaluates `prompt` into sequence `seq`'s KV cache.
+    pub fn prime_seq(&mut self, seq: usize, prompt: &str) -> Result<(), LlmError> {
         let tokens = self.engine.tokenize(prompt);
-        self.sync(&tokens, false)?;
+        self.sync(seq, &tokens, false)?;
         Ok(())
     }
 
@@ -249,9 +306,23 @@ impl LlamaSession<'_> {
         budget: Budget,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, LlmError> {
+        self.generate_seq(0, prompt, budget, on_token)
+    }
+
+    /// Generates a continuation of `prompt` in sequence `seq` (see [`LlmSession::generate`]).
+    pub fn generate_seq(
+        &mut self,
+        seq: usize,
+        prompt: &str,
+        budget: Budget,
+        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, LlmError> {
+        if seq >= self.cached.len() {
+            return Err(LlmError::Decode(format!("no sequence {seq}")));
+        }
         let started = Instant::now();
         let tokens = self.engine.tokenize(prompt);
-        let cached_tokens = self.sync(&tokens, true)?;
+        let cached_tokens = self.sync(seq, &tokens, true)?;
         let vocab = self.engine.model.vocab();
         let mut sampler = LlamaSampler::greedy();
         let n_ctx = self.ctx.n_ctx() as usize;
@@ -293,18 +364,18 @@ impl LlamaSession<'_> {
                 break StopReason::Cancelled;
             }
             // Feed the token back.
-            let pos = self.cached.len();
+            let pos = self.cached[seq].len();
             if pos + 1 >= n_ctx {
                 break StopReason::MaxTokens;
             }
             self.batch.clear();
             self.batch
-                .add(tok, pos as i32, &[0], true)
+                .add(tok, pos as i32, &[seq_id(seq)], true)
                 .map_err(|e| LlmError::Decode(e.to_string()))?;
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| LlmError::Decode(e.to_string()))?;
-            self.cached.push(tok);
+            self.cached[seq].push(tok);
             logits_idx = 0;
         };
         if !pending.is_empty() {
@@ -322,6 +393,10 @@ impl LlamaSession<'_> {
             elapsed: started.elapsed(),
         })
     }
+}
+
+fn seq_id(seq: usize) -> i32 {
+    i32::try_from(seq).unwrap_or(i32::MAX)
 }
 
 impl LlmSession for LlamaSession<'_> {

@@ -11,8 +11,11 @@
 //! process. Piper's ONNX Runtime is loaded at run time from the model bundle (`tts`).
 
 pub mod llm;
+pub mod pool;
+pub mod service;
 pub mod text;
 pub mod tts;
+pub mod vad;
 pub mod whisper;
 
 use std::ops::ControlFlow;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 pub use llm::{LlamaEngine, LlamaSession, LlmConfig};
 pub use tts::{PiperConfig, PiperSynthesizer};
+pub use vad::SileroVad;
 pub use whisper::{WhisperConfig, WhisperRecognizer, WhisperSession};
 
 /// Sample rate every recognizer takes (mono f32 in -1.0..=1.0).
@@ -297,8 +301,12 @@ pub trait LlmSession {
 /// turn, same words.
 pub fn audio_ctx_for(samples: usize) -> u32 {
     let positions = (samples as u64 * 1500).div_ceil(30 * ASR_SAMPLE_RATE as u64) + 64;
-    positions.min(1500) as u32
+    positions.clamp(MIN_AUDIO_CTX, 1500) as u32
 }
+
+/// Fewest encoder positions used (4 s): on turns shorter than a second or two, a tighter
+/// encoder makes whisper tiny invent words ("ask not" → "deraille resembling lost").
+pub const MIN_AUDIO_CTX: u64 = 200;
 
 /// Converts 16-bit PCM to the f32 samples the recognizers take.
 pub fn pcm_i16_to_f32(pcm: &[i16]) -> Vec<f32> {
@@ -314,7 +322,7 @@ mod tests {
         // REFERENCE-FIGURES.md: 2.74 s → 201, jfk 11 s → 614.
         assert_eq!(audio_ctx_for(43_840), 201);
         assert_eq!(audio_ctx_for(176_000), 614);
-        assert_eq!(audio_ctx_for(0), 64);
+        assert_eq!(audio_ctx_for(0), 200);
         assert_eq!(audio_ctx_for(16_000 * 29), 1500);
         assert_eq!(audio_ctx_for(16_000 * 60), 1500);
     }

@@ -110,6 +110,30 @@ fn ts_ms(t: i64) -> u64 {
     u64::try_from(t.max(0)).unwrap_or(0) * 10
 }
 
+/// Removes what the decoder said after the speech ended: a trailing block of words that repeats
+/// the block before it (token timestamps cannot tell: with a sized encoder many real words get
+/// no duration too). Returns whether anything was removed.
+fn drop_decoder_run_on(words: &mut Vec<Word>) -> bool {
+    let before = words.len();
+    loop {
+        let norm: Vec<String> = words
+            .iter()
+            .map(|w| crate::speech::text::normalize_words(&w.text).join(" "))
+            .collect();
+        let n = norm.len();
+        // The run-on repeats the block just before it, or starts the utterance over (and may
+        // stop part-way: the tail is the utterance's first words again).
+        let repeated = (2..=n / 2)
+            .find(|&k| norm[n - k..] == norm[n - 2 * k..n - k])
+            .or_else(|| (3..=n / 2).rev().find(|&k| norm[n - k..] == norm[..k]));
+        match repeated {
+            Some(k) => words.truncate(n - k),
+            None => break,
+        }
+    }
+    words.len() < before
+}
+
 impl WhisperSession<'_> {
     /// Transcribes one utterance of 16 kHz mono f32 audio.
     pub fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
@@ -211,6 +235,17 @@ impl WhisperSession<'_> {
                 w.probability = probs.iter().sum::<f32>() / probs.len() as f32;
             }
             words.retain(|w| !w.text.is_empty());
+            // With the encoder sized to the utterance, the decoder can run past the speech and
+            // say it again. Drop the repetition, and its text.
+            let text = if audio_ctx < 1500 && drop_decoder_run_on(&mut words) {
+                words
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                text
+            };
             segments.push(Segment {
                 text,
                 start_ms: ts_ms(seg.start_timestamp()),
@@ -238,5 +273,52 @@ impl WhisperSession<'_> {
 impl AsrSession for WhisperSession<'_> {
     fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
         WhisperSession::transcribe(self, pcm_16k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(text: &str, start_ms: u64, end_ms: u64) -> Word {
+        Word {
+            text: text.to_owned(),
+            start_ms,
+            end_ms,
+            probability: 0.9,
+        }
+    }
+
+    #[test]
+    fn a_repeated_utterance_is_dropped_and_nothing_else() {
+        let mut words = vec![
+            w("Hello,", 100, 400),
+            w("what", 460, 700),
+            w("time?", 700, 900),
+            w("Hello,", 950, 950),
+            w("what", 950, 950),
+            w("time?", 950, 950),
+        ];
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 3);
+        let mut words = vec![
+            w("the", 0, 100),
+            w("end", 100, 200),
+            w("the", 200, 300),
+            w("end.", 300, 400),
+        ];
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 2);
+        let mut words: Vec<Word> = "The grass was wet with dew. The grass was wet"
+            .split(' ')
+            .map(|t| w(t, 0, 0))
+            .collect();
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 6);
+        let mut words = vec![w("no,", 0, 100), w("no.", 100, 200), w("fine", 200, 300)];
+        assert!(!drop_decoder_run_on(&mut words));
+        // Words without duration are kept: real words get them too with a sized encoder.
+        let mut words = vec![w("a", 0, 100), w("gold", 100, 100), w("ring", 100, 100)];
+        assert!(!drop_decoder_run_on(&mut words));
     }
 }

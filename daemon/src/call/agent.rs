@@ -1,0 +1,699 @@
+//! The voice agent's shell inside a call: caller audio → 16 kHz → Silero VAD → endpointer →
+//! recognition → the conversation state machine → generation → clause splitter → synthesis →
+//! the media engine's outgoing queue. Engines run on their own threads (`speech::service`);
+//! results come back on one channel that the call's select loop polls with everything else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::record::{AgentTurn, CallRecord, TurnLatency, TurnWord};
+use crate::agent::endpoint::{EndpointConfig, EndpointEvent, Endpointer, WINDOW_SAMPLES};
+use crate::agent::sentences::SentenceSplitter;
+use crate::agent::{Action, Conversation, ConversationState, Input, Prompt};
+use crate::config::Config;
+use crate::speech::service::{CallSpeech, LlmEvent};
+use crate::speech::{AsrError, Budget, SileroVad, StopReason, Synthesis, Transcript, TtsError, ASR_SAMPLE_RATE};
+use crate::telephony::media::Resampler;
+use crate::telephony::media::MediaSession;
+
+/// VAD runs on this many new windows at a time (64 ms): barge-in reacts within a step or two.
+const VAD_HOP_WINDOWS: usize = 2;
+/// Caller audio kept before the current utterance (for the endpointer's pad).
+const KEEP_SAMPLES: usize = ASR_SAMPLE_RATE as usize;
+
+/// What the call must do for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Directive {
+    Transfer(String),
+    Hangup,
+}
+
+/// Results of engine work, back on the call task.
+pub enum AgentEvent {
+    Vad {
+        vad: SileroVad,
+        result: Result<Vec<f32>, AsrError>,
+    },
+    Asr {
+        utterance: u64,
+        result: Result<Transcript, AsrError>,
+    },
+    Llm {
+        turn: u64,
+        event: LlmEvent,
+    },
+    Tts {
+        epoch: u64,
+        seq: u64,
+        result: Result<Synthesis, TtsError>,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+struct Timing {
+    caller_start: Option<Instant>,
+    speech_end: Option<Instant>,
+    endpoint: Option<Instant>,
+    asr_final: Option<Instant>,
+    first_token: Option<Instant>,
+    first_audio: Option<Instant>,
+    first_rtp: Option<Instant>,
+}
+
+pub struct AgentRun {
+    conv: Conversation,
+    speech: CallSpeech,
+    tx: mpsc::UnboundedSender<AgentEvent>,
+    rx: mpsc::UnboundedReceiver<AgentEvent>,
+    answered: Instant,
+    to_asr: Option<Resampler>,
+    scratch: Vec<i16>,
+    /// Caller audio at 16 kHz from sample `audio_base` on.
+    audio: Vec<f32>,
+    audio_base: u64,
+    /// Samples (from the stream start) handed to the VAD so far.
+    vad_done: u64,
+    vad_busy: bool,
+    endpointer: Endpointer,
+    min_speech_ms: u32,
+    barge_in_min_speech_ms: u32,
+    utterances: HashMap<u64, Vec<f32>>,
+    next_utterance: u64,
+    /// The audio last sent to recognition (joined with the next when the caller goes on).
+    last_utterance: Option<Vec<f32>>,
+    generation: Option<(u64, Arc<AtomicBool>)>,
+    splitter: SentenceSplitter,
+    /// Bumped on barge-in: synthesis results of an older epoch are dropped.
+    epoch: u64,
+    tts_next: u64,
+    tts_play: u64,
+    tts_ready: BTreeMap<u64, Option<(Vec<i16>, u32)>>,
+    timing: Timing,
+    words: Vec<TurnWord>,
+    /// Turns recorded since the call last saved its record.
+    pub dirty: bool,
+    /// A directive that came up while saying something (handed out by `take_directive`).
+    directive_from_say: Option<Directive>,
+}
+
+impl AgentRun {
+    pub fn new(config: &Config, speech: CallSpeech) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let agent = &config.agent;
+        let endpointer = Endpointer::new(EndpointConfig {
+            threshold: agent.vad_threshold_percent as f32 / 100.0,
+            min_speech_ms: agent.barge_in_min_speech_ms,
+            endpoint_silence_ms: agent.endpoint_silence_ms,
+            max_utterance_ms: agent.max_utterance_secs * 1000,
+            pad_ms: 200,
+        });
+        let conv = Conversation::new(speech.service().spec().clone());
+        Self {
+            conv,
+            speech,
+            tx,
+            rx,
+            answered: Instant::now(),
+            to_asr: None,
+            scratch: Vec::new(),
+            audio: Vec::new(),
+            audio_base: 0,
+            vad_done: 0,
+            vad_busy: false,
+            endpointer,
+            min_speech_ms: agent.min_speech_ms,
+            barge_in_min_speech_ms: agent.barge_in_min_speech_ms,
+            utterances: HashMap::new(),
+            next_utterance: 1,
+            last_utterance: None,
+            generation: None,
+            splitter: SentenceSplitter::new(),
+            epoch: 0,
+            tts_next: 0,
+            tts_play: 0,
+            tts_ready: BTreeMap::new(),
+            timing: Timing::default(),
+            words: Vec::new(),
+            dirty: false,
+            directive_from_say: None,
+        }
+    }
+
+    pub fn state(&self) -> ConversationState {
+        self.conv.state()
+    }
+
+    /// A directive raised inside a nested step (a synthesis failure while applying actions).
+    pub fn take_directive(&mut self) -> Option<Directive> {
+        self.directive_from_say.take()
+    }
+
+    /// Starts the conversation (the greeting).
+    pub fn start(&mut self, session: &mut MediaSession, rec: &mut CallRecord) -> Option<Directive> {
+        self.answered = Instant::now();
+        let actions = self.conv.handle(Instant::now(), Input::Start);
+        self.apply(actions, session, rec)
+    }
+
+    pub async fn next_event(&mut self) -> Option<AgentEvent> {
+        self.rx.recv().await
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conv.poll_timeout()
+    }
+
+    pub fn handle_timeout(
+        &mut self,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let actions = self.conv.handle_timeout(Instant::now());
+        self.apply(actions, session, rec)
+    }
+
+    /// One frame of caller audio at the codec rate.
+    pub fn on_caller_audio(&mut self, pcm: &[i16], rate: u32) {
+        if self.to_asr.as_ref().is_none_or(|r| r.input_rate() != rate) {
+            match Resampler::to_asr(rate) {
+                Ok(r) => self.to_asr = Some(r),
+                Err(e) => {
+                    tracing::warn!("caller audio not usable for recognition: {e}");
+                    return;
+                }
+            }
+        }
+        self.scratch.clear();
+        if let Some(r) = self.to_asr.as_mut() {
+            if r.process(pcm, &mut self.scratch).is_err() {
+                return;
+            }
+        }
+        self.audio
+            .extend(self.scratch.iter().map(|&s| f32::from(s) / 32768.0));
+        self.kick_vad();
+    }
+
+    fn audio_end(&self) -> u64 {
+        self.audio_base + self.audio.len() as u64
+    }
+
+    fn kick_vad(&mut self) {
+        if self.vad_busy {
+            return;
+        }
+        let hop = (VAD_HOP_WINDOWS * WINDOW_SAMPLES) as u64;
+        if self.audio_end() < self.vad_done + hop {
+            return;
+        }
+        let Some(mut vad) = self.speech.take_vad() else {
+            return;
+        };
+        let windows = ((self.audio_end() - self.vad_done) / WINDOW_SAMPLES as u64) as usize;
+        let from = (self.vad_done - self.audio_base) as usize;
+        let chunk = self.audio[from..from + windows * WINDOW_SAMPLES].to_vec();
+        self.vad_done += (windows * WINDOW_SAMPLES) as u64;
+        self.vad_busy = true;
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = vad.process(&chunk);
+            let _ = tx.send(AgentEvent::Vad { vad, result });
+        });
+    }
+
+    pub fn on_playout_drained(
+        &mut self,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        // Between clauses the queue can run dry while the next one is synthesized: not the end.
+        if self.tts_play < self.tts_next {
+            return None;
+        }
+        let actions = self.conv.handle(Instant::now(), Input::PlayoutDrained);
+        self.apply(actions, session, rec)
+    }
+
+    pub fn on_dtmf(
+        &mut self,
+        digit: char,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let actions = self.conv.handle(Instant::now(), Input::Dtmf(digit));
+        self.apply(actions, session, rec)
+    }
+
+    pub fn on_transfer_failed(
+        &mut self,
+        error: String,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let actions = self
+            .conv
+            .handle(Instant::now(), Input::TransferFailed { error });
+        self.apply(actions, session, rec)
+    }
+
+    pub fn handle_event(
+        &mut self,
+        event: AgentEvent,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let now = Instant::now();
+        match event {
+            AgentEvent::Vad { vad, result } => {
+                self.speech.put_vad(vad);
+                self.vad_busy = false;
+                let probs = match result {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("VAD failed on this chunk: {e}");
+                        return None;
+                    }
+                };
+                let speaking = matches!(
+                    self.conv.state(),
+                    ConversationState::Greeting | ConversationState::Speaking
+                );
+                self.endpointer.set_min_speech_ms(if speaking {
+                    self.barge_in_min_speech_ms
+                } else {
+                    self.min_speech_ms
+                });
+                let mut directive = None;
+                for p in probs {
+                    let Some(ev) = self.endpointer.handle_window(p) else {
+                        continue;
+                    };
+                    let d = self.on_endpoint(ev, now, session, rec);
+                    directive = directive.or(d);
+                }
+                if !self.endpointer.in_speech() {
+                    self.trim_audio();
+                }
+                self.kick_vad();
+                directive
+            }
+            AgentEvent::Asr { utterance, result } => {
+                self.timing.asr_final.get_or_insert(now);
+                let input = match result {
+                    Ok(t) => {
+                        tracing::info!(utterance, text = %t.text, decode_ms = t.elapsed.as_millis() as u64, audio_ctx = t.audio_ctx, "caller said");
+                        self.words = t
+                            .words()
+                            .map(|w| TurnWord {
+                                text: w.text.clone(),
+                                start_ms: w.start_ms,
+                                end_ms: w.end_ms,
+                                probability: w.probability,
+                            })
+                            .collect();
+                        Input::Transcript {
+                            utterance,
+                            text: clean_transcript(&t.text),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(utterance, "recognition failed: {e}");
+                        Input::RecognitionFailed {
+                            utterance,
+                            error: e.to_string(),
+                        }
+                    }
+                };
+                let actions = self.conv.handle(now, input);
+                self.apply(actions, session, rec)
+            }
+            AgentEvent::Llm { turn, event } => {
+                if self.generation.as_ref().is_none_or(|(t, _)| *t != turn) {
+                    return None;
+                }
+                let mut inputs = Vec::new();
+                match event {
+                    LlmEvent::Token(piece) => {
+                        self.timing.first_token.get_or_insert(now);
+                        for text in self.splitter.push(&piece) {
+                            inputs.push(Input::ReplyClause { turn, text });
+                        }
+                    }
+                    LlmEvent::Done(g) => {
+                        self.generation = None;
+                        if let Some(text) = self.splitter.finish() {
+                            inputs.push(Input::ReplyClause { turn, text });
+                        }
+                        tracing::info!(
+                            turn,
+                            prompt_tokens = g.prompt_tokens,
+                            cached_tokens = g.cached_tokens,
+                            generated = g.generated_tokens,
+                            first_token_ms = g.first_token.map(|d| d.as_millis() as u64),
+                            elapsed_ms = g.elapsed.as_millis() as u64,
+                            stop = ?g.stop,
+                            "reply generated"
+                        );
+                        inputs.push(Input::ReplyDone {
+                            turn,
+                            over_budget: matches!(g.stop, StopReason::MaxTime | StopReason::MaxTokens)
+                                && g.generated_tokens == 0,
+                        });
+                    }
+                    LlmEvent::Failed(error) => {
+                        self.generation = None;
+                        tracing::warn!(turn, "reply generation failed: {error}");
+                        inputs.push(Input::ReplyFailed { turn, error });
+                    }
+                }
+                let mut directive = None;
+                for input in inputs {
+                    let actions = self.conv.handle(now, input);
+                    directive = directive.or(self.apply(actions, session, rec));
+                }
+                directive
+            }
+            AgentEvent::Tts { epoch, seq, result } => {
+                if epoch != self.epoch {
+                    return None;
+                }
+                let audio = match result {
+                    Ok(s) => Some((s.pcm, s.sample_rate)),
+                    Err(e) => {
+                        tracing::warn!("synthesis failed: {e}");
+                        let actions = self.conv.handle(
+                            now,
+                            Input::SynthesisFailed {
+                                error: e.to_string(),
+                            },
+                        );
+                        if let Some(d) = self.apply(actions, session, rec) {
+                            self.directive_from_say = Some(d);
+                        }
+                        None
+                    }
+                };
+                self.tts_ready.insert(seq, audio);
+                self.play_ready(session);
+                None
+            }
+        }
+    }
+
+    fn on_endpoint(
+        &mut self,
+        ev: EndpointEvent,
+        now: Instant,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        match ev {
+            EndpointEvent::SpeechStarted { start_sample } => {
+                let behind = self.audio_end().saturating_sub(start_sample);
+                self.timing = Timing {
+                    caller_start: Some(now - samples_to_duration(behind)),
+                    ..Timing::default()
+                };
+                let actions = self.conv.handle(now, Input::SpeechStarted);
+                self.apply(actions, session, rec)
+            }
+            EndpointEvent::SpeechEnded {
+                start_sample,
+                end_sample,
+                ..
+            } => {
+                let from = start_sample.max(self.audio_base);
+                let to = end_sample.min(self.audio_end()).max(from);
+                let pcm = self.audio
+                    [(from - self.audio_base) as usize..(to - self.audio_base) as usize]
+                    .to_vec();
+                // The speech ended where the pad begins: now minus the audio after it.
+                let pad = 7 * WINDOW_SAMPLES as u64;
+                let behind = self.audio_end().saturating_sub(end_sample.saturating_sub(pad));
+                self.timing.speech_end = Some(now - samples_to_duration(behind));
+                self.timing.endpoint = Some(now);
+                let utterance = self.next_utterance;
+                self.next_utterance += 1;
+                self.utterances.insert(utterance, pcm);
+                let actions = self.conv.handle(now, Input::SpeechEnded { utterance });
+                self.apply(actions, session, rec)
+            }
+        }
+    }
+
+    fn trim_audio(&mut self) {
+        let keep_from = self.vad_done.saturating_sub(KEEP_SAMPLES as u64).max(self.audio_base);
+        let drop = (keep_from - self.audio_base) as usize;
+        if drop > 0 {
+            self.audio.drain(..drop);
+            self.audio_base = keep_from;
+        }
+    }
+
+    fn play_ready(&mut self, session: &mut MediaSession) {
+        while let Some(audio) = self.tts_ready.remove(&self.tts_play) {
+            self.tts_play += 1;
+            if let Some((pcm, rate)) = audio {
+                self.timing.first_audio.get_or_insert_with(Instant::now);
+                self.queue(session, &pcm, rate);
+            }
+        }
+    }
+
+    fn queue(&mut self, session: &mut MediaSession, pcm: &[i16], rate: u32) {
+        if let Err(e) = session.queue_audio(pcm, rate) {
+            tracing::warn!("agent audio not queued: {e}");
+            return;
+        }
+        if self.timing.endpoint.is_some() {
+            self.timing.first_rtp.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let mut directive = None;
+        for action in actions {
+            match action {
+                Action::Play(prompt) => self.play_prompt(prompt, session),
+                Action::Say(text) => self.say(text, session, rec),
+                Action::StopPlayback => {
+                    session.flush_outgoing();
+                    self.epoch += 1;
+                    self.tts_ready.clear();
+                    self.tts_play = self.tts_next;
+                    tracing::info!("barge-in: playback stopped");
+                }
+                Action::Transcribe {
+                    utterance,
+                    join_previous,
+                } => {
+                    let mut pcm = self.utterances.remove(&utterance).unwrap_or_default();
+                    if join_previous {
+                        if let Some(mut before) = self.last_utterance.take() {
+                            before.extend_from_slice(&pcm);
+                            pcm = before;
+                        }
+                    }
+                    self.last_utterance = Some(pcm.clone());
+                    match self.speech.transcribe(pcm) {
+                        Ok(rx) => {
+                            let tx = self.tx.clone();
+                            tokio::spawn(async move {
+                                let result = rx.await.unwrap_or_else(|_| {
+                                    Err(AsrError::Decode("recognizer thread gone".to_owned()))
+                                });
+                                let _ = tx.send(AgentEvent::Asr { utterance, result });
+                            });
+                        }
+                        Err(full) => {
+                            let _ = self.tx.send(AgentEvent::Asr {
+                                utterance,
+                                result: Err(AsrError::Decode(full.to_string())),
+                            });
+                        }
+                    }
+                }
+                Action::Generate {
+                    turn,
+                    history,
+                    max_tokens,
+                    max_time,
+                } => {
+                    self.splitter = SentenceSplitter::new();
+                    let budget = Budget {
+                        max_tokens,
+                        max_time,
+                    };
+                    match self.speech.generate(history, budget) {
+                        Ok(mut handle) => {
+                            self.generation = Some((turn, Arc::clone(&handle.cancel)));
+                            let tx = self.tx.clone();
+                            tokio::spawn(async move {
+                                while let Some(event) = handle.events.recv().await {
+                                    if tx.send(AgentEvent::Llm { turn, event }).is_err() {
+                                        handle.cancel.store(true, Ordering::Relaxed);
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(full) => {
+                            self.generation = Some((turn, Arc::new(AtomicBool::new(false))));
+                            let _ = self.tx.send(AgentEvent::Llm {
+                                turn,
+                                event: LlmEvent::Failed(full.to_string()),
+                            });
+                        }
+                    }
+                }
+                Action::CancelGeneration { turn } => {
+                    if let Some((t, cancel)) = &self.generation {
+                        if *t == turn {
+                            cancel.store(true, Ordering::Relaxed);
+                            self.generation = None;
+                        }
+                    }
+                }
+                Action::Transfer { target } => directive = Some(Directive::Transfer(target)),
+                Action::Hangup => directive = Some(Directive::Hangup),
+                Action::RecordTurn(turn) => self.record_turn(turn, rec),
+            }
+        }
+        directive
+    }
+
+    fn play_prompt(&mut self, prompt: Prompt, session: &mut MediaSession) {
+        match self.speech.service().prompt(prompt) {
+            Some(audio) => {
+                // After queued clauses: a prompt is in order with what is already being said.
+                if self.tts_play < self.tts_next {
+                    let seq = self.tts_next;
+                    self.tts_next += 1;
+                    self.tts_ready.insert(seq, Some((audio.0.clone(), audio.1)));
+                    self.play_ready(session);
+                } else {
+                    self.queue(session, &audio.0, audio.1);
+                }
+            }
+            None => tracing::warn!("prompt {prompt:?} has no audio"),
+        }
+    }
+
+    fn say(&mut self, text: String, session: &mut MediaSession, rec: &mut CallRecord) {
+        let seq = self.tts_next;
+        self.tts_next += 1;
+        let epoch = self.epoch;
+        match self.speech.synthesize(text) {
+            Some(Ok(rx)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = rx.await.unwrap_or_else(|_| {
+                        Err(TtsError::Synthesis("synthesis thread gone".to_owned()))
+                    });
+                    let _ = tx.send(AgentEvent::Tts { epoch, seq, result });
+                });
+            }
+            failed => {
+                let why = match failed {
+                    Some(Err(full)) => full.to_string(),
+                    _ => "no voice".to_owned(),
+                };
+                tracing::warn!("reply not synthesized: {why}");
+                self.tts_ready.insert(seq, None);
+                let actions = self
+                    .conv
+                    .handle(Instant::now(), Input::SynthesisFailed { error: why });
+                if let Some(d) = self.apply(actions, session, rec) {
+                    self.directive_from_say = Some(d);
+                }
+                self.play_ready(session);
+            }
+        }
+    }
+
+    fn record_turn(&mut self, turn: crate::agent::TurnRecord, rec: &mut CallRecord) {
+        let since = |t: Option<Instant>| {
+            t.map(|t| t.saturating_duration_since(self.answered).as_millis() as u64)
+        };
+        let from_end = |t: Option<Instant>| {
+            match (self.timing.speech_end, t) {
+                (Some(end), Some(t)) => Some(t.saturating_duration_since(end).as_millis() as u64),
+                _ => None,
+            }
+        };
+        let spoken = !turn.caller.starts_with("<key");
+        let entry = AgentTurn {
+            caller_start_ms: if spoken { since(self.timing.caller_start) } else { None },
+            caller_end_ms: if spoken { since(self.timing.speech_end) } else { None },
+            words: if spoken { std::mem::take(&mut self.words) } else { Vec::new() },
+            latency: if spoken {
+                TurnLatency {
+                    endpoint_ms: from_end(self.timing.endpoint),
+                    asr_final_ms: from_end(self.timing.asr_final),
+                    llm_first_token_ms: from_end(self.timing.first_token),
+                    first_tts_audio_ms: from_end(self.timing.first_audio),
+                    first_reply_rtp_ms: from_end(self.timing.first_rtp),
+                }
+            } else {
+                TurnLatency::default()
+            },
+            turn,
+        };
+        tracing::info!(
+            turn = entry.turn.turn,
+            caller = %entry.turn.caller,
+            agent = %entry.turn.agent,
+            intent = %entry.turn.intent,
+            latency = ?entry.latency,
+            "turn"
+        );
+        match rec.turns.iter_mut().find(|t| t.turn.turn == entry.turn.turn) {
+            Some(existing) => {
+                existing.turn.interrupted |= entry.turn.interrupted;
+                existing.turn.errors = entry.turn.errors.clone();
+            }
+            None => rec.turns.push(entry),
+        }
+        self.dirty = true;
+    }
+}
+
+fn samples_to_duration(samples: u64) -> std::time::Duration {
+    std::time::Duration::from_micros(samples * 1_000_000 / u64::from(ASR_SAMPLE_RATE))
+}
+
+/// Whisper marks non-speech as "[BLANK_AUDIO]", "(coughs)", "[Music]": not words.
+fn clean_transcript(text: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0i32;
+    for c in text.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth = (depth - 1).max(0),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whisper_non_speech_markers_are_not_caller_words() {
+        assert_eq!(clean_transcript(" [BLANK_AUDIO] "), "");
+        assert_eq!(clean_transcript("(coughs) When are you open?"), "When are you open?");
+        assert_eq!(clean_transcript("Hello [Music] there"), "Hello there");
+    }
+}

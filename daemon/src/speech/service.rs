@@ -1,0 +1,529 @@
+//! The daemon's speech engines: each model loaded once, inference on dedicated threads behind
+//! bounded queues (`pool`), one llama context whose sequence 0 holds the system prompt and is
+//! shared with every call's sequence, and the fixed prompts rendered once (and kept on disk, so a
+//! voice that fails later still leaves the agent its prompts).
+//!
+//! Calls talk to it through [`CallSpeech`] (one per call): it holds the call's LLM sequence and
+//! returns results on tokio channels, so the call task never blocks.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::pool::{Priority, QueueFull, WorkerPool};
+use super::{
+    AsrError, Budget, ChatMessage, Generation, LlamaEngine, LlamaSession, LlmConfig, LlmError,
+    PiperConfig, PiperSynthesizer, SileroVad, SpeechSynthesizer, StopReason, Transcript, TtsError,
+    WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, ONNXRUNTIME_FILE,
+    TTS_VOICE_FILE, VAD_MODEL_FILE, WHISPER_MODEL_FILE,
+};
+use crate::agent::{AgentSpec, Prompt};
+use crate::config::Config;
+
+/// Why the agent cannot take calls.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpeechUnavailable {
+    #[error("speech recognition unavailable: {0}")]
+    Asr(String),
+    #[error("no voice and no cached prompts: {0}")]
+    Voice(String),
+    #[error("could not start inference threads: {0}")]
+    Threads(String),
+}
+
+/// What a caller turn's generation reports.
+#[derive(Debug)]
+pub enum LlmEvent {
+    /// A piece of text as generated.
+    Token(String),
+    Done(Generation),
+    Failed(String),
+}
+
+/// Lengths and memory of what was loaded, for status and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpeechStatus {
+    pub asr: String,
+    pub llm: String,
+    pub tts: String,
+    pub system_prompt_tokens: usize,
+    pub agent_calls: usize,
+    pub agent_call_limit: usize,
+    pub asr_queue: usize,
+    pub llm_queue: usize,
+    pub tts_queue: usize,
+}
+
+struct LlmShared {
+    engine: &'static LlamaEngine,
+    session: Mutex<LlamaSession<'static>>,
+    system: String,
+    system_tokens: usize,
+    per_call_tokens: usize,
+}
+
+pub struct SpeechService {
+    spec: AgentSpec,
+    asr: &'static WhisperRecognizer,
+    asr_sessions: Arc<Mutex<Vec<WhisperSession<'static>>>>,
+    asr_pool: WorkerPool,
+    llm: Option<Arc<LlmShared>>,
+    llm_error: Option<String>,
+    llm_pool: WorkerPool,
+    free_slots: Mutex<Vec<usize>>,
+    slot_count: usize,
+    tts: Option<Arc<dyn SpeechSynthesizer>>,
+    tts_error: Option<String>,
+    tts_pool: WorkerPool,
+    prompts: HashMap<Prompt, Arc<(Vec<i16>, u32)>>,
+    vad_model: PathBuf,
+}
+
+impl std::fmt::Debug for SpeechService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechService").finish_non_exhaustive()
+    }
+}
+
+/// Calls the agent serves at once: each holds an LLM sequence (memory) and their turns share
+/// the engine threads. `sip.max_calls` above it get 503 for agent calls.
+pub fn agent_call_limit(config: &Config) -> usize {
+    (config.sip.max_calls as usize).clamp(1, 32)
+}
+
+impl SpeechService {
+    /// Loads every engine `config` names (blocking: seconds). Whisper and a voice (or cached
+    /// prompts) are required; without the language model the agent answers from intents and
+    /// templates only.
+    pub fn load(config: &Config) -> Result<Self, SpeechUnavailable> {
+        let started = Instant::now();
+        let models = &config.models.dir;
+        let speech = &config.speech;
+        let spec = AgentSpec::new(&config.agent);
+        let depth = speech.queue_depth as usize;
+
+        let mut wcfg = WhisperConfig::new(models.join(WHISPER_MODEL_FILE));
+        wcfg.threads = speech.asr_threads;
+        let asr = WhisperRecognizer::load(wcfg).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
+        let asr: &'static WhisperRecognizer = Box::leak(Box::new(asr));
+        let vad_model = models.join(VAD_MODEL_FILE);
+        SileroVad::load(&vad_model).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
+
+        let slot_count = agent_call_limit(config);
+        let (llm, llm_error) = match load_llm(config, &spec, slot_count) {
+            Ok(l) => (Some(Arc::new(l)), None),
+            Err(e) => {
+                tracing::error!("language model unavailable, the agent answers from intents and templates only: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
+
+        let onnx = if speech.onnxruntime.as_os_str().is_empty() {
+            models.join(ONNXRUNTIME_FILE)
+        } else {
+            speech.onnxruntime.clone()
+        };
+        let mut pcfg = PiperConfig::new(models.join(TTS_VOICE_FILE), onnx);
+        pcfg.threads = speech.tts_threads as usize;
+        let (tts, tts_error): (Option<Arc<dyn SpeechSynthesizer>>, _) =
+            match PiperSynthesizer::load(pcfg) {
+                Ok(t) => (Some(Arc::new(t)), None),
+                Err(e) => {
+                    tracing::error!("speech synthesis unavailable, the agent uses its cached prompts only: {e}");
+                    (None, Some(e.to_string()))
+                }
+            };
+        let cache_dir = config.daemon.state_dir.join("prompts");
+        let prompts = render_prompts(&spec, tts.as_deref(), &cache_dir)
+            .map_err(SpeechUnavailable::Voice)?;
+
+        let threads = |e: std::io::Error| SpeechUnavailable::Threads(e.to_string());
+        let service = Self {
+            spec,
+            asr,
+            asr_sessions: Arc::new(Mutex::new(Vec::new())),
+            asr_pool: WorkerPool::new("asr", 1, depth).map_err(threads)?,
+            llm,
+            llm_error,
+            llm_pool: WorkerPool::new("llm", 1, depth).map_err(threads)?,
+            free_slots: Mutex::new((1..=slot_count).rev().collect()),
+            slot_count,
+            tts,
+            tts_error,
+            tts_pool: WorkerPool::new("tts", 1, depth).map_err(threads)?,
+            prompts,
+            vad_model,
+        };
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            system_prompt_tokens = service.llm.as_ref().map_or(0, |l| l.system_tokens),
+            agent_calls = slot_count,
+            "speech engines loaded"
+        );
+        Ok(service)
+    }
+
+    pub fn spec(&self) -> &AgentSpec {
+        &self.spec
+    }
+
+    pub fn status(&self) -> SpeechStatus {
+        let free = self.free_slots.lock().map_or(0, |f| f.len());
+        SpeechStatus {
+            asr: format!("whisper {}", self.asr.model_path().display()),
+            llm: match (&self.llm, &self.llm_error) {
+                (Some(l), _) => format!("llama {}", l.engine.model_path().display()),
+                (None, Some(e)) => format!("unavailable: {e}"),
+                (None, None) => "unavailable".to_owned(),
+            },
+            tts: match (&self.tts, &self.tts_error) {
+                (Some(_), _) => "piper".to_owned(),
+                (None, Some(e)) => format!("cached prompts only: {e}"),
+                (None, None) => "cached prompts only".to_owned(),
+            },
+            system_prompt_tokens: self.llm.as_ref().map_or(0, |l| l.system_tokens),
+            agent_calls: self.slot_count - free,
+            agent_call_limit: self.slot_count,
+            asr_queue: self.asr_pool.waiting(),
+            llm_queue: self.llm_pool.waiting(),
+            tts_queue: self.tts_pool.waiting(),
+        }
+    }
+
+    /// A cached prompt's audio and rate.
+    pub fn prompt(&self, p: Prompt) -> Option<Arc<(Vec<i16>, u32)>> {
+        self.prompts.get(&p).cloned()
+    }
+
+    /// Admits a new call, or says why not (SIP 503): every agent sequence taken, or an engine
+    /// queue already full (a bot that cannot keep up is worse than a busy signal).
+    pub fn open_call(self: &Arc<Self>) -> Result<CallSpeech, String> {
+        for pool in [&self.asr_pool, &self.llm_pool, &self.tts_pool] {
+            if pool.is_full() {
+                return Err(format!("{pool:?} is full"));
+            }
+        }
+        let slot = self
+            .free_slots
+            .lock()
+            .map_err(|_| "speech state poisoned".to_owned())?
+            .pop()
+            .ok_or_else(|| format!("all {} agent calls are busy", self.slot_count))?;
+        let vad = match SileroVad::load(&self.vad_model) {
+            Ok(v) => v,
+            Err(e) => {
+                self.release_slot(slot);
+                return Err(e.to_string());
+            }
+        };
+        Ok(CallSpeech {
+            service: Arc::clone(self),
+            slot,
+            vad: Some(vad),
+        })
+    }
+
+    fn release_slot(&self, slot: usize) {
+        if let Some(llm) = &self.llm {
+            if let Ok(mut s) = llm.session.lock() {
+                s.release(slot);
+            }
+        }
+        if let Ok(mut f) = self.free_slots.lock() {
+            f.push(slot);
+        }
+    }
+}
+
+fn load_llm(config: &Config, spec: &AgentSpec, slots: usize) -> Result<LlmShared, LlmError> {
+    let mut lcfg = LlmConfig::new(config.models.dir.join(LLM_MODEL_FILE));
+    lcfg.threads = config.speech.llm_threads;
+    let engine: &'static LlamaEngine = Box::leak(Box::new(LlamaEngine::load(lcfg)?));
+    let system = engine.render_system(&spec.system_prompt())?;
+    let system_tokens = engine.count_tokens(&system);
+    let per_call = config.speech.llm_context_per_call as usize;
+    let n_ctx = (system_tokens + slots * per_call + 64) as u32;
+    let mut session = engine.new_shared_session(slots as u32 + 1, n_ctx)?;
+    let t = Instant::now();
+    session.prime_seq(0, &system)?;
+    tracing::info!(
+        tokens = system_tokens,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "system prompt evaluated once for all calls"
+    );
+    Ok(LlmShared {
+        engine,
+        session: Mutex::new(session),
+        system: spec.system_prompt(),
+        system_tokens,
+        per_call_tokens: per_call,
+    })
+}
+
+/// Renders each fixed prompt with the voice, or loads it from the cache a previous start wrote
+/// (keyed by the text, so a changed prompt is rendered again).
+fn render_prompts(
+    spec: &AgentSpec,
+    tts: Option<&dyn SpeechSynthesizer>,
+    cache_dir: &Path,
+) -> Result<HashMap<Prompt, Arc<(Vec<i16>, u32)>>, String> {
+    let _ = std::fs::create_dir_all(cache_dir);
+    let mut out = HashMap::new();
+    for p in Prompt::ALL {
+        let text = p.text(&spec.config);
+        let path = cache_dir.join(format!("{:016x}.wav", fnv1a(text)));
+        if let Some(tts) = tts {
+            match tts.synthesize(text) {
+                Ok(s) => {
+                    if let Err(e) = write_wav(&path, &s.pcm, s.sample_rate) {
+                        tracing::warn!("prompt cache not written ({}): {e}", path.display());
+                    }
+                    out.insert(p, Arc::new((s.pcm, s.sample_rate)));
+                    continue;
+                }
+                Err(e) => tracing::warn!("prompt {p:?} not synthesized: {e}"),
+            }
+        }
+        match read_wav(&path) {
+            Ok(a) => {
+                out.insert(p, Arc::new(a));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "prompt {p:?} (\"{text}\") has no audio: no voice and no cache at {} ({e}); install the voice with `edgevoice models install`",
+                    path.display()
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn write_wav(path: &Path, pcm: &[i16], rate: u32) -> Result<(), String> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let tmp = path.with_extension("wav.tmp");
+    let mut w = hound::WavWriter::create(&tmp, spec).map_err(|e| e.to_string())?;
+    for &s in pcm {
+        w.write_sample(s).map_err(|e| e.to_string())?;
+    }
+    w.finalize().map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+fn read_wav(path: &Path) -> Result<(Vec<i16>, u32), String> {
+    let mut r = hound::WavReader::open(path).map_err(|e| e.to_string())?;
+    let spec = r.spec();
+    if spec.channels != 1 || spec.bits_per_sample != 16 {
+        return Err("not mono 16-bit".to_owned());
+    }
+    let pcm = r
+        .samples::<i16>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((pcm, spec.sample_rate))
+}
+
+/// One call's handle on the engines: its LLM sequence, its VAD. Dropping it frees the sequence.
+pub struct CallSpeech {
+    service: Arc<SpeechService>,
+    slot: usize,
+    vad: Option<SileroVad>,
+}
+
+impl std::fmt::Debug for CallSpeech {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSpeech")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl Drop for CallSpeech {
+    fn drop(&mut self) {
+        self.service.release_slot(self.slot);
+    }
+}
+
+/// A generation in flight; set `cancel` to stop it at the next token.
+pub struct GenerationHandle {
+    pub events: mpsc::UnboundedReceiver<LlmEvent>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl CallSpeech {
+    pub fn service(&self) -> &Arc<SpeechService> {
+        &self.service
+    }
+
+    /// The call's VAD, to run off the async workers; give it back with [`Self::put_vad`].
+    pub fn take_vad(&mut self) -> Option<SileroVad> {
+        self.vad.take()
+    }
+
+    pub fn put_vad(&mut self, vad: SileroVad) {
+        self.vad = Some(vad);
+    }
+
+    /// Queues recognition of one utterance (16 kHz).
+    pub fn transcribe(
+        &self,
+        pcm_16k: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<Transcript, AsrError>>, QueueFull> {
+        let (tx, rx) = oneshot::channel();
+        let asr = self.service.asr;
+        let sessions = Arc::clone(&self.service.asr_sessions);
+        self.service.asr_pool.try_submit(
+            Priority::Live,
+            Box::new(move || {
+                let session = sessions.lock().ok().and_then(|mut s| s.pop());
+                let session = match session {
+                    Some(s) => Ok(s),
+                    None => asr.new_session(),
+                };
+                let result = session.and_then(|mut s| {
+                    let r = s.transcribe(&pcm_16k);
+                    if let Ok(mut pool) = sessions.lock() {
+                        pool.push(s);
+                    }
+                    r
+                });
+                let _ = tx.send(result);
+            }),
+        )?;
+        Ok(rx)
+    }
+
+    /// Queues a reply to `history` in this call's sequence; tokens stream back as generated.
+    pub fn generate(
+        &self,
+        history: Vec<ChatMessage>,
+        budget: Budget,
+    ) -> Result<GenerationHandle, QueueFull> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let Some(llm) = self.service.llm.clone() else {
+            let why = self
+                .service
+                .llm_error
+                .clone()
+                .unwrap_or_else(|| "language model unavailable".to_owned());
+            let _ = tx.send(LlmEvent::Failed(why));
+            return Ok(GenerationHandle { events, cancel });
+        };
+        let slot = self.slot;
+        let stop = Arc::clone(&cancel);
+        let queued = Instant::now();
+        self.service.llm_pool.try_submit(
+            Priority::Live,
+            Box::new(move || {
+                let result = run_generation(&llm, slot, history, budget, queued, &stop, &tx);
+                let _ = tx.send(match result {
+                    Ok(g) => LlmEvent::Done(g),
+                    Err(e) => LlmEvent::Failed(e.to_string()),
+                });
+            }),
+        )?;
+        Ok(GenerationHandle { events, cancel })
+    }
+
+    /// Queues synthesis of one clause. `None` when there is no voice.
+    pub fn synthesize(
+        &self,
+        text: String,
+    ) -> Option<Result<oneshot::Receiver<Result<super::Synthesis, TtsError>>, QueueFull>> {
+        let tts = self.service.tts.clone()?;
+        let (tx, rx) = oneshot::channel();
+        Some(
+            self.service
+                .tts_pool
+                .try_submit(
+                    Priority::Live,
+                    Box::new(move || {
+                        let _ = tx.send(tts.synthesize(&text));
+                    }),
+                )
+                .map(|()| rx),
+        )
+    }
+}
+
+fn run_generation(
+    llm: &LlmShared,
+    slot: usize,
+    mut history: Vec<ChatMessage>,
+    budget: Budget,
+    queued: Instant,
+    cancel: &AtomicBool,
+    tx: &mpsc::UnboundedSender<LlmEvent>,
+) -> Result<Generation, LlmError> {
+    // The budget counts from the caller's turn, waiting in the queue included.
+    let left = budget.max_time.saturating_sub(queued.elapsed());
+    if left.is_zero() {
+        return Ok(over_time());
+    }
+    let mut session = llm
+        .session
+        .lock()
+        .map_err(|_| LlmError::Decode("llama context poisoned by a panic".to_owned()))?;
+    // Keep the conversation within this call's share of the context: oldest turns go first.
+    let prompt = loop {
+        let mut messages = vec![ChatMessage::system(llm.system.clone())];
+        messages.extend(history.iter().cloned());
+        let prompt = llm.engine.render_chat(&messages)?;
+        let tokens = llm.engine.count_tokens(&prompt);
+        if tokens <= llm.system_tokens + llm.per_call_tokens.saturating_sub(budget.max_tokens as usize)
+            || history.len() <= 1
+        {
+            break prompt;
+        }
+        history.remove(0);
+    };
+    if session.cached_tokens_of(slot) == 0 {
+        session.fork(0, slot)?;
+    }
+    let mut on_token = |piece: &str| {
+        let _ = tx.send(LlmEvent::Token(piece.to_owned()));
+        if cancel.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    session.generate_seq(
+        slot,
+        &prompt,
+        Budget {
+            max_tokens: budget.max_tokens,
+            max_time: left,
+        },
+        &mut on_token,
+    )
+}
+
+fn over_time() -> Generation {
+    Generation {
+        text: String::new(),
+        stop: StopReason::MaxTime,
+        prompt_tokens: 0,
+        cached_tokens: 0,
+        generated_tokens: 0,
+        first_token: None,
+        elapsed: Duration::ZERO,
+    }
+}

@@ -1,0 +1,422 @@
+//! The voice agent end to end: edgevoiced with the real models from ../shared/models answers
+//! baresip on 127.0.0.1. Caller audio is made with the Piper voice (FACTS.md: whisper hears it
+//! far better than espeak-ng at 8 kHz); what the caller heard (baresip's recording) is
+//! transcribed back with whisper. All tests here are slow (model loading, real-time calls).
+
+#[path = "common/audio.rs"]
+mod audio;
+mod common;
+#[path = "common/peers.rs"]
+mod peers;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use common::{text, TestDaemon, TestSite};
+use edgevoice::speech::{
+    pcm_i16_to_f32, PiperConfig, PiperSynthesizer, SpeechRecognizer, SpeechSynthesizer,
+    WhisperConfig, WhisperRecognizer, ONNXRUNTIME_FILE, TTS_VOICE_FILE, WHISPER_MODEL_FILE,
+};
+use edgevoice::telephony::media::Resampler;
+use peers::{Baresip, BaresipOptions};
+
+const T_CALL: Duration = Duration::from_secs(20);
+
+fn models_dir() -> PathBuf {
+    common::shared_dir().join("models")
+}
+
+/// One agent call at a time: each daemon loads every model, and 2 cores are all there is.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn piper() -> &'static PiperSynthesizer {
+    static P: OnceLock<PiperSynthesizer> = OnceLock::new();
+    P.get_or_init(|| {
+        let m = models_dir();
+        let mut c = PiperConfig::new(m.join(TTS_VOICE_FILE), m.join(ONNXRUNTIME_FILE));
+        c.threads = 1;
+        PiperSynthesizer::load(c).expect("load piper")
+    })
+}
+
+fn whisper() -> &'static WhisperRecognizer {
+    static W: OnceLock<WhisperRecognizer> = OnceLock::new();
+    W.get_or_init(|| {
+        WhisperRecognizer::load(WhisperConfig::new(models_dir().join(WHISPER_MODEL_FILE)))
+            .expect("load whisper")
+    })
+}
+
+/// A caller's microphone: `(silence before in ms, sentence)` pieces spoken by the Piper voice,
+/// as an 8 kHz WAV. Returns the path and where (ms) each sentence starts.
+fn caller_audio(dir: &Path, name: &str, script: &[(u64, &str)]) -> (PathBuf, Vec<u64>) {
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut starts = Vec::new();
+    for (gap_ms, sentence) in script {
+        pcm.extend(audio::silence(8000, *gap_ms));
+        starts.push(pcm.len() as u64 / 8);
+        let s = piper().synthesize(sentence).expect("synthesize caller speech");
+        pcm.extend(Resampler::resample_all(&s.pcm, s.sample_rate, 8000).expect("resample"));
+    }
+    let path = dir.join(name);
+    audio::write_wav(&path, 8000, 1, &pcm);
+    (path, starts)
+}
+
+/// Whisper's transcript of (a part of) what the caller heard.
+fn transcribe(samples: &[i16], rate: u32) -> String {
+    let pcm16 = Resampler::resample_all(samples, rate, 16_000).expect("resample");
+    let mut text = Vec::new();
+    // Whisper's window is 30 s: decode in pieces.
+    for chunk in pcm16.chunks(16_000 * 28) {
+        let t = whisper()
+            .transcribe(&pcm_i16_to_f32(chunk))
+            .expect("transcribe");
+        text.push(t.text);
+    }
+    text.join(" ")
+}
+
+struct Agent {
+    site: TestSite,
+    daemon: TestDaemon,
+    sip_port: u16,
+}
+
+impl Agent {
+    fn start(extra: &str) -> Agent {
+        let site = TestSite::new(&format!(
+            "[models]\ndir = \"{}\"\n[call]\nhandler = \"agent\"\nrecord = true\n{extra}",
+            models_dir().display()
+        ));
+        Self::start_site(site)
+    }
+
+    fn start_site(site: TestSite) -> Agent {
+        let mut daemon = TestDaemon::spawn(&site, &[]);
+        daemon.wait_ready(&site);
+        let status = peers::poll_until(Duration::from_secs(60), || {
+            let s = json(&site.cli(&["status", "--json"]).stdout);
+            (s["agent"] != "loading").then_some(s)
+        })
+        .expect("agent loaded within 60 s");
+        assert_eq!(status["agent"], "ready", "{status}\n{}", daemon.log());
+        let sip_port = status["sip_listen"]
+            .as_str()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("sip port");
+        Agent {
+            site,
+            daemon,
+            sip_port,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("sip:agent@127.0.0.1:{}", self.sip_port)
+    }
+
+    fn last_call(&self) -> serde_json::Value {
+        peers::poll_until(Duration::from_secs(20), || {
+            let out = self.site.cli(&["calls", "--json"]);
+            let calls = json(&out.stdout);
+            let first = calls.as_array()?.first()?.clone();
+            let id = first["id"].as_str()?.to_owned();
+            let out = self.site.cli(&["call", "show", &id, "--json"]);
+            let call = json(&out.stdout);
+            call["end_reason"].is_object().then_some(call)
+        })
+        .unwrap_or_else(|| panic!("no ended call\n{}", tail(&self.daemon.log(), 60)))
+    }
+
+    fn stop(self) -> String {
+        self.stop_daemon().1
+    }
+
+    /// Stops the daemon and keeps the site (config, state) for another start.
+    fn stop_daemon(self) -> (TestSite, String) {
+        self.daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        let (_, log) = self.daemon.wait_exit(Duration::from_secs(20));
+        (self.site, log)
+    }
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null)
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn contains_all(haystack: &str, words: &[&str]) -> bool {
+    let h = haystack.to_lowercase();
+    words.iter().all(|w| h.contains(w))
+}
+
+#[test]
+fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "question.wav",
+        &[(5000, "Hello. What are your opening hours?")],
+    );
+    let agent = Agent::start("");
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(14))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+    let call = agent.last_call();
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    eprintln!("caller heard: {heard_text:?}");
+    eprintln!("turns: {}", serde_json::to_string_pretty(&call["turns"]).unwrap());
+    let log = agent.stop();
+    assert!(
+        contains_all(&heard_text, &["riverside", "help"]),
+        "greeting not heard: {heard_text:?}\n{}",
+        tail(&log, 40)
+    );
+    let turn = &call["turns"][0];
+    assert!(
+        contains_all(turn["caller"].as_str().unwrap_or(""), &["opening hours"]),
+        "{turn}"
+    );
+    assert!(
+        contains_all(&heard_text, &["monday", "friday"]),
+        "the opening hours were not heard: {heard_text:?}\n{turn}"
+    );
+    // The stages are measured and stored with the turn.
+    for stage in ["endpoint_ms", "asr_final_ms", "llm_first_token_ms", "first_tts_audio_ms", "first_reply_rtp_ms"] {
+        assert!(turn["latency"][stage].is_u64(), "{stage} missing: {turn}");
+    }
+    assert!(!turn["words"].as_array().map_or(true, Vec::is_empty), "{turn}");
+}
+
+#[test]
+fn slow_asking_for_a_person_and_pressing_zero_both_transfer_to_the_human() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let human = Baresip::start(BaresipOptions::new("human").auto_answer(true).record(false));
+    let agent = Agent::start(&format!(
+        "[agent]\nhuman_target = \"{}\"\n",
+        human.uri()
+    ));
+
+    // Spoken request.
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "person.wav",
+        &[(5000, "Can I talk to a real person, please?")],
+    );
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(20))
+            .call_transfer(true)
+            .record(false),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    human.wait_event("CALL_ESTABLISHED", Duration::from_secs(30));
+    let call = agent.last_call();
+    assert_eq!(call["end_reason"]["kind"], "transferred", "{call}");
+    assert_eq!(call["turns"][0]["intent"], "human", "{call}");
+    caller.hangup();
+    human.wait_event("CALL_CLOSED", T_CALL);
+
+    // Key 0, pressed during the greeting.
+    let caller2 = Baresip::start(
+        BaresipOptions::new("caller2")
+            .call_transfer(true)
+            .record(false),
+    );
+    caller2.dial(&agent.uri());
+    caller2.wait_event("CALL_ESTABLISHED", T_CALL);
+    std::thread::sleep(Duration::from_millis(1500));
+    caller2.send_dtmf("0", Duration::from_millis(300));
+    human.wait_event("CALL_ESTABLISHED", Duration::from_secs(30));
+    let call = peers::poll_until(Duration::from_secs(20), || {
+        let c = agent.last_call();
+        (c["turns"][0]["intent"] == "dtmf:0").then_some(c)
+    })
+    .expect("a call transferred by key 0");
+    assert_eq!(call["end_reason"]["kind"], "transferred", "{call}");
+    caller2.hangup();
+    let _ = agent.stop();
+}
+
+#[test]
+fn slow_barge_in_stops_the_greeting_within_200_ms_and_the_question_is_answered() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // The caller talks over the greeting 1.5 s in.
+    let (mic, starts) = caller_audio(
+        tmp.path(),
+        "bargein.wav",
+        &[(1500, "Sorry, where is the clinic?")],
+    );
+    let agent = Agent::start("");
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(14))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+    let call = agent.last_call();
+    let log = agent.stop();
+    assert!(log.contains("barge-in: playback stopped"), "{}", tail(&log, 60));
+
+    // The daemon's two-channel recording: caller left, agent right, aligned per 20 ms tick.
+    let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
+    let rate = rec.rate as usize;
+    let caller_ch: Vec<i16> = rec.samples.iter().step_by(2).copied().collect();
+    let agent_ch: Vec<i16> = rec.samples.iter().skip(1).step_by(2).copied().collect();
+    let frame = rate / 100; // 10 ms
+    let loud = |s: &[i16]| audio::rms_dbfs(s) > -40.0;
+    // Caller speech onset: the first loud 10 ms after 1 s.
+    let onset = (100..caller_ch.len() / frame)
+        .find(|&i| loud(&caller_ch[i * frame..(i + 1) * frame]))
+        .expect("caller speech in the recording");
+    // The agent was speaking then, and went quiet within 200 ms: the first run of 100 ms of
+    // silence on the agent channel after the onset.
+    assert!(
+        (onset.saturating_sub(30)..onset).any(|i| loud(&agent_ch[i * frame..(i + 1) * frame])),
+        "the agent was not speaking when the caller started (onset {} ms; script start {} ms)",
+        onset * 10,
+        starts[0]
+    );
+    // Then it is silent from 200 ms after the onset until the caller has finished asking
+    // (the reply cannot come sooner): had playback gone on, the greeting would be here.
+    let last_loud = (onset..onset + 150)
+        .filter(|&i| loud(&agent_ch[i * frame..(i + 1) * frame]))
+        .max()
+        .unwrap_or(onset);
+    let stopped_after_ms = (last_loud + 1 - onset) * 10;
+    eprintln!("barge-in: agent audio ended {stopped_after_ms} ms after the caller began");
+    assert!(
+        stopped_after_ms <= 200,
+        "the agent went on {stopped_after_ms} ms after the caller began speaking"
+    );
+    let turn = &call["turns"][0];
+    assert!(
+        contains_all(turn["caller"].as_str().unwrap_or(""), &["where"]),
+        "{turn}"
+    );
+    assert!(!turn["agent"].as_str().unwrap_or("").is_empty(), "{turn}");
+}
+
+#[test]
+fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "hours.wav",
+        &[(5000, "What are your opening hours?")],
+    );
+    // The model gets 1 ms per reply: every answer times out and the intent's template is said.
+    let hours_intent = "[[agent.intents]]\nname = \"hours\"\nexamples = [\"opening hours\", \"open\"]\naction = \"answer\"\nreply = \"We are open Monday to Friday, nine to five.\"\n";
+    let agent = Agent::start(&format!("[agent]\nmax_reply_ms = 1\n{hours_intent}"));
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(10))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+    let call = agent.last_call();
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    eprintln!("caller heard (model timed out): {heard_text:?}");
+    let turn = &call["turns"][0];
+    assert_eq!(turn["action"], "fallback", "{turn}");
+    assert!(contains_all(&heard_text, &["nine", "five"]), "{heard_text:?}");
+
+    // Same site, the voice's runtime library gone: the prompts rendered at the last start are
+    // still there; the caller is greeted and the call ends politely instead of in silence.
+    let (site, log) = agent.stop_daemon();
+    assert!(!log.contains("panicked"), "{log}");
+    site.write_config(&format!(
+        "[models]\ndir = \"{}\"\n[call]\nhandler = \"agent\"\nrecord = true\n[speech]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n",
+        models_dir().display()
+    ));
+    let agent = Agent::start_site(site);
+    let caller = Baresip::start(
+        BaresipOptions::new("caller2")
+            .mic(&mic, Duration::from_secs(12))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+    let call = agent.last_call();
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    eprintln!("caller heard (no voice): {heard_text:?}");
+    let log = agent.stop();
+    assert!(
+        contains_all(&heard_text, &["riverside", "help"]),
+        "cached greeting not heard: {heard_text:?}"
+    );
+    assert!(
+        contains_all(&heard_text, &["thank you for calling", "goodbye"]),
+        "cached goodbye not heard: {heard_text:?}"
+    );
+    assert_eq!(call["hung_up_by"], "appliance", "{call}");
+    let turn = &call["turns"][0];
+    assert!(
+        turn["errors"].to_string().contains("synthesis"),
+        "{turn}\n{}",
+        tail(&log, 30)
+    );
+}
+
+#[test]
+fn slow_agent_unavailable_without_models_answers_503_and_says_why() {
+    let _g = serial();
+    let agent_site = TestSite::new("[models]\ndir = \"/nonexistent-models\"\n[call]\nhandler = \"agent\"\n");
+    let mut daemon = TestDaemon::spawn(&agent_site, &[]);
+    daemon.wait_ready(&agent_site);
+    let status = peers::poll_until(Duration::from_secs(30), || {
+        let s = json(&agent_site.cli(&["status", "--json"]).stdout);
+        (s["agent"] != "loading").then_some(s)
+    })
+    .expect("status");
+    let why = status["agent"].as_str().unwrap_or("").to_owned();
+    assert!(why.starts_with("unavailable"), "{status}");
+    assert!(why.contains("edgevoice models install"), "{why}");
+    let port: u16 = status["sip_listen"]
+        .as_str()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let caller = Baresip::start(BaresipOptions::new("caller").record(false));
+    caller.dial(&format!("sip:agent@127.0.0.1:{port}"));
+    let closed = caller.wait_event("CALL_CLOSED", T_CALL);
+    assert!(
+        closed.param.as_deref().unwrap_or("").contains("503"),
+        "{closed:?}"
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, log) = daemon.wait_exit(Duration::from_secs(20));
+    assert!(
+        log.lines().any(|l| l.contains("voice agent unavailable") && l.contains("models install")),
+        "{}",
+        text(log.as_bytes())
+    );
+}
