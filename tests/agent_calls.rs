@@ -59,7 +59,9 @@ fn caller_audio(dir: &Path, name: &str, script: &[(u64, &str)]) -> (PathBuf, Vec
     for (gap_ms, sentence) in script {
         pcm.extend(audio::silence(8000, *gap_ms));
         starts.push(pcm.len() as u64 / 8);
-        let s = piper().synthesize(sentence).expect("synthesize caller speech");
+        let s = piper()
+            .synthesize(sentence)
+            .expect("synthesize caller speech");
         pcm.extend(Resampler::resample_all(&s.pcm, s.sample_rate, 8000).expect("resample"));
     }
     let path = dir.join(name);
@@ -182,7 +184,10 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
     let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
     let heard_text = transcribe(&heard.to_mono(), heard.rate);
     eprintln!("caller heard: {heard_text:?}");
-    eprintln!("turns: {}", serde_json::to_string_pretty(&call["turns"]).unwrap());
+    eprintln!(
+        "turns: {}",
+        serde_json::to_string_pretty(&call["turns"]).unwrap()
+    );
     let log = agent.stop();
     assert!(
         contains_all(&heard_text, &["riverside", "help"]),
@@ -199,10 +204,19 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
         "the opening hours were not heard: {heard_text:?}\n{turn}"
     );
     // The stages are measured and stored with the turn.
-    for stage in ["endpoint_ms", "asr_final_ms", "llm_first_token_ms", "first_tts_audio_ms", "first_reply_rtp_ms"] {
+    for stage in [
+        "endpoint_ms",
+        "asr_final_ms",
+        "llm_first_token_ms",
+        "first_tts_audio_ms",
+        "first_reply_rtp_ms",
+    ] {
         assert!(turn["latency"][stage].is_u64(), "{stage} missing: {turn}");
     }
-    assert!(!turn["words"].as_array().map_or(true, Vec::is_empty), "{turn}");
+    assert!(
+        turn["words"].as_array().is_some_and(|w| !w.is_empty()),
+        "{turn}"
+    );
 }
 
 #[test]
@@ -210,10 +224,7 @@ fn slow_asking_for_a_person_and_pressing_zero_both_transfer_to_the_human() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     let human = Baresip::start(BaresipOptions::new("human").auto_answer(true).record(false));
-    let agent = Agent::start(&format!(
-        "[agent]\nhuman_target = \"{}\"\n",
-        human.uri()
-    ));
+    let agent = Agent::start(&format!("[agent]\nhuman_target = \"{}\"\n", human.uri()));
 
     // Spoken request.
     let (mic, _) = caller_audio(
@@ -278,7 +289,11 @@ fn slow_barge_in_stops_the_greeting_within_200_ms_and_the_question_is_answered()
     caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
     let call = agent.last_call();
     let log = agent.stop();
-    assert!(log.contains("barge-in: playback stopped"), "{}", tail(&log, 60));
+    assert!(
+        log.contains("barge-in: playback stopped"),
+        "{}",
+        tail(&log, 60)
+    );
 
     // The daemon's two-channel recording: caller left, agent right, aligned per 20 ms tick.
     let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
@@ -345,7 +360,10 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     eprintln!("caller heard (model timed out): {heard_text:?}");
     let turn = &call["turns"][0];
     assert_eq!(turn["action"], "fallback", "{turn}");
-    assert!(contains_all(&heard_text, &["nine", "five"]), "{heard_text:?}");
+    assert!(
+        contains_all(&heard_text, &["nine", "five"]),
+        "{heard_text:?}"
+    );
 
     // Same site, the voice's runtime library gone: the prompts rendered at the last start are
     // still there; the caller is greeted and the call ends politely instead of in silence.
@@ -389,7 +407,8 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
 #[test]
 fn slow_agent_unavailable_without_models_answers_503_and_says_why() {
     let _g = serial();
-    let agent_site = TestSite::new("[models]\ndir = \"/nonexistent-models\"\n[call]\nhandler = \"agent\"\n");
+    let agent_site =
+        TestSite::new("[models]\ndir = \"/nonexistent-models\"\n[call]\nhandler = \"agent\"\n");
     let mut daemon = TestDaemon::spawn(&agent_site, &[]);
     daemon.wait_ready(&agent_site);
     let status = peers::poll_until(Duration::from_secs(30), || {
@@ -415,7 +434,8 @@ fn slow_agent_unavailable_without_models_answers_503_and_says_why() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let (_, log) = daemon.wait_exit(Duration::from_secs(20));
     assert!(
-        log.lines().any(|l| l.contains("voice agent unavailable") && l.contains("models install")),
+        log.lines()
+            .any(|l| l.contains("voice agent unavailable") && l.contains("models install")),
         "{}",
         text(log.as_bytes())
     );

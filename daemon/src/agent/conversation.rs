@@ -108,7 +108,10 @@ pub enum Action {
     StopPlayback,
     /// Recognise an utterance; with `join_previous`, the previous utterance's audio and this
     /// one's as one (the caller paused mid-sentence and went on).
-    Transcribe { utterance: u64, join_previous: bool },
+    Transcribe {
+        utterance: u64,
+        join_previous: bool,
+    },
     /// Generate a reply to `history` (user/assistant turns; the system prompt is the shell's).
     Generate {
         turn: u64,
@@ -307,6 +310,27 @@ impl Conversation {
             Input::ReplyClause { turn, text } => {
                 if turn != self.turn || !self.generating {
                     return out;
+                }
+                // A question a fact answers must be answered with that fact: a first clause
+                // that does not use it is replaced by the fact itself.
+                if self.reply_clauses == 0 {
+                    if let Some(fact) = self.spec.relevant_fact(&self.record.caller) {
+                        if !self.spec.uses_fact(&text, fact, &self.record.caller) {
+                            let fact = fact.to_owned();
+                            self.record.errors.push(format!(
+                                "guardrail: \"{text}\" does not answer from the facts; said the fact"
+                            ));
+                            out.push(Action::CancelGeneration { turn });
+                            self.generating = false;
+                            self.reply_clauses += 1;
+                            self.reply_words += fact.split_whitespace().count();
+                            append(&mut self.record.agent, &fact);
+                            out.push(Action::Say(fact));
+                            self.start_speaking();
+                            self.finish_reply(&mut out, false);
+                            return out;
+                        }
+                    }
                 }
                 match self.spec.guard(
                     &text,
@@ -768,10 +792,10 @@ mod tests {
             t,
             Input::ReplyClause {
                 turn: 1,
-                text: "We are open nine to five.".into(),
+                text: "We are open Monday to Friday.".into(),
             },
         );
-        assert_eq!(a, vec![Action::Say("We are open nine to five.".into())]);
+        assert_eq!(a, vec![Action::Say("We are open Monday to Friday.".into())]);
         assert_eq!(c.state(), ConversationState::Speaking);
         let a = c.handle(
             t,
@@ -783,7 +807,7 @@ mod tests {
         let turns = recorded(&a);
         assert_eq!(turns.len(), 1);
         assert_eq!(turns[0].caller, "When are you open?");
-        assert_eq!(turns[0].agent, "We are open nine to five.");
+        assert_eq!(turns[0].agent, "We are open Monday to Friday.");
         assert_eq!(turns[0].intent, "llm");
         c.handle(t, Input::PlayoutDrained);
         assert_eq!(c.state(), ConversationState::Listening);
@@ -804,7 +828,7 @@ mod tests {
             t,
             Input::ReplyClause {
                 turn: 1,
-                text: "We are open on weekdays.".into(),
+                text: "We are open Monday to Friday.".into(),
             },
         );
         let a = c.handle(t, Input::SpeechStarted);
@@ -869,6 +893,31 @@ mod tests {
         assert!(
             matches!(&a[..], [Action::Generate { history, .. }] if history.len() == 1 && history[0].content.starts_with("And so my fellow Americans, ask not")),
             "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_reply_that_ignores_the_fact_is_replaced_by_the_fact() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "What are your opening hours?");
+        let a = c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "We're happy to help you.".into(),
+            },
+        );
+        assert_eq!(a[0], Action::CancelGeneration { turn: 1 });
+        assert!(
+            matches!(&a[1], Action::Say(f) if f.contains("Monday to Friday")),
+            "{a:?}"
+        );
+        let turn = &recorded(&a)[0];
+        assert!(
+            turn.errors[0].contains("does not answer from the facts"),
+            "{turn:?}"
         );
     }
 
@@ -1051,7 +1100,7 @@ mod tests {
             ..AgentConfig::default()
         }));
         listening(&mut c, t);
-        ask(&mut c, t, 1, "Book me in for Monday");
+        ask(&mut c, t, 1, "Can you book me in?");
         assert!(c
             .handle(
                 t,
@@ -1091,8 +1140,19 @@ mod tests {
         let mut c = agent("");
         listening(&mut c, t);
         ask(&mut c, t, 1, "When are you open?");
-        c.handle(t, Input::ReplyClause { turn: 1, text: "We are open.".into() });
-        let a = c.handle(t, Input::SynthesisFailed { error: "no voice".into() });
+        c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "We are open Monday to Friday.".into(),
+            },
+        );
+        let a = c.handle(
+            t,
+            Input::SynthesisFailed {
+                error: "no voice".into(),
+            },
+        );
         assert_eq!(a[0], Action::CancelGeneration { turn: 1 });
         assert_eq!(a[1], Action::StopPlayback);
         assert_eq!(a[2], Action::Play(Prompt::Goodbye));

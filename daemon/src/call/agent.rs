@@ -16,9 +16,11 @@ use crate::agent::sentences::SentenceSplitter;
 use crate::agent::{Action, Conversation, ConversationState, Input, Prompt};
 use crate::config::Config;
 use crate::speech::service::{CallSpeech, LlmEvent};
-use crate::speech::{AsrError, Budget, SileroVad, StopReason, Synthesis, Transcript, TtsError, ASR_SAMPLE_RATE};
-use crate::telephony::media::Resampler;
+use crate::speech::{
+    AsrError, Budget, SileroVad, StopReason, Synthesis, Transcript, TtsError, ASR_SAMPLE_RATE,
+};
 use crate::telephony::media::MediaSession;
+use crate::telephony::media::Resampler;
 
 /// VAD runs on this many new windows at a time (64 ms): barge-in reacts within a step or two.
 const VAD_HOP_WINDOWS: usize = 2;
@@ -96,6 +98,8 @@ pub struct AgentRun {
     words: Vec<TurnWord>,
     /// Turns recorded since the call last saved its record.
     pub dirty: bool,
+    /// The last caller turn recorded that was spoken (its latency is completed as audio comes).
+    last_spoken_turn: Option<u64>,
     /// A directive that came up while saying something (handed out by `take_directive`).
     directive_from_say: Option<Directive>,
 }
@@ -140,6 +144,7 @@ impl AgentRun {
             words: Vec::new(),
             dirty: false,
             directive_from_say: None,
+            last_spoken_turn: None,
         }
     }
 
@@ -266,6 +271,17 @@ impl AgentRun {
         session: &mut MediaSession,
         rec: &mut CallRecord,
     ) -> Option<Directive> {
+        let directive = self.handle_event_inner(event, session, rec);
+        self.refresh_latency(rec);
+        directive
+    }
+
+    fn handle_event_inner(
+        &mut self,
+        event: AgentEvent,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
         let now = Instant::now();
         match event {
             AgentEvent::Vad { vad, result } => {
@@ -360,8 +376,10 @@ impl AgentRun {
                         );
                         inputs.push(Input::ReplyDone {
                             turn,
-                            over_budget: matches!(g.stop, StopReason::MaxTime | StopReason::MaxTokens)
-                                && g.generated_tokens == 0,
+                            over_budget: matches!(
+                                g.stop,
+                                StopReason::MaxTime | StopReason::MaxTokens
+                            ) && g.generated_tokens == 0,
                         });
                     }
                     LlmEvent::Failed(error) => {
@@ -414,6 +432,8 @@ impl AgentRun {
         match ev {
             EndpointEvent::SpeechStarted { start_sample } => {
                 let behind = self.audio_end().saturating_sub(start_sample);
+                // A new turn: the previous one's latency is final.
+                self.last_spoken_turn = None;
                 self.timing = Timing {
                     caller_start: Some(now - samples_to_duration(behind)),
                     ..Timing::default()
@@ -433,7 +453,9 @@ impl AgentRun {
                     .to_vec();
                 // The speech ended where the pad begins: now minus the audio after it.
                 let pad = 7 * WINDOW_SAMPLES as u64;
-                let behind = self.audio_end().saturating_sub(end_sample.saturating_sub(pad));
+                let behind = self
+                    .audio_end()
+                    .saturating_sub(end_sample.saturating_sub(pad));
                 self.timing.speech_end = Some(now - samples_to_duration(behind));
                 self.timing.endpoint = Some(now);
                 let utterance = self.next_utterance;
@@ -446,7 +468,10 @@ impl AgentRun {
     }
 
     fn trim_audio(&mut self) {
-        let keep_from = self.vad_done.saturating_sub(KEEP_SAMPLES as u64).max(self.audio_base);
+        let keep_from = self
+            .vad_done
+            .saturating_sub(KEEP_SAMPLES as u64)
+            .max(self.audio_base);
         let drop = (keep_from - self.audio_base) as usize;
         if drop > 0 {
             self.audio.drain(..drop);
@@ -620,34 +645,67 @@ impl AgentRun {
         }
     }
 
+    fn latency(&self) -> TurnLatency {
+        let from_end = |t: Option<Instant>| match (self.timing.speech_end, t) {
+            (Some(end), Some(t)) => Some(t.saturating_duration_since(end).as_millis() as u64),
+            _ => None,
+        };
+        TurnLatency {
+            endpoint_ms: from_end(self.timing.endpoint),
+            asr_final_ms: from_end(self.timing.asr_final),
+            llm_first_token_ms: from_end(self.timing.first_token),
+            first_tts_audio_ms: from_end(self.timing.first_audio),
+            first_reply_rtp_ms: from_end(self.timing.first_rtp),
+        }
+    }
+
+    /// The reply's audio often comes after its turn was recorded: complete its latency then.
+    fn refresh_latency(&mut self, rec: &mut CallRecord) {
+        let Some(turn) = self.last_spoken_turn else {
+            return;
+        };
+        let latency = self.latency();
+        if let Some(entry) = rec.turns.iter_mut().find(|t| t.turn.turn == turn) {
+            if entry.latency != latency {
+                entry.latency = latency;
+                self.dirty = true;
+            }
+        }
+    }
+
     fn record_turn(&mut self, turn: crate::agent::TurnRecord, rec: &mut CallRecord) {
         let since = |t: Option<Instant>| {
             t.map(|t| t.saturating_duration_since(self.answered).as_millis() as u64)
         };
-        let from_end = |t: Option<Instant>| {
-            match (self.timing.speech_end, t) {
-                (Some(end), Some(t)) => Some(t.saturating_duration_since(end).as_millis() as u64),
-                _ => None,
-            }
+        let from_end = |t: Option<Instant>| match (self.timing.speech_end, t) {
+            (Some(end), Some(t)) => Some(t.saturating_duration_since(end).as_millis() as u64),
+            _ => None,
         };
         let spoken = !turn.caller.starts_with("<key");
         let entry = AgentTurn {
-            caller_start_ms: if spoken { since(self.timing.caller_start) } else { None },
-            caller_end_ms: if spoken { since(self.timing.speech_end) } else { None },
-            words: if spoken { std::mem::take(&mut self.words) } else { Vec::new() },
+            caller_start_ms: if spoken {
+                since(self.timing.caller_start)
+            } else {
+                None
+            },
+            caller_end_ms: if spoken {
+                since(self.timing.speech_end)
+            } else {
+                None
+            },
+            words: if spoken {
+                std::mem::take(&mut self.words)
+            } else {
+                Vec::new()
+            },
             latency: if spoken {
-                TurnLatency {
-                    endpoint_ms: from_end(self.timing.endpoint),
-                    asr_final_ms: from_end(self.timing.asr_final),
-                    llm_first_token_ms: from_end(self.timing.first_token),
-                    first_tts_audio_ms: from_end(self.timing.first_audio),
-                    first_reply_rtp_ms: from_end(self.timing.first_rtp),
-                }
+                self.latency()
             } else {
                 TurnLatency::default()
             },
             turn,
         };
+        self.last_spoken_turn = spoken.then_some(entry.turn.turn);
         tracing::info!(
             turn = entry.turn.turn,
             caller = %entry.turn.caller,
@@ -656,7 +714,11 @@ impl AgentRun {
             latency = ?entry.latency,
             "turn"
         );
-        match rec.turns.iter_mut().find(|t| t.turn.turn == entry.turn.turn) {
+        match rec
+            .turns
+            .iter_mut()
+            .find(|t| t.turn.turn == entry.turn.turn)
+        {
             Some(existing) => {
                 existing.turn.interrupted |= entry.turn.interrupted;
                 existing.turn.errors = entry.turn.errors.clone();
@@ -693,7 +755,10 @@ mod tests {
     #[test]
     fn whisper_non_speech_markers_are_not_caller_words() {
         assert_eq!(clean_transcript(" [BLANK_AUDIO] "), "");
-        assert_eq!(clean_transcript("(coughs) When are you open?"), "When are you open?");
+        assert_eq!(
+            clean_transcript("(coughs) When are you open?"),
+            "When are you open?"
+        );
         assert_eq!(clean_transcript("Hello [Music] there"), "Hello there");
     }
 }

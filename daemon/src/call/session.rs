@@ -12,9 +12,9 @@ use super::agent::{AgentRun, Directive};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
 use super::CallControl;
 use crate::config::{AfterPrompt, CallHandler, Config};
-use crate::speech::service::CallSpeech;
 use crate::ops::work::WorkGuard;
 use crate::ops::DaemonContext;
+use crate::speech::service::CallSpeech;
 use crate::telephony::codec::Negotiated;
 use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
 use crate::telephony::rtp_ports::{RtpPorts, RtpSockets};
@@ -222,6 +222,7 @@ async fn inbound(
 
 /// An answered call, inbound or outbound: media until someone hangs up, then the record is
 /// completed.
+#[allow(clippy::too_many_arguments)] // one call's parts, handed over once
 async fn run_answered(
     ctx: &Arc<DaemonContext>,
     config: &Config,
@@ -646,18 +647,24 @@ impl MediaRun {
                 .or_else(|| self.agent.as_mut().and_then(AgentRun::take_directive));
             match directive {
                 Some(Directive::Hangup) => {
-                    return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
+                    return Ending {
+                        reason: EndReason::Hangup,
+                        by: Some(Party::Appliance),
+                        send_bye: true,
+                    };
                 }
-                Some(Directive::Transfer(target)) => {
-                    if transfer.is_none() {
-                        let (otx, orx) = tokio::sync::oneshot::channel();
-                        tracing::info!(%target, "agent transfers the call");
-                        let _ = commands.send(CallCommand::Transfer { target: target.clone() }).await;
-                        transfer = Some((target, Some(otx)));
-                        agent_transfer = Some(orx);
-                    }
+                Some(Directive::Transfer(target)) if transfer.is_none() => {
+                    let (otx, orx) = tokio::sync::oneshot::channel();
+                    tracing::info!(%target, "agent transfers the call");
+                    let _ = commands
+                        .send(CallCommand::Transfer {
+                            target: target.clone(),
+                        })
+                        .await;
+                    transfer = Some((target, Some(otx)));
+                    agent_transfer = Some(orx);
                 }
-                None => {}
+                Some(Directive::Transfer(_)) | None => {}
             }
             if self.agent.as_ref().is_some_and(|a| a.dirty) {
                 if let Some(a) = self.agent.as_mut() {

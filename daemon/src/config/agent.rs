@@ -130,7 +130,8 @@ impl Default for AgentConfig {
                 .to_owned(),
             topics: "the clinic's opening hours, address, appointments and services".to_owned(),
             facts: vec![
-                "We are open Monday to Friday, from 9 am to 5 pm, and closed at weekends.".to_owned(),
+                "We are open Monday to Friday, from 9 am to 5 pm, and closed at weekends."
+                    .to_owned(),
                 "The clinic is at 12 River Street, next to the library.".to_owned(),
             ],
             greeting: "Hello, you are through to Riverside Clinic. How can I help you?".to_owned(),
@@ -139,7 +140,8 @@ impl Default for AgentConfig {
             goodbye: "Thank you for calling. Goodbye.".to_owned(),
             transfer: "Let me put you through to a colleague.".to_owned(),
             still_there: "Are you still there?".to_owned(),
-            take_message: "Please leave your message after this, and we will call you back.".to_owned(),
+            take_message: "Please leave your message after this, and we will call you back."
+                .to_owned(),
             message_taken: "Thank you, I have taken your message. Goodbye.".to_owned(),
             human_target: String::new(),
             barge_in: BargeIn::Speech,

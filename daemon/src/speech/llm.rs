@@ -262,7 +262,11 @@ impl LlamaSession<'_> {
         }
         if keep < self.cached[seq].len() {
             let p0 = u32::try_from(keep).unwrap_or(u32::MAX);
-            if self.ctx.kv_cache_seq_rm(seq_id(seq), Some(p0), None).is_err() {
+            if self
+                .ctx
+                .kv_cache_seq_rm(seq_id(seq), Some(p0), None)
+                .is_err()
+            {
                 let _ = self.ctx.kv_cache_seq_rm(seq_id(seq), None, None);
                 keep = 0;
             }

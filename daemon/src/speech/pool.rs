@@ -81,11 +81,7 @@ impl WorkerPool {
 
     /// Queues `job`, or refuses it when `depth` jobs are already waiting.
     pub fn try_submit(&self, priority: Priority, job: Job) -> Result<(), QueueFull> {
-        let mut q = self
-            .shared
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         if q.live.len() + q.background.len() >= self.depth {
             return Err(QueueFull {
                 engine: self.name,
@@ -103,11 +99,7 @@ impl WorkerPool {
 
     /// Jobs waiting (not running).
     pub fn waiting(&self) -> usize {
-        let q = self
-            .shared
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         q.live.len() + q.background.len()
     }
 

@@ -25,6 +25,9 @@ use super::{
 use crate::agent::{AgentSpec, Prompt};
 use crate::config::Config;
 
+/// A prompt's audio: mono PCM and its rate.
+pub type PromptAudio = Arc<(Vec<i16>, u32)>;
+
 /// Why the agent cannot take calls.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpeechUnavailable {
@@ -80,7 +83,7 @@ pub struct SpeechService {
     tts: Option<Arc<dyn SpeechSynthesizer>>,
     tts_error: Option<String>,
     tts_pool: WorkerPool,
-    prompts: HashMap<Prompt, Arc<(Vec<i16>, u32)>>,
+    prompts: HashMap<Prompt, PromptAudio>,
     vad_model: PathBuf,
 }
 
@@ -109,7 +112,8 @@ impl SpeechService {
 
         let mut wcfg = WhisperConfig::new(models.join(WHISPER_MODEL_FILE));
         wcfg.threads = speech.asr_threads;
-        let asr = WhisperRecognizer::load(wcfg).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
+        let asr =
+            WhisperRecognizer::load(wcfg).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
         let asr: &'static WhisperRecognizer = Box::leak(Box::new(asr));
         let vad_model = models.join(VAD_MODEL_FILE);
         SileroVad::load(&vad_model).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
@@ -134,13 +138,15 @@ impl SpeechService {
             match PiperSynthesizer::load(pcfg) {
                 Ok(t) => (Some(Arc::new(t)), None),
                 Err(e) => {
-                    tracing::error!("speech synthesis unavailable, the agent uses its cached prompts only: {e}");
+                    tracing::error!(
+                        "speech synthesis unavailable, the agent uses its cached prompts only: {e}"
+                    );
                     (None, Some(e.to_string()))
                 }
             };
         let cache_dir = config.daemon.state_dir.join("prompts");
-        let prompts = render_prompts(&spec, tts.as_deref(), &cache_dir)
-            .map_err(SpeechUnavailable::Voice)?;
+        let prompts =
+            render_prompts(&spec, tts.as_deref(), &cache_dir).map_err(SpeechUnavailable::Voice)?;
 
         let threads = |e: std::io::Error| SpeechUnavailable::Threads(e.to_string());
         let service = Self {
@@ -196,7 +202,7 @@ impl SpeechService {
     }
 
     /// A cached prompt's audio and rate.
-    pub fn prompt(&self, p: Prompt) -> Option<Arc<(Vec<i16>, u32)>> {
+    pub fn prompt(&self, p: Prompt) -> Option<PromptAudio> {
         self.prompts.get(&p).cloned()
     }
 
@@ -271,7 +277,7 @@ fn render_prompts(
     spec: &AgentSpec,
     tts: Option<&dyn SpeechSynthesizer>,
     cache_dir: &Path,
-) -> Result<HashMap<Prompt, Arc<(Vec<i16>, u32)>>, String> {
+) -> Result<HashMap<Prompt, PromptAudio>, String> {
     let _ = std::fs::create_dir_all(cache_dir);
     let mut out = HashMap::new();
     for p in Prompt::ALL {
@@ -487,7 +493,11 @@ fn run_generation(
         messages.extend(history.iter().cloned());
         let prompt = llm.engine.render_chat(&messages)?;
         let tokens = llm.engine.count_tokens(&prompt);
-        if tokens <= llm.system_tokens + llm.per_call_tokens.saturating_sub(budget.max_tokens as usize)
+        if tokens
+            <= llm.system_tokens
+                + llm
+                    .per_call_tokens
+                    .saturating_sub(budget.max_tokens as usize)
             || history.len() <= 1
         {
             break prompt;
