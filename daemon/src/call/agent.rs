@@ -677,10 +677,6 @@ impl AgentRun {
         let since = |t: Option<Instant>| {
             t.map(|t| t.saturating_duration_since(self.answered).as_millis() as u64)
         };
-        let from_end = |t: Option<Instant>| match (self.timing.speech_end, t) {
-            (Some(end), Some(t)) => Some(t.saturating_duration_since(end).as_millis() as u64),
-            _ => None,
-        };
         let spoken = !turn.caller.starts_with("<key");
         let entry = AgentTurn {
             caller_start_ms: if spoken {
