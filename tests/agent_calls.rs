@@ -288,15 +288,15 @@ fn slow_barge_in_stops_the_greeting_within_200_ms_and_the_question_is_answered()
     caller.wait_event("CALL_ESTABLISHED", T_CALL);
     caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
     let call = agent.last_call();
+    // The daemon's two-channel recording: caller left, agent right, aligned per 20 ms tick (read
+    // before the daemon stops: its site goes with it).
+    let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
     let log = agent.stop();
     assert!(
         log.contains("barge-in: playback stopped"),
         "{}",
         tail(&log, 60)
     );
-
-    // The daemon's two-channel recording: caller left, agent right, aligned per 20 ms tick.
-    let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
     let rate = rec.rate as usize;
     let caller_ch: Vec<i16> = rec.samples.iter().step_by(2).copied().collect();
     let agent_ch: Vec<i16> = rec.samples.iter().skip(1).step_by(2).copied().collect();
@@ -360,8 +360,10 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     eprintln!("caller heard (model timed out): {heard_text:?}");
     let turn = &call["turns"][0];
     assert_eq!(turn["action"], "fallback", "{turn}");
+    // Whisper writes numbers as words or digits.
+    let h = heard_text.to_lowercase();
     assert!(
-        contains_all(&heard_text, &["nine", "five"]),
+        (h.contains("nine") || h.contains('9')) && (h.contains("five") || h.contains('5')),
         "{heard_text:?}"
     );
 
@@ -392,7 +394,8 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
         "cached greeting not heard: {heard_text:?}"
     );
     assert!(
-        contains_all(&heard_text, &["thank you for calling", "goodbye"]),
+        // "Goodbye" comes back from whisper as "goodbye" or "bye-bye".
+        contains_all(&heard_text, &["thank you for calling", "bye"]),
         "cached goodbye not heard: {heard_text:?}"
     );
     assert_eq!(call["hung_up_by"], "appliance", "{call}");

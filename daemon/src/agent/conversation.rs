@@ -389,6 +389,7 @@ impl Conversation {
                 // Without synthesis only the cached prompts are left: hand the caller to a
                 // person (or say goodbye) rather than leave them with silence.
                 self.record.errors.push(format!("synthesis: {error}"));
+                self.close_turn(&mut out);
                 if !matches!(
                     self.state,
                     ConversationState::Transferring
@@ -704,10 +705,10 @@ impl Conversation {
     }
 
     fn close_turn(&mut self, out: &mut Vec<Action>) {
+        // Recorded as soon as it is decided; later notes on the same turn (an interruption, a
+        // failure, the goodbye) record it again.
         if self.record.turn == self.turn && self.turn > 0 && !self.record.caller.is_empty() {
             out.push(Action::RecordTurn(self.record.clone()));
-            // Recorded once; later notes on the same turn (interruption) re-record it.
-            self.record.caller.clear();
         }
     }
 }
@@ -986,7 +987,8 @@ mod tests {
                 error: "486".into(),
             },
         );
-        assert_eq!(a, vec![Action::Play(Prompt::Goodbye)]);
+        assert_eq!(a[0], Action::Play(Prompt::Goodbye));
+        assert_eq!(recorded(&a)[0].errors, vec!["transfer: 486".to_owned()]);
     }
 
     #[test]
@@ -1153,10 +1155,14 @@ mod tests {
                 error: "no voice".into(),
             },
         );
+        assert!(recorded(&a)[0].errors[0].starts_with("synthesis"));
+        let a: Vec<Action> = a
+            .into_iter()
+            .filter(|x| !matches!(x, Action::RecordTurn(_)))
+            .collect();
         assert_eq!(a[0], Action::CancelGeneration { turn: 1 });
         assert_eq!(a[1], Action::StopPlayback);
         assert_eq!(a[2], Action::Play(Prompt::Goodbye));
-        assert!(recorded(&a)[0].errors[0].starts_with("synthesis"));
         assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
     }
 

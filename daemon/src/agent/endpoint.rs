@@ -82,6 +82,11 @@ impl Endpointer {
         matches!(self.state, State::Speaking { .. })
     }
 
+    /// True while speech-like windows are being weighed (not yet confirmed as a start).
+    pub fn maybe_speech(&self) -> bool {
+        matches!(self.state, State::Maybe { .. })
+    }
+
     /// Windows handled so far.
     pub fn windows(&self) -> u64 {
         self.windows

@@ -83,6 +83,7 @@ pub struct AgentRun {
     endpointer: Endpointer,
     min_speech_ms: u32,
     barge_in_min_speech_ms: u32,
+    barge_in_on_speech: bool,
     utterances: HashMap<u64, Vec<f32>>,
     next_utterance: u64,
     /// The audio last sent to recognition (joined with the next when the caller goes on).
@@ -131,6 +132,7 @@ impl AgentRun {
             endpointer,
             min_speech_ms: agent.min_speech_ms,
             barge_in_min_speech_ms: agent.barge_in_min_speech_ms,
+            barge_in_on_speech: agent.barge_in == crate::config::BargeIn::Speech,
             utterances: HashMap::new(),
             next_utterance: 1,
             last_utterance: None,
@@ -305,7 +307,13 @@ impl AgentRun {
                 });
                 let mut directive = None;
                 for p in probs {
-                    let Some(ev) = self.endpointer.handle_window(p) else {
+                    let ev = self.endpointer.handle_window(p);
+                    // Speech heard over the agent: hold the agent's audio at once, and let it go
+                    // on if it was only a cough (not confirmed), or drop it on a confirmed start.
+                    if speaking && self.barge_in_on_speech {
+                        session.hold_outgoing(self.endpointer.maybe_speech());
+                    }
+                    let Some(ev) = ev else {
                         continue;
                     };
                     let d = self.on_endpoint(ev, now, session, rec);
@@ -716,8 +724,19 @@ impl AgentRun {
             .find(|t| t.turn.turn == entry.turn.turn)
         {
             Some(existing) => {
-                existing.turn.interrupted |= entry.turn.interrupted;
-                existing.turn.errors = entry.turn.errors.clone();
+                // The same turn again, with more to say about it (interrupted, failed, ended).
+                // Records can arrive out of order (a failure inside a nested step): keep every
+                // error either one names.
+                let mut errors = existing.turn.errors.clone();
+                for e in &entry.turn.errors {
+                    if !errors.contains(e) {
+                        errors.push(e.clone());
+                    }
+                }
+                let interrupted = existing.turn.interrupted || entry.turn.interrupted;
+                existing.turn = entry.turn;
+                existing.turn.errors = errors;
+                existing.turn.interrupted = interrupted;
             }
             None => rec.turns.push(entry),
         }

@@ -110,28 +110,46 @@ fn ts_ms(t: i64) -> u64 {
     u64::try_from(t.max(0)).unwrap_or(0) * 10
 }
 
-/// Removes what the decoder said after the speech ended: a trailing block of words that repeats
-/// the block before it (token timestamps cannot tell: with a sized encoder many real words get
-/// no duration too). Returns whether anything was removed.
+/// Most text tokens a sized-context decode may produce for `samples` of speech: fast speech is
+/// about 3.5 words (4.5 tokens) a second.
+fn max_tokens_for(samples: usize) -> i32 {
+    let seconds = samples as f64 / f64::from(ASR_SAMPLE_RATE);
+    (seconds * 6.0).ceil() as i32 + 8
+}
+
+/// Removes what the decoder said after the speech ended: it says the utterance (or its last
+/// phrase) again, once or several times, the last copy perhaps cut short. Token timestamps
+/// cannot tell: with a sized encoder many real words get no duration too. Returns whether
+/// anything was removed.
 fn drop_decoder_run_on(words: &mut Vec<Word>) -> bool {
-    let before = words.len();
-    loop {
-        let norm: Vec<String> = words
-            .iter()
-            .map(|w| crate::speech::text::normalize_words(&w.text).join(" "))
-            .collect();
-        let n = norm.len();
-        // The run-on repeats the block just before it, or starts the utterance over (and may
-        // stop part-way: the tail is the utterance's first words again).
-        let repeated = (2..=n / 2)
-            .find(|&k| norm[n - k..] == norm[n - 2 * k..n - k])
-            .or_else(|| (3..=n / 2).rev().find(|&k| norm[n - k..] == norm[..k]));
-        match repeated {
-            Some(k) => words.truncate(n - k),
-            None => break,
+    let norm: Vec<String> = words
+        .iter()
+        .map(|w| crate::speech::text::normalize_words(&w.text).join(" "))
+        .collect();
+    let n = norm.len();
+    // The last word may be cut off by the token limit ("americ" for "america").
+    let same = |j: usize, k: usize| {
+        norm[j] == norm[k] || (j + 1 == n && !norm[j].is_empty() && norm[k].starts_with(&norm[j]))
+    };
+    // The longest tail that repeats itself with some period p: keep its first period only.
+    let mut keep = n;
+    for p in 2..n {
+        let mut start = n;
+        while start > p && same(start - 1, start - 1 - p) {
+            start -= 1;
+        }
+        // `start..n` equals `start-p..n-p`: the text from start - p on is periodic.
+        let repeated = n - start;
+        if repeated >= p.min(3) {
+            keep = keep.min(start);
         }
     }
-    words.len() < before
+    if keep < n {
+        words.truncate(keep);
+        true
+    } else {
+        false
+    }
 }
 
 impl WhisperSession<'_> {
@@ -183,6 +201,9 @@ impl WhisperSession<'_> {
             // context still repeats some sentences (23 % WER vs 0 % with the whole window):
             // see tests/speech_engines.rs.
             params.set_single_segment(true);
+            // Bounds a decoder that runs on past the speech (seen: 90 invented words and 6 s of
+            // decoding for a 1.9 s question): about 4 tokens a second of speech is plenty.
+            params.set_max_tokens(max_tokens_for(pcm_16k.len()));
         }
 
         self.state
@@ -315,6 +336,19 @@ mod tests {
             .collect();
         assert!(drop_decoder_run_on(&mut words));
         assert_eq!(words.len(), 6);
+        let mut words: Vec<Word> =
+            "and so my fellow america and so my fellow america and so my fellow americ"
+                .split(' ')
+                .map(|t| w(t, 0, 0))
+                .collect();
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 5);
+        let mut words: Vec<Word> =
+            "ask not what your country can do for you ask what you can do for your country"
+                .split(' ')
+                .map(|t| w(t, 0, 0))
+                .collect();
+        assert!(!drop_decoder_run_on(&mut words));
         let mut words = vec![w("no,", 0, 100), w("no.", 100, 200), w("fine", 200, 300)];
         assert!(!drop_decoder_run_on(&mut words));
         // Words without duration are kept: real words get them too with a sized encoder.

@@ -40,6 +40,8 @@ pub struct MediaSession {
     encoder: AudioEncoder,
     outgoing: Outgoing,
     talking: bool,
+    /// Agent audio held back (see `hold_outgoing`).
+    hold_outgoing: bool,
     marker_next: bool,
     dtmf_tx: DtmfSender,
     sent_since_report: bool,
@@ -101,6 +103,7 @@ impl MediaSession {
             encoder: AudioEncoder::new(neg.codec),
             outgoing: Outgoing::new(neg.codec.sample_rate()),
             talking: false,
+            hold_outgoing: false,
             marker_next: true,
             dtmf_tx: DtmfSender::default(),
             sent_since_report: false,
@@ -333,9 +336,20 @@ impl MediaSession {
         self.outgoing.queue(pcm, sample_rate)
     }
 
+    /// Possible barge-in: while held, silence is sent and queued agent audio waits (the caller
+    /// may only have coughed); lift the hold to go on, or [`Self::flush_outgoing`] to drop it.
+    pub fn hold_outgoing(&mut self, hold: bool) {
+        if self.hold_outgoing != hold {
+            self.hold_outgoing = hold;
+            // Whatever is said next is a new talk-spurt.
+            self.talking = false;
+        }
+    }
+
     /// Barge-in: drops all queued agent audio; the next packet sent is silence.
     pub fn flush_outgoing(&mut self) {
         self.outgoing.flush();
+        self.hold_outgoing = false;
         // Whatever is said next is a new talk-spurt.
         self.talking = false;
     }
@@ -498,7 +512,12 @@ impl MediaSession {
                 self.marker_next = true;
                 self.talking = false;
             } else {
-                let frame = self.outgoing.take_frame(n);
+                // Held: silence now, the queue kept for when the hold is lifted.
+                let frame = if self.hold_outgoing {
+                    None
+                } else {
+                    self.outgoing.take_frame(n)
+                };
                 let is_audio = frame.is_some();
                 let pcm = frame.unwrap_or_else(|| vec![0; n]);
                 let marker = self.marker_next || (is_audio && !self.talking);
