@@ -83,7 +83,8 @@ impl TestSite {
                     doc["sip"]["listen"] = toml_edit::value("127.0.0.1:0");
                 }
                 // Media test mode unless the test asks for the voice agent (which loads models).
-                if doc.get("call").and_then(|s| s.get("handler")).is_none() {
+                let call_table = doc.get("call").is_some();
+                if call_table && doc["call"].get("handler").is_none() {
                     doc["call"]["handler"] = toml_edit::value("media_test");
                 }
                 // RTP away from the 10000–32000 range the peer harness hands out to baresip,
@@ -92,6 +93,9 @@ impl TestSite {
                 if doc.get("rtp").is_none() {
                     // Appended as text: the lines above keep their numbers for error tests.
                     text.push_str("\n[rtp]\nport_min = 40000\nport_max = 44999\n");
+                }
+                if !call_table {
+                    text.push_str("\n[call]\nhandler = \"media_test\"\n");
                 }
                 text
             }
