@@ -97,6 +97,8 @@ bench: ggml
 	$(CARGO) bench --locked --bench sip
 	$(CARGO) bench --locked --bench media_calls
 	$(CARGO) bench --locked --bench outbox
+	$(CARGO) bench --locked --bench speech
+	$(CARGO) bench --locked --bench agent_turns
 	@echo "tables written under target/bench/"
 
 clean:
