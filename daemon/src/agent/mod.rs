@@ -72,12 +72,6 @@ const RELATED_WORDS: &[(&str, &[&str])] = &[
     ("find", &["street", "road", "address"]),
 ];
 
-/// Fact words too common to show that a reply used the fact.
-const GENERIC_WORDS: &[&str] = &[
-    "we", "are", "our", "clinic", "from", "at", "on", "in", "open", "be", "will", "this", "that",
-    "next", "also", "not", "all", "us", "have", "has",
-];
-
 /// Words naming a day, month or time: a reply may only use those the facts use.
 const TIME_WORDS: &[&str] = &[
     "monday",
@@ -174,17 +168,6 @@ impl AgentSpec {
             .filter(|(_, n)| *n > 0)
             .max_by_key(|(_, n)| *n)
             .map(|(f, _)| f.as_str())
-    }
-
-    /// Whether `clause` answers with `fact`: it shares a word of the fact that the question did
-    /// not already say (a day, a number, a street...).
-    pub fn uses_fact(&self, clause: &str, fact: &str, question: &str) -> bool {
-        let asked = content_words(question);
-        let said = content_words(clause);
-        content_words(fact)
-            .iter()
-            .filter(|w| !asked.contains(w) && !GENERIC_WORDS.contains(&w.as_str()))
-            .any(|w| said.contains(w))
     }
 
     /// A number, day or time in `clause` that no fact states (the model made it up).
@@ -384,17 +367,6 @@ mod tests {
             s.guard("We are open Monday to Friday, 9 am to 5 pm.", 0, 40),
             Guarded::Say { .. }
         ));
-    }
-
-    #[test]
-    fn a_reply_uses_the_fact_only_when_it_says_something_of_it() {
-        let s = spec();
-        let q = "What are your opening hours?";
-        let fact = s.relevant_fact(q).unwrap();
-        assert!(s.uses_fact("We are open Monday to Friday.", fact, q));
-        assert!(s.uses_fact("From 9 am to 5 pm.", fact, q));
-        assert!(!s.uses_fact("We're happy to help, but we can't keep going.", fact, q));
-        assert!(!s.uses_fact("Our opening hours are great.", fact, q));
     }
 
     #[test]

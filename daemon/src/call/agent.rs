@@ -625,6 +625,12 @@ impl AgentRun {
         let seq = self.tts_next;
         self.tts_next += 1;
         let epoch = self.epoch;
+        if let Some(audio) = self.speech.service().phrase(&text) {
+            self.tts_ready.insert(seq, Some((audio.0.clone(), audio.1)));
+            self.timing.first_audio.get_or_insert_with(Instant::now);
+            self.play_ready(session);
+            return;
+        }
         match self.speech.synthesize(text) {
             Some(Ok(rx)) => {
                 let tx = self.tx.clone();

@@ -84,6 +84,8 @@ pub struct SpeechService {
     tts_error: Option<String>,
     tts_pool: WorkerPool,
     prompts: HashMap<Prompt, PromptAudio>,
+    /// Facts and fixed replies, by their exact text.
+    phrases: HashMap<String, PromptAudio>,
     vad_model: PathBuf,
 }
 
@@ -147,6 +149,7 @@ impl SpeechService {
         let cache_dir = config.daemon.state_dir.join("prompts");
         let prompts =
             render_prompts(&spec, tts.as_deref(), &cache_dir).map_err(SpeechUnavailable::Voice)?;
+        let phrases = render_phrases(&spec, tts.as_deref(), &cache_dir);
 
         let threads = |e: std::io::Error| SpeechUnavailable::Threads(e.to_string());
         let service = Self {
@@ -163,6 +166,7 @@ impl SpeechService {
             tts_error,
             tts_pool: WorkerPool::new("tts", 1, depth).map_err(threads)?,
             prompts,
+            phrases,
             vad_model,
         };
         tracing::info!(
@@ -199,6 +203,11 @@ impl SpeechService {
             llm_queue: self.llm_pool.waiting(),
             tts_queue: self.tts_pool.waiting(),
         }
+    }
+
+    /// Pre-rendered audio for this exact text (a fact or a fixed reply), if any.
+    pub fn phrase(&self, text: &str) -> Option<PromptAudio> {
+        self.phrases.get(text.trim()).cloned()
     }
 
     /// A cached prompt's audio and rate.
@@ -282,32 +291,68 @@ fn render_prompts(
     let mut out = HashMap::new();
     for p in Prompt::ALL {
         let text = p.text(&spec.config);
-        let path = cache_dir.join(format!("{:016x}.wav", fnv1a(text)));
-        if let Some(tts) = tts {
-            match tts.synthesize(text) {
-                Ok(s) => {
-                    if let Err(e) = write_wav(&path, &s.pcm, s.sample_rate) {
-                        tracing::warn!("prompt cache not written ({}): {e}", path.display());
-                    }
-                    out.insert(p, Arc::new((s.pcm, s.sample_rate)));
-                    continue;
-                }
-                Err(e) => tracing::warn!("prompt {p:?} not synthesized: {e}"),
-            }
-        }
-        match read_wav(&path) {
+        match render_cached(text, tts, cache_dir) {
             Ok(a) => {
-                out.insert(p, Arc::new(a));
+                out.insert(p, a);
             }
             Err(e) => {
                 return Err(format!(
-                    "prompt {p:?} (\"{text}\") has no audio: no voice and no cache at {} ({e}); install the voice with `edgevoice models install`",
-                    path.display()
+                    "prompt {p:?} (\"{text}\") has no audio: {e}; install the voice with `edgevoice models install`"
                 ))
             }
         }
     }
     Ok(out)
+}
+
+/// Facts and fixed intent/key replies, rendered at start-up like the prompts: the agent says
+/// them often, and with cached audio the reply starts as soon as the caller's words are known.
+fn render_phrases(
+    spec: &AgentSpec,
+    tts: Option<&dyn SpeechSynthesizer>,
+    cache_dir: &Path,
+) -> HashMap<String, PromptAudio> {
+    let c = &spec.config;
+    let texts = c
+        .facts
+        .iter()
+        .map(|f| f.trim())
+        .chain(c.intents.iter().map(|i| i.reply.trim()))
+        .chain(c.dtmf.iter().map(|d| d.reply.trim()))
+        .filter(|t| !t.is_empty());
+    let mut out = HashMap::new();
+    for text in texts {
+        match render_cached(text, tts, cache_dir) {
+            Ok(a) => {
+                out.insert(text.to_owned(), a);
+            }
+            Err(e) => tracing::warn!("\"{text}\" not pre-rendered: {e}"),
+        }
+    }
+    out
+}
+
+/// `text` synthesized (and written to the cache), or read from the cache.
+fn render_cached(
+    text: &str,
+    tts: Option<&dyn SpeechSynthesizer>,
+    cache_dir: &Path,
+) -> Result<PromptAudio, String> {
+    let path = cache_dir.join(format!("{:016x}.wav", fnv1a(text)));
+    if let Some(tts) = tts {
+        match tts.synthesize(text) {
+            Ok(s) => {
+                if let Err(e) = write_wav(&path, &s.pcm, s.sample_rate) {
+                    tracing::warn!("prompt cache not written ({}): {e}", path.display());
+                }
+                return Ok(Arc::new((s.pcm, s.sample_rate)));
+            }
+            Err(e) => tracing::warn!("\"{text}\" not synthesized: {e}"),
+        }
+    }
+    read_wav(&path)
+        .map(Arc::new)
+        .map_err(|e| format!("no voice and no cache at {} ({e})", path.display()))
 }
 
 fn fnv1a(text: &str) -> u64 {
