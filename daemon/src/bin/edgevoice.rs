@@ -509,6 +509,30 @@ fn print_call(c: &CallRecord) {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "-".into())
     );
+    for t in &c.turns {
+        let ms = |v: Option<u64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+        println!(
+            "  turn {:<3}     caller: {}\n                agent:  {}\n                intent {} · action {}{}",
+            t.turn.turn,
+            t.turn.caller,
+            t.turn.agent,
+            t.turn.intent,
+            t.turn.action,
+            if t.turn.interrupted { " · interrupted" } else { "" }
+        );
+        let l = &t.latency;
+        println!(
+            "                ms after the caller stopped: endpoint {} · ASR {} · LLM first token {} · first TTS audio {} · first reply RTP {}",
+            ms(l.endpoint_ms),
+            ms(l.asr_final_ms),
+            ms(l.llm_first_token_ms),
+            ms(l.first_tts_audio_ms),
+            ms(l.first_reply_rtp_ms)
+        );
+        for e in &t.turn.errors {
+            println!("                note: {e}");
+        }
+    }
 }
 
 fn human_bytes(n: u64) -> String {
