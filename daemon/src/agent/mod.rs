@@ -72,6 +72,12 @@ const RELATED_WORDS: &[(&str, &[&str])] = &[
     ("find", &["street", "road", "address"]),
 ];
 
+/// Words too weak to tie a question to a fact on their own.
+const WEAK_WORDS: &[&str] = &[
+    "next", "near", "also", "we", "are", "our", "us", "at", "on", "in", "from", "be", "there",
+    "here", "this", "that", "have", "has", "will", "all", "not", "no", "yes", "what", "how",
+];
+
 /// Words naming a day, month or time: a reply may only use those the facts use.
 const TIME_WORDS: &[&str] = &[
     "monday",
@@ -136,10 +142,22 @@ impl AgentSpec {
         {
             grounded.extend(normalize_words(text));
         }
+        // A fact is found by its own words: not the organisation's name ("clinic" is in every
+        // question about it) and not words that say nothing alone ("next" to the library).
+        let common: Vec<String> = content_words(&config.organisation)
+            .into_iter()
+            .chain(WEAK_WORDS.iter().map(|w| (*w).to_owned()))
+            .collect();
         let facts = config
             .facts
             .iter()
-            .map(|f| (f.trim().to_owned(), content_words(f)))
+            .map(|f| {
+                let words = content_words(f)
+                    .into_iter()
+                    .filter(|w| !common.contains(w))
+                    .collect();
+                (f.trim().to_owned(), words)
+            })
             .collect();
         Self {
             config: config.clone(),
@@ -355,6 +373,15 @@ mod tests {
             .relevant_fact("Where is the clinic?")
             .is_some_and(|f| f.contains("River Street")));
         assert_eq!(s.relevant_fact("Do you like football?"), None);
+        // Sharing only the organisation's name or a weak word is no match.
+        assert_eq!(s.relevant_fact("Is there parking near the clinic?"), None);
+        assert_eq!(
+            s.relevant_fact("Can I book an appointment for next week?"),
+            None
+        );
+        assert!(s
+            .relevant_fact("Are you open in the morning?")
+            .is_some_and(|f| f.contains("Monday")));
         assert_eq!(
             s.guard("We are open on Saturday mornings.", 0, 40),
             Guarded::Ungrounded("saturday".into())
