@@ -115,18 +115,12 @@ async fn inbound(
     save(&ctx, &rec).await;
     tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
 
-    let reject = |code: u16, reason: String| CallCommand::Reject { code, reason };
     let agent = if config.call.handler == CallHandler::Agent {
         match admit_agent(&ctx) {
             Ok(speech) => Some(speech),
             Err(reason) => {
                 tracing::warn!("call refused (503): {reason}");
-                let _ = commands.send(reject(503, reason.clone())).await;
-                rec.end(
-                    EndReason::Rejected { code: 503, reason },
-                    Some(Party::Appliance),
-                );
-                save(&ctx, &rec).await;
+                refuse(&ctx, &commands, &mut rec, 503, reason).await;
                 return;
             }
         }
@@ -136,12 +130,7 @@ async fn inbound(
     let Some(sockets) = ports.allocate().await else {
         let reason = "no free RTP port pair".to_owned();
         tracing::warn!("{reason}; widen rtp.port_min..port_max");
-        let _ = commands.send(reject(503, reason.clone())).await;
-        rec.end(
-            EndReason::Rejected { code: 503, reason },
-            Some(Party::Appliance),
-        );
-        save(&ctx, &rec).await;
+        refuse(&ctx, &commands, &mut rec, 503, reason).await;
         return;
     };
     let local_ip = local_media_ip(&config, call.source);
@@ -159,15 +148,7 @@ async fn inbound(
                 _ => 488,
             };
             tracing::info!(code, "offer refused: {e}");
-            let _ = commands.send(reject(code, e.to_string())).await;
-            rec.end(
-                EndReason::Rejected {
-                    code,
-                    reason: e.to_string(),
-                },
-                Some(Party::Appliance),
-            );
-            save(&ctx, &rec).await;
+            refuse(&ctx, &commands, &mut rec, code, e.to_string()).await;
             return;
         }
     };
@@ -411,6 +392,24 @@ async fn outbound(
         None,
     )
     .await;
+}
+
+/// Refuses an inbound call before answering, and records why.
+async fn refuse(
+    ctx: &Arc<DaemonContext>,
+    commands: &mpsc::Sender<CallCommand>,
+    rec: &mut CallRecord,
+    code: u16,
+    reason: String,
+) {
+    let _ = commands
+        .send(CallCommand::Reject {
+            code,
+            reason: reason.clone(),
+        })
+        .await;
+    rec.end(EndReason::Rejected { code, reason }, Some(Party::Appliance));
+    save(ctx, rec).await;
 }
 
 /// A voice agent call's share of the engines, or why there is none (the caller gets 503).
