@@ -336,10 +336,7 @@ fn install_entry(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(write_err)?;
     }
-    let tmp = dest.with_file_name(format!(
-        ".{}.partial",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
+    let tmp = partial_path(&dest);
     let mut out = File::create(&tmp).map_err(write_err)?;
     let copied = match source {
         Source::Mirror(dir) => copy_from_mirror(entry, dir, &mut out, progress),
@@ -438,10 +435,7 @@ pub fn install_from_url(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(write_err)?;
     }
-    let tmp = dest.with_file_name(format!(
-        ".{}.partial",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
+    let tmp = partial_path(&dest);
     let result = (|| {
         let response = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
         let mut reader = response.into_body().into_reader();
@@ -537,6 +531,15 @@ fn download(
     progress.finish();
     let (sha, size) = result.map_err(|e| fail(e.to_string()))?;
     Ok((sha, size, PathBuf::from(url)))
+}
+
+/// Where a model is written while it is checked: a hidden name beside its final place, renamed
+/// into place only when size and sha256 match.
+fn partial_path(dest: &Path) -> PathBuf {
+    dest.with_file_name(format!(
+        ".{}.partial",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("model")
+    ))
 }
 
 #[cfg(test)]
