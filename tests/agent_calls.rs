@@ -101,11 +101,13 @@ impl Agent {
     fn start_site(site: TestSite) -> Agent {
         let mut daemon = TestDaemon::spawn(&site, &[]);
         daemon.wait_ready(&site);
+        // Telephony starts only once the engines are loaded (or failed to), so the agent's
+        // state settles a moment before the SIP listener is up: wait for both.
         let status = peers::poll_until(Duration::from_secs(60), || {
             let s = json(&site.cli(&["status", "--json"]).stdout);
-            (s["agent"] != "loading").then_some(s)
+            (s["agent"] != "loading" && s["sip_listen"].is_string()).then_some(s)
         })
-        .expect("agent loaded within 60 s");
+        .expect("agent loaded and SIP listening within 60 s");
         assert_eq!(status["agent"], "ready", "{status}\n{}", daemon.log());
         let sip_port = status["sip_listen"]
             .as_str()
