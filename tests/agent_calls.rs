@@ -150,6 +150,21 @@ impl Agent {
     }
 }
 
+/// The body of `GET path` from the daemon's metrics listener.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null)
 }
@@ -173,7 +188,10 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
         "question.wav",
         &[(5000, "Hello. What are your opening hours?")],
     );
-    let agent = Agent::start("");
+    let metrics_port = peers::free_port();
+    let agent = Agent::start(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    ));
     let caller = Baresip::start(
         BaresipOptions::new("caller")
             .mic(&mic, Duration::from_secs(14))
@@ -183,6 +201,20 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
     caller.wait_event("CALL_ESTABLISHED", T_CALL);
     caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
     let call = agent.last_call();
+    // The turn's stages are exported as metrics, the same over HTTP and the control socket.
+    let scraped = http_get(metrics_port, "/metrics");
+    let printed = text(&agent.site.cli(&["metrics"]).stdout);
+    for metrics in [&scraped, &printed] {
+        assert!(
+            metrics.contains("edgevoice_calls_ended_total{reason=\"hangup\"} 1")
+                && metrics.contains("edgevoice_agent_turns_total{action=\"fact\"} 1")
+                && metrics.contains(
+                    "edgevoice_agent_turn_latency_seconds_count{stage=\"first_reply_rtp\"} 1"
+                ),
+            "{metrics}"
+        );
+    }
+    assert!(scraped.starts_with("# HELP"), "{scraped}");
     let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
     let heard_text = transcribe(&heard.to_mono(), heard.rate);
     eprintln!("caller heard: {heard_text:?}");

@@ -49,6 +49,24 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        CliCommand::Drain => {
+            let value = daemon_call(&args, "drain", serde_json::Value::Null)?;
+            println!(
+                "draining: new calls get 503; {} active call(s) go on (`edgevoice undrain` takes calls again)",
+                value["active_calls"].as_u64().unwrap_or(0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Undrain => {
+            daemon_call(&args, "undrain", serde_json::Value::Null)?;
+            println!("taking calls");
+            Ok(ExitCode::SUCCESS)
+        }
+        CliCommand::Metrics => {
+            let value = daemon_call(&args, "metrics", serde_json::Value::Null)?;
+            print!("{}", value["text"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
         CliCommand::Reload => {
             let value = daemon_call(&args, "config.reload", serde_json::Value::Null)?;
             println!("reloaded {}", value["source"].as_str().unwrap_or("config"));

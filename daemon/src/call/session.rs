@@ -422,6 +422,10 @@ fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<CallSpeech, String> {
 }
 
 async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
+    // Counted before the store write, so whoever sees the ended record sees it counted.
+    if rec.end_reason.is_some() {
+        ctx.metrics().observe_call(rec);
+    }
     let (owner, saved) = (ctx.clone(), rec.clone());
     // The store fsyncs: keep it off the runtime's workers.
     let result = tokio::task::spawn_blocking(move || record::save(owner.store(), &saved)).await;
@@ -430,8 +434,11 @@ async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
         Ok(Err(e)) => tracing::error!("call record not saved: {e}"),
         Err(e) => tracing::error!("call record task failed: {e}"),
     }
+    if rec.end_reason.is_none() {
+        return;
+    }
     // A finished record goes upstream (durably queued; the uplink delivers it when it can).
-    if let (Some(uplink), Some(_)) = (ctx.uplink(), &rec.end_reason) {
+    if let Some(uplink) = ctx.uplink() {
         match serde_json::to_vec(rec) {
             Ok(json) => {
                 if let Err(e) = uplink.append(crate::uplink::Stream::Calls, json).await {

@@ -39,6 +39,27 @@ pub struct Config {
     pub agent: AgentConfig,
     pub speech: SpeechConfig,
     pub uplink: UplinkConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus exposition over HTTP and telemetry snapshots on the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` of an HTTP listener serving `GET /metrics`; empty: none (`edgevoice metrics`
+    /// reads the same text over the control socket).
+    pub listen: String,
+    /// Seconds between telemetry snapshots queued on the uplink; 0: none.
+    pub telemetry_interval_secs: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            telemetry_interval_secs: 60,
+        }
+    }
 }
 
 /// `[uplink]`: store-and-forward to an MQTT broker (see README "Uplink").
@@ -579,6 +600,11 @@ impl Config {
             new.sip.listen.clone(),
         );
         check(
+            "metrics.listen",
+            self.metrics.listen.clone(),
+            new.metrics.listen.clone(),
+        );
+        check(
             "rtp.port_min",
             self.rtp.port_min.to_string(),
             new.rtp.port_min.to_string(),
@@ -600,6 +626,7 @@ impl Config {
         merged.sip.tls_listen = self.sip.tls_listen.clone();
         merged.sip.tls_cert = self.sip.tls_cert.clone();
         merged.sip.tls_key = self.sip.tls_key.clone();
+        merged.metrics.listen = self.metrics.listen.clone();
         merged.rtp.port_min = self.rtp.port_min;
         merged.rtp.port_max = self.rtp.port_max;
         merged

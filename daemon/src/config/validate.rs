@@ -147,6 +147,25 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
     }
 
     check_uplink(&config.uplink, &mut problem);
+    let m = &config.metrics;
+    if !m.listen.is_empty() && m.listen.parse::<SocketAddr>().is_err() {
+        problem(
+            "metrics.listen",
+            format!(
+                "\"{}\" is not an IP:PORT address; use e.g. \"127.0.0.1:9464\", or \"\" for no HTTP listener",
+                m.listen
+            ),
+        );
+    }
+    if m.telemetry_interval_secs != 0 && !(5..=86_400).contains(&m.telemetry_interval_secs) {
+        problem(
+            "metrics.telemetry_interval_secs",
+            format!(
+                "{} is out of range; use 0 (off) or 5 to 86400 seconds",
+                m.telemetry_interval_secs
+            ),
+        );
+    }
     super::agent::check_agent(&config.agent, &config.speech, &mut problem);
 
     let sip = &config.sip;

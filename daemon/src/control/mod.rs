@@ -53,6 +53,7 @@ impl Record for AuditRecord {
 #[derive(Debug, Clone, PartialEq)]
 enum Command {
     Status,
+    Metrics,
     StoreInfo,
     AuditList {
         limit: usize,
@@ -177,6 +178,7 @@ fn default_audit_limit() -> usize {
 
 const COMMANDS: &[&str] = &[
     "status",
+    "metrics",
     "store.info",
     "audit.list",
     "config.reload",
@@ -210,6 +212,7 @@ impl Command {
         };
         match req.command.as_str() {
             "status" => no_args(Command::Status),
+            "metrics" => no_args(Command::Metrics),
             "store.info" => no_args(Command::StoreInfo),
             "config.reload" => no_args(Command::ConfigReload),
             "drain" => no_args(Command::Drain),
@@ -389,6 +392,7 @@ impl Dispatcher {
             |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
         match command {
             Command::Status => to_json(serde_json::to_value(self.ctx.status())),
+            Command::Metrics => Ok(serde_json::json!({ "text": self.ctx.metrics_text() })),
             Command::StoreInfo => to_json(serde_json::to_value(self.ctx.store().info())),
             Command::AuditList { limit } => Ok(serde_json::Value::Array(
                 self.ctx

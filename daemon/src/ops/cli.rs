@@ -53,6 +53,14 @@ pub struct CliArgs {
 pub enum CliCommand {
     /// Show the daemon's version, uptime, config, store size, active calls and uplink state.
     Status(JsonFlag),
+    /// Print the daemon's metrics in the Prometheus text format: calls by end reason, agent
+    /// turns, turn latency per stage, queues, uplink backlog, memory and CPU.
+    Metrics,
+    /// Stop taking calls (new INVITEs get 503) and let the active ones finish, e.g. before
+    /// maintenance; the daemon keeps running. `undrain` takes calls again.
+    Drain,
+    /// Take calls again after `drain`.
+    Undrain,
     /// Make the daemon re-read its config file (like systemctl reload edgevoice).
     Reload,
     /// Work with configuration files.

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod logging;
+pub mod metrics;
 pub mod systemd;
 pub mod work;
 
@@ -172,6 +173,7 @@ pub struct DaemonContext {
     speech: std::sync::OnceLock<Result<Arc<crate::speech::service::SpeechService>, String>>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
+    metrics: metrics::Metrics,
 }
 
 impl DaemonContext {
@@ -194,7 +196,31 @@ impl DaemonContext {
             uplink: std::sync::OnceLock::new(),
             uplink_error: std::sync::OnceLock::new(),
             speech: std::sync::OnceLock::new(),
+            metrics: metrics::Metrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition of this daemon now.
+    pub fn metrics_text(&self) -> String {
+        metrics::render_prometheus(
+            &self.metrics.counters(),
+            &self.status(),
+            &metrics::ProcessStats::current(),
+        )
+    }
+
+    /// The telemetry snapshot published on the uplink.
+    pub fn telemetry(&self) -> metrics::Telemetry {
+        metrics::telemetry(
+            &self.metrics.counters(),
+            &self.status(),
+            &metrics::ProcessStats::current(),
+            crate::store::now_ms(),
+        )
     }
 
     /// Resolves (changes) when live calls must end now.
@@ -574,6 +600,22 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
             tracing::error!("voice agent unavailable, calls get 503: {e}");
         }
         let _ = ctx.speech.set(speech);
+    }
+    if ctx.uplink.get().is_some() {
+        tokio::spawn(metrics::publish_telemetry(Arc::downgrade(&ctx)));
+    }
+    let metrics_listen = ctx.config().config.metrics.listen;
+    if !metrics_listen.is_empty() {
+        // Validated as IP:PORT; a port in use is an error that names the key, not a crash.
+        match tokio::net::TcpListener::bind(&metrics_listen).await {
+            Ok(listener) => {
+                tracing::info!(listen = %metrics_listen, "metrics served on http://{metrics_listen}/metrics");
+                tokio::spawn(metrics::serve_http(listener, Arc::downgrade(&ctx)));
+            }
+            Err(e) => tracing::error!(
+                "metrics.listen {metrics_listen}: cannot listen ({e}); metrics stay available through `edgevoice metrics`"
+            ),
+        }
     }
     let telephony = crate::call::start_telephony(ctx.clone()).await?;
     let sip = telephony.ua.clone();

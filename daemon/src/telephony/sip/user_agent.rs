@@ -578,6 +578,9 @@ impl Shell {
                 audit,
             } => {
                 tracing::info!(%source, %call_id, code, "INVITE refused: {reason}");
+                // Counted, not recorded as a call: a flood of refused INVITEs must not fill
+                // the disk (403s are audited below).
+                self.ctx.metrics().observe_refusal(code);
                 if audit {
                     self.audit_refusal(source.ip(), &from, &reason);
                 }
