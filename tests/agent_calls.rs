@@ -477,3 +477,147 @@ fn slow_agent_unavailable_without_models_answers_503_and_says_why() {
         text(log.as_bytes())
     );
 }
+
+/// One control-socket request (the protocol `edgevoice` speaks), as an operator's tooling
+/// would send it; returns the response object.
+fn control(site: &TestSite, command: &str, args: serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(site.socket()).expect("control socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    let request = serde_json::json!({ "command": command, "args": args });
+    writeln!(stream, "{request}").expect("send request");
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("response");
+    json(line.as_bytes())
+}
+
+/// A site's own models dir: links to the bundle's files, so installing into it never touches
+/// ../shared/models.
+fn site_models(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    for sub in std::fs::read_dir(models_dir())
+        .expect("models dir")
+        .flatten()
+    {
+        if !sub.path().is_dir() {
+            continue;
+        }
+        let target = models.join(sub.file_name());
+        std::fs::create_dir_all(&target).unwrap();
+        for file in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            std::os::unix::fs::symlink(file.path(), target.join(file.file_name())).unwrap();
+        }
+    }
+    models
+}
+
+#[test]
+fn slow_a_model_swap_mid_call_keeps_the_call_and_a_model_that_does_not_load_is_put_back() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let models = site_models(tmp.path());
+    let whisper_file = models.join(WHISPER_MODEL_FILE);
+    let (original_sha, _) = edgevoice::models::hash_file(&whisper_file).expect("hash");
+
+    // The "upstream": a loopback HTTP server with a new copy of the model and a broken one.
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::copy(&whisper_file, www.join("whisper-new.bin")).unwrap();
+    std::fs::write(www.join("whisper-broken.bin"), b"ggml? no.".repeat(1000)).unwrap();
+    let (broken_sha, _) = edgevoice::models::hash_file(&www.join("whisper-broken.bin")).unwrap();
+    let http_port = peers::free_port();
+    let mut http = peers::PeerProcess::spawn(
+        "http.server",
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", &http_port.to_string()])
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(&www),
+        &tmp.path().join("http.log"),
+    );
+    peers::poll_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()
+    })
+    .expect("http.server listening");
+    let install = |site: &TestSite, file: &str, sha: &str| {
+        control(
+            site,
+            "models.install",
+            serde_json::json!({
+                "name": "whisper-tiny.en-q8_0",
+                "url": format!("http://127.0.0.1:{http_port}/{file}"),
+                "sha256": sha,
+            }),
+        )
+    };
+
+    let site = TestSite::new(&format!(
+        "[models]\ndir = \"{}\"\nmanifest = \"{}\"\n[call]\nhandler = \"agent\"\nrecord = true\n",
+        models.display(),
+        common::repo_root().join("models/manifest.toml").display()
+    ));
+    let agent = Agent::start_site(site);
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "question.wav",
+        &[(9000, "Hello. What are your opening hours?")],
+    );
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(14))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+
+    // Mid-call (the caller has not spoken yet): the engines are swapped under it.
+    let swapped = install(&agent.site, "whisper-new.bin", &original_sha);
+    assert_eq!(swapped["ok"], true, "{swapped}\n{}", agent.daemon.log());
+    let said = swapped["result"]["agent"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("ready") && said.contains("1 call(s) in progress"),
+        "{swapped}"
+    );
+    let installed = &swapped["result"]["installed"];
+    assert!(
+        installed["previous"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(".previous")),
+        "{installed}"
+    );
+
+    // The call goes on, on the engines it started with, and the question is answered.
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(45));
+    let call = agent.last_call();
+    let turn = &call["turns"][0];
+    assert!(
+        contains_all(turn["caller"].as_str().unwrap_or(""), &["opening hours"]),
+        "the call lost its recognizer in the swap: {call}"
+    );
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    assert!(
+        contains_all(&heard_text, &["monday", "friday"]),
+        "{heard_text:?}\n{turn}"
+    );
+
+    // A file that matches its checksum but is no model: refused, the previous file put back,
+    // the running engines kept.
+    let refused = install(&agent.site, "whisper-broken.bin", &broken_sha);
+    assert_eq!(refused["ok"], false, "{refused}");
+    let why = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("did not load") && why.contains("put back"),
+        "{why}"
+    );
+    let (on_disk, _) = edgevoice::models::hash_file(&whisper_file).expect("hash");
+    assert_eq!(on_disk, original_sha, "the broken file stayed installed");
+    let status = json(&agent.site.cli(&["status", "--json"]).stdout);
+    assert_eq!(status["agent"], "ready", "{status}");
+    http.stop();
+    agent.stop();
+}

@@ -104,7 +104,11 @@ fn slow_deb_installs_verifies_and_purges_cleanly() {
     assert_eq!((config.uid(), config.gid()), (0, gid), "{CONFIG} owner");
     assert_eq!(config.permissions().mode() & 0o7777, 0o660, "{CONFIG} mode");
     let config_dir = meta(CONFIG_DIR);
-    assert_eq!((config_dir.uid(), config_dir.gid()), (0, gid), "{CONFIG_DIR} owner");
+    assert_eq!(
+        (config_dir.uid(), config_dir.gid()),
+        (0, gid),
+        "{CONFIG_DIR} owner"
+    );
     assert_eq!(
         config_dir.permissions().mode() & 0o7777,
         0o770,

@@ -508,11 +508,20 @@ impl Dispatcher {
                     sha256,
                 )
                 .map_err(|e| format!("{e}; the installed model is unchanged"))?;
-                tracing::info!(model = %name, path = %installed.path.display(), "model installed on command");
-                Ok(serde_json::json!({
-                    "installed": installed,
-                    "takes_effect": "at the next start of edgevoiced (running engines keep the file they loaded)",
-                }))
+                tracing::info!(model = %name, path = %installed.path.display(), "model installed on command; loading it");
+                // Verified is not yet usable: the engines load from the new file beside the
+                // running ones, and only a load that works replaces them.
+                match self.ctx.reload_speech() {
+                    Ok(agent) => Ok(serde_json::json!({
+                        "installed": installed,
+                        "agent": agent,
+                    })),
+                    Err(e) => {
+                        let restored = crate::models::restore_previous(&installed);
+                        tracing::error!(model = %name, "new model refused: {e}; {restored}");
+                        Err(format!("{name}: the new file verified but {e}; {restored}"))
+                    }
+                }
             }
             Command::Drain => {
                 let active = self.ctx.drain();

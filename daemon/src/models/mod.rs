@@ -383,6 +383,10 @@ pub struct InstalledFile {
     pub path: PathBuf,
     pub size: u64,
     pub sha256: String,
+    /// The file it replaced, kept beside it ([`previous_path`]) so a model that does not load
+    /// can be put back ([`restore_previous`]); None when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PathBuf>,
 }
 
 /// The `models.install` command: downloads `url` for the manifest entry `name` into a
@@ -454,6 +458,16 @@ pub fn install_from_url(
             )));
         }
         out.sync_all().map_err(write_err)?;
+        // The installed file stays reachable under a second name: a hard link, so nothing is
+        // copied and the rename below still replaces `dest` atomically.
+        let previous = if dest.exists() {
+            let previous = previous_path(&dest);
+            let _ = std::fs::remove_file(&previous);
+            std::fs::hard_link(&dest, &previous).map_err(write_err)?;
+            Some(previous)
+        } else {
+            None
+        };
         std::fs::rename(&tmp, &dest).map_err(write_err)?;
         if let Some(parent) = dest.parent() {
             if let Ok(d) = File::open(parent) {
@@ -465,6 +479,7 @@ pub fn install_from_url(
             path: dest.clone(),
             size,
             sha256: actual,
+            previous,
         })
     })();
     if result.is_err() {
@@ -535,6 +550,34 @@ fn download(
 
 /// Where a model is written while it is checked: a hidden name beside its final place, renamed
 /// into place only when size and sha256 match.
+/// Where [`install_from_url`] keeps the file it replaced: `<file>.previous`.
+pub fn previous_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_owned();
+    name.push(".previous");
+    dest.with_file_name(name)
+}
+
+/// Undoes [`install_from_url`]: the replaced file goes back in place, or, when there was none,
+/// the new file is removed. Returns a sentence for the operator.
+pub fn restore_previous(installed: &InstalledFile) -> String {
+    let result = match &installed.previous {
+        Some(previous) => std::fs::rename(previous, &installed.path),
+        None => std::fs::remove_file(&installed.path),
+    };
+    match (result, &installed.previous) {
+        (Ok(()), Some(p)) => format!(
+            "{} was put back from {}",
+            installed.path.display(),
+            p.display()
+        ),
+        (Ok(()), None) => format!("the new {} was removed", installed.path.display()),
+        (Err(e), _) => format!(
+            "putting the previous {} back failed ({e}); run `edgevoice models install` to restore it",
+            installed.path.display()
+        ),
+    }
+}
+
 fn partial_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(
         ".{}.partial",

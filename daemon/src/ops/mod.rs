@@ -41,6 +41,9 @@ impl Phase {
     }
 }
 
+/// The voice agent's engines, or why they could not be loaded.
+pub type SpeechEngines = Result<Arc<crate::speech::service::SpeechService>, String>;
+
 /// What `edgevoice status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -169,8 +172,11 @@ pub struct DaemonContext {
     stopping: std::sync::atomic::AtomicBool,
     /// One `config.apply` at a time.
     applying: std::sync::Mutex<()>,
-    /// The voice agent's engines (call.handler = "agent"), or why they are not there.
-    speech: std::sync::OnceLock<Result<Arc<crate::speech::service::SpeechService>, String>>,
+    /// The voice agent's engines (call.handler = "agent"), or why they are not there; None
+    /// while they load. Replaced whole by a model swap ([`DaemonContext::reload_speech`]).
+    speech: RwLock<Option<SpeechEngines>>,
+    /// One engine load at a time (start-up, model swaps).
+    loading_speech: std::sync::Mutex<()>,
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
     metrics: metrics::Metrics,
@@ -195,7 +201,8 @@ impl DaemonContext {
             registrations: std::sync::OnceLock::new(),
             uplink: std::sync::OnceLock::new(),
             uplink_error: std::sync::OnceLock::new(),
-            speech: std::sync::OnceLock::new(),
+            speech: RwLock::new(None),
+            loading_speech: std::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
         }
     }
@@ -246,8 +253,63 @@ impl DaemonContext {
 
     /// The speech engines: None before they are loaded (or with media test mode), Err when they
     /// failed to load (agent calls get 503 with the reason).
-    pub fn speech(&self) -> Option<&Result<Arc<crate::speech::service::SpeechService>, String>> {
-        self.speech.get()
+    pub fn speech(&self) -> Option<SpeechEngines> {
+        self.speech
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the speech engines from the model files now installed (blocking: seconds) and,
+    /// if they load, puts them in place: new calls get them, calls in progress keep the engines
+    /// they started with, freed when the last of those calls ends. A load that fails changes
+    /// nothing that runs and says why. Returns what the agent's status now is.
+    pub fn reload_speech(&self) -> Result<String, String> {
+        let config = self.config().config;
+        if config.call.handler != crate::config::CallHandler::Agent {
+            return Ok("not loaded: call.handler is media_test".to_owned());
+        }
+        let _one = self
+            .loading_speech
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let service = crate::speech::service::SpeechService::load(&config)
+            .map_err(|e| format!("the engines did not load ({e}); the running ones are kept"))?;
+        // An optional engine the running service has but the new one lost (a voice or model
+        // file that verifies but does not load) would quietly degrade every new call: refuse.
+        if let Some(Ok(running)) = self.speech() {
+            let had: Vec<&str> = running.degraded().iter().map(|(e, _)| *e).collect();
+            if let Some((engine, why)) = service
+                .degraded()
+                .into_iter()
+                .find(|(e, _)| !had.contains(e))
+            {
+                return Err(format!(
+                    "the {engine} did not load ({why}); the running engines are kept"
+                ));
+            }
+        }
+        let previous = self
+            .speech
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Ok(Arc::new(service)));
+        let in_use = match &previous {
+            // The swap's own reference is dropped below: what is left belongs to calls.
+            Some(Ok(old)) => Arc::strong_count(old) - 1,
+            _ => 0,
+        };
+        drop(previous);
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            calls_on_previous_engines = in_use,
+            "speech engines swapped: new calls use the newly loaded models"
+        );
+        Ok(format!(
+            "ready: loaded in {} ms; {in_use} call(s) in progress finish on the previous engines",
+            started.elapsed().as_millis()
+        ))
     }
 
     pub fn live_calls(&self) -> &crate::call::LiveCalls {
@@ -306,17 +368,13 @@ impl DaemonContext {
                 (None, None) => "not configured".to_owned(),
             },
             uplink_detail: self.uplink.get().map(|u| u.report()),
-            agent: match (loaded.config.call.handler, self.speech.get()) {
+            agent: match (loaded.config.call.handler, self.speech()) {
                 (crate::config::CallHandler::MediaTest, _) => "media test mode".to_owned(),
                 (_, None) => "loading".to_owned(),
                 (_, Some(Ok(_))) => "ready".to_owned(),
                 (_, Some(Err(e))) => format!("unavailable: {e}"),
             },
-            speech: self
-                .speech
-                .get()
-                .and_then(|s| s.as_ref().ok())
-                .map(|s| s.status()),
+            speech: self.speech().and_then(|s| s.ok()).map(|s| s.status()),
         }
     }
 
@@ -587,7 +645,12 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     if ctx.config().config.call.handler == crate::config::CallHandler::Agent {
         // Seconds of model loading: off the runtime, before SIP takes calls.
         let config = ctx.config().config;
+        let loader = ctx.clone();
         let loaded = tokio::task::spawn_blocking(move || {
+            let _one = loader
+                .loading_speech
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             crate::speech::service::SpeechService::load(&config)
         })
         .await;
@@ -599,7 +662,11 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         if let Err(e) = &speech {
             tracing::error!("voice agent unavailable, calls get 503: {e}");
         }
-        let _ = ctx.speech.set(speech);
+        let mut slot = ctx.speech.write().unwrap_or_else(|p| p.into_inner());
+        // A model swap that finished during start-up already put newer engines in place.
+        if slot.is_none() {
+            *slot = Some(speech);
+        }
     }
     if ctx.uplink.get().is_some() {
         tokio::spawn(metrics::publish_telemetry(Arc::downgrade(&ctx)));

@@ -7,6 +7,7 @@
 //! returns results on tokio channels, so the call task never blocks.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,18 +63,51 @@ pub struct SpeechStatus {
     pub tts_queue: usize,
 }
 
+/// The language model and the one context all calls share. A llama context borrows its model,
+/// and both live here together: the engine is boxed (its address never changes), lent to the
+/// context as `&'static`, and freed in [`Drop`] only after the context is gone. Nothing else
+/// gets the `'static` borrow: [`LlmShared::engine`] ties it to `&self`.
 struct LlmShared {
-    engine: &'static LlamaEngine,
-    session: Mutex<LlamaSession<'static>>,
+    session: ManuallyDrop<Mutex<LlamaSession<'static>>>,
+    engine_box: *mut LlamaEngine,
     system: String,
     system_tokens: usize,
     per_call_tokens: usize,
 }
 
+impl LlmShared {
+    fn engine(&self) -> &LlamaEngine {
+        // SAFETY: the box lives until Drop, which cannot run while `&self` is borrowed.
+        unsafe { &*self.engine_box }
+    }
+}
+
+impl Drop for LlmShared {
+    fn drop(&mut self) {
+        // SAFETY: the context (which borrows the engine) goes first, then the engine, boxed
+        // by load_llm and freed nowhere else; neither is used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.session);
+            drop(Box::from_raw(self.engine_box));
+        }
+    }
+}
+
+// SAFETY: LlmShared holds a `LlamaEngine` (through the raw pointer, only ever read through `&`)
+// and a `Mutex<LlamaSession>`; both are Send + Sync themselves (checked below), the raw pointer
+// is all that hides it from the compiler.
+unsafe impl Send for LlmShared {}
+unsafe impl Sync for LlmShared {}
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<LlamaEngine>();
+    send_sync::<Mutex<LlamaSession<'static>>>();
+};
+
 pub struct SpeechService {
     spec: AgentSpec,
-    asr: &'static WhisperRecognizer,
-    asr_sessions: Arc<Mutex<Vec<WhisperSession<'static>>>>,
+    asr: Arc<WhisperRecognizer>,
+    asr_sessions: Arc<Mutex<Vec<WhisperSession>>>,
     asr_pool: WorkerPool,
     llm: Option<Arc<LlmShared>>,
     llm_error: Option<String>,
@@ -116,7 +150,7 @@ impl SpeechService {
         wcfg.threads = speech.asr_threads;
         let asr =
             WhisperRecognizer::load(wcfg).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
-        let asr: &'static WhisperRecognizer = Box::leak(Box::new(asr));
+        let asr = Arc::new(asr);
         let vad_model = models.join(VAD_MODEL_FILE);
         SileroVad::load(&vad_model).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
 
@@ -178,6 +212,21 @@ impl SpeechService {
         Ok(service)
     }
 
+    /// Optional engines that did not load, with why: the agent runs without them (templates
+    /// instead of the model, cached prompts instead of the voice).
+    pub fn degraded(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.llm.is_none() {
+            let why = self.llm_error.clone().unwrap_or_default();
+            out.push(("language model", why));
+        }
+        if self.tts.is_none() {
+            let why = self.tts_error.clone().unwrap_or_default();
+            out.push(("voice", why));
+        }
+        out
+    }
+
     pub fn spec(&self) -> &AgentSpec {
         &self.spec
     }
@@ -187,7 +236,7 @@ impl SpeechService {
         SpeechStatus {
             asr: format!("whisper {}", self.asr.model_path().display()),
             llm: match (&self.llm, &self.llm_error) {
-                (Some(l), _) => format!("llama {}", l.engine.model_path().display()),
+                (Some(l), _) => format!("llama {}", l.engine().model_path().display()),
                 (None, Some(e)) => format!("unavailable: {e}"),
                 (None, None) => "unavailable".to_owned(),
             },
@@ -258,22 +307,40 @@ impl SpeechService {
 fn load_llm(config: &Config, spec: &AgentSpec, slots: usize) -> Result<LlmShared, LlmError> {
     let mut lcfg = LlmConfig::new(config.models.dir.join(LLM_MODEL_FILE));
     lcfg.threads = config.speech.llm_threads;
-    let engine: &'static LlamaEngine = Box::leak(Box::new(LlamaEngine::load(lcfg)?));
-    let system = engine.render_system(&spec.system_prompt())?;
-    let system_tokens = engine.count_tokens(&system);
-    let per_call = config.speech.llm_context_per_call as usize;
-    let n_ctx = (system_tokens + slots * per_call + 64) as u32;
-    let mut session = engine.new_shared_session(slots as u32 + 1, n_ctx)?;
-    let t = Instant::now();
-    session.prime_seq(0, &system)?;
-    tracing::info!(
-        tokens = system_tokens,
-        elapsed_ms = t.elapsed().as_millis() as u64,
-        "system prompt evaluated once for all calls"
-    );
+    let engine_box = Box::into_raw(Box::new(LlamaEngine::load(lcfg)?));
+    // SAFETY: `engine_box` came from Box::into_raw just above and is freed only by
+    // LlmShared's Drop (or below, on failure), after every session borrowing it is dropped.
+    let engine: &'static LlamaEngine = unsafe { &*engine_box };
+    let free_engine = || {
+        // SAFETY: no session borrowing the engine was kept (the `?`s below return before one
+        // is stored), and this is the only Box::from_raw for this pointer on this path.
+        drop(unsafe { Box::from_raw(engine_box) });
+    };
+    let prepared = (|| {
+        let system = engine.render_system(&spec.system_prompt())?;
+        let system_tokens = engine.count_tokens(&system);
+        let per_call = config.speech.llm_context_per_call as usize;
+        let n_ctx = (system_tokens + slots * per_call + 64) as u32;
+        let mut session = engine.new_shared_session(slots as u32 + 1, n_ctx)?;
+        let t = Instant::now();
+        session.prime_seq(0, &system)?;
+        tracing::info!(
+            tokens = system_tokens,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "system prompt evaluated once for all calls"
+        );
+        Ok::<_, LlmError>((session, system_tokens, per_call))
+    })();
+    let (session, system_tokens, per_call) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            free_engine();
+            return Err(e);
+        }
+    };
     Ok(LlmShared {
-        engine,
-        session: Mutex::new(session),
+        session: ManuallyDrop::new(Mutex::new(session)),
+        engine_box,
         system: spec.system_prompt(),
         system_tokens,
         per_call_tokens: per_call,
@@ -437,7 +504,7 @@ impl CallSpeech {
         pcm_16k: Vec<f32>,
     ) -> Result<oneshot::Receiver<Result<Transcript, AsrError>>, QueueFull> {
         let (tx, rx) = oneshot::channel();
-        let asr = self.service.asr;
+        let asr = Arc::clone(&self.service.asr);
         let sessions = Arc::clone(&self.service.asr_sessions);
         self.service.asr_pool.try_submit(
             Priority::Live,
@@ -536,8 +603,8 @@ fn run_generation(
     let prompt = loop {
         let mut messages = vec![ChatMessage::system(llm.system.clone())];
         messages.extend(history.iter().cloned());
-        let prompt = llm.engine.render_chat(&messages)?;
-        let tokens = llm.engine.count_tokens(&prompt);
+        let prompt = llm.engine().render_chat(&messages)?;
+        let tokens = llm.engine().count_tokens(&prompt);
         if tokens
             <= llm.system_tokens
                 + llm

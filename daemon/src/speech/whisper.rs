@@ -84,12 +84,16 @@ impl WhisperRecognizer {
     }
 
     /// A per-call state.
-    pub fn new_session(&self) -> Result<WhisperSession<'_>, AsrError> {
+    pub fn new_session(&self) -> Result<WhisperSession, AsrError> {
         let state = self
             .ctx
             .create_state()
             .map_err(|e| AsrError::State(e.to_string()))?;
-        Ok(WhisperSession { owner: self, state })
+        Ok(WhisperSession {
+            config: self.config.clone(),
+            eot: self.ctx.token_eot(),
+            state,
+        })
     }
 }
 
@@ -99,9 +103,12 @@ impl SpeechRecognizer for WhisperRecognizer {
     }
 }
 
-/// A per-call whisper state (its buffers are reused for every utterance of the call).
-pub struct WhisperSession<'a> {
-    owner: &'a WhisperRecognizer,
+/// A per-call whisper state (its buffers are reused for every utterance of the call). It keeps
+/// the model alive itself (whisper-rs counts references to the context), so a session outlives
+/// a [`WhisperRecognizer`] dropped by a model swap.
+pub struct WhisperSession {
+    config: WhisperConfig,
+    eot: i32,
     state: WhisperState,
 }
 
@@ -152,11 +159,11 @@ fn drop_decoder_run_on(words: &mut Vec<Word>) -> bool {
     }
 }
 
-impl WhisperSession<'_> {
+impl WhisperSession {
     /// Transcribes one utterance of 16 kHz mono f32 audio.
     pub fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
         let started = Instant::now();
-        let cfg = &self.owner.config;
+        let cfg = &self.config;
         let audio = Duration::from_secs_f64(pcm_16k.len() as f64 / f64::from(ASR_SAMPLE_RATE));
         if pcm_16k.is_empty() {
             return Ok(Transcript {
@@ -210,7 +217,7 @@ impl WhisperSession<'_> {
             .full(params, pcm)
             .map_err(|e| AsrError::Decode(e.to_string()))?;
 
-        let eot = self.owner.ctx.token_eot();
+        let eot = self.eot;
         let mut segments = Vec::new();
         for seg in self.state.as_iter() {
             let text = seg
@@ -291,7 +298,7 @@ impl WhisperSession<'_> {
     }
 }
 
-impl AsrSession for WhisperSession<'_> {
+impl AsrSession for WhisperSession {
     fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
         WhisperSession::transcribe(self, pcm_16k)
     }
