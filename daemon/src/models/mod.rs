@@ -393,7 +393,8 @@ pub struct InstalledFile {
 /// temporary name beside the installed file, hashing while it writes, and renames it into
 /// place only when its sha256 is `sha256`. A mismatch, a failed or partial download leaves the
 /// installed file untouched. Engines that already mapped the old file keep it (a rename does
-/// not change an open file); the new one is used from the next start.
+/// not change an open file); the daemon then loads the new one ([`crate::ops::DaemonContext::reload_speech`])
+/// and puts the previous back with [`restore_previous`] if it does not load.
 pub fn install_from_url(
     manifest: &Manifest,
     models_dir: &Path,
