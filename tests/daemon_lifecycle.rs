@@ -234,3 +234,57 @@ fn store_info_works_through_the_daemon_and_offline() {
     );
     assert!(offline.contains("audit"), "{offline}");
 }
+
+#[test]
+fn an_applied_config_whose_restart_fails_is_rolled_back_to_the_last_good_one() {
+    let site = TestSite::new("");
+    let good = std::fs::read_to_string(&site.config).unwrap();
+    let mut daemon = TestDaemon::spawn(&site, &[]);
+    daemon.wait_ready(&site);
+
+    // A port another process holds (UDP and TCP): SIP cannot listen there at the next start.
+    let (_udp, _tcp, port) = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            break (udp, tcp, port);
+        }
+    };
+    let new = good.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    assert_ne!(
+        new, good,
+        "the test config has no sip.listen line to change"
+    );
+    let new_file = site.dir.path().join("new.toml");
+    std::fs::write(&new_file, &new).unwrap();
+    let applied = site.cli(&["config", "apply", new_file.to_str().unwrap()]);
+    let said = text(&applied.stdout);
+    assert!(applied.status.success(), "{said}{}", text(&applied.stderr));
+    assert!(
+        said.contains("needs a restart to take effect: sip.listen"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&site.config).unwrap(), new);
+
+    // The restart fails on the port; the file goes back to the last good one, exit 1 (so
+    // systemd's Restart=on-failure starts it again), and that start works.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, _) = daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+    let failed = TestDaemon::spawn(&site, &[]);
+    let (code, stderr) = failed.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("config.apply")
+            && l.contains("did not start")
+            && l.contains("restored")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&site.config).unwrap(), good);
+    let mut again = TestDaemon::spawn(&site, &[]);
+    again.wait_ready(&site);
+    assert!(site.cli(&["status"]).status.success());
+}

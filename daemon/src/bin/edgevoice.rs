@@ -34,6 +34,27 @@ fn run(args: CliArgs) -> Result<ExitCode> {
         CliCommand::Config(ConfigCommand::Check { file }) => {
             Ok(config_check(file.as_deref().unwrap_or(&args.config)))
         }
+        CliCommand::Config(ConfigCommand::Apply { file }) => {
+            let toml = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let value = daemon_call(&args, "config.apply", serde_json::json!({ "toml": toml }))?;
+            println!(
+                "applied to {} (previous kept as {})",
+                value["source"].as_str().unwrap_or("the config"),
+                value["last_good"].as_str().unwrap_or("<config>.last-good")
+            );
+            if let Some(keys) = value["restart_required"]
+                .as_array()
+                .filter(|k| !k.is_empty())
+            {
+                let keys: Vec<&str> = keys.iter().filter_map(|k| k.as_str()).collect();
+                println!(
+                    "needs a restart to take effect: {} (if that start fails, the previous file is put back)",
+                    keys.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CliCommand::Man { dir } => {
             for page in edgevoice::ops::cli::render_man_pages(dir)? {
                 println!("{}", page.display());

@@ -152,6 +152,13 @@ pub enum ConfigCommand {
         /// The file to check (default: the --config file).
         file: Option<PathBuf>,
     },
+    /// Make FILE the running daemon's config, as the remote `config.apply` does: validated,
+    /// the current file kept as <config>.last-good, applied like a reload, rolled back if it
+    /// fails (now, or at the next start for keys that need a restart).
+    Apply {
+        /// The new config file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

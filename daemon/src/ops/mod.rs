@@ -153,6 +153,35 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Marks a config file written by `config.apply` whose restart-only changes have not started
+/// yet: `<file>.applied`, holding the keys.
+fn applied_marker(source: &Path) -> PathBuf {
+    sibling(source, ".applied")
+}
+
+/// After a start that failed: if the config was written by `config.apply` and its
+/// restart-only changes never started, puts `<file>.last-good` back and says so in one line
+/// (the caller exits non-zero, so systemd starts again with the good file). None otherwise.
+pub fn roll_back_applied_config(source: &Path) -> Option<String> {
+    let marker = applied_marker(source);
+    let keys = std::fs::read_to_string(&marker).ok()?;
+    let last_good = sibling(source, ".last-good");
+    let good = std::fs::read(&last_good).ok()?;
+    let _ = std::fs::remove_file(&marker);
+    Some(match write_atomically(source, &good) {
+        Ok(()) => format!(
+            "the config written by config.apply (changing {keys}) did not start; {} restored from {}, start again to use it",
+            source.display(),
+            last_good.display()
+        ),
+        Err(e) => format!(
+            "the config written by config.apply (changing {keys}) did not start, and restoring {} from {} failed ({e}); copy it back by hand",
+            source.display(),
+            last_good.display()
+        ),
+    })
+}
+
 /// Everything the running daemon shares between its tasks.
 pub struct DaemonContext {
     started: Instant,
@@ -474,6 +503,20 @@ impl DaemonContext {
         })?;
         match self.reload() {
             Ok(outcome) => {
+                // Keys that only take effect at the next start have not been tried yet: that
+                // start rolls the file back if it fails (roll_back_applied_config).
+                let marker = applied_marker(&source);
+                if outcome.restart_required.is_empty() {
+                    let _ = std::fs::remove_file(&marker);
+                } else if let Err(e) =
+                    write_atomically(&marker, outcome.restart_required.join(",").as_bytes())
+                {
+                    tracing::warn!(
+                        "cannot write {} ({e}): a failed restart will not roll back to {}",
+                        marker.display(),
+                        last_good.display()
+                    );
+                }
                 tracing::info!(source = %source.display(), last_good = %last_good.display(), "config applied on command");
                 Ok(ApplyOutcome {
                     source,
@@ -482,6 +525,7 @@ impl DaemonContext {
                 })
             }
             Err(e) => {
+                let _ = std::fs::remove_file(applied_marker(&source));
                 let restored =
                     std::fs::read(&last_good).and_then(|good| write_atomically(&source, &good));
                 let what = match restored {
@@ -693,6 +737,11 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     // A `drain` command that arrived during start-up stays in force.
     if !ctx.work.is_draining() {
         ctx.set_phase(Phase::Ready);
+    }
+    // Every component started with this file: an applied config is now the good one.
+    let source = ctx.config().source;
+    if std::fs::remove_file(applied_marker(&source)).is_ok() {
+        tracing::info!(config = %source.display(), "the config written by config.apply started cleanly");
     }
     let mut last_status = ctx.status().summary();
     ctx.notifier.ready(&last_status);
