@@ -162,6 +162,7 @@ pub enum ConversationState {
     Ended,
 }
 
+#[derive(Clone)]
 pub struct Conversation {
     spec: AgentSpec,
     state: ConversationState,

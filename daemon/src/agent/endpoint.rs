@@ -36,6 +36,10 @@ pub enum EndpointEvent {
     /// The caller is speaking (enough speech seen). `start_sample` is where the utterance begins
     /// (16 kHz sample index since the stream began, pad included).
     SpeechStarted { start_sample: u64 },
+    /// The caller paused long enough for the trailing pad: if the turn ends at this pause,
+    /// [`EndpointEvent::SpeechEnded`] will report this same span, so recognition (and more)
+    /// can start on it now, speculatively. Once per pause; never after the turn ended.
+    Paused { start_sample: u64, end_sample: u64 },
     /// The turn is over: the utterance is `start_sample..end_sample`.
     SpeechEnded {
         start_sample: u64,
@@ -85,6 +89,15 @@ impl Endpointer {
     /// True while speech-like windows are being weighed (not yet confirmed as a start).
     pub fn maybe_speech(&self) -> bool {
         matches!(self.state, State::Maybe { .. })
+    }
+
+    /// Where the utterance in progress would end if the caller stopped now (the sample span's
+    /// end that `Paused` and `SpeechEnded` report); None outside a turn.
+    pub fn pending_end(&self) -> Option<u64> {
+        match self.state {
+            State::Speaking { last_voiced, .. } => Some(self.end_sample(last_voiced)),
+            _ => None,
+        }
     }
 
     /// Windows handled so far.
@@ -157,6 +170,7 @@ impl Endpointer {
                 let last_voiced = if quiet { last_voiced } else { i };
                 self.state = State::Speaking { first, last_voiced };
                 let max = EndpointConfig::windows(self.cfg.max_utterance_ms);
+                let pad = EndpointConfig::windows(self.cfg.pad_ms);
                 if i + 1 - last_voiced > silence {
                     self.state = State::Silence;
                     return Some(EndpointEvent::SpeechEnded {
@@ -171,6 +185,14 @@ impl Endpointer {
                         start_sample: self.start_sample(first),
                         end_sample: self.windows * WINDOW_SAMPLES as u64,
                         cut: true,
+                    });
+                }
+                // The pad after the last voiced window is complete: the span is final unless
+                // the caller goes on.
+                if i - last_voiced == pad + 1 && pad + 1 < silence {
+                    return Some(EndpointEvent::Paused {
+                        start_sample: self.start_sample(first),
+                        end_sample: self.end_sample(last_voiced),
                     });
                 }
                 None
@@ -211,7 +233,7 @@ mod tests {
     }
 
     /// Feeds `(probability, windows)` runs; returns (window index, event) pairs.
-    fn run(e: &mut Endpointer, runs: &[(f32, u64)]) -> Vec<(u64, EndpointEvent)> {
+    fn run_all(e: &mut Endpointer, runs: &[(f32, u64)]) -> Vec<(u64, EndpointEvent)> {
         let mut out = Vec::new();
         for &(p, n) in runs {
             for _ in 0..n {
@@ -222,6 +244,62 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Turn starts and ends only (the pauses have their own test).
+    fn run(e: &mut Endpointer, runs: &[(f32, u64)]) -> Vec<(u64, EndpointEvent)> {
+        run_all(e, runs)
+            .into_iter()
+            .filter(|(_, ev)| !matches!(ev, EndpointEvent::Paused { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn a_pause_reports_the_span_the_end_will_have_once_per_pause() {
+        let mut e = Endpointer::new(cfg());
+        // Speech, a 400 ms pause (the caller goes on), speech, then the end.
+        let ev = run_all(&mut e, &[(0.9, 30), (0.1, 12), (0.9, 30), (0.1, 25)]);
+        let kinds: Vec<(u64, EndpointEvent)> = ev.clone();
+        assert_eq!(
+            kinds,
+            vec![
+                (5, EndpointEvent::SpeechStarted { start_sample: 0 }),
+                // Last voiced window 29, pad 2: the pad is complete at window 32.
+                (
+                    32,
+                    EndpointEvent::Paused {
+                        start_sample: 0,
+                        end_sample: 32 * 512
+                    }
+                ),
+                (
+                    74,
+                    EndpointEvent::Paused {
+                        start_sample: 0,
+                        end_sample: 74 * 512
+                    }
+                ),
+                (
+                    91,
+                    EndpointEvent::SpeechEnded {
+                        start_sample: 0,
+                        end_sample: 74 * 512,
+                        cut: false
+                    }
+                ),
+            ]
+        );
+        // A pause as long as the endpoint silence itself has nothing to speculate on.
+        let mut short = Endpointer::new(EndpointConfig {
+            endpoint_silence_ms: 96,
+            ..cfg()
+        });
+        let ev = run_all(&mut short, &[(0.9, 30), (0.0, 10)]);
+        assert!(
+            !ev.iter()
+                .any(|(_, e)| matches!(e, EndpointEvent::Paused { .. })),
+            "{ev:?}"
+        );
     }
 
     #[test]

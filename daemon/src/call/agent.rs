@@ -53,6 +53,40 @@ pub enum AgentEvent {
         seq: u64,
         result: Result<Synthesis, TtsError>,
     },
+    /// Recognition started on a pause ([`Speculation`]).
+    SpeculativeAsr {
+        id: u64,
+        result: Result<Transcript, AsrError>,
+    },
+    /// Generation started on a pause's transcript ([`Speculation`]).
+    SpeculativeLlm {
+        id: u64,
+        event: LlmEvent,
+    },
+}
+
+/// Work started when the caller pauses (the endpointer's `Paused`), before the turn is known
+/// to be over: recognition of the audio so far and, when the conversation would hand that
+/// transcript to the model, the generation too. The endpoint silence (hundreds of ms) is spent
+/// on them instead of waiting. If the turn ends with exactly this audio, the results are the
+/// turn's; if the caller goes on, they are dropped (the generation cancelled).
+struct Speculation {
+    id: u64,
+    /// 16 kHz sample span of the utterance as the pause saw it.
+    span: (u64, u64),
+    transcript: Option<Result<Transcript, AsrError>>,
+    /// The utterance that ended with this audio while recognition was still running.
+    adopted_by: Option<u64>,
+    generation: Option<SpeculativeGeneration>,
+}
+
+struct SpeculativeGeneration {
+    /// The `Generate` the conversation would emit for this transcript; adopted only if it
+    /// emits exactly this.
+    action: Action,
+    cancel: Arc<AtomicBool>,
+    /// Events before adoption, replayed in order when adopted.
+    buffered: Vec<LlmEvent>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -103,6 +137,14 @@ pub struct AgentRun {
     last_spoken_turn: Option<u64>,
     /// A directive that came up while saying something (handed out by `take_directive`).
     directive_from_say: Option<Directive>,
+    speculation: Option<Speculation>,
+    next_speculation: u64,
+    /// Sample spans of utterances handed to the conversation, to match a speculation.
+    utterance_spans: HashMap<u64, (u64, u64)>,
+    /// A speculative generation that became a turn's: (speculation id, turn).
+    adopted_generation: Option<(u64, u64)>,
+    /// Adopted events to hand to the conversation once the current step is done.
+    replay: std::collections::VecDeque<AgentEvent>,
 }
 
 impl AgentRun {
@@ -147,6 +189,11 @@ impl AgentRun {
             dirty: false,
             directive_from_say: None,
             last_spoken_turn: None,
+            speculation: None,
+            next_speculation: 1,
+            utterance_spans: HashMap::new(),
+            adopted_generation: None,
+            replay: std::collections::VecDeque::new(),
         }
     }
 
@@ -180,7 +227,8 @@ impl AgentRun {
         rec: &mut CallRecord,
     ) -> Option<Directive> {
         let actions = self.conv.handle_timeout(Instant::now());
-        self.apply(actions, session, rec)
+        let directive = self.apply(actions, session, rec);
+        directive.or(self.drain_replay(session, rec))
     }
 
     /// One frame of caller audio at the codec rate.
@@ -252,7 +300,8 @@ impl AgentRun {
         rec: &mut CallRecord,
     ) -> Option<Directive> {
         let actions = self.conv.handle(Instant::now(), Input::Dtmf(digit));
-        self.apply(actions, session, rec)
+        let directive = self.apply(actions, session, rec);
+        directive.or(self.drain_replay(session, rec))
     }
 
     pub fn on_transfer_failed(
@@ -274,7 +323,23 @@ impl AgentRun {
         rec: &mut CallRecord,
     ) -> Option<Directive> {
         let directive = self.handle_event_inner(event, session, rec);
+        let directive = directive.or(self.drain_replay(session, rec));
         self.refresh_latency(rec);
+        directive
+    }
+
+    /// Adopted speculative events go to the conversation after the step that adopted them, in
+    /// the order they were produced.
+    fn drain_replay(
+        &mut self,
+        session: &mut MediaSession,
+        rec: &mut CallRecord,
+    ) -> Option<Directive> {
+        let mut directive = None;
+        while let Some(event) = self.replay.pop_front() {
+            let d = self.handle_event_inner(event, session, rec);
+            directive = directive.or(d);
+        }
         directive
     }
 
@@ -319,6 +384,13 @@ impl AgentRun {
                     let d = self.on_endpoint(ev, now, session, rec);
                     directive = directive.or(d);
                 }
+                // The caller went on after the pause: what was started on it is of no use.
+                if let (Some(spec), Some(end)) = (&self.speculation, self.endpointer.pending_end())
+                {
+                    if spec.span.1 != end && spec.adopted_by.is_none() {
+                        self.drop_speculation();
+                    }
+                }
                 if !self.endpointer.in_speech() {
                     self.trim_audio();
                 }
@@ -353,7 +425,10 @@ impl AgentRun {
                     }
                 };
                 let actions = self.conv.handle(now, input);
-                self.apply(actions, session, rec)
+                let directive = self.apply(actions, session, rec);
+                // The turn is decided: a guess still running was not what it needed.
+                self.drop_speculation();
+                directive
             }
             AgentEvent::Llm { turn, event } => {
                 if self.generation.as_ref().is_none_or(|(t, _)| *t != turn) {
@@ -403,6 +478,40 @@ impl AgentRun {
                 }
                 directive
             }
+            AgentEvent::SpeculativeAsr { id, result } => {
+                let spec = self.speculation.as_mut().filter(|s| s.id == id)?;
+                if let Some(utterance) = spec.adopted_by.take() {
+                    tracing::debug!(utterance, "speculative recognition adopted on arrival");
+                    return self.handle_event_inner(
+                        AgentEvent::Asr { utterance, result },
+                        session,
+                        rec,
+                    );
+                }
+                spec.transcript = Some(result);
+                self.speculate_generation(now);
+                None
+            }
+            AgentEvent::SpeculativeLlm { id, event } => {
+                if let Some((adopted, turn)) = self.adopted_generation {
+                    if adopted == id {
+                        return self.handle_event_inner(
+                            AgentEvent::Llm { turn, event },
+                            session,
+                            rec,
+                        );
+                    }
+                }
+                if let Some(g) = self
+                    .speculation
+                    .as_mut()
+                    .filter(|s| s.id == id)
+                    .and_then(|s| s.generation.as_mut())
+                {
+                    g.buffered.push(event);
+                }
+                None
+            }
             AgentEvent::Tts { epoch, seq, result } => {
                 if epoch != self.epoch {
                     return None;
@@ -449,16 +558,19 @@ impl AgentRun {
                 let actions = self.conv.handle(now, Input::SpeechStarted);
                 self.apply(actions, session, rec)
             }
+            EndpointEvent::Paused {
+                start_sample,
+                end_sample,
+            } => {
+                self.speculate(start_sample, end_sample);
+                None
+            }
             EndpointEvent::SpeechEnded {
                 start_sample,
                 end_sample,
                 ..
             } => {
-                let from = start_sample.max(self.audio_base);
-                let to = end_sample.min(self.audio_end()).max(from);
-                let pcm = self.audio
-                    [(from - self.audio_base) as usize..(to - self.audio_base) as usize]
-                    .to_vec();
+                let pcm = self.span_pcm(start_sample, end_sample);
                 // The speech ended where the pad begins: now minus the audio after it.
                 let pad = 7 * WINDOW_SAMPLES as u64;
                 let behind = self
@@ -469,8 +581,164 @@ impl AgentRun {
                 let utterance = self.next_utterance;
                 self.next_utterance += 1;
                 self.utterances.insert(utterance, pcm);
+                self.utterance_spans
+                    .insert(utterance, (start_sample, end_sample));
                 let actions = self.conv.handle(now, Input::SpeechEnded { utterance });
                 self.apply(actions, session, rec)
+            }
+        }
+    }
+
+    fn span_pcm(&self, start_sample: u64, end_sample: u64) -> Vec<f32> {
+        let from = start_sample.max(self.audio_base);
+        let to = end_sample.min(self.audio_end()).max(from);
+        self.audio[(from - self.audio_base) as usize..(to - self.audio_base) as usize].to_vec()
+    }
+
+    /// The caller paused: recognise what they said so far, in case the turn ends here.
+    fn speculate(&mut self, start_sample: u64, end_sample: u64) {
+        if self
+            .speculation
+            .as_ref()
+            .is_some_and(|s| s.span == (start_sample, end_sample))
+        {
+            return;
+        }
+        self.drop_speculation();
+        let pcm = self.span_pcm(start_sample, end_sample);
+        // Busy engines are for turns that are over, not for guesses.
+        let Ok(rx) = self.speech.transcribe(pcm) else {
+            return;
+        };
+        let id = self.next_speculation;
+        self.next_speculation += 1;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = rx
+                .await
+                .unwrap_or_else(|_| Err(AsrError::Decode("recognizer thread gone".to_owned())));
+            let _ = tx.send(AgentEvent::SpeculativeAsr { id, result });
+        });
+        self.speculation = Some(Speculation {
+            id,
+            span: (start_sample, end_sample),
+            transcript: None,
+            adopted_by: None,
+            generation: None,
+        });
+    }
+
+    /// The pause's transcript is in and the caller is still silent: if the conversation would
+    /// hand it to the model, start that generation now (on a copy of the conversation, so
+    /// nothing is decided until the turn really ends). Only when the model is idle: a guess
+    /// must not delay another call's turn.
+    fn speculate_generation(&mut self, now: Instant) {
+        if self.conv.state() != ConversationState::Listening || self.speech.service().llm_busy() {
+            return;
+        }
+        let Some(spec) = self.speculation.as_mut() else {
+            return;
+        };
+        let Some(Ok(transcript)) = &spec.transcript else {
+            return;
+        };
+        let mut probe = self.conv.clone();
+        let utterance = self.next_utterance;
+        let _ = probe.handle(now, Input::SpeechEnded { utterance });
+        let actions = probe.handle(
+            now,
+            Input::Transcript {
+                utterance,
+                text: clean_transcript(&transcript.text),
+            },
+        );
+        let Some(action) = actions
+            .into_iter()
+            .find(|a| matches!(a, Action::Generate { .. }))
+        else {
+            return;
+        };
+        let Action::Generate {
+            history,
+            max_tokens,
+            max_time,
+            ..
+        } = &action
+        else {
+            return;
+        };
+        let budget = Budget {
+            max_tokens: *max_tokens,
+            max_time: *max_time,
+        };
+        let Ok(mut handle) = self.speech.generate(history.clone(), budget) else {
+            return;
+        };
+        let id = spec.id;
+        let tx = self.tx.clone();
+        let cancel = Arc::clone(&handle.cancel);
+        tokio::spawn(async move {
+            while let Some(event) = handle.events.recv().await {
+                if tx.send(AgentEvent::SpeculativeLlm { id, event }).is_err() {
+                    handle.cancel.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        });
+        spec.generation = Some(SpeculativeGeneration {
+            action,
+            cancel,
+            buffered: Vec::new(),
+        });
+    }
+
+    /// The turn `utterance` ended with the audio a speculation recognised: its transcript (now
+    /// or when it arrives) is the turn's. False when there is no such speculation.
+    fn adopt_transcript(&mut self, utterance: u64, span: Option<(u64, u64)>) -> bool {
+        let Some(spec) = self.speculation.as_mut().filter(|s| Some(s.span) == span) else {
+            return false;
+        };
+        match spec.transcript.take() {
+            Some(result) => {
+                tracing::debug!(utterance, "speculative recognition adopted");
+                let _ = self.tx.send(AgentEvent::Asr { utterance, result });
+            }
+            None => spec.adopted_by = Some(utterance),
+        }
+        true
+    }
+
+    /// The conversation asks for exactly the generation a speculation already started: it
+    /// becomes the turn's, with what it produced so far.
+    fn adopt_generation(&mut self, turn: u64, action: &Action) -> bool {
+        let Some(spec) = self.speculation.as_mut() else {
+            return false;
+        };
+        let Some(generation) = spec.generation.take_if(|g| g.action == *action) else {
+            return false;
+        };
+        tracing::debug!(
+            turn,
+            buffered = generation.buffered.len(),
+            "speculative reply adopted"
+        );
+        self.adopted_generation = Some((spec.id, turn));
+        self.generation = Some((turn, generation.cancel));
+        self.replay.extend(
+            generation
+                .buffered
+                .into_iter()
+                .map(|event| AgentEvent::Llm { turn, event }),
+        );
+        self.speculation = None;
+        true
+    }
+
+    /// Forgets the speculation, cancelling a generation nobody adopted.
+    fn drop_speculation(&mut self) {
+        if let Some(spec) = self.speculation.take() {
+            if let Some(g) = spec.generation {
+                g.cancel.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -530,6 +798,12 @@ impl AgentRun {
                     join_previous,
                 } => {
                     let mut pcm = self.utterances.remove(&utterance).unwrap_or_default();
+                    let span = self.utterance_spans.remove(&utterance);
+                    if !join_previous && self.adopt_transcript(utterance, span) {
+                        self.last_utterance = Some(pcm);
+                        continue;
+                    }
+                    self.drop_speculation();
                     if join_previous {
                         if let Some(mut before) = self.last_utterance.take() {
                             before.extend_from_slice(&pcm);
@@ -555,12 +829,16 @@ impl AgentRun {
                         }
                     }
                 }
+                Action::Generate { turn, .. } if self.adopt_generation(turn, &action) => {
+                    self.splitter = SentenceSplitter::new();
+                }
                 Action::Generate {
                     turn,
                     history,
                     max_tokens,
                     max_time,
                 } => {
+                    self.drop_speculation();
                     self.splitter = SentenceSplitter::new();
                     let budget = Budget {
                         max_tokens,

@@ -254,6 +254,11 @@ impl SpeechService {
         }
     }
 
+    /// True while the language model has work queued or running (for any call).
+    pub fn llm_busy(&self) -> bool {
+        self.llm_pool.waiting() + self.llm_pool.running() > 0
+    }
+
     /// Pre-rendered audio for this exact text (a fact or a fixed reply), if any.
     pub fn phrase(&self, text: &str) -> Option<PromptAudio> {
         self.phrases.get(text.trim()).cloned()
