@@ -315,6 +315,7 @@ impl Conversation {
                 }
                 match self.spec.guard(
                     &text,
+                    &self.record.caller,
                     self.reply_words,
                     self.spec.config.max_reply_words as usize,
                 ) {
@@ -339,6 +340,15 @@ impl Conversation {
                             "guardrail: dropped \"{text}\" (\"{word}\" is in no fact)"
                         ));
                         // What follows builds on the made-up part: stop here.
+                        out.push(Action::CancelGeneration { turn });
+                        self.generating = false;
+                        self.finish_reply(&mut out, true);
+                    }
+                    Guarded::OffTopic(words) => {
+                        self.record.errors.push(format!(
+                            "guardrail: dropped \"{text}\" (off topic: {})",
+                            words.join(", ")
+                        ));
                         out.push(Action::CancelGeneration { turn });
                         self.generating = false;
                         self.finish_reply(&mut out, true);
@@ -1115,6 +1125,38 @@ mod tests {
         assert_eq!(a[1], Action::CancelGeneration { turn: 1 });
         let turn = &recorded(&a)[0];
         assert!(turn.errors[0].contains("claims an action"), "{turn:?}");
+    }
+
+    #[test]
+    fn a_reply_that_wanders_off_topic_is_stopped_and_the_caller_asked_again() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "Do you do vaccinations?");
+        let a = c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "The capital of France is Paris.".into(),
+            },
+        );
+        assert_eq!(a[0], Action::CancelGeneration { turn: 1 });
+        assert!(
+            !a.iter()
+                .any(|x| matches!(x, Action::Say(t) if t.contains("Paris"))),
+            "{a:?}"
+        );
+        // Nothing was said: the caller hears a fallback, never silence.
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::Play(_) | Action::Say(_))),
+            "{a:?}"
+        );
+        let turn = &recorded(&a)[0];
+        assert!(
+            turn.errors[0].contains("off topic: capital, france, paris"),
+            "{turn:?}"
+        );
     }
 
     #[test]

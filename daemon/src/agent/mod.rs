@@ -50,6 +50,104 @@ const CLAIMED_ACTIONS: &[&str] = &[
     "has been cancelled",
 ];
 
+/// Words any helpful reply may use, whatever the topic ("sorry", "help", "call"): they never
+/// make a clause on or off topic.
+const CONVERSATION_WORDS: &[&str] = &[
+    "sorry",
+    "help",
+    "helping",
+    "call",
+    "calling",
+    "thank",
+    "thanks",
+    "welcome",
+    "question",
+    "questions",
+    "information",
+    "know",
+    "sure",
+    "happy",
+    "glad",
+    "assist",
+    "anything",
+    "else",
+    "today",
+    "contact",
+    "person",
+    "staff",
+    "team",
+    "speak",
+    "talk",
+    "ask",
+    "tell",
+    "okay",
+    "ok",
+    "hello",
+    "hi",
+    "good",
+    "great",
+    "course",
+    "answer",
+    "don't",
+    "can't",
+    "cannot",
+    "unable",
+    "afraid",
+    "unfortunately",
+    "please",
+    "let",
+    "more",
+    "details",
+    "detail",
+    "someone",
+    "find",
+    "out",
+    "check",
+    "need",
+    "may",
+    "might",
+    "they",
+    "them",
+    "your",
+    "yours",
+    "their",
+    "you're",
+    "we're",
+    "it's",
+    "that's",
+    "there's",
+    "about",
+    "any",
+    "other",
+    "only",
+    "one",
+    "moment",
+    "again",
+    "repeat",
+    "understand",
+    "mean",
+    "said",
+    "say",
+    "does",
+    "did",
+    "get",
+    "give",
+    "time",
+    "way",
+    "thing",
+    "things",
+    "well",
+    "really",
+    "very",
+    "much",
+    "many",
+    "would",
+    "should",
+];
+
+/// Content words a clause must have before it can be judged off topic: "I can't say." is not.
+const OFF_TOPIC_MIN_WORDS: usize = 3;
+
 /// An intent ready for matching.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Intent {
@@ -114,6 +212,9 @@ pub struct AgentSpec {
     /// Every word of the facts, persona and prompts: what a reply may state as numbers/times.
     grounded: std::collections::HashSet<String>,
     facts: Vec<(String, Vec<String>)>,
+    /// Word stems of everything the agent is configured to talk about (topics, facts, persona,
+    /// intents, prompts): a reply clause must touch one of them or the caller's question.
+    topical: std::collections::HashSet<String>,
 }
 
 impl AgentSpec {
@@ -159,12 +260,56 @@ impl AgentSpec {
                 (f.trim().to_owned(), words)
             })
             .collect();
+        let topical = config
+            .facts
+            .iter()
+            .chain([
+                &config.persona,
+                &config.organisation,
+                &config.topics,
+                &config.greeting,
+                &config.take_message,
+            ])
+            .chain(
+                config
+                    .intents
+                    .iter()
+                    .flat_map(|i| i.examples.iter().chain([&i.reply])),
+            )
+            .flat_map(|t| content_words(t))
+            .map(|w| stem(&w))
+            .collect();
         Self {
             config: config.clone(),
             intents,
             grounded,
             facts,
+            topical,
         }
+    }
+
+    /// The clause's topical words if it has several and none belongs to the configured topics,
+    /// the facts or the caller's `question` (the model wandered off: "The capital of France is
+    /// Paris."); None when it is on topic or too short to judge.
+    pub fn off_topic(&self, clause: &str, question: &str) -> Option<Vec<String>> {
+        let asked: std::collections::HashSet<String> =
+            content_words(question).iter().map(|w| stem(w)).collect();
+        let words: Vec<String> = content_words(clause)
+            .into_iter()
+            .filter(|w| {
+                !WEAK_WORDS.contains(&w.as_str())
+                    && !CONVERSATION_WORDS.contains(&w.as_str())
+                    && !w.chars().any(|c| c.is_ascii_digit())
+            })
+            .collect();
+        if words.len() < OFF_TOPIC_MIN_WORDS {
+            return None;
+        }
+        let on_topic = words.iter().any(|w| {
+            let s = stem(w);
+            self.topical.contains(&s) || asked.contains(&s)
+        });
+        (!on_topic).then_some(words)
     }
 
     /// The fact that best answers `question` (shared or related words), if any.
@@ -196,11 +341,21 @@ impl AgentSpec {
         })
     }
 
-    /// Applies every guardrail to one clause of a reply (see [`guard_clause`]), and refuses
-    /// numbers, days and times that are not in the facts.
-    pub fn guard(&self, clause: &str, said_words: usize, max_words: usize) -> Guarded {
+    /// Applies every guardrail to one clause of a reply to `question` (see [`guard_clause`]):
+    /// refuses numbers, days and times that are not in the facts, and clauses off the
+    /// configured topics.
+    pub fn guard(
+        &self,
+        clause: &str,
+        question: &str,
+        said_words: usize,
+        max_words: usize,
+    ) -> Guarded {
         if let Some(word) = self.ungrounded_word(clause) {
             return Guarded::Ungrounded(word);
+        }
+        if let Some(words) = self.off_topic(clause, question) {
+            return Guarded::OffTopic(words);
         }
         guard_clause(clause, said_words, max_words)
     }
@@ -263,6 +418,15 @@ impl AgentSpec {
     }
 }
 
+/// A crude stem for topic matching: "dogs" and "dog", "hours" and "hour" are the same topic.
+fn stem(word: &str) -> String {
+    let w = word.trim_end_matches("'s");
+    match w.strip_suffix('s') {
+        Some(base) if base.len() >= 3 && !base.ends_with('s') => base.to_owned(),
+        _ => w.to_owned(),
+    }
+}
+
 /// Lower-case words without punctuation and filler words.
 fn content_words(text: &str) -> Vec<String> {
     normalize_words(text)
@@ -280,6 +444,8 @@ pub enum Guarded {
     Dropped,
     /// Dropped: it states a number, day or time no fact gives (this word).
     Ungrounded(String),
+    /// Dropped: none of these words is about the configured topics or the question.
+    OffTopic(Vec<String>),
     /// The word limit was already reached.
     OverLimit,
 }
@@ -383,17 +549,60 @@ mod tests {
             .relevant_fact("Are you open in the morning?")
             .is_some_and(|f| f.contains("Monday")));
         assert_eq!(
-            s.guard("We are open on Saturday mornings.", 0, 40),
+            s.guard(
+                "We are open on Saturday mornings.",
+                "when are you open",
+                0,
+                40
+            ),
             Guarded::Ungrounded("saturday".into())
         );
         assert_eq!(
-            s.guard("We close at 12:00 PM.", 0, 40),
+            s.guard("We close at 12:00 PM.", "when do you close", 0, 40),
             Guarded::Ungrounded("1200".into())
         );
         assert!(matches!(
-            s.guard("We are open Monday to Friday, 9 am to 5 pm.", 0, 40),
+            s.guard(
+                "We are open Monday to Friday, 9 am to 5 pm.",
+                "when are you open",
+                0,
+                40
+            ),
             Guarded::Say { .. }
         ));
+    }
+
+    #[test]
+    fn replies_off_the_configured_topics_are_refused_but_answers_to_the_question_pass() {
+        let s = spec();
+        let q = "do you do vaccinations";
+        assert_eq!(
+            s.guard("The capital of France is Paris.", q, 0, 40),
+            Guarded::OffTopic(vec!["capital".into(), "france".into(), "paris".into()])
+        );
+        // The caller's own words are on topic ("dog" in the question, "dogs" in the reply)...
+        assert!(matches!(
+            s.guard(
+                "Dogs are welcome in the waiting room.",
+                "can I bring my dog",
+                0,
+                40
+            ),
+            Guarded::Say { .. }
+        ));
+        // ...and so are the topics and facts, and short or merely polite clauses.
+        for clause in [
+            "We offer appointments for vaccinations.",
+            "Sorry, I don't know that.",
+            "I can't say.",
+            "Please call us again later.",
+        ] {
+            assert!(
+                matches!(s.guard(clause, q, 0, 40), Guarded::Say { .. }),
+                "{clause}: {:?}",
+                s.guard(clause, q, 0, 40)
+            );
+        }
     }
 
     #[test]
