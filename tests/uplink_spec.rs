@@ -57,17 +57,20 @@ impl jsonschema::Retrieve for SchemaFiles {
             .as_str()
             .strip_prefix("file://")
             .ok_or_else(|| format!("only file references are allowed, not {}", uri.as_str()))?;
-        let path = Path::new(path.split('#').next().unwrap_or(path));
+        let path = Path::new(path.split('#').next().unwrap_or(path)).canonicalize()?;
         if path.parent() != Some(self.dir.as_path()) {
             return Err(format!("{} is not in {}", path.display(), self.dir.display()).into());
         }
-        Ok(read_json(path))
+        Ok(read_json(&path))
     }
 }
 
 /// A compiled schema from docs/schemas.
 fn validator(file: &str) -> jsonschema::Validator {
-    let dir = docs_dir().join("schemas");
+    let dir = docs_dir()
+        .join("schemas")
+        .canonicalize()
+        .expect("docs/schemas");
     let path = dir.join(file);
     let schema = read_json(&path);
     jsonschema::options()
@@ -127,9 +130,7 @@ impl Channel {
                 Level::Literal(_) => return None,
                 Level::Parameter { name, allowed } => {
                     let usable = !part.is_empty() && !part.contains(['+', '#']);
-                    let listed = allowed
-                        .as_ref()
-                        .is_none_or(|a| a.iter().any(|v| v == part));
+                    let listed = allowed.as_ref().is_none_or(|a| a.iter().any(|v| v == part));
                     if !(usable && listed) {
                         return None;
                     }
@@ -167,27 +168,29 @@ impl Spec {
             let address = channel["address"].as_str().expect("address").to_owned();
             let levels = address
                 .split('/')
-                .map(|level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
-                    Some(param) => {
-                        let def = follow(&doc, &channel["parameters"][param]);
-                        assert!(
-                            def.is_object(),
-                            "channel {name}: parameter {param} is not described"
-                        );
-                        let allowed = def.get("enum").map(|e| {
-                            e.as_array()
-                                .expect("enum is a list")
-                                .iter()
-                                .map(|v| v.as_str().expect("enum of strings").to_owned())
-                                .collect()
-                        });
-                        Level::Parameter {
-                            name: param.to_owned(),
-                            allowed,
+                .map(
+                    |level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+                        Some(param) => {
+                            let def = follow(&doc, &channel["parameters"][param]);
+                            assert!(
+                                def.is_object(),
+                                "channel {name}: parameter {param} is not described"
+                            );
+                            let allowed = def.get("enum").map(|e| {
+                                e.as_array()
+                                    .expect("enum is a list")
+                                    .iter()
+                                    .map(|v| v.as_str().expect("enum of strings").to_owned())
+                                    .collect()
+                            });
+                            Level::Parameter {
+                                name: param.to_owned(),
+                                allowed,
+                            }
                         }
-                    }
-                    None => Level::Literal(level.to_owned()),
-                })
+                        None => Level::Literal(level.to_owned()),
+                    },
+                )
                 .collect();
             let schemas = channel["messages"]
                 .as_object()
@@ -200,7 +203,9 @@ impl Spec {
                         payload["schemaFormat"], "application/schema+json;version=draft-2020-12",
                         "channel {name}"
                     );
-                    let r = payload["schema"]["$ref"].as_str().expect("payload schema $ref");
+                    let r = payload["schema"]["$ref"]
+                        .as_str()
+                        .expect("payload schema $ref");
                     r.strip_prefix("./schemas/")
                         .unwrap_or_else(|| panic!("{r} is not under ./schemas/"))
                         .to_owned()
@@ -326,7 +331,11 @@ fn spec_parses_every_ref_resolves_and_every_schema_compiles() {
             }
         }
     }
-    assert!(broken.is_empty(), "unresolved $refs:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "unresolved $refs:\n{}",
+        broken.join("\n")
+    );
 
     // Every schema file: draft 2020-12, valid against its meta-schema, compiles, its own
     // examples pass, and the spec reaches it.
@@ -339,7 +348,10 @@ fn spec_parses_every_ref_resolves_and_every_schema_compiles() {
     assert!(files.len() >= 6, "{files:?}");
     for path in files {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        assert!(name.ends_with(".schema.json"), "{name}: name it *.schema.json");
+        assert!(
+            name.ends_with(".schema.json"),
+            "{name}: name it *.schema.json"
+        );
         let schema = read_json(&path);
         assert_eq!(
             schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
@@ -425,7 +437,9 @@ fn spec_streams_are_the_outbox_streams_published_on_events() {
         .collect();
     assert_eq!(in_schema, outbox, "the envelope schema's stream enum");
     // And README says the same.
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))
+        .unwrap()
+        .replace('\n', " ");
     let listed = Stream::ALL
         .into_iter()
         .map(|s| format!("`{}`", s.as_str()))
@@ -482,7 +496,11 @@ fn readme_command_examples_validate_and_verify() {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(envelope_json["payload"].as_str().unwrap())
             .expect("base64");
-        assert_eq!(text(&bytes), payload_line, "the payload line is what the envelope carries");
+        assert_eq!(
+            text(&bytes),
+            payload_line,
+            "the payload line is what the envelope carries"
+        );
         let payload: Value = serde_json::from_slice(&bytes).unwrap();
         assert_valid(&payload_schema, "README payload", &payload);
         let name = payload["name"].as_str().unwrap();
@@ -495,7 +513,8 @@ fn readme_command_examples_validate_and_verify() {
 
 fn call_record(end: EndReason) -> CallRecord {
     let id = ulid::Ulid::from_parts(1_795_330_000_000, 42);
-    let mut r = CallRecord::new_inbound(id, "abc@127.0.0.1", "sip:a@x", "sip:b@y", "127.0.0.1:5062");
+    let mut r =
+        CallRecord::new_inbound(id, "abc@127.0.0.1", "sip:a@x", "sip:b@y", "127.0.0.1:5062");
     r.end(end, Some(Party::Caller));
     r
 }
@@ -635,9 +654,18 @@ fn command_results_as_the_daemon_builds_them_match_the_schema() {
     let big = "x".repeat(remote::MAX_RESULT_BYTES);
     for (what, bytes) in [
         ("ok", remote::result_json(Some("r-1"), Ok(json!({"a": 1})))),
-        ("ok, nothing returned", remote::result_json(Some("r-1"), Ok(Value::Null))),
-        ("refused", remote::result_json(Some("r-1"), Err("expired: x".into()))),
-        ("no request id", remote::result_json(None, Err("malformed: x".into()))),
+        (
+            "ok, nothing returned",
+            remote::result_json(Some("r-1"), Ok(Value::Null)),
+        ),
+        (
+            "refused",
+            remote::result_json(Some("r-1"), Err("expired: x".into())),
+        ),
+        (
+            "no request id",
+            remote::result_json(None, Err("malformed: x".into())),
+        ),
         ("too big", remote::result_json(Some("r.2"), Ok(json!(big)))),
     ] {
         assert_valid(&schema, what, &with_key(bytes));
@@ -645,7 +673,10 @@ fn command_results_as_the_daemon_builds_them_match_the_schema() {
     let both = json!({"request_id": "r", "ok": true, "result": 1, "error": "x", "key": "s/d/command_results/1"});
     assert!(!violations(&schema, &both).is_empty(), "ok with an error");
     let reserved = json!({"request_id": "_invalid", "ok": false, "error": "x", "key": "s/d/command_results/1"});
-    assert!(!violations(&schema, &reserved).is_empty(), "a reserved request id");
+    assert!(
+        !violations(&schema, &reserved).is_empty(),
+        "a reserved request id"
+    );
 }
 
 // ---- end to end -----------------------------------------------------------------------------
@@ -711,7 +742,11 @@ fn edgevoice_cli(args: &[&str]) -> String {
         .env_remove("EDGEVOICE_CONFIG")
         .output()
         .expect("run edgevoice");
-    assert!(out.status.success(), "edgevoice {args:?}: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "edgevoice {args:?}: {}",
+        text(&out.stderr)
+    );
     text(&out.stdout).trim().to_owned()
 }
 
@@ -755,7 +790,9 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
 
     // Commands: published on cmd/{name}, so the capture sees them too.
     let sign = |name: &str, args: &[&str]| {
-        let mut a = vec!["command", "sign", "--key", key_path, "--key-id", "ops", "--name", name];
+        let mut a = vec![
+            "command", "sign", "--key", key_path, "--key-id", "ops", "--name", name,
+        ];
         a.extend_from_slice(args);
         edgevoice_cli(&a)
     };
@@ -769,27 +806,29 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
     };
     let status_cmd = sign("status", &[]);
     publish(&broker, &format!("{base}/cmd/status"), &status_cmd);
-    let ok = capture.wait(&format!("{base}/cmd-result/{}", request_id(&status_cmd)), "\"ok\"");
+    let ok = capture.wait(
+        &format!("{base}/cmd-result/{}", request_id(&status_cmd)),
+        "\"ok\"",
+    );
     assert_eq!(ok["ok"], true, "{ok}");
 
-    // An answered call, then (draining) a refused one: two call records.
-    let calls = |n: u32| {
+    // An answered call: its record.
+    let calls_topic = format!("{base}/events/calls");
+    let call = |port: u16| {
         Sipp::run_uac(
-            &SippUac::new(&format!("127.0.0.1:{sip_port}"))
-                .calls(n)
+            &SippUac::new(&format!("127.0.0.1:{port}"))
+                .calls(1)
                 .call_duration(Duration::from_millis(200)),
         )
     };
-    let answered = calls(1);
-    assert_eq!((answered.successful, answered.failed), (1, 0), "{}", answered.screen);
-    let drain = sign("drain", &[]);
-    publish(&broker, &format!("{base}/cmd/drain"), &drain);
-    capture.wait(&format!("{base}/cmd-result/{}", request_id(&drain)), "\"ok\":true");
-    let refused = calls(1);
-    assert_eq!(refused.codes.get(&503), Some(&1), "{}", refused.screen);
-    let calls_topic = format!("{base}/events/calls");
+    let answered = call(sip_port);
+    assert_eq!(
+        (answered.successful, answered.failed),
+        (1, 0),
+        "{}",
+        answered.screen
+    );
     capture.wait(&calls_topic, "\"kind\":\"hangup\"");
-    capture.wait(&calls_topic, "\"kind\":\"rejected\"");
 
     // Refused commands: deliberately outside the envelope schema; their results are not.
     let now = remote::now_secs();
@@ -804,16 +843,53 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
     assert_eq!(r["request_id"], Value::Null, "{r}");
     let deliberately_invalid = [unsigned.as_str(), "not json"];
 
+    // A refused call's record, from a second appliance whose voice agent has no models (the
+    // caller gets 503). Calls refused at SIP admission (draining, at capacity) leave no record.
+    let refusing = TestSite::new(&format!(
+        "[call]\nhandler = \"agent\"\n[models]\ndir = \"{}\"\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+        dir.path().join("no-models").display(),
+        broker.port
+    ));
+    let mut refusing_daemon = TestDaemon::spawn(&refusing, &[]);
+    refusing_daemon.wait_ready(&refusing);
+    let status: Value =
+        serde_json::from_slice(&refusing.cli(&["status", "--json"]).stdout).unwrap();
+    let refusing_device = status["device_id"].as_str().expect("device_id").to_owned();
+    let refusing_port: u16 = status["sip_listen"]
+        .as_str()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("sip_listen");
+    let refused = call(refusing_port);
+    assert_eq!(refused.codes.get(&503), Some(&1), "{}", refused.screen);
+    capture.wait(
+        &format!("edgevoice/s1/{refusing_device}/events/calls"),
+        "\"kind\":\"rejected\"",
+    );
+    drop(refusing_daemon);
+
     // The last will: kill -9, the broker publishes "offline" (retained).
     daemon.signal(Signal::SIGKILL);
     let offline = capture.wait(&status_topic, "\"offline\"");
     assert_eq!(offline["health"], "connection lost", "{offline}");
     let retained = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-C", "1", "-W", "5"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
         .args(["-t", &status_topic])
         .output()
         .expect("mosquitto_sub");
-    assert!(text(&retained.stdout).contains("\"offline\""), "the will is retained");
+    assert!(
+        text(&retained.stdout).contains("\"offline\""),
+        "the will is retained"
+    );
 
     // Every captured message: on a channel of the spec, valid against its schema.
     let validators: BTreeMap<String, jsonschema::Validator> = spec
@@ -839,7 +915,10 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
             .collect();
         let valid = failures.iter().any(String::is_empty);
         if deliberately_invalid.contains(&payload.as_str()) {
-            assert!(!valid, "the schema of {topic} accepts a refused command: {payload}");
+            assert!(
+                !valid,
+                "the schema of {topic} accepts a refused command: {payload}"
+            );
             continue;
         }
         assert!(
@@ -865,7 +944,7 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
             channel.name
         );
     }
-    assert_eq!(capture.count(&calls_topic), 2, "two call records");
+    assert_eq!(capture.count(&calls_topic), 1, "one record per call");
     eprintln!(
         "spec: {} messages on {:?} validated in {:?}",
         messages.len(),

@@ -166,6 +166,7 @@ impl Daemon {
             format!(
                 "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\nlog_level = \"warn\"\n\
                  [sip]\nlisten = \"127.0.0.1:0\"\n\
+                 [call]\nhandler = \"media_test\"\n[rtp]\nport_min = 40000\nport_max = 44999\n\
                  [media_test]\nafter_prompt = \"listen\"\n\
                  [uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {broker_port}\n\
                  site_id = \"{SITE}\"\n{uplink}\n",
@@ -198,7 +199,10 @@ impl Daemon {
 
     fn sip_addr(&self) -> String {
         let status = self.status().expect("status");
-        status["sip_listen"].as_str().expect("sip_listen").to_owned()
+        status["sip_listen"]
+            .as_str()
+            .expect("sip_listen")
+            .to_owned()
     }
 
     fn stop(mut self) {
@@ -278,7 +282,12 @@ fn drain(root: &Path, name: &str, n: usize, rate: u32, burst: usize) -> Drain {
         let s = daemon.status()?;
         (s["uplink_detail"]["queued_messages"].as_u64() == Some(n as u64)).then_some(s)
     })
-    .unwrap_or_else(|| panic!("the daemon does not report {n} queued: {:?}", daemon.status()));
+    .unwrap_or_else(|| {
+        panic!(
+            "the daemon does not report {n} queued: {:?}",
+            daemon.status()
+        )
+    });
     assert!(
         !queued["uplink"]
             .as_str()
@@ -290,10 +299,18 @@ fn drain(root: &Path, name: &str, n: usize, rate: u32, burst: usize) -> Drain {
     let broker_start = unix_now();
     broker.start();
     sub.connect(&broker, "%U %t %l");
-    let timeout = Duration::from_secs(60 + if rate == 0 { 0 } else { 3 * n as u64 / u64::from(rate) });
+    let timeout = Duration::from_secs(
+        60 + if rate == 0 {
+            0
+        } else {
+            3 * n as u64 / u64::from(rate)
+        },
+    );
     let times = sub.wait_for(n, timeout);
     let log = broker.log();
-    let suback = log.find(&format!("Sending SUBACK to bench-{name}")).unwrap_or(0);
+    let suback = log
+        .find(&format!("Sending SUBACK to bench-{name}"))
+        .unwrap_or(0);
     let daemon_in = log
         .find(&format!("as edgevoice-{SITE}-{device}"))
         .unwrap_or(usize::MAX);
@@ -334,8 +351,21 @@ fn reference(root: &Path, n: usize) -> Drain {
     std::fs::write(&input, &lines).expect("envelopes");
     let start = unix_now();
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-l"])
-        .args(["-i", "bench-reference-pub", "-t", &format!("edgevoice/{SITE}/dev/events/calls")])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-l",
+        ])
+        .args([
+            "-i",
+            "bench-reference-pub",
+            "-t",
+            &format!("edgevoice/{SITE}/dev/events/calls"),
+        ])
         .stdin(std::fs::File::open(&input).expect("input"))
         .status()
         .expect("mosquitto_pub");
@@ -412,7 +442,9 @@ fn end_to_record(root: &Path, calls: usize) -> Latency {
         else {
             continue;
         };
-        let Ok(arrived) = t.parse::<f64>() else { continue };
+        let Ok(arrived) = t.parse::<f64>() else {
+            continue;
+        };
         let Ok(envelope) = serde_json::from_str::<serde_json::Value>(payload) else {
             continue;
         };
@@ -494,5 +526,8 @@ Durable appends per second: benches/outbox.rs (target/bench/outbox.md).\n",
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir).expect("bench dir");
     std::fs::write(out_dir.join("uplink.md"), &table).expect("write results");
-    println!("written to target/bench/uplink.md ({:.0} s)", t0.elapsed().as_secs_f64());
+    println!(
+        "written to target/bench/uplink.md ({:.0} s)",
+        t0.elapsed().as_secs_f64()
+    );
 }
