@@ -15,12 +15,10 @@
 //! target/bench/uplink.md. Debian packages: mosquitto, mosquitto-clients, sip-tester.
 
 #[path = "../../tests/common/audio.rs"]
-#[allow(dead_code)]
 mod audio;
 #[path = "../../tests/common/mqtt.rs"]
 mod mqtt;
 #[path = "../../tests/common/peers.rs"]
-#[allow(dead_code)]
 mod peers;
 
 use std::collections::HashMap;
