@@ -99,6 +99,7 @@ bench: ggml
 	$(CARGO) bench --locked --bench outbox
 	$(CARGO) bench --locked --bench speech
 	$(CARGO) bench --locked --bench agent_turns
+	$(CARGO) bench --locked --bench uplink
 	@echo "tables written under target/bench/"
 
 clean:
