@@ -233,16 +233,17 @@ pub fn purge_ended_before(store: &Store, cutoff_ms: u64) -> Result<Purged, Store
 }
 
 /// Calls left without an end by a daemon that died: marked `interrupted` at start-up, so the
-/// record says what happened instead of looking live forever. Returns how many.
-pub fn close_interrupted(store: &Store) -> Result<usize, StoreError> {
+/// record says what happened instead of looking live forever. Returns the closed records (to
+/// send upstream like any ended call).
+pub fn close_interrupted(store: &Store) -> Result<Vec<CallRecord>, StoreError> {
     let tree = store.tree::<CallRecord>()?;
-    let mut closed = 0;
+    let mut closed = Vec::new();
     for item in tree.newest(10_000) {
         let Ok((key, mut rec)) = item else { continue };
         if rec.end_at_ms.is_none() {
             rec.end(EndReason::Interrupted, None);
             tree.put(&key, &rec)?;
-            closed += 1;
+            closed.push(rec);
         }
     }
     Ok(closed)
@@ -305,7 +306,7 @@ mod tests {
         save(&store, &live).unwrap();
 
         assert_eq!(get(&store, &done.id).unwrap().unwrap(), done);
-        assert_eq!(close_interrupted(&store).unwrap(), 1);
+        assert_eq!(close_interrupted(&store).unwrap().len(), 1);
         let live = get(&store, &live.id).unwrap().unwrap();
         assert_eq!(live.end_reason, Some(EndReason::Interrupted));
         assert_eq!(get(&store, "not-a-ulid").unwrap(), None);

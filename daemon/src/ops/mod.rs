@@ -637,13 +637,21 @@ pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartErr
 
 async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
     let store = Store::open(&loaded.config.daemon.state_dir)?;
-    match crate::call::record::close_interrupted(&store) {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            "{n} call(s) were interrupted by the last stop; their records now say so"
-        ),
-        Err(e) => tracing::error!("cannot check for interrupted calls: {e}"),
-    }
+    let interrupted = match crate::call::record::close_interrupted(&store) {
+        Ok(closed) => {
+            if !closed.is_empty() {
+                tracing::warn!(
+                    "{} call(s) were interrupted by the last stop; their records now say so",
+                    closed.len()
+                );
+            }
+            closed
+        }
+        Err(e) => {
+            tracing::error!("cannot check for interrupted calls: {e}");
+            Vec::new()
+        }
+    };
     let runtime_dir = loaded.config.daemon.runtime_dir.clone();
     std::fs::create_dir_all(&runtime_dir).map_err(|source| StartError::RuntimeDir {
         path: runtime_dir.clone(),
@@ -662,7 +670,15 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     if ctx.config().config.uplink.enabled {
         let weak = Arc::downgrade(&ctx);
         let health = Arc::new(move || match weak.upgrade() {
-            Some(ctx) => format!("{:?}, {} active calls", ctx.phase(), ctx.work.active()),
+            // Not status(): that asks the uplink for its own state, from inside the uplink.
+            Some(ctx) => {
+                let phase = match ctx.phase() {
+                    Phase::Starting => "starting",
+                    Phase::Ready => "ready",
+                    Phase::Draining => "draining",
+                };
+                format!("{phase}: {} active calls", ctx.work.active())
+            }
             None => "stopping".to_owned(),
         });
         let device_id = ctx.store.instance().device_id.clone();
@@ -683,6 +699,23 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
             Err(e) => {
                 tracing::error!("uplink not started: {e}");
                 let _ = ctx.uplink_error.set(e.to_string());
+            }
+        }
+    }
+    // Interrupted calls are ended calls too: upstream hears how they ended. (A crash in the
+    // moment between closing them above and this append leaves them in the local store only.)
+    if let Some(uplink) = ctx.uplink() {
+        for record in &interrupted {
+            match serde_json::to_vec(record) {
+                Ok(json) => {
+                    if let Err(e) = uplink.append(crate::uplink::Stream::Calls, json).await {
+                        tracing::error!(
+                            "interrupted call {} not queued for the uplink: {e}",
+                            record.id
+                        );
+                    }
+                }
+                Err(e) => tracing::error!("call record not serialisable for the uplink: {e}"),
             }
         }
     }
