@@ -421,13 +421,23 @@ fn readme_topic_table_and_spec_channels_name_the_same_topics() {
 #[test]
 fn spec_streams_are_the_outbox_streams_published_on_events() {
     let spec = Spec::load();
-    // command_results goes to cmd-result/{request_id}, every other stream to events/{stream}.
+    // command_results goes to cmd-result/{request_id}, telemetry to its own .../telemetry
+    // topic (in the envelope), every other stream to events/{stream}.
     let outbox: Vec<String> = Stream::ALL
         .into_iter()
         .filter(|s| *s != Stream::CommandResults)
         .map(|s| s.as_str().to_owned())
         .collect();
-    assert_eq!(spec.stream_enum(), outbox, "events/{{stream}} in the spec");
+    let on_events: Vec<String> = outbox
+        .iter()
+        .filter(|s| *s != Stream::Telemetry.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(
+        spec.stream_enum(),
+        on_events,
+        "events/{{stream}} in the spec"
+    );
     let envelope = read_json(&docs_dir().join("schemas/event-envelope.schema.json"));
     let in_schema: Vec<String> = envelope["properties"]["stream"]["enum"]
         .as_array()
@@ -630,12 +640,42 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
     let mut wrong_key = event(Stream::Calls, 1, json!({}));
     wrong_key["key"] = json!("s1/dev-1/calls/0");
     assert!(!violations(&schema, &wrong_key).is_empty());
-    // Other streams carry whatever their producer sends.
+    // Telemetry carries the daemon's snapshot, as ops::metrics builds it.
+    let snapshot = edgevoice::ops::metrics::Telemetry {
+        at_ms: 1_795_330_000_123,
+        version: "0.1.0".into(),
+        uptime_secs: 60,
+        phase: edgevoice::ops::Phase::Ready,
+        active_calls: 1,
+        calls_ended: [("hangup".to_owned(), 2)].into(),
+        turns: [("fact".to_owned(), 3)].into(),
+        turns_with_errors: 0,
+        turns_interrupted: 1,
+        turn_latency: [(
+            "first_reply_rtp".to_owned(),
+            edgevoice::ops::metrics::StageSummary {
+                count: 3,
+                p50_ms: Some(760),
+                p95_ms: None,
+            },
+        )]
+        .into(),
+        rss_bytes: 600 << 20,
+        cpu_seconds: 12.5,
+        store_bytes: 4096,
+        uplink_queued_messages: 0,
+    };
     assert_valid(
         &schema,
         "a telemetry event",
-        &event(Stream::Telemetry, 3, json!({"cpu": 0.2})),
+        &event(
+            Stream::Telemetry,
+            3,
+            serde_json::to_value(&snapshot).unwrap(),
+        ),
     );
+    assert!(!violations(&schema, &event(Stream::Telemetry, 3, json!({"cpu": 0.2}))).is_empty());
+    // Other streams carry whatever their producer sends.
     assert_valid(
         &schema,
         "a non-JSON payload",

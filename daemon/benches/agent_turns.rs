@@ -82,9 +82,10 @@ fn start_daemon(dir: &Path, max_calls: u32) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"info\"\n\
+            "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"{}\"\n\
              [models]\ndir = \"{}\"\n[sip]\nlisten = \"127.0.0.1:0\"\nmax_calls = {max_calls}\n\
              [rtp]\nport_min = 61000\nport_max = 61999\n[call]\nhandler = \"agent\"\n",
+            std::env::var("BENCH_AGENT_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
             shared().join("models").display()
         ),
     )
@@ -200,13 +201,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
     let dir = tempfile::tempdir().expect("tmp");
-    let d = start_daemon(dir.path(), 8);
+    // BENCH_AGENT_KEEP=1 keeps the daemon's log and state for a look afterwards.
+    let dir_path = if std::env::var_os("BENCH_AGENT_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("daemon dir kept: {}", kept.display());
+        kept
+    } else {
+        dir.path().to_owned()
+    };
+    let d = start_daemon(&dir_path, 8);
     let (_, idle_rss) = proc_stat(d.proc.pid());
     let mut md = String::from(
         "# Voice agent turns (release edgevoiced, bundled models, baresip callers)\n\n",
     );
 
-    let (turns, cpu, rss) = run_step(&d, dir.path(), 1, 20);
+    let (turns, cpu, rss) = run_step(&d, &dir_path, 1, 20);
     md.push_str(&format!(
         "## One caller, {} turns (ms from the end of the caller's speech)\n\n| stage | p50 | p95 | max |\n|---|---|---|---|\n",
         turns.len()
@@ -241,7 +250,7 @@ fn main() {
     md.push_str("## Simultaneous callers (5 turns each)\n\n| callers | turns | reply p50 | reply p95 | CPU % of a core | RSS MiB |\n|---|---|---|---|---|---|\n");
     let mut best = 1;
     for n in 2..=max_callers {
-        let (turns, cpu, rss) = run_step(&d, dir.path(), n, 5);
+        let (turns, cpu, rss) = run_step(&d, &dir_path, n, 5);
         let mut v = stage(&turns, "first_reply_rtp_ms");
         let (p50, p95) = (pct(&mut v, 0.5), pct(&mut v, 0.95));
         md.push_str(&format!(

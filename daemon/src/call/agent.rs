@@ -634,6 +634,7 @@ impl AgentRun {
     /// must not delay another call's turn.
     fn speculate_generation(&mut self, now: Instant) {
         if self.conv.state() != ConversationState::Listening || self.speech.service().llm_busy() {
+            tracing::debug!(state = ?self.conv.state(), "no speculative reply: not listening, or the model is busy");
             return;
         }
         let Some(spec) = self.speculation.as_mut() else {
@@ -656,6 +657,7 @@ impl AgentRun {
             .into_iter()
             .find(|a| matches!(a, Action::Generate { .. }))
         else {
+            tracing::debug!("no speculative reply: the turn would not go to the model");
             return;
         };
         let Action::Generate {
@@ -674,6 +676,7 @@ impl AgentRun {
         let Ok(mut handle) = self.speech.generate(history.clone(), budget) else {
             return;
         };
+        tracing::debug!(text = %transcript.text, "speculative reply started on the pause");
         let id = spec.id;
         let tx = self.tx.clone();
         let cancel = Arc::clone(&handle.cancel);
@@ -715,6 +718,9 @@ impl AgentRun {
             return false;
         };
         let Some(generation) = spec.generation.take_if(|g| g.action == *action) else {
+            if let Some(g) = &spec.generation {
+                tracing::debug!(speculated = ?g.action, asked = ?action, "speculative reply not adopted: the turn asks for another");
+            }
             return false;
         };
         tracing::debug!(
