@@ -79,6 +79,23 @@ impl Broker {
         }
     }
 
+    /// `mosquitto_sub -V mqttv5` on `topic` with the output format `format` (see
+    /// mosquitto_sub(1): %P user properties, %C content type, %D correlation data, %p payload),
+    /// line-buffered into `out`; returns once the broker has acknowledged the subscription.
+    pub fn subscribe_v5(&self, id: &str, topic: &str, format: &str, out: &Path) -> PeerProcess {
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub", "-V", "mqttv5"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-i", id, "-q", "1", "-F", format, "-t", topic]);
+        let proc = PeerProcess::spawn("mosquitto_sub", &mut cmd, out);
+        let mark = format!("Sending SUBACK to {id}");
+        peers::poll_until(Duration::from_secs(10), || {
+            self.log().contains(&mark).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{id} never subscribed: {}", self.log()));
+        proc
+    }
+
     pub fn log(&self) -> String {
         self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
     }
