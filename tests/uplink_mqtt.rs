@@ -174,11 +174,11 @@ impl Version {
         }
     }
 
-    /// mosquitto's "New client connected ... (p5, c1, k30)": p5 is MQTT 5, p4 is 3.1.1.
+    /// mosquitto's "New client connected ... (p5, c1, k30)": p5 is MQTT 5, p2 is 3.1.1.
     fn log_mark(self, device: &str) -> String {
         let level = match self {
             Version::Mqtt5 => "p5",
-            Version::Mqtt311 => "p4",
+            Version::Mqtt311 => "p2",
         };
         format!("as edgevoice-s1-{device} ({level}, c1,")
     }

@@ -462,7 +462,12 @@ pub fn check_response_route(
     route: &crate::uplink::ResponseRoute,
 ) -> Result<(), String> {
     let topic = &route.topic;
-    let shown: String = topic.chars().take(80).collect();
+    // Escaped: the topic is the sender's text and ends up in logs and results.
+    let shown: String = topic
+        .chars()
+        .take(80)
+        .flat_map(char::escape_debug)
+        .collect();
     if topic.len() > MAX_RESPONSE_TOPIC_BYTES {
         return Err(format!(
             "\"{shown}...\" is {} bytes, at most {MAX_RESPONSE_TOPIC_BYTES}",
