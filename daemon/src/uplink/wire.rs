@@ -49,7 +49,7 @@ pub(super) struct Settings {
 
 #[derive(Clone)]
 pub(super) enum Options {
-    V311(rumqttc::MqttOptions),
+    V311(Box<rumqttc::MqttOptions>),
     V5(Box<rumqttc::v5::MqttOptions>),
 }
 
@@ -85,7 +85,7 @@ impl Options {
                 if let Some(t) = transport {
                     o.set_transport(t);
                 }
-                Options::V311(o)
+                Options::V311(Box::new(o))
             }
             MqttVersion::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(&s.client_id, &s.host, s.port);
@@ -178,7 +178,7 @@ pub(super) fn connect(
     match options {
         Options::V311(o) => {
             let cap = o.request_channel_capacity();
-            let (client, mut eventloop) = rumqttc::AsyncClient::new(o.clone(), cap);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new((**o).clone(), cap);
             let pump = tokio::spawn(async move {
                 loop {
                     let event = eventloop
