@@ -347,6 +347,11 @@ fn offline_records_are_delivered_in_order_once_the_broker_starts(version: Versio
 /// one connection, in order: `calls/1` is acknowledged and deleted, `calls/2` is not.
 #[test]
 fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_same_key() {
+    if !cfg!(debug_assertions) {
+        // The daemon built with this test has no fault injection (release profile).
+        eprintln!("skipped: fault injection exists in debug builds only");
+        return;
+    }
     let t0 = Instant::now();
     let site_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(site_dir.path(), None);

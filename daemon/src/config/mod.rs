@@ -837,6 +837,33 @@ mod tests {
     }
 
     #[test]
+    fn the_unverified_command_rate_limit_must_be_at_least_one() {
+        let text = "[uplink]\nunverified_commands_per_min = 0\nunverified_commands_burst = 10001\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("test.toml:2:31: uplink.unverified_commands_per_min:")
+                && l.contains("use 1 to 60000")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("test.toml:3:29: uplink.unverified_commands_burst:")
+                && l.contains("use 1 to 10000")),
+            "{lines:?}"
+        );
+        let defaults = UplinkConfig::default();
+        assert_eq!(
+            (
+                defaults.mqtt_version.as_str(),
+                defaults.unverified_commands_per_min,
+                defaults.unverified_commands_burst
+            ),
+            ("5", 10, 20)
+        );
+    }
+
+    #[test]
     fn trusted_keys_and_command_limits_are_checked_one_line_each() {
         let good = "ops:4QeTNedNSmYlH40NnDGh9osGIbqHYoPfw8d6Z4vBnWU=";
         assert!(parse(
