@@ -465,6 +465,62 @@ fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() 
     broker.stop();
 }
 
+/// MQTT 5 only: a PUBACK whose reason code refuses the message (here mosquitto's ACL:
+/// NotAuthorized) deletes nothing; the message stays queued, status says why, and it is
+/// delivered, with its key, once the broker takes it.
+#[test]
+fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(site_dir.path(), None);
+    // Anyone may read everything and write everything but call records.
+    let acl = site_dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read #\ntopic write edgevoice/+/+/status\ntopic write edgevoice/+/+/cmd-result/#\n",
+    )
+    .unwrap();
+    broker.extra_conf = format!("acl_file {}\n", acl.display());
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+    let app = Appliance::start(TestSite::new(&uplink_config(broker.port, "")));
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    app.calls(1);
+    let error = peers::poll_until(Duration::from_secs(20), || {
+        app.status()["uplink_detail"]["last_error"]
+            .as_str()
+            .filter(|e| e.contains("refused a publish"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no refusal in status: {}\n{}",
+            app.status(),
+            app.daemon.log()
+        )
+    });
+    assert!(error.contains("NotAuthorized"), "{error}");
+    app.wait_queued(1);
+    assert!(keys(&sub.events()).is_empty(), "{}", sub.lines());
+
+    // The broker takes it once its ACL does.
+    sub.stop();
+    broker.stop();
+    broker.extra_conf.clear();
+    broker.start();
+    sub.start(&broker);
+    app.wait_queued(0);
+    let got = peers::poll_until(Duration::from_secs(20), || {
+        let k = keys(&sub.events());
+        (!k.is_empty()).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("not delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    assert_eq!(got, expected_keys(&device, 0, 1));
+    eprintln!("refused PUBACK: {:?}", t0.elapsed());
+    sub.stop();
+    broker.stop();
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)

@@ -23,6 +23,8 @@ pub struct Broker {
     tls: Option<(u16, PathBuf)>,
     proc: Option<PeerProcess>,
     starts: u32,
+    /// Appended to the generated mosquitto.conf on the next `start` (e.g. an `acl_file` line).
+    pub extra_conf: String,
 }
 
 impl Broker {
@@ -35,6 +37,7 @@ impl Broker {
             tls,
             proc: None,
             starts: 0,
+            extra_conf: String::new(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Broker {
                 pki.display()
             ));
         }
+        conf.push_str(&self.extra_conf);
         let conf_path = self.dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
         self.starts += 1;
