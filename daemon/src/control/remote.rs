@@ -710,6 +710,7 @@ impl crate::uplink::CommandHandler for RemoteCommands {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -984,6 +985,151 @@ mod tests {
         assert!(check_response_route("s1", &big)
             .unwrap_err()
             .contains("correlation data"));
+    }
+
+    /// A `RemoteCommands` on a fresh store, site `s1`, trusting `ops` (key 1), answering at
+    /// most `burst` unverified refusals (one more a minute).
+    fn remote(dir: &std::path::Path, burst: u32) -> (RemoteCommands, Arc<DaemonContext>) {
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = dir.join("state");
+        config.daemon.runtime_dir = dir.join("run");
+        config.uplink.site_id = "s1".into();
+        config.uplink.trusted_keys = vec![public_key_line("ops", &key(1).verifying_key())];
+        config.uplink.unverified_commands_per_min = 1;
+        config.uplink.unverified_commands_burst = burst;
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.join("edgevoice.toml"),
+        };
+        let store = Store::open(&dir.join("state")).unwrap();
+        let ctx = Arc::new(DaemonContext::new(loaded, store, None));
+        let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
+        (RemoteCommands::new(ctx.clone(), dispatcher), ctx)
+    }
+
+    fn message(payload: Vec<u8>, response: Option<&str>) -> CommandMessage {
+        CommandMessage {
+            name: "status".into(),
+            payload,
+            response: response.map(|topic| crate::uplink::ResponseRoute {
+                topic: topic.into(),
+                correlation_data: Some(b"c-1".to_vec()),
+            }),
+        }
+    }
+
+    fn outcome(reply: &CommandReply) -> (serde_json::Value, Option<String>) {
+        match reply {
+            CommandReply::Publish { result, route } => (
+                serde_json::from_slice(result).unwrap(),
+                route.as_ref().map(|r| r.topic.clone()),
+            ),
+            CommandReply::Dropped => panic!("dropped"),
+        }
+    }
+
+    fn audit_outcomes(ctx: &DaemonContext) -> Vec<String> {
+        ctx.store()
+            .tree::<super::super::AuditRecord>()
+            .unwrap()
+            .newest_json(100)
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn results_take_an_acceptable_response_route_and_a_bad_one_refuses_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 20);
+        let now = Instant::now();
+        let mut p = payload("status");
+        p.issued_at = now_secs() - 1;
+        p.expires_at = now_secs() + 60;
+        let reply = remote.handle_message(
+            &message(signed(&p), Some("edgevoice/s1/replies/ops")),
+            now_secs(),
+            now,
+        );
+        let (result, route) = outcome(&reply);
+        assert_eq!(result["ok"], true, "{result}");
+        assert_eq!(route.as_deref(), Some("edgevoice/s1/replies/ops"));
+        let CommandReply::Publish { route: Some(r), .. } = reply else {
+            unreachable!()
+        };
+        assert_eq!(r.correlation_data.as_deref(), Some(&b"c-1"[..]));
+
+        p.request_id = "r2".into();
+        let (result, route) = outcome(&remote.handle_message(
+            &message(signed(&p), Some("edgevoice/s2/replies")),
+            now_secs(),
+            now,
+        ));
+        assert_eq!(route, None, "answered on cmd-result");
+        assert!(
+            result["error"].as_str().unwrap().starts_with(
+                "bad response topic: \"edgevoice/s2/replies\" is not inside edgevoice/s1/"
+            ),
+            "{result}"
+        );
+        assert!(
+            audit_outcomes(&ctx)
+                .iter()
+                .any(|o| o.starts_with("refused: bad response topic")),
+            "{:?}",
+            audit_outcomes(&ctx)
+        );
+    }
+
+    #[test]
+    fn unverified_refusals_beyond_the_budget_are_dropped_and_summarised_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 2);
+        let t0 = Instant::now();
+        let unsigned = serde_json::to_vec(&payload("status")).unwrap();
+        let handle = |t: Instant| remote.handle_message(&message(unsigned.clone(), None), NOW, t);
+        for _ in 0..2 {
+            let (result, _) = outcome(&handle(t0));
+            assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
+        }
+        for _ in 0..5 {
+            assert_eq!(handle(t0), CommandReply::Dropped);
+        }
+        // A bad signature is just as unverified.
+        let forged = sign(&key(2), "ops", &payload("status"));
+        assert_eq!(
+            remote.handle_message(&message(forged.into_bytes(), None), NOW, t0),
+            CommandReply::Dropped
+        );
+        // Signed commands are never limited by it.
+        let mut p = payload("status");
+        p.issued_at = now_secs() - 1;
+        p.expires_at = now_secs() + 60;
+        let (result, _) =
+            outcome(&remote.handle_message(&message(signed(&p), None), now_secs(), t0));
+        assert_eq!(result["ok"], true, "{result}");
+        let refused = |ctx: &DaemonContext| {
+            audit_outcomes(ctx)
+                .iter()
+                .filter(|o| o.starts_with("refused: unsigned"))
+                .count()
+        };
+        assert_eq!(refused(&ctx), 2, "only the answered ones");
+        // The window closes a minute after the first drop: one summary record.
+        remote.summarise_drops(t0 + Duration::from_secs(59));
+        assert!(!audit_outcomes(&ctx)
+            .iter()
+            .any(|o| o.starts_with("rate_limited")));
+        remote.summarise_drops(t0 + Duration::from_secs(60));
+        remote.summarise_drops(t0 + Duration::from_secs(61));
+        let summaries: Vec<String> = audit_outcomes(&ctx)
+            .into_iter()
+            .filter(|o| o.starts_with("rate_limited"))
+            .collect();
+        assert_eq!(
+            summaries,
+            vec!["rate_limited: 6 unverified commands dropped in 60 s without a result (uplink.unverified_commands_per_min)".to_owned()]
+        );
     }
 
     #[test]
