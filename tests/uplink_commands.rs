@@ -198,6 +198,19 @@ impl Appliance {
         assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
     }
 
+    /// Waits until every connection the daemon has made has subscribed to its commands, and
+    /// it is connected: after a broker-side disconnect, commands can be published again.
+    fn wait_resubscribed(&self, broker: &Broker) {
+        let subacks = format!("Sending SUBACK to edgevoice-s1-{}", self.device);
+        peers::poll_until(Duration::from_secs(20), || {
+            let status = json(&self.site.cli(&["status", "--json"]).stdout);
+            let connects = status["uplink_detail"]["connects"].as_u64()?;
+            let connected = status["uplink_detail"]["state"] == "connected";
+            (connected && broker.log().matches(&subacks).count() as u64 >= connects).then_some(())
+        })
+        .unwrap_or_else(|| panic!("not subscribed again: {}", self.daemon.log()));
+    }
+
     fn audit(&self) -> Vec<serde_json::Value> {
         let out = self.site.cli(&["audit", "--json", "--limit", "200"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -391,6 +404,14 @@ fn slow_mqtt5_results_go_to_the_response_topic_with_the_correlation_data() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(dir.path(), None);
+    // One response topic the appliance may not write to.
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic deny edgevoice/s1/replies/denied\ntopic readwrite #\n",
+    )
+    .unwrap();
+    broker.extra_conf = format!("acl_file {}\n", acl.display());
     broker.start();
     let results = Results::subscribe(&broker, dir.path());
     let replies_out = dir.path().join("replies.log");
@@ -448,6 +469,26 @@ fn slow_mqtt5_results_go_to_the_response_topic_with_the_correlation_data() {
         "{line}"
     );
 
+    // A response topic the broker refuses (NotAuthorized): the result is dropped and logged,
+    // and does not hold up the results behind it (the next ones below arrive). mosquitto
+    // 2.0.11 also closes the connection after a denied PUBLISH, and the session is clean, so
+    // the next command waits until the daemon has subscribed again.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "denied-1"]);
+    app.publish_with(
+        &broker,
+        "status",
+        &cmd,
+        &v5("edgevoice/s1/replies/denied", "d"),
+    );
+    peers::poll_until(Duration::from_secs(20), || {
+        app.daemon
+            .log()
+            .contains("command result dropped: the broker refused it (NotAuthorized)")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not dropped: {}", app.daemon.log()));
+    app.wait_resubscribed(&broker);
+
     // A response topic outside edgevoice/{site}/: not run, answered on cmd-result.
     let cmd = sign(&ops, "ops", "status", &["--request-id", "forged-1"]);
     app.publish_with(&broker, "status", &cmd, &v5("elsewhere/inbox", "x"));
@@ -486,6 +527,11 @@ fn slow_mqtt5_results_go_to_the_response_topic_with_the_correlation_data() {
             .starts_with("refused: bad response topic"),
         "{forged:?}"
     );
+    peers::poll_until(Duration::from_secs(20), || {
+        let s = json(&app.site.cli(&["status", "--json"]).stdout);
+        (s["uplink_detail"]["queued_messages"] == 0).then_some(())
+    })
+    .expect("nothing left queued");
     eprintln!("response topics: {:?}", t0.elapsed());
     broker.stop();
 }

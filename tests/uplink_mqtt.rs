@@ -489,7 +489,7 @@ fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
     let error = peers::poll_until(Duration::from_secs(20), || {
         app.status()["uplink_detail"]["last_error"]
             .as_str()
-            .filter(|e| e.contains("refused a publish"))
+            .filter(|e| e.contains("the broker refused calls/1"))
             .map(str::to_owned)
     })
     .unwrap_or_else(|| {

@@ -667,7 +667,8 @@ impl RemoteCommands {
                     .audit(&principal, &req, format!("refused: {}", r.reason));
                 CommandReply::Publish {
                     result: result_json(r.request_id.as_deref(), Err(r.reason.to_string())),
-                    route,
+                    // Unauthenticated input never chooses where the appliance publishes.
+                    route: route.filter(|_| r.verified_key.is_some()),
                 }
             }
             Ok(v) => {
@@ -1088,10 +1089,15 @@ mod tests {
         let t0 = Instant::now();
         let unsigned = serde_json::to_vec(&payload("status")).unwrap();
         let handle = |t: Instant| remote.handle_message(&message(unsigned.clone(), None), NOW, t);
-        for _ in 0..2 {
-            let (result, _) = outcome(&handle(t0));
-            assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
-        }
+        let (result, route) = outcome(&remote.handle_message(
+            &message(unsigned.clone(), Some("edgevoice/s1/replies/x")),
+            NOW,
+            t0,
+        ));
+        assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
+        assert_eq!(route, None, "unverified: answered on cmd-result only");
+        let (result, _) = outcome(&handle(t0));
+        assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
         for _ in 0..5 {
             assert_eq!(handle(t0), CommandReply::Dropped);
         }

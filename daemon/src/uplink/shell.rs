@@ -14,7 +14,9 @@
 //!   order the publishes were requested, so a FIFO maps rumqttc's id to the outbox's one.
 //!   A PUBACK for a mapped id is the only thing that deletes a message (`handle_puback`); an
 //!   MQTT 5 PUBACK whose reason code refuses the message deletes nothing and ends the
-//!   connection (the message is sent again after the back-off; status shows why).
+//!   connection (the message is sent again after the back-off; status shows why), except a
+//!   command result refused for good (not authorized, invalid topic or payload): it went to
+//!   a topic its requester chose, and keeping it would block its stream forever.
 //! - Retained `edgevoice/{site}/{device}/status` "online" after CONNACK; the same topic as
 //!   last will says "offline".
 //! - Remote commands: after CONNACK, `edgevoice/{site}/{device}/cmd/+` at QoS 1. Each message
@@ -693,14 +695,37 @@ async fn run(
                                 by_pkid.insert(pkid, ours);
                             }
                         }
-                        Some(Ok(WireEvent::PubAck { pkid, refused: Some(reason) })) => {
-                            // Not delivered: keep it (deleting would lose it) and let the
-                            // reconnect send it again; status shows the reason meanwhile.
-                            let ours = by_pkid.remove(&pkid);
-                            break 'conn format!(
-                                "the broker refused a publish (PUBACK reason {reason}{}); it stays queued and is sent again after reconnecting; check the broker's ACL and limits for {base}/#",
-                                ours.map(|p| format!(", packet {p}")).unwrap_or_default()
-                            );
+                        Some(Ok(WireEvent::PubAck { pkid, refused: Some(refusal) })) => {
+                            let Some(ours) = by_pkid.remove(&pkid) else {
+                                continue;
+                            };
+                            // A command result the broker will never take on its (requester-
+                            // chosen) topic would block its stream forever: it is dropped. Any
+                            // other refused message is kept (deleting would lose it) and sent
+                            // again after reconnecting; status shows the reason meanwhile.
+                            let r = with_outbox(&shared, move |o, store| {
+                                let id = o.outbox().in_flight_id(ours);
+                                let result = id.filter(|id| id.stream == Stream::CommandResults);
+                                if refusal.permanent && result.is_some() {
+                                    o.handle_puback(store, ours).map(|_| (id, refusal, true))
+                                } else {
+                                    Ok((id, refusal, false))
+                                }
+                            })
+                            .await;
+                            match r {
+                                Ok((id, refusal, true)) => tracing::warn!(
+                                    message = %id.map(|i| i.to_string()).unwrap_or_default(),
+                                    "uplink: command result dropped: the broker refused it ({}) on its topic",
+                                    refusal.reason
+                                ),
+                                Ok((id, refusal, false)) => break 'conn format!(
+                                    "the broker refused {} (PUBACK reason {}); it stays queued and is sent again after reconnecting; check the broker's ACL and limits for {base}/#",
+                                    id.map(|i| i.to_string()).unwrap_or_else(|| "a publish".into()),
+                                    refusal.reason
+                                ),
+                                Err(e) => break 'conn format!("outbox: {e}"),
+                            }
                         }
                         Some(Ok(WireEvent::PubAck { pkid, refused: None })) => {
                             if let Some(ours) = by_pkid.remove(&pkid) {

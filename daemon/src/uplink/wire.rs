@@ -132,7 +132,7 @@ pub(super) enum WireEvent {
     /// `refused`: an MQTT 5 PUBACK whose reason code says the broker did not take the message.
     PubAck {
         pkid: u16,
-        refused: Option<String>,
+        refused: Option<Refusal>,
     },
     /// rumqttc sent a publish we requested, with this packet id (in request order).
     Published(u16),
@@ -142,6 +142,16 @@ pub(super) enum WireEvent {
         response: Option<super::ResponseRoute>,
     },
     Other,
+}
+
+/// Why an MQTT 5 broker did not take a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    /// The reason code's name, e.g. "NotAuthorized".
+    pub reason: String,
+    /// Sending the same message to the same topic again cannot succeed (not authorized,
+    /// invalid topic or payload) until the broker's configuration changes.
+    pub permanent: bool,
 }
 
 /// One publish the shell asks for.
@@ -242,7 +252,15 @@ fn map_v5(event: rumqttc::v5::Event) -> WireEvent {
             pkid: ack.pkid,
             refused: match ack.reason {
                 v5p::PubAckReason::Success | v5p::PubAckReason::NoMatchingSubscribers => None,
-                other => Some(format!("{other:?}")),
+                other => Some(Refusal {
+                    reason: format!("{other:?}"),
+                    permanent: matches!(
+                        other,
+                        v5p::PubAckReason::NotAuthorized
+                            | v5p::PubAckReason::TopicNameInvalid
+                            | v5p::PubAckReason::PayloadFormatInvalid
+                    ),
+                }),
             },
         },
         Event::Outgoing(Outgoing::Publish(pkid)) => WireEvent::Published(pkid),
@@ -371,7 +389,20 @@ mod tests {
             ack(v5p::PubAckReason::NotAuthorized),
             WireEvent::PubAck {
                 pkid: 7,
-                refused: Some("NotAuthorized".into())
+                refused: Some(Refusal {
+                    reason: "NotAuthorized".into(),
+                    permanent: true
+                })
+            }
+        );
+        assert_eq!(
+            ack(v5p::PubAckReason::QuotaExceeded),
+            WireEvent::PubAck {
+                pkid: 7,
+                refused: Some(Refusal {
+                    reason: "QuotaExceeded".into(),
+                    permanent: false
+                })
             }
         );
     }
