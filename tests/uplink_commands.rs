@@ -1,6 +1,8 @@
 //! Signed remote commands end to end: a real mosquitto on 127.0.0.1, the real daemon, commands
 //! signed by the real `edgevoice command sign` and published with the real `mosquitto_pub`,
-//! results read with `mosquitto_sub` from `edgevoice/{site}/{device}/cmd-result/{request_id}`.
+//! results read with `mosquitto_sub` from `edgevoice/{site}/{device}/cmd-result/{request_id}`
+//! (or, for MQTT 5 requests with a response topic, from that topic). The daemon speaks MQTT 5
+//! (the default) unless a test says `mqtt_version = "3.1.1"`.
 //!
 //! Debian packages: mosquitto, mosquitto-clients, sip-tester, python3 (http.server).
 
@@ -181,13 +183,32 @@ impl Appliance {
     }
 
     fn publish(&self, broker: &Broker, name: &str, message: &str) {
+        self.publish_with(broker, name, message, &[]);
+    }
+
+    /// `mosquitto_pub` with extra arguments (e.g. `-V mqttv5 -D publish response-topic ...`).
+    fn publish_with(&self, broker: &Broker, name: &str, message: &str, extra: &[&str]) {
         let out = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+            .args(extra)
             .args(["-t", &format!("edgevoice/s1/{}/cmd/{name}", self.device)])
             .args(["-m", message])
             .output()
             .expect("mosquitto_pub");
         assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
+    }
+
+    /// Waits until every connection the daemon has made has subscribed to its commands, and
+    /// it is connected: after a broker-side disconnect, commands can be published again.
+    fn wait_resubscribed(&self, broker: &Broker) {
+        let subacks = format!("Sending SUBACK to edgevoice-s1-{}", self.device);
+        peers::poll_until(Duration::from_secs(20), || {
+            let status = json(&self.site.cli(&["status", "--json"]).stdout);
+            let connects = status["uplink_detail"]["connects"].as_u64()?;
+            let connected = status["uplink_detail"]["state"] == "connected";
+            (connected && broker.log().matches(&subacks).count() as u64 >= connects).then_some(())
+        })
+        .unwrap_or_else(|| panic!("not subscribed again: {}", self.daemon.log()));
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
@@ -210,6 +231,16 @@ fn error_of(result: &serde_json::Value) -> String {
 
 #[test]
 fn slow_signed_commands_round_trip_and_every_rejection_says_why() {
+    signed_commands_round_trip_and_every_rejection_says_why("5");
+}
+
+#[test]
+fn slow_signed_commands_round_trip_and_every_rejection_says_why_on_mqtt_3_1_1() {
+    signed_commands_round_trip_and_every_rejection_says_why("3.1.1");
+}
+
+/// `version`: `uplink.mqtt_version`.
+fn signed_commands_round_trip_and_every_rejection_says_why(version: &str) {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(dir.path(), None);
@@ -217,7 +248,20 @@ fn slow_signed_commands_round_trip_and_every_rejection_says_why() {
     let results = Results::subscribe(&broker, dir.path());
     let (ops, ops_line) = keygen(dir.path(), "ops");
     let (stranger, _) = keygen(dir.path(), "stranger");
-    let app = Appliance::start(TestSite::new(&config(broker.port, &ops_line, "")), &broker);
+    let extra = format!("mqtt_version = \"{version}\"\n");
+    let app = Appliance::start(
+        TestSite::new(&config(broker.port, &ops_line, &extra)),
+        &broker,
+    );
+    // mosquitto logs "New client connected ... as <id> (p5, c1, k30)": p5 is MQTT 5, p2 is 3.1.1.
+    let level = if version == "5" { "p5" } else { "p2" };
+    assert!(
+        broker
+            .log()
+            .contains(&format!("as edgevoice-s1-{} ({level}, c1,", app.device)),
+        "connected with MQTT {version}: {}",
+        broker.log()
+    );
 
     // Accepted.
     let status_cmd = sign(&ops, "ops", "status", &[]);
@@ -347,7 +391,254 @@ fn slow_signed_commands_round_trip_and_every_rejection_says_why() {
     app.publish(&broker, "status", &status_cmd);
     let e = error_of(&results.wait(&status_id, 3));
     assert!(e.starts_with("replayed"), "{e}");
-    eprintln!("commands: {:?}", t0.elapsed());
+    eprintln!("commands (MQTT {version}): {:?}", t0.elapsed());
+    broker.stop();
+}
+
+/// MQTT 5 request/response: the result goes to the command's response topic, with its
+/// correlation data and the idempotency key as user property, instead of
+/// `cmd-result/{request_id}`; a response topic outside the policy is refused (not run) and
+/// answered on `cmd-result/{request_id}`.
+#[test]
+fn slow_mqtt5_results_go_to_the_response_topic_with_the_correlation_data() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), None);
+    // One response topic the appliance may not write to.
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic deny edgevoice/s1/replies/denied\ntopic readwrite #\n",
+    )
+    .unwrap();
+    broker.extra_conf = format!("acl_file {}\n", acl.display());
+    broker.start();
+    let results = Results::subscribe(&broker, dir.path());
+    let replies_out = dir.path().join("replies.log");
+    let _replies = broker.subscribe_v5(
+        "edgevoice-test-replies",
+        "edgevoice/s1/replies/#",
+        "%t|%D|%P|%p",
+        &replies_out,
+    );
+    let (ops, ops_line) = keygen(dir.path(), "ops");
+    let app = Appliance::start(TestSite::new(&config(broker.port, &ops_line, "")), &broker);
+    let v5 = |topic: &'static str, correlation: &'static str| -> Vec<&'static str> {
+        vec![
+            "-V",
+            "mqttv5",
+            "-D",
+            "publish",
+            "response-topic",
+            topic,
+            "-D",
+            "publish",
+            "correlation-data",
+            correlation,
+        ]
+    };
+
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "asked-1"]);
+    app.publish_with(
+        &broker,
+        "status",
+        &cmd,
+        &v5("edgevoice/s1/replies/ops", "job-42"),
+    );
+    let line = peers::poll_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&replies_out)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no reply: {}", app.daemon.log()));
+    let fields: Vec<&str> = line.splitn(4, '|').collect();
+    assert_eq!(
+        &fields[..2],
+        ["edgevoice/s1/replies/ops", "job-42"],
+        "{line}"
+    );
+    let r = json(fields[3].as_bytes());
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["request_id"], "asked-1");
+    assert_eq!(r["result"]["device_id"], app.device.as_str());
+    assert_eq!(
+        fields[2],
+        format!("idempotency-key:{}", r["key"].as_str().unwrap()),
+        "{line}"
+    );
+
+    // A response topic the broker refuses (NotAuthorized): the result is dropped and logged,
+    // and does not hold up the results behind it (the next ones below arrive). mosquitto
+    // 2.0.11 also closes the connection after a denied PUBLISH, and the session is clean, so
+    // the next command waits until the daemon has subscribed again.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "denied-1"]);
+    app.publish_with(
+        &broker,
+        "status",
+        &cmd,
+        &v5("edgevoice/s1/replies/denied", "d"),
+    );
+    peers::poll_until(Duration::from_secs(20), || {
+        app.daemon
+            .log()
+            .contains("command result dropped: the broker refused it (NotAuthorized)")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not dropped: {}", app.daemon.log()));
+    app.wait_resubscribed(&broker);
+
+    // A response topic outside edgevoice/{site}/: not run, answered on cmd-result.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "forged-1"]);
+    app.publish_with(&broker, "status", &cmd, &v5("elsewhere/inbox", "x"));
+    let e = error_of(&results.wait("forged-1", 1));
+    assert!(
+        e.starts_with("bad response topic") && e.contains("not inside edgevoice/s1/"),
+        "{e}"
+    );
+    // Another device's command topic.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "forged-2"]);
+    let other_cmd = "edgevoice/s1/other-device/cmd/config.apply";
+    app.publish_with(&broker, "status", &cmd, &v5(other_cmd, "x"));
+    let e = error_of(&results.wait("forged-2", 1));
+    assert!(e.contains("cmd topic"), "{e}");
+    let log = app.daemon.log();
+    assert!(
+        log.contains("remote command refused: bad response topic"),
+        "{log}"
+    );
+    // Results come in order: the accepted command's was never on cmd-result.
+    assert!(
+        !results.all().iter().any(|(t, _)| t.ends_with("/asked-1")),
+        "{:?}",
+        results.all()
+    );
+    let audit = app.audit();
+    let forged: Vec<_> = audit
+        .iter()
+        .filter(|r| r["request_id"] == "forged-1")
+        .collect();
+    assert_eq!(forged.len(), 1, "{audit:?}");
+    assert!(
+        forged[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: bad response topic"),
+        "{forged:?}"
+    );
+    peers::poll_until(Duration::from_secs(20), || {
+        let s = json(&app.site.cli(&["status", "--json"]).stdout);
+        (s["uplink_detail"]["queued_messages"] == 0).then_some(())
+    })
+    .expect("nothing left queued");
+    eprintln!("response topics: {:?}", t0.elapsed());
+    broker.stop();
+}
+
+/// A flood of unsigned commands: the first `burst` are answered and audited, the rest dropped
+/// without a result, counted in status and logged once; a signed command still runs.
+#[test]
+fn slow_a_flood_of_unsigned_commands_is_rate_limited_and_signed_ones_still_run() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path(), None);
+    broker.start();
+    let results = Results::subscribe(&broker, dir.path());
+    let (ops, ops_line) = keygen(dir.path(), "ops");
+    // One token a minute: none comes back while the test runs.
+    let app = Appliance::start(
+        TestSite::new(&config(
+            broker.port,
+            &ops_line,
+            "unverified_commands_per_min = 1\nunverified_commands_burst = 3\n",
+        )),
+        &broker,
+    );
+    const FLOOD: usize = 20;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // `mosquitto_pub -l`: one message per stdin line, on one connection.
+    let lines: String = (1..=FLOOD)
+        .map(|i| {
+            serde_json::json!({
+                "request_id": format!("flood-{i}"), "name": "status", "args": {},
+                "issued_at": now, "expires_at": now + 60,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-l",
+        ])
+        .args(["-t", &format!("edgevoice/s1/{}/cmd/status", app.device)])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let status = || json(&app.site.cli(&["status", "--json"]).stdout);
+    peers::poll_until(Duration::from_secs(20), || {
+        (status()["uplink_detail"]["commands_rate_limited"].as_u64() == Some(FLOOD as u64 - 3))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not counted: {}\n{}", status(), app.daemon.log()));
+    let line = status()["uplink"].as_str().unwrap().to_owned();
+    assert!(line.contains("17 unverified commands dropped"), "{line}");
+
+    // 17 dropped of 20, so 3 answered: wait for their results.
+    let flood_results = || -> Vec<(String, serde_json::Value)> {
+        results
+            .all()
+            .into_iter()
+            .filter(|(t, _)| t.contains("/cmd-result/flood-"))
+            .collect()
+    };
+    peers::poll_until(Duration::from_secs(20), || {
+        (flood_results().len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the burst was not answered: {:?}", results.all()));
+    // A signed command still runs.
+    let cmd = sign(&ops, "ops", "status", &["--request-id", "signed-1"]);
+    app.publish(&broker, "status", &cmd);
+    assert_eq!(results.wait("signed-1", 1)["ok"], true);
+    let answered = flood_results();
+    assert_eq!(answered.len(), 3, "the burst only: {answered:?}");
+    for (_, r) in &answered {
+        assert!(error_of(r).starts_with("unsigned"), "{r}");
+    }
+    let audit = app.audit();
+    let refused = audit
+        .iter()
+        .filter(|r| {
+            r["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("flood-"))
+        })
+        .count();
+    assert_eq!(refused, 3, "one audit record per answered one: {audit:?}");
+    let log = app.daemon.log();
+    assert_eq!(
+        log.matches("dropping them without audit record or result")
+            .count(),
+        1,
+        "one warning for the window: {log}"
+    );
+    eprintln!("flood: {:?}", t0.elapsed());
     broker.stop();
 }
 

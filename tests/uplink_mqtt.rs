@@ -3,6 +3,7 @@
 //! SIGTERM to stop so it saves). Producer: real calls from sipp; each ended call record goes to
 //! the `calls` stream. The subscriber is mosquitto_sub with a persistent session registered
 //! before the daemon ever connects, so nothing published while it is away is missed.
+//! The daemon speaks MQTT 5 (the default) unless a test says `mqtt_version = "3.1.1"`.
 //!
 //! Debian packages: mosquitto, mosquitto-clients, sip-tester, openssl.
 
@@ -110,6 +111,11 @@ impl Appliance {
     fn start(site: TestSite) -> Appliance {
         let mut daemon = TestDaemon::spawn(&site, &[]);
         daemon.wait_ready(&site);
+        Appliance::attach(site, daemon)
+    }
+
+    /// A daemon already started (and ready).
+    fn attach(site: TestSite, daemon: TestDaemon) -> Appliance {
         let status = json(&site.cli(&["status", "--json"]).stdout);
         let sip_port = status["sip_listen"]
             .as_str()
@@ -153,6 +159,31 @@ impl Appliance {
     }
 }
 
+/// The config line for a protocol version and the protocol level mosquitto logs for it.
+#[derive(Clone, Copy)]
+enum Version {
+    Mqtt5,
+    Mqtt311,
+}
+
+impl Version {
+    fn config(self) -> &'static str {
+        match self {
+            Version::Mqtt5 => "mqtt_version = \"5\"\n",
+            Version::Mqtt311 => "mqtt_version = \"3.1.1\"\n",
+        }
+    }
+
+    /// mosquitto's "New client connected ... (p5, c1, k30)": p5 is MQTT 5, p2 is 3.1.1.
+    fn log_mark(self, device: &str) -> String {
+        let level = match self {
+            Version::Mqtt5 => "p5",
+            Version::Mqtt311 => "p2",
+        };
+        format!("as edgevoice-s1-{device} ({level}, c1,")
+    }
+}
+
 fn uplink_config(port: u16, extra: &str) -> String {
     format!(
         "[media_test]\nafter_prompt = \"listen\"\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {port}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n{extra}\n"
@@ -185,6 +216,15 @@ fn dedup(keys: &[String]) -> Vec<String> {
 
 #[test]
 fn slow_offline_records_are_delivered_in_order_once_the_broker_starts() {
+    offline_records_are_delivered_in_order_once_the_broker_starts(Version::Mqtt5);
+}
+
+#[test]
+fn slow_offline_records_are_delivered_in_order_once_the_broker_starts_on_mqtt_3_1_1() {
+    offline_records_are_delivered_in_order_once_the_broker_starts(Version::Mqtt311);
+}
+
+fn offline_records_are_delivered_in_order_once_the_broker_starts(version: Version) {
     let t0 = Instant::now();
     let site_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(site_dir.path(), None);
@@ -194,7 +234,7 @@ fn slow_offline_records_are_delivered_in_order_once_the_broker_starts() {
     sub.stop();
     broker.stop();
 
-    let app = Appliance::start(TestSite::new(&uplink_config(broker.port, "")));
+    let app = Appliance::start(TestSite::new(&uplink_config(broker.port, version.config())));
     let device = app.status()["device_id"].as_str().unwrap().to_owned();
     const N: u32 = 12;
     app.calls(N);
@@ -252,7 +292,107 @@ fn slow_offline_records_are_delivered_in_order_once_the_broker_starts() {
     let st = json(&out.stdout);
     assert_eq!(st["state"], "online", "{st}");
     assert!(st["version"].is_string());
+    let log = broker.log();
+    assert!(
+        log.contains(&version.log_mark(&device)),
+        "connected with the configured protocol: {log}"
+    );
+    if let Version::Mqtt5 = version {
+        // One more record, seen by an MQTT 5 subscriber that prints the properties.
+        let out = site_dir.path().join("props.log");
+        let mut props = broker.subscribe_v5(
+            "edgevoice-test-props",
+            &format!("edgevoice/s1/{device}/events/calls"),
+            "%P|%C|%F|%p",
+            &out,
+        );
+        app.calls(1);
+        let line = peers::poll_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no record for the MQTT 5 subscriber: {}", broker.log()));
+        let mut fields = line.splitn(4, '|');
+        let key = format!("s1/{device}/calls/{}", N + 1);
+        assert_eq!(
+            fields.next(),
+            Some(format!("idempotency-key:{key}").as_str()),
+            "{line}"
+        );
+        assert_eq!(fields.next(), Some("application/json"), "{line}");
+        assert_eq!(fields.next(), Some("1"), "payload format: UTF-8: {line}");
+        let body = json(fields.next().unwrap_or_default().as_bytes());
+        assert_eq!(body["key"], key.as_str(), "the body keeps the key");
+        props.stop_with(Signal::SIGTERM, Duration::from_secs(2));
+    }
     eprintln!("offline→online: {N} records in {:?}", t0.elapsed());
+    sub.stop();
+    broker.stop();
+}
+
+/// The crash window between the broker's PUBACK and the durable delete, forced: the message
+/// reached the broker (and the subscriber) but the appliance dies before it forgets it, so it
+/// must send it again after the restart, with the SAME idempotency key, and lose nothing.
+///
+/// Forced by fault injection rather than by timing: `EDGEVOICE_FAULT_ABORT_BEFORE_DELETE=calls/2`
+/// makes the daemon abort when the PUBACK of `calls/2` arrives, before `handle_puback`. The
+/// hook is compiled into debug builds only (`cfg(debug_assertions)`, shell.rs `fault`), so the
+/// release binary in the .deb has neither the code nor the variable. Killing the daemon from
+/// outside (SIGSTOP after the broker logs the PUBACK, then SIGKILL) cannot be exact: the
+/// daemon may already have deleted the message between the PUBACK leaving the broker and the
+/// SIGSTOP landing. The records are queued while the broker is down, so both are published on
+/// one connection, in order: `calls/1` is acknowledged and deleted, `calls/2` is not.
+#[test]
+fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_same_key() {
+    if !cfg!(debug_assertions) {
+        // The daemon built with this test has no fault injection (release profile).
+        eprintln!("skipped: fault injection exists in debug builds only");
+        return;
+    }
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(site_dir.path(), None);
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+    sub.stop();
+    broker.stop();
+
+    let site = TestSite::new(&uplink_config(broker.port, ""));
+    let mut daemon =
+        TestDaemon::spawn(&site, &[("EDGEVOICE_FAULT_ABORT_BEFORE_DELETE", "calls/2")]);
+    daemon.wait_ready(&site);
+    let app = Appliance::attach(site, daemon);
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    app.calls(2);
+    app.wait_queued(2);
+    broker.start();
+    sub.start(&broker);
+    let Appliance { site, daemon, .. } = app;
+    let (code, log) = daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, None, "killed by SIGABRT, not an exit: {log}");
+    let key2 = format!("s1/{device}/calls/2");
+    assert!(
+        log.contains(&format!("fault injection: PUBACK for {key2} received")),
+        "{log}"
+    );
+    let app = Appliance::start(site);
+    app.wait_queued(0);
+    let want: Vec<String> = vec![format!("s1/{device}/calls/1"), key2.clone(), key2];
+    let got = peers::poll_until(Duration::from_secs(20), || {
+        let k = keys(&sub.events());
+        (k.len() >= want.len()).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("not delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    assert_eq!(
+        got, want,
+        "calls/2 twice with the same key, calls/1 once, nothing lost"
+    );
+    let events = sub.events();
+    assert_eq!(events[1].1, events[2].1, "the re-send is byte-identical");
+    eprintln!("forced duplicate: {:?}", t0.elapsed());
     sub.stop();
     broker.stop();
 }
@@ -321,6 +461,62 @@ fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() 
         all.len() - unique.len(),
         t0.elapsed()
     );
+    sub.stop();
+    broker.stop();
+}
+
+/// MQTT 5 only: a PUBACK whose reason code refuses the message (here mosquitto's ACL:
+/// NotAuthorized) deletes nothing; the message stays queued, status says why, and it is
+/// delivered, with its key, once the broker takes it.
+#[test]
+fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
+    let t0 = Instant::now();
+    let site_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(site_dir.path(), None);
+    // Anyone may read everything and write everything but call records.
+    let acl = site_dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read #\ntopic write edgevoice/+/+/status\ntopic write edgevoice/+/+/cmd-result/#\n",
+    )
+    .unwrap();
+    broker.extra_conf = format!("acl_file {}\n", acl.display());
+    broker.start();
+    let mut sub = Subscriber::connect(&broker, site_dir.path());
+    let app = Appliance::start(TestSite::new(&uplink_config(broker.port, "")));
+    let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    app.calls(1);
+    let error = peers::poll_until(Duration::from_secs(20), || {
+        app.status()["uplink_detail"]["last_error"]
+            .as_str()
+            .filter(|e| e.contains("the broker refused calls/1"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no refusal in status: {}\n{}",
+            app.status(),
+            app.daemon.log()
+        )
+    });
+    assert!(error.contains("NotAuthorized"), "{error}");
+    app.wait_queued(1);
+    assert!(keys(&sub.events()).is_empty(), "{}", sub.lines());
+
+    // The broker takes it once its ACL does.
+    sub.stop();
+    broker.stop();
+    broker.extra_conf.clear();
+    broker.start();
+    sub.start(&broker);
+    app.wait_queued(0);
+    let got = peers::poll_until(Duration::from_secs(20), || {
+        let k = keys(&sub.events());
+        (!k.is_empty()).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("not delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    assert_eq!(got, expected_keys(&device, 0, 1));
+    eprintln!("refused PUBACK: {:?}", t0.elapsed());
     sub.stop();
     broker.stop();
 }

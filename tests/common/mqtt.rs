@@ -23,6 +23,8 @@ pub struct Broker {
     tls: Option<(u16, PathBuf)>,
     proc: Option<PeerProcess>,
     starts: u32,
+    /// Appended to the generated mosquitto.conf on the next `start` (e.g. an `acl_file` line).
+    pub extra_conf: String,
 }
 
 impl Broker {
@@ -35,6 +37,7 @@ impl Broker {
             tls,
             proc: None,
             starts: 0,
+            extra_conf: String::new(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Broker {
                 pki.display()
             ));
         }
+        conf.push_str(&self.extra_conf);
         let conf_path = self.dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
         self.starts += 1;
@@ -77,6 +81,23 @@ impl Broker {
         if let Some(mut p) = self.proc.take() {
             p.stop_with(Signal::SIGTERM, Duration::from_secs(5));
         }
+    }
+
+    /// `mosquitto_sub -V mqttv5` on `topic` with the output format `format` (see
+    /// mosquitto_sub(1): %P user properties, %C content type, %D correlation data, %p payload),
+    /// line-buffered into `out`; returns once the broker has acknowledged the subscription.
+    pub fn subscribe_v5(&self, id: &str, topic: &str, format: &str, out: &Path) -> PeerProcess {
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub", "-V", "mqttv5"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-i", id, "-q", "1", "-F", format, "-t", topic]);
+        let proc = PeerProcess::spawn("mosquitto_sub", &mut cmd, out);
+        let mark = format!("Sending SUBACK to {id}");
+        peers::poll_until(Duration::from_secs(10), || {
+            self.log().contains(&mark).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{id} never subscribed: {}", self.log()));
+        proc
     }
 
     pub fn log(&self) -> String {

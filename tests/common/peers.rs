@@ -67,7 +67,7 @@ fn port_is_free(p: u16) -> bool {
 /// The first port of `n` consecutive ports that are free on 127.0.0.1 for both UDP and TCP and
 /// not handed out before in this process. Ports come from 10000–32000 (below Linux's
 /// ephemeral range, so kernel-chosen ports do not collide later); the starting point depends
-/// on the pid so parallel test binaries spread out.
+/// on the pid and the clock so parallel test processes spread out.
 pub fn free_port_block(n: u16) -> u16 {
     assert!(n > 0 && n <= 200);
     const LO: u32 = 10_000;
@@ -81,8 +81,14 @@ pub fn free_port_block(n: u16) -> u16 {
     let mut taken = taken_ports().lock().unwrap();
     for attempt in 0..(span as u64 * 200 / n as u64 + 1) {
         let block = ((seed + attempt * 7) % span as u64) as u32;
-        // walk the sub-blocks of this 200-port block
-        for sub in 0..(200 / n as u32) {
+        // Walk the sub-blocks of this 200-port block from a seeded start: test processes run in
+        // parallel (nextest: one per test) and do not share `taken`, so two that land in the
+        // same block must not both begin at its first port (a test whose broker is stopped
+        // on purpose would find its port taken by another test's broker).
+        let subs = 200 / n as u32;
+        let first = ((seed >> 16) % subs as u64) as u32;
+        for i in 0..subs {
+            let sub = (first + i) % subs;
             let base = LO + block * 200 + sub * n as u32;
             let ports: Vec<u16> = (base..base + n as u32).map(|p| p as u16).collect();
             if ports.iter().any(|p| taken.contains(p)) {

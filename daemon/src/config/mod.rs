@@ -81,7 +81,7 @@ pub struct UplinkConfig {
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub keepalive_secs: u16,
-    /// "3.1.1" (MQTT 5 is not implemented yet).
+    /// "5" (default: idempotency key as user property, response topics) or "3.1.1".
     pub mqtt_version: String,
     pub max_messages: u32,
     pub max_bytes: u64,
@@ -97,6 +97,11 @@ pub struct UplinkConfig {
     pub command_max_lifetime_secs: u64,
     /// Clock difference tolerated when checking `issued_at` / `expires_at`.
     pub command_clock_skew_secs: u64,
+    /// Refused commands that did not verify (malformed, unsigned, unknown key, bad signature)
+    /// answered per minute, with this burst; beyond it they are dropped without audit record
+    /// or result, and counted.
+    pub unverified_commands_per_min: u32,
+    pub unverified_commands_burst: u32,
 }
 
 impl Default for UplinkConfig {
@@ -113,7 +118,7 @@ impl Default for UplinkConfig {
             client_cert: PathBuf::new(),
             client_key: PathBuf::new(),
             keepalive_secs: 30,
-            mqtt_version: "3.1.1".to_owned(),
+            mqtt_version: "5".to_owned(),
             max_messages: 200_000,
             max_bytes: 256 * 1024 * 1024,
             max_in_flight: 16,
@@ -124,6 +129,8 @@ impl Default for UplinkConfig {
             trusted_keys: Vec::new(),
             command_max_lifetime_secs: 900,
             command_clock_skew_secs: 60,
+            unverified_commands_per_min: 10,
+            unverified_commands_burst: 20,
         }
     }
 }
@@ -820,7 +827,7 @@ mod tests {
 
     #[test]
     fn uplink_problems_name_key_line_and_fix() {
-        let text = "[uplink]\nenabled = true\nsite_id = \"a/b\"\nmqtt_version = \"5\"\nclient_cert = \"/nonexistent/c.pem\"\n";
+        let text = "[uplink]\nenabled = true\nsite_id = \"a/b\"\nmqtt_version = \"5.0\"\nclient_cert = \"/nonexistent/c.pem\"\n";
         let lines = parse(text, origin()).unwrap_err().lines();
         let has = |start: &str, word: &str| {
             lines
@@ -832,7 +839,10 @@ mod tests {
             "{lines:?}"
         );
         assert!(
-            has("test.toml:4:16: uplink.mqtt_version:", "\"3.1.1\""),
+            has(
+                "test.toml:4:16: uplink.mqtt_version:",
+                "use \"5\" or \"3.1.1\""
+            ),
             "{lines:?}"
         );
         assert!(
@@ -846,7 +856,38 @@ mod tests {
             "{lines:?}"
         );
         // Off: only the identity keys are checked.
-        assert!(parse("[uplink]\nmqtt_version = \"5\"\n", origin()).is_ok());
+        assert!(parse("[uplink]\nmqtt_version = \"4\"\n", origin()).is_ok());
+        for version in ["5", "3.1.1"] {
+            let text = format!("[uplink]\nenabled = true\nmqtt_version = \"{version}\"\n");
+            assert!(parse(&text, origin()).is_ok(), "{version}");
+        }
+    }
+
+    #[test]
+    fn the_unverified_command_rate_limit_must_be_at_least_one() {
+        let text = "[uplink]\nunverified_commands_per_min = 0\nunverified_commands_burst = 10001\n";
+        let lines = parse(text, origin()).unwrap_err().lines();
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("test.toml:2:31: uplink.unverified_commands_per_min:")
+                && l.contains("use 1 to 60000")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("test.toml:3:29: uplink.unverified_commands_burst:")
+                && l.contains("use 1 to 10000")),
+            "{lines:?}"
+        );
+        let defaults = UplinkConfig::default();
+        assert_eq!(
+            (
+                defaults.mqtt_version.as_str(),
+                defaults.unverified_commands_per_min,
+                defaults.unverified_commands_burst
+            ),
+            ("5", 10, 20)
+        );
     }
 
     #[test]

@@ -473,6 +473,24 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
             ),
         );
     }
+    if !(1..=60_000).contains(&u.unverified_commands_per_min) {
+        problem(
+            "uplink.unverified_commands_per_min",
+            format!(
+                "{} is out of range; use 1 to 60000",
+                u.unverified_commands_per_min
+            ),
+        );
+    }
+    if !(1..=10_000).contains(&u.unverified_commands_burst) {
+        problem(
+            "uplink.unverified_commands_burst",
+            format!(
+                "{} is out of range; use 1 to 10000",
+                u.unverified_commands_burst
+            ),
+        );
+    }
     if !u.client_id.is_empty() && !id_ok(&u.client_id) {
         problem(
             "uplink.client_id",
@@ -494,11 +512,11 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
             "0 is not a port; use 1883 (plain) or 8883 (TLS)".into(),
         );
     }
-    if u.mqtt_version != "3.1.1" {
+    if crate::uplink::MqttVersion::parse(&u.mqtt_version).is_none() {
         problem(
             "uplink.mqtt_version",
             format!(
-                "\"{}\" is not supported; use \"3.1.1\" (MQTT 5 is not implemented yet)",
+                "\"{}\" is not supported; use \"5\" or \"3.1.1\"",
                 u.mqtt_version
             ),
         );
@@ -512,8 +530,7 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
     if !u.password.is_empty() && u.username.is_empty() {
         problem(
             "uplink.password",
-            "a password without a username is not sent by MQTT 3.1.1; set uplink.username too"
-                .into(),
+            "a password without a username is never sent; set uplink.username too".into(),
         );
     }
     for (key, path, marker) in [

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod rejection_budget;
 pub mod remote;
 pub mod socket;
 

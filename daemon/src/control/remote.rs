@@ -15,7 +15,8 @@
 //! MQTT and the local socket share one implementation of every command.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -23,10 +24,12 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::Request;
+use super::rejection_budget::{Admission, Limits, RejectionBudget};
 use super::{Dispatcher, Principal};
 use crate::config::UplinkConfig;
 use crate::ops::DaemonContext;
 use crate::store::{Record, Store, StoreError, TreeName};
+use crate::uplink::{CommandMessage, CommandReply};
 
 /// The MQTT channel name in audit records.
 pub const CHANNEL: &str = "mqtt";
@@ -165,6 +168,8 @@ pub enum RejectReason {
     },
     #[error("replayed: request_id \"{0}\" was seen before")]
     Replayed(String),
+    #[error("bad response topic: {0}; the command was not run")]
+    BadResponseTopic(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -438,6 +443,64 @@ pub fn prune(store: &Store, now: u64, skew: u64) -> Result<usize, StoreError> {
     Ok(stale.len())
 }
 
+/// Longest MQTT 5 response topic accepted (bytes).
+pub const MAX_RESPONSE_TOPIC_BYTES: usize = 256;
+/// Longest MQTT 5 correlation data carried back (bytes).
+pub const MAX_CORRELATION_DATA_BYTES: usize = 1024;
+/// Levels under `edgevoice/{site}/{device}/` a response must never go to: commands (every
+/// appliance would have to verify, audit and answer them), status and event records (what
+/// upstream takes as the fleet's own data).
+const RESERVED_LEVELS: [&str; 3] = ["cmd", "status", "events"];
+
+/// The response-topic policy: the response route is not covered by the signature (it is an
+/// MQTT property), so a forged or re-routed command must not make the appliance publish
+/// anywhere it likes. Accepted: a topic inside `edgevoice/{site}/`, at most
+/// [`MAX_RESPONSE_TOPIC_BYTES`], without wildcards, NUL or empty levels, whose fourth level
+/// is not `cmd`, `status` or `events`; correlation data at most [`MAX_CORRELATION_DATA_BYTES`].
+pub fn check_response_route(
+    site: &str,
+    route: &crate::uplink::ResponseRoute,
+) -> Result<(), String> {
+    let topic = &route.topic;
+    // Escaped: the topic is the sender's text and ends up in logs and results.
+    let shown: String = topic
+        .chars()
+        .take(80)
+        .flat_map(char::escape_debug)
+        .collect();
+    if topic.len() > MAX_RESPONSE_TOPIC_BYTES {
+        return Err(format!(
+            "\"{shown}...\" is {} bytes, at most {MAX_RESPONSE_TOPIC_BYTES}",
+            topic.len()
+        ));
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(format!("\"{shown}\" has a wildcard or NUL"));
+    }
+    let prefix = format!("edgevoice/{site}/");
+    let Some(rest) = topic.strip_prefix(&prefix) else {
+        return Err(format!("\"{shown}\" is not inside {prefix}"));
+    };
+    let levels: Vec<&str> = rest.split('/').collect();
+    if levels.iter().any(|l| l.is_empty()) {
+        return Err(format!("\"{shown}\" has an empty level"));
+    }
+    if let Some(level) = levels.get(1).filter(|l| RESERVED_LEVELS.contains(l)) {
+        return Err(format!(
+            "\"{shown}\" is a device's {level} topic; use a topic of your own, e.g. {prefix}replies/<client>"
+        ));
+    }
+    if let Some(data) = &route.correlation_data {
+        if data.len() > MAX_CORRELATION_DATA_BYTES {
+            return Err(format!(
+                "the correlation data is {} bytes, at most {MAX_CORRELATION_DATA_BYTES}",
+                data.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The JSON published on `cmd-result/{request_id}`.
 pub fn result_json(
     request_id: Option<&str>,
@@ -471,21 +534,65 @@ pub struct RemoteCommands {
     ctx: Arc<DaemonContext>,
     dispatcher: Arc<Dispatcher>,
     last_prune: AtomicU64,
+    unverified: Mutex<RejectionBudget>,
+}
+
+fn limits(u: &UplinkConfig) -> Limits {
+    Limits {
+        per_min: u.unverified_commands_per_min,
+        burst: u.unverified_commands_burst,
+    }
 }
 
 impl RemoteCommands {
     pub fn new(ctx: Arc<DaemonContext>, dispatcher: Arc<Dispatcher>) -> Self {
+        let budget = RejectionBudget::new(limits(&ctx.config().config.uplink), Instant::now());
         Self {
             ctx,
             dispatcher,
             last_prune: AtomicU64::new(0),
+            unverified: Mutex::new(budget),
         }
     }
 
-    /// One message from `cmd/{topic_name}` → the result to publish. Blocking (store, and
-    /// whatever the command does): call it off the runtime's workers.
-    pub fn handle_message(&self, topic_name: &str, message: &[u8], now: u64) -> Vec<u8> {
-        let policy = Policy::from_config(&self.ctx.config().config.uplink);
+    /// Writes the summary of a window of rate-limited drops once it is over.
+    fn summarise_drops(&self, now: Instant) {
+        let closed = self
+            .unverified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .poll_closed_window(now);
+        if let Some(w) = closed {
+            let outcome = format!(
+                "rate_limited: {} unverified commands dropped in {} s without a result (uplink.unverified_commands_per_min)",
+                w.dropped,
+                w.length.as_secs()
+            );
+            tracing::warn!("remote commands: {outcome}");
+            let principal = Principal {
+                channel: CHANNEL.into(),
+                who: format!("{CHANNEL}:unverified"),
+            };
+            self.dispatcher.audit(
+                &principal,
+                &Request::new("(unverified)", serde_json::Value::Null),
+                outcome,
+            );
+        }
+    }
+
+    /// One message from `cmd/{name}` → what to publish. Blocking (store, and whatever the
+    /// command does): call it off the runtime's workers. `now`: unix seconds, for the
+    /// command's validity; `clock`: for the rate limit.
+    pub fn handle_message(
+        &self,
+        message: &CommandMessage,
+        now: u64,
+        clock: Instant,
+    ) -> CommandReply {
+        let topic_name = message.name.as_str();
+        let uplink = self.ctx.config().config.uplink;
+        let policy = Policy::from_config(&uplink);
         let store = self.ctx.store();
         if now.saturating_sub(self.last_prune.load(Ordering::Relaxed)) >= 60 {
             self.last_prune.store(now, Ordering::Relaxed);
@@ -495,25 +602,56 @@ impl RemoteCommands {
                 Err(e) => tracing::warn!("command id ledger not pruned: {e}"),
             }
         }
-        let verified = policy.verify(topic_name, message, now).and_then(|v| {
-            let refuse = |reason| {
-                Box::new(Rejection {
-                    reason,
-                    request_id: Some(v.payload.request_id.clone()),
-                    verified_key: Some(v.key_id.clone()),
-                    args: v.payload.args.clone(),
-                })
-            };
-            match remember(store, &v) {
-                Ok(true) => Ok(v),
-                Ok(false) => Err(refuse(RejectReason::Replayed(v.payload.request_id.clone()))),
-                Err(e) => Err(refuse(RejectReason::Internal(format!(
-                    "the command id ledger cannot be written ({e})"
-                )))),
-            }
-        });
+        self.summarise_drops(clock);
+        // The route is used only if it passes the policy; a verified command with a bad one
+        // is refused (and answered on cmd-result/{request_id}).
+        let route_problem = message
+            .response
+            .as_ref()
+            .and_then(|r| check_response_route(&uplink.site_id, r).err());
+        let route = message.response.clone().filter(|_| route_problem.is_none());
+        let verified = policy
+            .verify(topic_name, &message.payload, now)
+            .and_then(|v| {
+                let refuse = |reason| {
+                    Box::new(Rejection {
+                        reason,
+                        request_id: Some(v.payload.request_id.clone()),
+                        verified_key: Some(v.key_id.clone()),
+                        args: v.payload.args.clone(),
+                    })
+                };
+                if let Some(problem) = &route_problem {
+                    return Err(refuse(RejectReason::BadResponseTopic(problem.clone())));
+                }
+                match remember(store, &v) {
+                    Ok(true) => Ok(v),
+                    Ok(false) => Err(refuse(RejectReason::Replayed(v.payload.request_id.clone()))),
+                    Err(e) => Err(refuse(RejectReason::Internal(format!(
+                        "the command id ledger cannot be written ({e})"
+                    )))),
+                }
+            });
         match verified {
             Err(r) => {
+                if r.verified_key.is_none() {
+                    let admission = {
+                        let mut budget = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
+                        budget.set_limits(limits(&uplink), clock);
+                        budget.admit(clock)
+                    };
+                    if let Admission::Drop { opens_window } = admission {
+                        if opens_window {
+                            tracing::warn!(
+                                "remote commands: more than {} unverified commands a minute (burst {}); dropping them without audit record or result for a while (uplink.unverified_commands_per_min); this one: {}",
+                                uplink.unverified_commands_per_min,
+                                uplink.unverified_commands_burst,
+                                r.reason
+                            );
+                        }
+                        return CommandReply::Dropped;
+                    }
+                }
                 let who = match &r.verified_key {
                     Some(k) => format!("{CHANNEL}:{k}"),
                     None => format!("{CHANNEL}:unverified"),
@@ -527,7 +665,11 @@ impl RemoteCommands {
                 req.id = r.request_id.clone();
                 self.dispatcher
                     .audit(&principal, &req, format!("refused: {}", r.reason));
-                result_json(r.request_id.as_deref(), Err(r.reason.to_string()))
+                CommandReply::Publish {
+                    result: result_json(r.request_id.as_deref(), Err(r.reason.to_string())),
+                    // Unauthenticated input never chooses where the appliance publishes.
+                    route: route.filter(|_| r.verified_key.is_some()),
+                }
             }
             Ok(v) => {
                 let principal = Principal {
@@ -547,21 +689,29 @@ impl RemoteCommands {
                 } else {
                     Err(response.error.unwrap_or_else(|| "failed".into()))
                 };
-                result_json(Some(&request_id), outcome)
+                CommandReply::Publish {
+                    result: result_json(Some(&request_id), outcome),
+                    route,
+                }
             }
         }
     }
 }
 
 impl crate::uplink::CommandHandler for RemoteCommands {
-    fn handle(&self, topic_name: &str, message: &[u8]) -> Vec<u8> {
-        self.handle_message(topic_name, message, now_secs())
+    fn handle(&self, message: CommandMessage) -> CommandReply {
+        self.handle_message(&message, now_secs(), Instant::now())
+    }
+
+    fn housekeeping(&self) {
+        self.summarise_drops(Instant::now());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -798,6 +948,194 @@ mod tests {
         assert_eq!(prune(&store, v.payload.expires_at + 30, 30).unwrap(), 0);
         assert_eq!(prune(&store, v.payload.expires_at + 31, 30).unwrap(), 1);
         assert!(remember(&store, &v).unwrap());
+    }
+
+    #[test]
+    fn response_topics_must_stay_inside_the_site_and_off_reserved_levels() {
+        let route = |topic: &str| crate::uplink::ResponseRoute {
+            topic: topic.into(),
+            correlation_data: Some(vec![1, 2]),
+        };
+        for good in [
+            "edgevoice/s1/replies/ops-1",
+            "edgevoice/s1/dev/cmd-result/r1",
+            "edgevoice/s1/x",
+        ] {
+            assert_eq!(check_response_route("s1", &route(good)), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("elsewhere/s1/replies", "not inside edgevoice/s1/"),
+            ("edgevoice/s2/replies", "not inside edgevoice/s1/"),
+            ("edgevoice/s1/replies/#", "wildcard"),
+            ("edgevoice/s1/+/x", "wildcard"),
+            ("edgevoice/s1//x", "empty level"),
+            ("edgevoice/s1/", "empty level"),
+            ("edgevoice/s1/dev/cmd/status", "cmd topic"),
+            ("edgevoice/s1/dev/status", "status topic"),
+            ("edgevoice/s1/dev/events/calls", "events topic"),
+        ] {
+            let e = check_response_route("s1", &route(bad)).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("edgevoice/s1/{}", "a".repeat(MAX_RESPONSE_TOPIC_BYTES));
+        assert!(check_response_route("s1", &route(&long))
+            .unwrap_err()
+            .contains("at most 256"));
+        let mut big = route("edgevoice/s1/replies");
+        big.correlation_data = Some(vec![0; MAX_CORRELATION_DATA_BYTES + 1]);
+        assert!(check_response_route("s1", &big)
+            .unwrap_err()
+            .contains("correlation data"));
+    }
+
+    /// A `RemoteCommands` on a fresh store, site `s1`, trusting `ops` (key 1), answering at
+    /// most `burst` unverified refusals (one more a minute).
+    fn remote(dir: &std::path::Path, burst: u32) -> (RemoteCommands, Arc<DaemonContext>) {
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = dir.join("state");
+        config.daemon.runtime_dir = dir.join("run");
+        config.uplink.site_id = "s1".into();
+        config.uplink.trusted_keys = vec![public_key_line("ops", &key(1).verifying_key())];
+        config.uplink.unverified_commands_per_min = 1;
+        config.uplink.unverified_commands_burst = burst;
+        let loaded = crate::config::LoadedConfig {
+            config,
+            source: dir.join("edgevoice.toml"),
+        };
+        let store = Store::open(&dir.join("state")).unwrap();
+        let ctx = Arc::new(DaemonContext::new(loaded, store, None));
+        let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
+        (RemoteCommands::new(ctx.clone(), dispatcher), ctx)
+    }
+
+    fn message(payload: Vec<u8>, response: Option<&str>) -> CommandMessage {
+        CommandMessage {
+            name: "status".into(),
+            payload,
+            response: response.map(|topic| crate::uplink::ResponseRoute {
+                topic: topic.into(),
+                correlation_data: Some(b"c-1".to_vec()),
+            }),
+        }
+    }
+
+    fn outcome(reply: &CommandReply) -> (serde_json::Value, Option<String>) {
+        match reply {
+            CommandReply::Publish { result, route } => (
+                serde_json::from_slice(result).unwrap(),
+                route.as_ref().map(|r| r.topic.clone()),
+            ),
+            CommandReply::Dropped => panic!("dropped"),
+        }
+    }
+
+    fn audit_outcomes(ctx: &DaemonContext) -> Vec<String> {
+        ctx.store()
+            .tree::<super::super::AuditRecord>()
+            .unwrap()
+            .newest_json(100)
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn results_take_an_acceptable_response_route_and_a_bad_one_refuses_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 20);
+        let now = Instant::now();
+        let mut p = payload("status");
+        p.issued_at = now_secs() - 1;
+        p.expires_at = now_secs() + 60;
+        let reply = remote.handle_message(
+            &message(signed(&p), Some("edgevoice/s1/replies/ops")),
+            now_secs(),
+            now,
+        );
+        let (result, route) = outcome(&reply);
+        assert_eq!(result["ok"], true, "{result}");
+        assert_eq!(route.as_deref(), Some("edgevoice/s1/replies/ops"));
+        let CommandReply::Publish { route: Some(r), .. } = reply else {
+            unreachable!()
+        };
+        assert_eq!(r.correlation_data.as_deref(), Some(&b"c-1"[..]));
+
+        p.request_id = "r2".into();
+        let (result, route) = outcome(&remote.handle_message(
+            &message(signed(&p), Some("edgevoice/s2/replies")),
+            now_secs(),
+            now,
+        ));
+        assert_eq!(route, None, "answered on cmd-result");
+        assert!(
+            result["error"].as_str().unwrap().starts_with(
+                "bad response topic: \"edgevoice/s2/replies\" is not inside edgevoice/s1/"
+            ),
+            "{result}"
+        );
+        assert!(
+            audit_outcomes(&ctx)
+                .iter()
+                .any(|o| o.starts_with("refused: bad response topic")),
+            "{:?}",
+            audit_outcomes(&ctx)
+        );
+    }
+
+    #[test]
+    fn unverified_refusals_beyond_the_budget_are_dropped_and_summarised_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 2);
+        let t0 = Instant::now();
+        let unsigned = serde_json::to_vec(&payload("status")).unwrap();
+        let handle = |t: Instant| remote.handle_message(&message(unsigned.clone(), None), NOW, t);
+        let (result, route) = outcome(&remote.handle_message(
+            &message(unsigned.clone(), Some("edgevoice/s1/replies/x")),
+            NOW,
+            t0,
+        ));
+        assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
+        assert_eq!(route, None, "unverified: answered on cmd-result only");
+        let (result, _) = outcome(&handle(t0));
+        assert!(result["error"].as_str().unwrap().starts_with("unsigned"));
+        for _ in 0..5 {
+            assert_eq!(handle(t0), CommandReply::Dropped);
+        }
+        // A bad signature is just as unverified.
+        let forged = sign(&key(2), "ops", &payload("status"));
+        assert_eq!(
+            remote.handle_message(&message(forged.into_bytes(), None), NOW, t0),
+            CommandReply::Dropped
+        );
+        // Signed commands are never limited by it.
+        let mut p = payload("status");
+        p.issued_at = now_secs() - 1;
+        p.expires_at = now_secs() + 60;
+        let (result, _) =
+            outcome(&remote.handle_message(&message(signed(&p), None), now_secs(), t0));
+        assert_eq!(result["ok"], true, "{result}");
+        let refused = |ctx: &DaemonContext| {
+            audit_outcomes(ctx)
+                .iter()
+                .filter(|o| o.starts_with("refused: unsigned"))
+                .count()
+        };
+        assert_eq!(refused(&ctx), 2, "only the answered ones");
+        // The window closes a minute after the first drop: one summary record.
+        remote.summarise_drops(t0 + Duration::from_secs(59));
+        assert!(!audit_outcomes(&ctx)
+            .iter()
+            .any(|o| o.starts_with("rate_limited")));
+        remote.summarise_drops(t0 + Duration::from_secs(60));
+        remote.summarise_drops(t0 + Duration::from_secs(61));
+        let summaries: Vec<String> = audit_outcomes(&ctx)
+            .into_iter()
+            .filter(|o| o.starts_with("rate_limited"))
+            .collect();
+        assert_eq!(
+            summaries,
+            vec!["rate_limited: 6 unverified commands dropped in 60 s without a result (uplink.unverified_commands_per_min)".to_owned()]
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!   the PUBACK, rebuilt from disk on open.
 //! - [`Reconnect`]: when to (re)connect: exponential back-off with jitter.
 //!
-//! - [`start`] / [`UplinkHandle`]: the MQTT shell (rumqttc, `shell.rs`); it owns the socket and drives them: see the docs on each
-//!   `handle_*` / `poll_*` method.
+//! - [`start`] / [`UplinkHandle`]: the MQTT shell (rumqttc, `shell.rs`; MQTT 5 or 3.1.1 behind
+//!   `wire.rs`); it owns the socket and drives them: see the docs on each `handle_*` / `poll_*`
+//!   method.
 
 mod backoff;
 mod durable;
@@ -15,6 +16,7 @@ mod durable;
 mod model_tests;
 mod outbox;
 mod shell;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +32,10 @@ pub use outbox::{
     StreamStatus, WhenFull,
 };
 pub use shell::{
-    start, CommandHandler, StoreOwner, UplinkHandle, UplinkReport, UplinkStartError,
-    MAX_COMMANDS_RUNNING,
+    start, CommandHandler, CommandMessage, CommandReply, ResponseRoute, StoreOwner, UplinkHandle,
+    UplinkReport, UplinkStartError, MAX_COMMANDS_RUNNING,
 };
+pub use wire::MqttVersion;
 
 /// What `edgevoice status` shows of the uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -726,6 +726,11 @@ impl Outbox {
         })
     }
 
+    /// The message in flight under `packet_id` on this connection, if any.
+    pub fn in_flight_id(&self, packet_id: u16) -> Option<MessageId> {
+        *self.in_flight.get(usize::from(packet_id))?
+    }
+
     /// The broker's PUBACK: the message is delivered and leaves the outbox. Returns its id
     /// (for the durable delete), or `None` for a packet id not in flight on this connection.
     pub fn handle_puback(&mut self, packet_id: u16) -> Option<MessageId> {

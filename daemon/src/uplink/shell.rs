@@ -1,13 +1,22 @@
-//! The async MQTT shell (rumqttc, MQTT 3.1.1) around [`DurableOutbox`] and [`Reconnect`].
+//! The async MQTT shell (rumqttc; MQTT 5 or 3.1.1, `uplink.mqtt_version`) around
+//! [`DurableOutbox`] and [`Reconnect`]. The protocol differences live in `wire.rs`; everything
+//! here is the same for both.
 //!
 //! - Every store call (append, PUBACK delete, reads) runs on `spawn_blocking`, never on the
 //!   runtime's workers: the store fsyncs.
-//! - Each connection attempt gets a fresh rumqttc `EventLoop` with a clean session, so rumqttc's
-//!   own re-send queue (`EventLoop::pending`, filled by `clean()` when a connection drops) is
-//!   thrown away with it: the outbox alone decides what is re-sent (same idempotency key, DUP).
+//! - Each connection attempt gets a fresh rumqttc `EventLoop` with a clean session (MQTT 5:
+//!   clean start, session expiry 0), so rumqttc's own re-send queue (`EventLoop::pending`,
+//!   filled by `clean()` when a connection drops) is thrown away with it: the outbox alone
+//!   decides what is re-sent (same idempotency key). A persistent broker session would add a
+//!   second re-send queue beside the outbox's and keep commands for an appliance that may never
+//!   come back; the outbox re-sends anyway.
 //! - rumqttc chooses packet ids itself; it reports each as `Outgoing::Publish(pkid)` in the
 //!   order the publishes were requested, so a FIFO maps rumqttc's id to the outbox's one.
-//!   A PUBACK for a mapped id is the only thing that deletes a message (`handle_puback`).
+//!   A PUBACK for a mapped id is the only thing that deletes a message (`handle_puback`); an
+//!   MQTT 5 PUBACK whose reason code refuses the message deletes nothing and ends the
+//!   connection (the message is sent again after the back-off; status shows why), except a
+//!   command result refused for good (not authorized, invalid topic or payload): it went to
+//!   a topic its requester chose, and keeping it would block its stream forever.
 //! - Retained `edgevoice/{site}/{device}/status` "online" after CONNACK; the same topic as
 //!   last will says "offline".
 //! - Remote commands: after CONNACK, `edgevoice/{site}/{device}/cmd/+` at QoS 1. Each message
@@ -15,18 +24,20 @@
 //!   once, [`MAX_COMMANDS_QUEUED`] running or waiting, beyond that dropped and logged; the
 //!   event loop never waits for a command); its result is appended to the
 //!   `command_results` stream of the outbox, so it survives a disconnect, and is published on
-//!   `edgevoice/{site}/{device}/cmd-result/{request_id}`.
+//!   `edgevoice/{site}/{device}/cmd-result/{request_id}`, or, when the MQTT 5 command named a
+//!   response topic the handler accepted, on that topic instead, with the command's
+//!   correlation data. The route is stored with the result (see [`stored_result`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
-};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::wire::{self, MqttVersion, Settings, WireEvent, WireMessage};
 use super::{
     DurableOutbox, Identity, MessageId, OutboxConfig, OutboxError, OutboxStatus, Reconnect,
     ReconnectConfig, Stream,
@@ -42,11 +53,47 @@ pub const MAX_COMMANDS_QUEUED: usize = 64;
 /// Largest MQTT packet sent or received (commands carry whole config files).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 
-/// Turns one message from `cmd/{name}` into the JSON result to publish (verification, replay
+/// Where an MQTT 5 requester asked for the result: its `response_topic` and
+/// `correlation_data`, as received (the handler decides whether to use them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRoute {
+    pub topic: String,
+    pub correlation_data: Option<Vec<u8>>,
+}
+
+/// One message received on `cmd/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandMessage {
+    pub name: String,
+    pub payload: Vec<u8>,
+    /// MQTT 5 only.
+    pub response: Option<ResponseRoute>,
+}
+
+/// What to do after a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandReply {
+    /// Queue `result` (JSON) for publishing; on `route` when set, else on
+    /// `cmd-result/{request_id}`.
+    Publish {
+        result: Vec<u8>,
+        route: Option<ResponseRoute>,
+    },
+    /// Publish nothing (rate-limited); counted in the uplink report.
+    Dropped,
+}
+
+/// Turns one message from `cmd/{name}` into the result to publish (verification, replay
 /// check, audit, execution). Called on a blocking thread.
 pub trait CommandHandler: Send + Sync + 'static {
-    fn handle(&self, topic_name: &str, message: &[u8]) -> Vec<u8>;
+    fn handle(&self, message: CommandMessage) -> CommandReply;
+    /// Called every few seconds on a blocking thread while connected, for work that is due
+    /// without a message (e.g. closing a rate-limit window in the audit).
+    fn housekeeping(&self) {}
 }
+
+/// How often [`CommandHandler::housekeeping`] runs.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// Whoever owns the store lends it to the uplink's blocking calls.
 pub trait StoreOwner: Send + Sync + 'static {
@@ -69,6 +116,13 @@ pub struct UplinkReport {
     pub rejected: u64,
     pub evicted: u64,
     pub expired: u64,
+    /// "5" or "3.1.1".
+    #[serde(default)]
+    pub mqtt_version: String,
+    /// Unverified commands dropped without a result by the rate limit
+    /// (`uplink.unverified_commands_per_min`).
+    #[serde(default)]
+    pub commands_rate_limited: u64,
 }
 
 impl UplinkReport {
@@ -86,6 +140,12 @@ impl UplinkReport {
                 s.push_str(&format!(", last error: {e}"));
             }
         }
+        if self.commands_rate_limited > 0 {
+            s.push_str(&format!(
+                ", {} unverified commands dropped (rate limit)",
+                self.commands_rate_limited
+            ));
+        }
         s
     }
 }
@@ -97,6 +157,7 @@ struct Shared {
     view: Mutex<View>,
     broker: String,
     tls: bool,
+    version: MqttVersion,
 }
 
 #[derive(Default)]
@@ -104,6 +165,7 @@ struct View {
     state: &'static str,
     last_error: Option<String>,
     connects: u64,
+    commands_rate_limited: u64,
 }
 
 /// Producers' and status' way into the uplink. Cheap to clone.
@@ -160,6 +222,12 @@ impl UplinkHandle {
             rejected: status.totals.rejected,
             evicted: status.totals.evicted,
             expired: status.totals.expired,
+            mqtt_version: match self.shared.version {
+                MqttVersion::V5 => "5",
+                MqttVersion::V311 => "3.1.1",
+            }
+            .to_owned(),
+            commands_rate_limited: view.commands_rate_limited,
         }
     }
 }
@@ -212,27 +280,29 @@ pub fn start(
     } else {
         config.client_id.clone()
     };
-    let mut options = MqttOptions::new(client_id, config.broker_host.clone(), config.broker_port);
-    options
-        .set_keep_alive(Duration::from_secs(u64::from(config.keepalive_secs)))
-        .set_clean_session(true)
-        // A little above the outbox's window, so rumqttc's packet ids rarely collide.
-        .set_inflight(config.max_in_flight.saturating_add(4))
-        .set_request_channel_capacity(usize::from(config.max_in_flight) + 8)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if !config.username.is_empty() {
-        options.set_credentials(config.username.clone(), config.password.clone());
-    }
+    let version = MqttVersion::parse(&config.mqtt_version).ok_or_else(|| {
+        UplinkStartError::Config(format!(
+            "mqtt_version \"{}\" is not \"5\" or \"3.1.1\"",
+            config.mqtt_version
+        ))
+    })?;
     let base = topic_base(&identity);
-    options.set_last_will(LastWill::new(
-        format!("{base}/status"),
-        status_payload("offline", "connection lost"),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(tls) = tls.clone() {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
+    let options = wire::Options::new(
+        version,
+        &Settings {
+            client_id,
+            host: config.broker_host.clone(),
+            port: config.broker_port,
+            keepalive: Duration::from_secs(u64::from(config.keepalive_secs)),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            will_topic: format!("{base}/status"),
+            will_payload: status_payload("offline", "connection lost"),
+            tls: tls.clone(),
+            max_in_flight: config.max_in_flight,
+            max_packet_bytes: MAX_PACKET_BYTES,
+        },
+    );
     let shared = Arc::new(Shared {
         outbox: Mutex::new(outbox),
         owner,
@@ -243,6 +313,7 @@ pub fn start(
         }),
         broker: format!("{}:{}", config.broker_host, config.broker_port),
         tls: tls.is_some(),
+        version,
     });
     let handle = UplinkHandle {
         shared: shared.clone(),
@@ -329,20 +400,54 @@ fn envelope(identity: &Identity, id: MessageId, key: &str, payload: &[u8]) -> Ve
     .into_bytes()
 }
 
-/// Topic and body of one outbox message. Command results go to `cmd-result/{request_id}` as
+/// The reserved member of a stored command result that holds its response route; removed
+/// before publishing.
+const ROUTE_FIELD: &str = "_route";
+
+/// What the `command_results` stream stores: the handler's result object, plus (MQTT 5) the
+/// route the result must take, so a result queued across a disconnect or restart still goes
+/// where its requester waits.
+fn stored_result(result: Vec<u8>, route: Option<&ResponseRoute>) -> Vec<u8> {
+    let Some(route) = route else {
+        return result;
+    };
+    match serde_json::from_slice::<serde_json::Value>(&result) {
+        Ok(serde_json::Value::Object(mut object)) => {
+            let mut r = serde_json::Map::new();
+            r.insert("topic".into(), route.topic.clone().into());
+            if let Some(data) = &route.correlation_data {
+                r.insert("correlation_data".into(), B64.encode(data).into());
+            }
+            object.insert(ROUTE_FIELD.into(), serde_json::Value::Object(r));
+            serde_json::to_vec(&object).unwrap_or(result)
+        }
+        _ => result,
+    }
+}
+
+/// Topic, body and properties of one outbox message. Command results go to
+/// `cmd-result/{request_id}` (or their stored response topic, with its correlation data) as
 /// the result object with the idempotency key added; everything else to `events/{stream}` in
-/// the [`envelope`].
+/// the [`envelope`]. Every one carries the key (MQTT 5: also as user property).
 fn outgoing_message(
     identity: &Identity,
     base: &str,
     id: MessageId,
     key: &str,
     payload: &[u8],
-) -> (String, Vec<u8>) {
+) -> WireMessage {
+    let message = |topic, body| WireMessage {
+        topic,
+        body,
+        retain: false,
+        idempotency_key: Some(key.to_owned()),
+        correlation_data: None,
+    };
     if id.stream == Stream::CommandResults {
         if let Ok(serde_json::Value::Object(mut result)) =
             serde_json::from_slice::<serde_json::Value>(payload)
         {
+            let route = result.remove(ROUTE_FIELD);
             let request_id = result
                 .get("request_id")
                 .and_then(|r| r.as_str())
@@ -351,10 +456,24 @@ fn outgoing_message(
                 .to_owned();
             result.insert("key".into(), serde_json::Value::String(key.to_owned()));
             let body = serde_json::to_vec(&result).unwrap_or_default();
-            return (format!("{base}/cmd-result/{request_id}"), body);
+            let topic = route
+                .as_ref()
+                .and_then(|r| r.get("topic"))
+                .and_then(|t| t.as_str());
+            return match topic {
+                Some(topic) => WireMessage {
+                    correlation_data: route
+                        .as_ref()
+                        .and_then(|r| r.get("correlation_data"))
+                        .and_then(|d| d.as_str())
+                        .and_then(|d| B64.decode(d).ok()),
+                    ..message(topic.to_owned(), body)
+                },
+                None => message(format!("{base}/cmd-result/{request_id}"), body),
+            };
         }
     }
-    (
+    message(
         format!("{base}/events/{}", id.stream.as_str()),
         envelope(identity, id, key, payload),
     )
@@ -366,12 +485,11 @@ fn spawn_command(
     queue: Arc<tokio::sync::Semaphore>,
     slots: Arc<tokio::sync::Semaphore>,
     handle: UplinkHandle,
-    name: String,
-    message: Vec<u8>,
+    message: CommandMessage,
 ) {
     let Ok(queued) = queue.try_acquire_owned() else {
         tracing::warn!(
-            command = %name.chars().take(64).collect::<String>(),
+            command = %message.name.chars().take(64).collect::<String>(),
             "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
         );
         return;
@@ -381,12 +499,17 @@ fn spawn_command(
         let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || handler.handle(&name, &message)).await;
-        match result {
-            Ok(result) => {
-                if let Err(e) = handle.append(Stream::CommandResults, result).await {
+        let reply = tokio::task::spawn_blocking(move || handler.handle(message)).await;
+        match reply {
+            Ok(CommandReply::Publish { result, route }) => {
+                let stored = stored_result(result, route.as_ref());
+                if let Err(e) = handle.append(Stream::CommandResults, stored).await {
                     tracing::error!("remote command result not queued: {e}");
                 }
+            }
+            Ok(CommandReply::Dropped) => {
+                let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
+                view.commands_rate_limited += 1;
             }
             Err(e) => tracing::error!("remote command task failed: {e}"),
         }
@@ -394,8 +517,7 @@ fn spawn_command(
 }
 
 /// A one-line, actionable reading of a rumqttc connection error.
-fn explain(e: &rumqttc::ConnectionError, broker: &str, tls: bool) -> String {
-    let raw = e.to_string();
+fn explain(raw: &str, broker: &str, tls: bool) -> String {
     let lower = raw.to_ascii_lowercase();
     if lower.contains("unknownissuer")
         || lower.contains("invalid peer certificate")
@@ -454,7 +576,7 @@ async fn with_outbox<T: Send + 'static>(
 
 async fn run(
     shared: Arc<Shared>,
-    options: MqttOptions,
+    options: wire::Options,
     mut reconnect: Reconnect,
     base: String,
     health: Arc<dyn Fn() -> String + Send + Sync>,
@@ -481,24 +603,10 @@ async fn run(
         }
         set_view(&shared, "connecting", None);
         // A fresh event loop per connection: nothing of rumqttc's old pending queue survives.
-        let (client, mut eventloop) =
-            AsyncClient::new(options.clone(), usize::from(options.inflight()) + 8);
-        // `EventLoop::poll` is not cancel-safe (a write may be half done), so it runs in its
-        // own task, never inside a `select!`, and stops at its first error: reconnecting is
-        // ours to decide, not rumqttc's.
-        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let pump = tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                if events_tx.send(event).is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let (client, pump, mut events) = wire::connect(&options);
         let connected = loop {
             match events.recv().await {
-                Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => break Ok(()),
+                Some(Ok(WireEvent::ConnAck)) => break Ok(()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Err(explain(&e, &shared.broker, shared.tls)),
                 None => break Err("the MQTT event loop stopped".to_owned()),
@@ -521,16 +629,22 @@ async fn run(
         // `None` in the FIFO: a publish that is not the outbox's (the status message).
         let mut requested: VecDeque<Option<u16>> = VecDeque::new();
         let mut by_pkid: HashMap<u16, u16> = HashMap::new();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let error = 'conn: {
-            if let Err(e) =
-                client.try_publish(format!("{base}/status"), QoS::AtLeastOnce, true, online)
-            {
+            let status = WireMessage {
+                topic: format!("{base}/status"),
+                body: online,
+                retain: true,
+                idempotency_key: None,
+                correlation_data: None,
+            };
+            if let Err(e) = client.publish(status) {
                 break 'conn format!("cannot queue the status message: {e}");
             }
             requested.push_back(None);
             if commands.is_some() {
-                if let Err(e) = client.try_subscribe(format!("{command_prefix}+"), QoS::AtLeastOnce)
-                {
+                if let Err(e) = client.subscribe(format!("{command_prefix}+")) {
                     break 'conn format!("cannot subscribe to commands: {e}");
                 }
             }
@@ -554,9 +668,8 @@ async fn run(
                 .await;
                 let (outgoing, failure) = outgoing;
                 for p in outgoing {
-                    let (topic, body) =
-                        outgoing_message(&identity, &base, p.id, &p.key, &p.payload);
-                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
+                    let message = outgoing_message(&identity, &base, p.id, &p.key, &p.payload);
+                    if let Err(e) = client.publish(message) {
                         break 'conn format!("cannot queue a publish: {e}");
                     }
                     requested.push_back(Some(p.packet_id));
@@ -577,36 +690,77 @@ async fn run(
                 };
                 tokio::select! {
                     event = events.recv() => match event {
-                        Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                        Some(Ok(WireEvent::Published(pkid))) => {
                             if let Some(Some(ours)) = requested.pop_front() {
                                 by_pkid.insert(pkid, ours);
                             }
                         }
-                        Some(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
-                            if let Some(ours) = by_pkid.remove(&ack.pkid) {
-                                let r = with_outbox(&shared, move |o, store| o.handle_puback(store, ours)).await;
+                        Some(Ok(WireEvent::PubAck { pkid, refused: Some(refusal) })) => {
+                            let Some(ours) = by_pkid.remove(&pkid) else {
+                                continue;
+                            };
+                            // A command result the broker will never take on its (requester-
+                            // chosen) topic would block its stream forever: it is dropped. Any
+                            // other refused message is kept (deleting would lose it) and sent
+                            // again after reconnecting; status shows the reason meanwhile.
+                            let r = with_outbox(&shared, move |o, store| {
+                                let id = o.outbox().in_flight_id(ours);
+                                let result = id.filter(|id| id.stream == Stream::CommandResults);
+                                if refusal.permanent && result.is_some() {
+                                    o.handle_puback(store, ours).map(|_| (id, refusal, true))
+                                } else {
+                                    Ok((id, refusal, false))
+                                }
+                            })
+                            .await;
+                            match r {
+                                Ok((id, refusal, true)) => tracing::warn!(
+                                    message = %id.map(|i| i.to_string()).unwrap_or_default(),
+                                    "uplink: command result dropped: the broker refused it ({}) on its topic",
+                                    refusal.reason
+                                ),
+                                Ok((id, refusal, false)) => break 'conn format!(
+                                    "the broker refused {} (PUBACK reason {}); it stays queued and is sent again after reconnecting; check the broker's ACL and limits for {base}/#",
+                                    id.map(|i| i.to_string()).unwrap_or_else(|| "a publish".into()),
+                                    refusal.reason
+                                ),
+                                Err(e) => break 'conn format!("outbox: {e}"),
+                            }
+                        }
+                        Some(Ok(WireEvent::PubAck { pkid, refused: None })) => {
+                            if let Some(ours) = by_pkid.remove(&pkid) {
+                                let r = with_outbox(&shared, move |o, store| {
+                                    fault::before_puback_delete(o, ours);
+                                    o.handle_puback(store, ours)
+                                })
+                                .await;
                                 if let Err(e) = r {
                                     break 'conn format!("outbox: {e}");
                                 }
                             }
                         }
-                        Some(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
-                            match (&commands, publish.topic.strip_prefix(&command_prefix)) {
+                        Some(Ok(WireEvent::Received { topic, payload, response })) => {
+                            match (&commands, topic.strip_prefix(&command_prefix)) {
                                 (Some(handler), Some(name)) => spawn_command(
                                     handler.clone(),
                                     command_queue.clone(),
                                     command_slots.clone(),
                                     UplinkHandle { shared: shared.clone() },
-                                    name.to_owned(),
-                                    publish.payload.to_vec(),
+                                    CommandMessage { name: name.to_owned(), payload, response },
                                 ),
-                                _ => tracing::debug!(topic = %publish.topic, "uplink: unexpected message ignored"),
+                                _ => tracing::debug!(%topic, "uplink: unexpected message ignored"),
                             }
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break 'conn explain(&e, &shared.broker, shared.tls),
                         None => break 'conn "the MQTT event loop stopped".to_owned(),
                     },
+                    _ = housekeeping.tick() => {
+                        if let Some(handler) = &commands {
+                            let handler = handler.clone();
+                            tokio::task::spawn_blocking(move || handler.housekeeping());
+                        }
+                    }
                     _ = shared.wake.notified() => {}
                     _ = sleep => {}
                 }
@@ -619,6 +773,37 @@ async fn run(
         tracing::warn!(in_flight_returned = back, "uplink disconnected: {error}");
         set_view(&shared, "offline", Some(error));
     }
+}
+
+/// Fault injection for the forced-duplicate test (tests/uplink_mqtt.rs): compiled into debug
+/// builds only, so the release binary (and the .deb) has neither the code nor the variable.
+///
+/// `EDGEVOICE_FAULT_ABORT_BEFORE_DELETE=<stream>/<sequence>` (e.g. `calls/2`): when the
+/// broker's PUBACK for that message arrives, the daemon aborts before the durable delete: the
+/// exact crash window in which the broker has the message and the outbox still holds it.
+mod fault {
+    #[cfg(debug_assertions)]
+    pub(super) fn before_puback_delete(outbox: &super::DurableOutbox, packet_id: u16) {
+        static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let Some(wanted) = KEY
+            .get_or_init(|| std::env::var("EDGEVOICE_FAULT_ABORT_BEFORE_DELETE").ok())
+            .as_deref()
+        else {
+            return;
+        };
+        let Some(id) = outbox.outbox().in_flight_id(packet_id) else {
+            return;
+        };
+        if id.to_string() == wanted {
+            let key = outbox.identity().key(id);
+            eprintln!("fault injection: PUBACK for {key} received; aborting before the delete");
+            std::process::abort();
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[inline(always)]
+    pub(super) fn before_puback_delete(_: &super::DurableOutbox, _: u16) {}
 }
 
 #[cfg(test)]
@@ -657,32 +842,82 @@ mod tests {
             sequence: Sequence(3),
         };
         let key = identity.key(id);
-        let (topic, body) = outgoing_message(
+        let m = outgoing_message(
             &identity,
             "edgevoice/s1/dev",
             id,
             &key,
             br#"{"request_id":"r-1","ok":true,"result":{"a":1}}"#,
         );
-        assert_eq!(topic, "edgevoice/s1/dev/cmd-result/r-1");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(m.topic, "edgevoice/s1/dev/cmd-result/r-1");
+        assert_eq!(
+            m.idempotency_key.as_deref(),
+            Some("s1/dev/command_results/3")
+        );
+        assert_eq!(m.correlation_data, None);
+        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(v["ok"], true);
         assert_eq!(v["result"]["a"], 1);
         assert_eq!(v["key"], "s1/dev/command_results/3");
-        let (topic, _) = outgoing_message(
+        let m = outgoing_message(
             &identity,
             "edgevoice/s1/dev",
             id,
             &key,
             br#"{"request_id":null,"ok":false,"error":"malformed: x"}"#,
         );
-        assert_eq!(topic, "edgevoice/s1/dev/cmd-result/_invalid");
+        assert_eq!(m.topic, "edgevoice/s1/dev/cmd-result/_invalid");
         let calls = MessageId {
             stream: Stream::Calls,
             sequence: Sequence(1),
         };
-        let (topic, _) = outgoing_message(&identity, "edgevoice/s1/dev", calls, "k", b"{}");
-        assert_eq!(topic, "edgevoice/s1/dev/events/calls");
+        let m = outgoing_message(&identity, "edgevoice/s1/dev", calls, "k", b"{}");
+        assert_eq!(m.topic, "edgevoice/s1/dev/events/calls");
+        assert_eq!(m.idempotency_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn a_stored_response_route_sends_the_result_there_with_its_correlation_data() {
+        let identity = Identity::new("s1", "dev").unwrap();
+        let id = MessageId {
+            stream: Stream::CommandResults,
+            sequence: Sequence(4),
+        };
+        let key = identity.key(id);
+        let result = br#"{"request_id":"r-2","ok":true,"result":1}"#.to_vec();
+        let route = ResponseRoute {
+            topic: "edgevoice/s1/ops/replies".into(),
+            correlation_data: Some(vec![0, 159, 255]),
+        };
+        let stored = stored_result(result.clone(), Some(&route));
+        let m = outgoing_message(&identity, "edgevoice/s1/dev", id, &key, &stored);
+        assert_eq!(m.topic, "edgevoice/s1/ops/replies");
+        assert_eq!(m.correlation_data, Some(vec![0, 159, 255]));
+        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"request_id": "r-2", "ok": true, "result": 1, "key": key}),
+            "the route is not part of the body"
+        );
+        // Re-sends are identical; no route stores the result unchanged.
+        let again = outgoing_message(&identity, "edgevoice/s1/dev", id, &key, &stored);
+        assert_eq!((again.topic, again.body), (m.topic, m.body));
+        assert_eq!(stored_result(result.clone(), None), result);
+        let no_data = ResponseRoute {
+            correlation_data: None,
+            ..route
+        };
+        let m = outgoing_message(
+            &identity,
+            "edgevoice/s1/dev",
+            id,
+            &key,
+            &stored_result(result, Some(&no_data)),
+        );
+        assert_eq!(
+            (m.topic.as_str(), m.correlation_data),
+            ("edgevoice/s1/ops/replies", None)
+        );
     }
 
     #[test]
@@ -691,7 +926,7 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
             "Connection refused (os error 111)",
         ));
-        let line = explain(&refused, "127.0.0.1:1883", false);
+        let line = explain(&refused.to_string(), "127.0.0.1:1883", false);
         assert!(
             line.contains("connection refused") && line.contains("uplink.broker_port"),
             "{line}"
@@ -699,7 +934,13 @@ mod tests {
         let bad_ca = rumqttc::ConnectionError::Io(std::io::Error::other(
             "invalid peer certificate: UnknownIssuer",
         ));
-        let line = explain(&bad_ca, "b:8883", true);
+        let line = explain(&bad_ca.to_string(), "b:8883", true);
+        // MQTT 5's CONNACK refusal reads the same way.
+        let v5 = rumqttc::v5::ConnectionError::ConnectionRefused(
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::NotAuthorized,
+        );
+        let line5 = explain(&v5.to_string(), "b:1883", false);
+        assert!(line5.contains("uplink.username/password"), "{line5}");
         assert!(line.contains("not signed by uplink.ca_file"), "{line}");
         assert!(!line.contains('\n'));
     }
