@@ -812,7 +812,7 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
     let key_path = key.to_str().unwrap();
     let trusted = edgevoice_cli(&["command", "keygen", "--out", key_path, "--key-id", "ops"]);
     let site = TestSite::new(&format!(
-        "[media_test]\nafter_prompt = \"listen\"\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\ntrusted_keys = [\"{trusted}\"]\n",
+        "[media_test]\nafter_prompt = \"listen\"\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\ntrusted_keys = [\"{trusted}\"]\n[metrics]\ntelemetry_interval_secs = 5\n",
         broker.port
     ));
     let mut daemon = TestDaemon::spawn(&site, &[]);
@@ -869,6 +869,9 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
         answered.screen
     );
     capture.wait(&calls_topic, "\"kind\":\"hangup\"");
+    // A telemetry snapshot that counts it (one every 5 s here).
+    let telemetry = capture.wait(&format!("{base}/telemetry"), "\"hangup\":1");
+    assert_eq!(telemetry["stream"], "telemetry", "{telemetry}");
 
     // Refused commands: deliberately outside the envelope schema; their results are not.
     let now = remote::now_secs();

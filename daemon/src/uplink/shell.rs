@@ -427,8 +427,8 @@ fn stored_result(result: Vec<u8>, route: Option<&ResponseRoute>) -> Vec<u8> {
 
 /// Topic, body and properties of one outbox message. Command results go to
 /// `cmd-result/{request_id}` (or their stored response topic, with its correlation data) as
-/// the result object with the idempotency key added; everything else to `events/{stream}` in
-/// the [`envelope`]. Every one carries the key (MQTT 5: also as user property).
+/// the result object with the idempotency key added; telemetry to `telemetry` and everything
+/// else to `events/{stream}`, in the [`envelope`]. Every one carries the key (MQTT 5: also as user property).
 fn outgoing_message(
     identity: &Identity,
     base: &str,
@@ -473,10 +473,13 @@ fn outgoing_message(
             };
         }
     }
-    message(
-        format!("{base}/events/{}", id.stream.as_str()),
-        envelope(identity, id, key, payload),
-    )
+    // Telemetry has its own topic in the tree (.../telemetry), in the same envelope.
+    let topic = if id.stream == Stream::Telemetry {
+        format!("{base}/telemetry")
+    } else {
+        format!("{base}/events/{}", id.stream.as_str())
+    };
+    message(topic, envelope(identity, id, key, payload))
 }
 
 /// Runs one remote command off the event loop and queues its result.
@@ -874,6 +877,14 @@ mod tests {
         let m = outgoing_message(&identity, "edgevoice/s1/dev", calls, "k", b"{}");
         assert_eq!(m.topic, "edgevoice/s1/dev/events/calls");
         assert_eq!(m.idempotency_key.as_deref(), Some("k"));
+        let telemetry = MessageId {
+            stream: Stream::Telemetry,
+            sequence: Sequence(2),
+        };
+        let m = outgoing_message(&identity, "edgevoice/s1/dev", telemetry, "t", b"{}");
+        assert_eq!(m.topic, "edgevoice/s1/dev/telemetry");
+        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(v["stream"], "telemetry");
     }
 
     #[test]
