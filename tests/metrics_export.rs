@@ -105,7 +105,20 @@ fn slow_telemetry_and_metrics_count_calls_and_refusals_while_draining() {
     assert!(t["rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{t}");
     assert!(t["uptime_secs"].is_u64() && t["at_ms"].is_u64(), "{t}");
     assert_eq!(t["phase"], "ready", "{t}");
+
+    // A clean stop says "offline" itself (retained), not through the last will.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    let said = peers::poll_until(Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(&sub_log).unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.contains("/status ") && l.contains("\"offline\""))
+            .map(str::to_owned)
+    })
+    .expect("an offline status after SIGTERM");
+    assert!(said.contains("\"health\":\"stopped\""), "{said}");
     sub.stop();
-    drop(daemon);
     broker.stop();
 }

@@ -851,6 +851,10 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
     sip.shutdown();
+    if let Some(uplink) = ctx.uplink() {
+        // What is still queued stays in the outbox for the next start.
+        uplink.shutdown(Duration::from_secs(3)).await;
+    }
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     if let Err(e) = ctx.store.flush() {

@@ -154,6 +154,10 @@ struct Shared {
     outbox: Mutex<DurableOutbox>,
     owner: Arc<dyn StoreOwner>,
     wake: Notify,
+    /// Set by [`UplinkHandle::shutdown`]: say "offline" ourselves, disconnect, stop.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Set when the connection task has ended.
+    stopped: tokio::sync::watch::Sender<bool>,
     view: Mutex<View>,
     broker: String,
     tls: bool,
@@ -172,6 +176,17 @@ struct View {
 #[derive(Clone)]
 pub struct UplinkHandle {
     shared: Arc<Shared>,
+}
+
+impl UplinkHandle {
+    /// Stops the uplink cleanly (daemon shutdown): a connected uplink publishes the retained
+    /// "offline" status itself and disconnects; what is queued stays in the outbox for the
+    /// next start. Waits at most `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shared.stop.send_replace(true);
+        let mut stopped = self.shared.stopped.subscribe();
+        let _ = tokio::time::timeout(timeout, stopped.wait_for(|s| *s)).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,13 +329,22 @@ pub fn start(
         broker: format!("{}:{}", config.broker_host, config.broker_port),
         tls: tls.is_some(),
         version,
+        stop: tokio::sync::watch::channel(false).0,
+        stopped: tokio::sync::watch::channel(false).0,
     });
     let handle = UplinkHandle {
         shared: shared.clone(),
     };
-    tokio::spawn(run(shared, options, reconnect, base, health, commands));
+    tokio::spawn(async move {
+        let done = shared.clone();
+        run(shared, options, reconnect, base, health, commands).await;
+        done.stopped.send_replace(true);
+    });
     Ok(handle)
 }
+
+/// How long a clean shutdown waits for the broker to take the "offline" status.
+const SHUTDOWN_STATUS_WAIT: Duration = Duration::from_secs(2);
 
 fn tls_config(config: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>, UplinkStartError> {
     let read = |path: &std::path::Path| {
@@ -594,13 +618,22 @@ async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .identity()
         .clone();
+    let mut stop = shared.stop.subscribe();
     loop {
+        if *stop.borrow() {
+            return;
+        }
         // Back-off.
         loop {
             let now = Instant::now();
             match reconnect.poll_reconnect(now) {
                 Some(at) if at <= now => break,
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
                 None => break,
             }
         }
@@ -766,6 +799,14 @@ async fn run(
                     }
                     _ = shared.wake.notified() => {}
                     _ = sleep => {}
+                    _ = stop.changed() => {
+                        say_offline_and_disconnect(&client, &mut events, &base).await;
+                        pump.abort();
+                        let _ = with_outbox(&shared, |o, _| o.handle_disconnect()).await;
+                        set_view(&shared, "offline", Some("stopped".to_owned()));
+                        tracing::info!("uplink: said offline and disconnected");
+                        return;
+                    }
                 }
             }
         };
@@ -776,6 +817,44 @@ async fn run(
         tracing::warn!(in_flight_returned = back, "uplink disconnected: {error}");
         set_view(&shared, "offline", Some(error));
     }
+}
+
+/// A clean stop: the retained status says "offline" (health "stopped") in our own words, so
+/// the broker does not publish the last will ("connection lost") for what was no loss; then
+/// DISCONNECT. Bounded: a broker that does not answer gets the will instead.
+async fn say_offline_and_disconnect(
+    client: &wire::Client,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<WireEvent, wire::WireError>>,
+    base: &str,
+) {
+    let status = WireMessage {
+        topic: format!("{base}/status"),
+        body: status_payload("offline", "stopped"),
+        retain: true,
+        idempotency_key: None,
+        correlation_data: None,
+    };
+    if client.publish(status).is_err() {
+        return;
+    }
+    // Packet ids of publishes queued before this one are in flight too: wait until every one
+    // requested so far, ours last, is acknowledged or the time is up.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_STATUS_WAIT;
+    let mut ours: Option<u16> = None;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Ok(WireEvent::Published(pkid)))) => ours = Some(pkid),
+            Ok(Some(Ok(WireEvent::PubAck { pkid, .. }))) if Some(pkid) == ours => break,
+            Ok(Some(Ok(_))) => {}
+            _ => return,
+        }
+    }
+    let _ = client.disconnect();
+    // The event loop writes the DISCONNECT and then stops (its stream ends or errs).
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(Ok(_)) = events.recv().await {}
+    })
+    .await;
 }
 
 /// Fault injection for the forced-duplicate test (tests/uplink_mqtt.rs): compiled into debug

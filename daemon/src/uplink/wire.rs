@@ -314,6 +314,14 @@ impl Client {
         }
     }
 
+    /// Queues a DISCONNECT (the broker then drops the last will).
+    pub fn disconnect(&self) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        }
+    }
+
     pub fn subscribe(&self, filter: String) -> Result<(), String> {
         match self {
             Client::V311(c) => c
