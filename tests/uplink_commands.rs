@@ -253,12 +253,12 @@ fn signed_commands_round_trip_and_every_rejection_says_why(version: &str) {
         TestSite::new(&config(broker.port, &ops_line, &extra)),
         &broker,
     );
-    // mosquitto logs "New client connected ... as <id> (p5, c1, k30)": p5 is MQTT 5, p2 is 3.1.1.
+    // mosquitto logs "New client connected ... as <id> (p5, c0, k30)": p5 is MQTT 5, p2 is 3.1.1; c0: a persistent session.
     let level = if version == "5" { "p5" } else { "p2" };
     assert!(
         broker
             .log()
-            .contains(&format!("as edgevoice-s1-{} ({level}, c1,", app.device)),
+            .contains(&format!("as edgevoice-s1-{} ({level}, c0,", app.device)),
         "connected with MQTT {version}: {}",
         broker.log()
     );
@@ -399,6 +399,48 @@ fn signed_commands_round_trip_and_every_rejection_says_why(version: &str) {
 /// correlation data and the idempotency key as user property, instead of
 /// `cmd-result/{request_id}`; a response topic outside the policy is refused (not run) and
 /// answered on `cmd-result/{request_id}`.
+#[test]
+fn slow_a_command_sent_while_the_appliance_is_offline_runs_when_it_reconnects() {
+    for version in ["5", "3.1.1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker::new(dir.path(), None);
+        broker.start();
+        let results = Results::subscribe(&broker, dir.path());
+        let (ops, ops_line) = keygen(dir.path(), "ops");
+        let extra = format!("mqtt_version = \"{version}\"\n");
+        let app = Appliance::start(
+            TestSite::new(&config(broker.port, &ops_line, &extra)),
+            &broker,
+        );
+        // The appliance goes away (a clean stop); its session, subscription included, stays.
+        let Appliance {
+            site,
+            daemon,
+            device,
+        } = app;
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        let (code, log) = daemon.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{log}");
+        let status_cmd = sign(&ops, "ops", "status", &[]);
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+            .args(["-t", &format!("edgevoice/s1/{device}/cmd/status")])
+            .args(["-m", &status_cmd])
+            .output()
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
+
+        // Back: the queued command arrives and runs.
+        let mut daemon = TestDaemon::spawn(&site, &[]);
+        daemon.wait_ready(&site);
+        let r = results.wait(&request_id(&status_cmd), 1);
+        assert_eq!(r["ok"], true, "MQTT {version}: {r}");
+        assert_eq!(r["result"]["device_id"], device.as_str());
+        drop(daemon);
+        broker.stop();
+    }
+}
+
 #[test]
 fn slow_mqtt5_results_go_to_the_response_topic_with_the_correlation_data() {
     let t0 = Instant::now();

@@ -174,13 +174,13 @@ impl Version {
         }
     }
 
-    /// mosquitto's "New client connected ... (p5, c1, k30)": p5 is MQTT 5, p2 is 3.1.1.
+    /// mosquitto's "New client connected ... (p5, c0, k30)": p5 is MQTT 5, p2 is 3.1.1; c0: a persistent session.
     fn log_mark(self, device: &str) -> String {
         let level = match self {
             Version::Mqtt5 => "p5",
             Version::Mqtt311 => "p2",
         };
-        format!("as edgevoice-s1-{device} ({level}, c1,")
+        format!("as edgevoice-s1-{device} ({level}, c0,")
     }
 }
 

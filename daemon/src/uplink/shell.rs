@@ -4,12 +4,13 @@
 //!
 //! - Every store call (append, PUBACK delete, reads) runs on `spawn_blocking`, never on the
 //!   runtime's workers: the store fsyncs.
-//! - Each connection attempt gets a fresh rumqttc `EventLoop` with a clean session (MQTT 5:
-//!   clean start, session expiry 0), so rumqttc's own re-send queue (`EventLoop::pending`,
-//!   filled by `clean()` when a connection drops) is thrown away with it: the outbox alone
-//!   decides what is re-sent (same idempotency key). A persistent broker session would add a
-//!   second re-send queue beside the outbox's and keep commands for an appliance that may never
-//!   come back; the outbox re-sends anyway.
+//! - Each connection attempt gets a fresh rumqttc `EventLoop`, so rumqttc's own re-send queue
+//!   (`EventLoop::pending`, filled by `clean()` when a connection drops) is thrown away with
+//!   it: the outbox alone decides what is re-sent (same idempotency key). The broker session
+//!   is persistent (MQTT 5: session expiry a day): it keeps the command subscription and the
+//!   commands sent while the appliance was away, which arrive at reconnect (and are refused
+//!   if they expired meanwhile). QoS 1 publishes to the broker leave no broker-side state, so
+//!   the session adds no second re-send queue for what the appliance sends.
 //! - rumqttc chooses packet ids itself; it reports each as `Outgoing::Publish(pkid)` in the
 //!   order the publishes were requested, so a FIFO maps rumqttc's id to the outbox's one.
 //!   A PUBACK for a mapped id is the only thing that deletes a message (`handle_puback`); an

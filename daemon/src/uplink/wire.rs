@@ -55,9 +55,16 @@ pub(super) enum Options {
 
 const JSON: &str = "application/json";
 
+/// How long the broker keeps an MQTT 5 session (subscription, queued commands) after the
+/// appliance went away: a day, long beyond any command's lifetime (`expires_at`).
+pub(super) const SESSION_EXPIRY_SECS: u32 = 86_400;
+
 impl Options {
-    /// A clean session (3.1.1) / clean start with session expiry 0 (5) on every connection:
-    /// the outbox, not the broker's session, decides what is re-sent.
+    /// A persistent session (3.1.1: clean session off; 5: no clean start, session expiry
+    /// [`SESSION_EXPIRY_SECS`]): the broker keeps the command subscription and queues
+    /// commands sent while the appliance is away (their `expires_at` still applies). What the
+    /// appliance publishes is re-sent by the outbox alone: each connection gets a fresh event
+    /// loop, so rumqttc's own re-send queue never carries anything over.
     pub fn new(version: MqttVersion, s: &Settings) -> Options {
         let inflight = s.max_in_flight.saturating_add(4);
         let channel = usize::from(s.max_in_flight) + 8;
@@ -69,7 +76,7 @@ impl Options {
             MqttVersion::V311 => {
                 let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
                 o.set_keep_alive(s.keepalive)
-                    .set_clean_session(true)
+                    .set_clean_session(false)
                     .set_inflight(inflight)
                     .set_request_channel_capacity(channel)
                     .set_max_packet_size(s.max_packet_bytes, s.max_packet_bytes)
@@ -99,8 +106,8 @@ impl Options {
                     user_properties: Vec::new(),
                 };
                 o.set_keep_alive(s.keepalive)
-                    .set_clean_start(true)
-                    .set_session_expiry_interval(None)
+                    .set_clean_start(false)
+                    .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
                     .set_outgoing_inflight_upper_limit(inflight)
                     .set_request_channel_capacity(channel)
                     .set_max_packet_size(Some(
