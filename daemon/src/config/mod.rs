@@ -89,6 +89,11 @@ pub struct UplinkConfig {
     /// Publishes per second while draining a backlog; 0 = unlimited.
     pub drain_rate_per_sec: u32,
     pub drain_burst: u32,
+    /// Unsent command results and events older than this many hours are dropped (counted);
+    /// call records never expire.
+    pub max_age_hours: u32,
+    /// The same for analytics and telemetry (the lowest priority).
+    pub telemetry_max_age_hours: u32,
     pub reconnect_min_ms: u32,
     pub reconnect_max_secs: u32,
     /// Public keys whose signed commands (`cmd/{name}`) are accepted: `name:base64` entries.
@@ -124,6 +129,8 @@ impl Default for UplinkConfig {
             max_in_flight: 16,
             drain_rate_per_sec: 50,
             drain_burst: 50,
+            max_age_hours: 168,
+            telemetry_max_age_hours: 24,
             reconnect_min_ms: 1000,
             reconnect_max_secs: 300,
             trusted_keys: Vec::new(),
@@ -823,6 +830,30 @@ mod tests {
         let line = parse(text, origin()).unwrap_err().lines().remove(0);
         assert!(line.starts_with("test.toml:2:13: sip.max_calls:"), "{line}");
         assert!(line.contains("between 1 and"), "{line}");
+    }
+
+    #[test]
+    fn outbox_age_limits_are_hours_within_a_year() {
+        let e = parse(
+            "[uplink]\nenabled = true\nbroker_host = \"b\"\nmax_age_hours = 0\ntelemetry_max_age_hours = 9000\n",
+            origin(),
+        )
+        .unwrap_err();
+        let lines = e.lines();
+        assert!(
+            lines[0].contains("uplink.max_age_hours") && lines[0].contains("1 to 8760"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("uplink.telemetry_max_age_hours"),
+            "{lines:?}"
+        );
+        let ok = parse(
+            "[uplink]\nenabled = true\nbroker_host = \"b\"\nmax_age_hours = 24\n",
+            origin(),
+        )
+        .unwrap();
+        assert_eq!(ok.uplink.max_age_hours, 24);
     }
 
     #[test]

@@ -570,6 +570,17 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
             );
         }
     }
+    for (key, hours) in [
+        ("uplink.max_age_hours", u.max_age_hours),
+        ("uplink.telemetry_max_age_hours", u.telemetry_max_age_hours),
+    ] {
+        if !(1..=8760).contains(&hours) {
+            problem(
+                key,
+                format!("{hours} is out of range; use 1 to 8760 hours (a year)"),
+            );
+        }
+    }
     if !(1..=1000).contains(&u.max_in_flight) {
         problem(
             "uplink.max_in_flight",

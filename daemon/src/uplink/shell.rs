@@ -269,6 +269,18 @@ pub fn start(
         drain_burst: std::num::NonZeroU32::new(config.drain_burst.max(1)).expect("max(1)"),
         ..OutboxConfig::default()
     };
+    let hours = |h: u32| Some(Duration::from_secs(u64::from(h) * 3600));
+    let outbox_config = OutboxConfig {
+        normal: super::PriorityPolicy {
+            max_age: hours(config.max_age_hours),
+            ..outbox_config.normal
+        },
+        low: super::PriorityPolicy {
+            max_age: hours(config.telemetry_max_age_hours),
+            ..outbox_config.low
+        },
+        ..outbox_config
+    };
     let outbox = DurableOutbox::open(
         owner.store(),
         outbox_config,
