@@ -493,6 +493,88 @@ fn llm_budgets_and_cancellation_stop_generation() {
 }
 
 #[test]
+fn llm_slot_extraction_is_always_the_grammar_s_json_with_the_slots_keys() {
+    use edgevoice::agent::slots::{self, SlotKind, SlotSpec};
+    let _g = serial();
+    let llm = llama();
+    let spec = vec![
+        SlotSpec {
+            name: "name".into(),
+            description: "the caller's full name".into(),
+            kind: SlotKind::Text,
+        },
+        SlotSpec {
+            name: "day".into(),
+            description: "the day they want to come".into(),
+            kind: SlotKind::Text,
+        },
+        SlotSpec {
+            name: "phone".into(),
+            description: "their phone number".into(),
+            kind: SlotKind::Digits,
+        },
+    ];
+    let grammar = slots::grammar(&spec);
+    let mut s = llm.new_session().unwrap();
+    let mut filled_per_saying = Vec::new();
+    for said in [
+        "Hi, my name is John Smith and I would like to come in on Monday.",
+        "It's Mary Jones, you can call me back on 0 7 7 0 0 9 0 0 1 2 3.",
+        "What are your opening hours?",
+    ] {
+        let prompt = llm.render_chat(&slots::prompt(said, &spec)).unwrap();
+        let g = s
+            .generate_seq_constrained(
+                0,
+                &prompt,
+                Some(&grammar),
+                Budget {
+                    max_tokens: 96,
+                    max_time: Duration::from_secs(30),
+                },
+                &mut |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+        eprintln!("{said:?} -> {} ({} ms)", g.text, g.elapsed.as_millis());
+        // The grammar decides the shape: one object, exactly these keys in this order.
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&g.text).unwrap_or_else(|e| panic!("{e}: {}", g.text));
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["day", "name", "phone"], "{}", g.text);
+        let phone = &object["phone"];
+        assert!(
+            phone.is_null()
+                || phone.as_str().is_some_and(|p| p
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ' ' || c == '+')),
+            "{phone}"
+        );
+        let filled = slots::extract(&g.text, said, &spec).unwrap();
+        eprintln!("  kept: {filled:?}");
+        filled_per_saying.push(filled);
+    }
+    // What the caller said survives; what the model made up (a phone number for a caller who
+    // gave none) does not.
+    let first = &filled_per_saying[0];
+    assert_eq!(
+        first.get("name").map(String::as_str),
+        Some("John Smith"),
+        "{first:?}"
+    );
+    assert_eq!(
+        first.get("day").map(String::as_str),
+        Some("Monday"),
+        "{first:?}"
+    );
+    assert_eq!(first.get("phone"), None, "{first:?}");
+    assert_eq!(
+        filled_per_saying[1].get("name").map(String::as_str),
+        Some("Mary Jones")
+    );
+    assert_eq!(filled_per_saying[2].get("phone"), None);
+}
+
+#[test]
 fn missing_models_are_named_with_the_install_command() {
     let err = WhisperRecognizer::load(WhisperConfig::new("/nonexistent/ggml-tiny.en-q8_0.bin"))
         .unwrap_err()

@@ -5,6 +5,7 @@
 pub mod conversation;
 pub mod endpoint;
 pub mod sentences;
+pub mod slots;
 
 use crate::config::{AgentAction, AgentConfig};
 use crate::speech::text::normalize_words;

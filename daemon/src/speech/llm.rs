@@ -321,14 +321,35 @@ impl LlamaSession<'_> {
         budget: Budget,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, LlmError> {
+        self.generate_seq_constrained(seq, prompt, None, budget, on_token)
+    }
+
+    /// [`Self::generate_seq`] whose output must match the GBNF `grammar` (root rule `root`):
+    /// tokens the grammar does not allow are never sampled, so the text parses by construction
+    /// (a budget can still cut it short).
+    pub fn generate_seq_constrained(
+        &mut self,
+        seq: usize,
+        prompt: &str,
+        grammar: Option<&str>,
+        budget: Budget,
+        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, LlmError> {
         if seq >= self.cached.len() {
             return Err(LlmError::Decode(format!("no sequence {seq}")));
         }
+        let mut sampler = match grammar {
+            None => LlamaSampler::greedy(),
+            Some(g) => LlamaSampler::chain_simple([
+                LlamaSampler::grammar(&self.engine.model, g, "root")
+                    .map_err(|e| LlmError::Decode(format!("grammar refused: {e}")))?,
+                LlamaSampler::greedy(),
+            ]),
+        };
         let started = Instant::now();
         let tokens = self.engine.tokenize(prompt);
         let cached_tokens = self.sync(seq, &tokens, true)?;
         let vocab = self.engine.model.vocab();
-        let mut sampler = LlamaSampler::greedy();
         let n_ctx = self.ctx.n_ctx() as usize;
 
         let mut text = String::new();
