@@ -384,6 +384,13 @@ fn print_status(s: &Status) {
         }
     }
     println!("  uplink        {}", s.uplink);
+    println!("  agent         {}", s.agent);
+    if let Some(sp) = &s.speech {
+        println!(
+            "                {} of {} agent calls; queues asr {} llm {} tts {}",
+            sp.agent_calls, sp.agent_call_limit, sp.asr_queue, sp.llm_queue, sp.tts_queue
+        );
+    }
 }
 
 fn print_store_info(info: &StoreInfo, offline: bool) {

@@ -674,7 +674,8 @@ async fn run(
             view.last_error = None;
         }
         with_outbox(&shared, |o, _| o.handle_connected()).await;
-        let online = status_payload("online", &health());
+        let mut said_health = health();
+        let online = status_payload("online", &said_health);
         // `None` in the FIFO: a publish that is not the outbox's (the status message).
         let mut requested: VecDeque<Option<u16>> = VecDeque::new();
         let mut by_pkid: HashMap<u16, u16> = HashMap::new();
@@ -809,6 +810,23 @@ async fn run(
                             let handler = handler.clone();
                             tokio::task::spawn_blocking(move || handler.housekeeping());
                         }
+                        // The retained status follows the daemon (starting → ready → draining),
+                        // not only the connection.
+                        let now_health = health();
+                        if now_health != said_health {
+                            let status = WireMessage {
+                                topic: format!("{base}/status"),
+                                body: status_payload("online", &now_health),
+                                retain: true,
+                                idempotency_key: None,
+                                correlation_data: None,
+                            };
+                            if let Err(e) = client.publish(status) {
+                                break 'conn format!("cannot queue the status message: {e}");
+                            }
+                            requested.push_back(None);
+                            said_health = now_health;
+                        }
                     }
                     _ = shared.wake.notified() => {}
                     _ = sleep => {}
@@ -816,7 +834,7 @@ async fn run(
                         say_offline_and_disconnect(&client, &mut events, &base).await;
                         pump.abort();
                         let _ = with_outbox(&shared, |o, _| o.handle_disconnect()).await;
-                        set_view(&shared, "offline", Some("stopped".to_owned()));
+                        set_view(&shared, "offline", None);
                         tracing::info!("uplink: said offline and disconnected");
                         return;
                     }
