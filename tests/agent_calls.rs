@@ -255,6 +255,47 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
 }
 
 #[test]
+fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "callback.wav",
+        &[(5000, "Please call me back. My name is John Smith.")],
+    );
+    let agent = Agent::start(
+        "[[agent.intents]]\nname = \"callback\"\nexamples = [\"call me back\"]\naction = \"collect\"\nreply = \"Thank you {name}, we will call you back.\"\n[[agent.intents.slots]]\nname = \"name\"\ndescription = \"the caller's full name\"\nask = \"May I have your name?\"\nkind = \"text\"\n",
+    );
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .mic(&mic, Duration::from_secs(14))
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+    let call = agent.last_call();
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    eprintln!("caller heard: {heard_text:?}");
+    let log = agent.stop();
+    let turns = call["turns"].as_array().cloned().unwrap_or_default();
+    let collected = turns
+        .iter()
+        .find(|t| t["action"] == "collect")
+        .unwrap_or_else(|| panic!("no collect turn: {call}\n{}", tail(&log, 40)));
+    let name = collected["slots"]["name"].as_str().unwrap_or_default();
+    assert!(
+        name.to_lowercase().contains("john smith"),
+        "the name was not taken: {collected}"
+    );
+    assert!(
+        contains_all(&heard_text, &["thank you", "john", "call you back"]),
+        "the confirmation was not heard: {heard_text:?}\n{collected}"
+    );
+}
+
+#[test]
 fn slow_asking_for_a_person_and_pressing_zero_both_transfer_to_the_human() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();

@@ -7,8 +7,10 @@
 //! to the language model. Every engine failure has a fallback, and the caller never waits in
 //! silence longer than `filler_after_ms` without hearing "one moment".
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::slots::SlotSpec;
 use super::{AgentSpec, Guarded};
 use crate::config::{AgentAction, BargeIn};
 use crate::speech::ChatMessage;
@@ -96,6 +98,13 @@ pub enum Input {
     TransferFailed {
         error: String,
     },
+    /// Slot extraction for `turn` finished: the values found (the caller's own words), and
+    /// why it failed if it did (then `values` is empty).
+    Extracted {
+        turn: u64,
+        values: BTreeMap<String, String>,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +131,13 @@ pub enum Action {
     CancelGeneration {
         turn: u64,
     },
+    /// Take `slots` from what the caller said in `turn` (the model, held to a grammar); the
+    /// shell answers with [`Input::Extracted`].
+    Extract {
+        turn: u64,
+        said: String,
+        slots: Vec<SlotSpec>,
+    },
     Transfer {
         target: String,
     },
@@ -145,6 +161,10 @@ pub struct TurnRecord {
     pub interrupted: bool,
     /// Failures handled in this turn (recognition, model, synthesis), one line each.
     pub errors: Vec<String>,
+    /// Values a `collect` intent took from the caller in this turn; the turn that completes
+    /// the set holds all of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +203,20 @@ pub struct Conversation {
     filler_at: Option<Instant>,
     no_input_at: Option<Instant>,
     taking_message: bool,
+    /// A `collect` intent in progress.
+    collecting: Option<Collecting>,
+}
+
+/// What a `collect` intent has so far.
+#[derive(Debug, Clone)]
+struct Collecting {
+    intent: String,
+    slots: Vec<crate::config::SlotConfig>,
+    reply: String,
+    values: BTreeMap<String, String>,
+    /// The slot asked for last, and how often its answer did not fill it.
+    asked: Option<usize>,
+    misses: u32,
 }
 
 /// Longest history (user + assistant messages) sent to the model.
@@ -208,6 +242,7 @@ impl Conversation {
             filler_at: None,
             no_input_at: None,
             taking_message: false,
+            collecting: None,
         }
     }
 
@@ -396,6 +431,11 @@ impl Conversation {
                 }
             }
             Input::PlayoutDrained => self.on_drained(now, &mut out),
+            Input::Extracted {
+                turn,
+                values,
+                error,
+            } => self.on_extracted(turn, values, error, &mut out),
             Input::TransferFailed { error } => {
                 self.record.errors.push(format!("transfer: {error}"));
                 if self.state == ConversationState::Transferring {
@@ -453,6 +493,18 @@ impl Conversation {
         }
         let caller = text;
         let intent = self.spec.match_intent(&caller).cloned();
+        if let Some(collecting) = &self.collecting {
+            // The words answer what was asked, unless they ask for something else (a person,
+            // goodbye): then that intent wins and the collection is dropped.
+            if intent.as_ref().is_none_or(|i| i.name == collecting.intent) {
+                let name = collecting.intent.clone();
+                self.new_turn(&caller, &name);
+                self.record.action = "collect".to_owned();
+                self.request_extraction(now, out);
+                return;
+            }
+            self.collecting = None;
+        }
         let (name, action, reply) = match &intent {
             Some(i) => (i.name.clone(), i.action, i.reply.clone()),
             None => ("none".to_owned(), AgentAction::Answer, String::new()),
@@ -537,6 +589,30 @@ impl Conversation {
                     self.state = ConversationState::Ending;
                 }
             }
+            AgentAction::Collect => {
+                let intent = self
+                    .spec
+                    .intents
+                    .iter()
+                    .find(|i| i.name == self.record.intent)
+                    .cloned();
+                let Some(intent) = intent.filter(|i| !i.slots.is_empty()) else {
+                    // Only intents collect (the config refuses it elsewhere): say the reply.
+                    self.record.action = "reply".to_owned();
+                    self.say_fixed(reply, out);
+                    return;
+                };
+                self.record.action = "collect".to_owned();
+                self.collecting = Some(Collecting {
+                    intent: intent.name,
+                    slots: intent.slots,
+                    reply: intent.reply,
+                    values: BTreeMap::new(),
+                    asked: None,
+                    misses: 0,
+                });
+                self.request_extraction(now, out);
+            }
             AgentAction::TakeMessage => {
                 self.record.action = "take_message".to_owned();
                 self.filler_at = None;
@@ -553,6 +629,85 @@ impl Conversation {
                 self.reply_complete = true;
             }
         }
+    }
+
+    /// Asks the shell for the slots still missing from what the caller just said.
+    fn request_extraction(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = &self.collecting else {
+            return;
+        };
+        let slots = c
+            .slots
+            .iter()
+            .filter(|s| !c.values.contains_key(&s.name))
+            .map(|s| SlotSpec {
+                name: s.name.clone(),
+                description: s.description.clone(),
+                kind: s.kind,
+            })
+            .collect();
+        out.push(Action::Extract {
+            turn: self.turn,
+            said: self.record.caller.clone(),
+            slots,
+        });
+        self.state = ConversationState::Thinking;
+        self.filler_at
+            .get_or_insert(now + ms(self.spec.config.filler_after_ms));
+    }
+
+    /// Values came back: ask for the next missing slot (twice at most for one slot, then a
+    /// person or goodbye), or confirm with every value filled in.
+    fn on_extracted(
+        &mut self,
+        turn: u64,
+        values: BTreeMap<String, String>,
+        error: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        if turn != self.turn || self.state != ConversationState::Thinking {
+            return;
+        }
+        let Some(c) = self.collecting.as_mut() else {
+            return;
+        };
+        if let Some(e) = error {
+            self.record.errors.push(format!("extraction: {e}"));
+        }
+        for (name, value) in values {
+            if c.slots.iter().any(|s| s.name == name) {
+                c.values.insert(name.clone(), value.clone());
+                self.record.slots.insert(name, value);
+            }
+        }
+        let missing = c.slots.iter().position(|s| !c.values.contains_key(&s.name));
+        let Some(next) = missing else {
+            let mut reply = c.reply.clone();
+            for (name, value) in &c.values {
+                reply = reply.replace(&format!("{{{name}}}"), value);
+            }
+            self.record.slots = c.values.clone();
+            self.collecting = None;
+            self.failures = 0;
+            if reply.trim().is_empty() {
+                reply = "Thank you.".to_owned();
+            }
+            self.say_fixed(&reply, out);
+            return;
+        };
+        if c.asked == Some(next) {
+            c.misses += 1;
+        } else {
+            c.asked = Some(next);
+            c.misses = 0;
+        }
+        if c.misses >= self.spec.config.max_failures {
+            self.collecting = None;
+            self.escalate(out);
+            return;
+        }
+        let ask = c.slots[next].ask.clone();
+        self.say_fixed(&ask, out);
     }
 
     fn say_fixed(&mut self, text: &str, out: &mut Vec<Action>) {
@@ -777,6 +932,143 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn booking_agent() -> Conversation {
+        use crate::agent::slots::SlotKind;
+        use crate::config::{IntentConfig, SlotConfig};
+        let slot = |name: &str, ask: &str, kind| SlotConfig {
+            name: name.into(),
+            description: format!("the {name}"),
+            ask: ask.into(),
+            kind,
+        };
+        let mut config = AgentConfig {
+            human_target: "sip:desk@127.0.0.1".into(),
+            ..AgentConfig::default()
+        };
+        config.intents.push(IntentConfig {
+            name: "booking".into(),
+            examples: vec!["book appointment".into()],
+            action: AgentAction::Collect,
+            reply: "Thank you {name}, we will call you on {phone} to confirm.".into(),
+            slots: vec![
+                slot("name", "May I have your name?", SlotKind::Text),
+                slot("phone", "What number can we call you on?", SlotKind::Digits),
+            ],
+        });
+        Conversation::new(AgentSpec::new(&config))
+    }
+
+    fn extracted(
+        c: &mut Conversation,
+        t: Instant,
+        turn: u64,
+        pairs: &[(&str, &str)],
+    ) -> Vec<Action> {
+        c.handle(
+            t,
+            Input::Extracted {
+                turn,
+                values: pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                error: None,
+            },
+        )
+    }
+
+    fn speak_after(c: &mut Conversation, t: Instant) {
+        c.handle(t, Input::PlayoutDrained);
+        assert_eq!(c.state(), ConversationState::Listening);
+    }
+
+    #[test]
+    fn collect_asks_for_each_missing_slot_then_confirms_with_the_values() {
+        let t = Instant::now();
+        let mut c = booking_agent();
+        listening(&mut c, t);
+        let a = ask(
+            &mut c,
+            t,
+            1,
+            "I'd like to book an appointment, I'm John Smith",
+        );
+        match &a[..] {
+            [Action::Extract {
+                turn: 1,
+                said,
+                slots,
+            }] => {
+                assert!(said.contains("John Smith"));
+                let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
+                assert_eq!(names, ["name", "phone"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The name was in the request: only the phone is asked for.
+        let a = extracted(&mut c, t, 1, &[("name", "John Smith")]);
+        assert_eq!(a[0], Action::Say("What number can we call you on?".into()));
+        assert_eq!(recorded(&a)[0].slots["name"], "John Smith");
+        assert_eq!(recorded(&a)[0].action, "collect");
+        speak_after(&mut c, t);
+        let a = ask(&mut c, t, 2, "It's 0 7 7 0 0 9 0 0 1 2 3");
+        assert!(
+            matches!(&a[..], [Action::Extract { turn: 2, slots, .. }] if slots.len() == 1 && slots[0].name == "phone"),
+            "{a:?}"
+        );
+        let a = extracted(&mut c, t, 2, &[("phone", "07700 900123")]);
+        assert_eq!(
+            a[0],
+            Action::Say(
+                "Thank you John Smith, we will call you on 07700 900123 to confirm.".into()
+            )
+        );
+        let done = &recorded(&a)[0];
+        assert_eq!(done.slots.len(), 2, "{done:?}");
+        speak_after(&mut c, t);
+        // Collected: the next question is an ordinary one again.
+        let a = ask(&mut c, t, 3, "Do you do vaccinations?");
+        assert!(matches!(&a[..], [Action::Generate { .. }]), "{a:?}");
+    }
+
+    #[test]
+    fn collect_gives_up_after_the_same_slot_is_missed_twice_and_another_intent_wins() {
+        let t = Instant::now();
+        let mut c = booking_agent();
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "book an appointment please");
+        let a = extracted(&mut c, t, 1, &[]);
+        assert_eq!(a[0], Action::Say("May I have your name?".into()));
+        speak_after(&mut c, t);
+        ask(&mut c, t, 2, "hmm");
+        let a = extracted(&mut c, t, 2, &[]);
+        assert_eq!(
+            a[0],
+            Action::Say("May I have your name?".into()),
+            "asked again"
+        );
+        speak_after(&mut c, t);
+        ask(&mut c, t, 3, "what");
+        let a = extracted(&mut c, t, 3, &[]);
+        assert_eq!(recorded(&a)[0].action, "escalate", "{a:?}");
+        assert_eq!(c.state(), ConversationState::Transferring);
+
+        // Mid-collection, asking for a person is that intent, not an answer.
+        let mut c = booking_agent();
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "book an appointment please");
+        extracted(&mut c, t, 1, &[]);
+        speak_after(&mut c, t);
+        let a = ask(&mut c, t, 2, "can I talk to a person");
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Extract { .. })),
+            "{a:?}"
+        );
+        assert_eq!(recorded(&a)[0].intent, "human");
+        // A late result for an old turn changes nothing.
+        assert!(extracted(&mut c, t, 1, &[("name", "Jo")]).is_empty());
     }
 
     #[test]
@@ -1014,6 +1306,7 @@ mod tests {
             examples: vec!["vaccinations".into(), "flu jab".into()],
             action: AgentAction::Answer,
             reply: "Flu vaccinations are on weekday mornings.".into(),
+            slots: Vec::new(),
         });
         let mut c = Conversation::new(AgentSpec::new(&config));
         listening(&mut c, t);
@@ -1198,6 +1491,7 @@ mod tests {
             examples: vec!["leave a message".into()],
             action: AgentAction::TakeMessage,
             reply: String::new(),
+            slots: Vec::new(),
         });
         let mut c = Conversation::new(AgentSpec::new(&config));
         listening(&mut c, t);

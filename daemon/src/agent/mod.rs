@@ -155,6 +155,8 @@ pub struct Intent {
     pub name: String,
     pub action: AgentAction,
     pub reply: String,
+    /// For `collect`: what to ask for.
+    pub slots: Vec<crate::config::SlotConfig>,
     examples: Vec<Vec<String>>,
 }
 
@@ -227,6 +229,7 @@ impl AgentSpec {
                 name: i.name.clone(),
                 action: i.action,
                 reply: i.reply.clone(),
+                slots: i.slots.clone(),
                 examples: i
                     .examples
                     .iter()

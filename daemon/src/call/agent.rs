@@ -53,6 +53,11 @@ pub enum AgentEvent {
         seq: u64,
         result: Result<Synthesis, TtsError>,
     },
+    /// Slot extraction for a `collect` turn.
+    Extracted {
+        turn: u64,
+        result: Result<std::collections::BTreeMap<String, String>, String>,
+    },
     /// Recognition started on a pause ([`Speculation`]).
     SpeculativeAsr {
         id: u64,
@@ -117,6 +122,7 @@ pub struct AgentRun {
     endpointer: Endpointer,
     min_speech_ms: u32,
     barge_in_min_speech_ms: u32,
+    max_reply_ms: u32,
     barge_in_on_speech: bool,
     utterances: HashMap<u64, Vec<f32>>,
     next_utterance: u64,
@@ -173,6 +179,7 @@ impl AgentRun {
             vad_busy: false,
             endpointer,
             min_speech_ms: agent.min_speech_ms,
+            max_reply_ms: agent.max_reply_ms,
             barge_in_min_speech_ms: agent.barge_in_min_speech_ms,
             barge_in_on_speech: agent.barge_in == crate::config::BargeIn::Speech,
             utterances: HashMap::new(),
@@ -477,6 +484,25 @@ impl AgentRun {
                     directive = directive.or(self.apply(actions, session, rec));
                 }
                 directive
+            }
+            AgentEvent::Extracted { turn, result } => {
+                let (values, error) = match result {
+                    Ok(values) => (values, None),
+                    Err(e) => {
+                        tracing::warn!(turn, "slot extraction failed: {e}");
+                        (Default::default(), Some(e))
+                    }
+                };
+                tracing::info!(turn, ?values, "slots extracted");
+                let actions = self.conv.handle(
+                    now,
+                    Input::Extracted {
+                        turn,
+                        values,
+                        error,
+                    },
+                );
+                self.apply(actions, session, rec)
             }
             AgentEvent::SpeculativeAsr { id, result } => {
                 let spec = self.speculation.as_mut().filter(|s| s.id == id)?;
@@ -877,6 +903,30 @@ impl AgentRun {
                         if *t == turn {
                             cancel.store(true, Ordering::Relaxed);
                             self.generation = None;
+                        }
+                    }
+                }
+                Action::Extract { turn, said, slots } => {
+                    // Small outputs: a few tokens a slot; the reply budget bounds the time.
+                    let budget = Budget {
+                        max_tokens: 24 * slots.len() as u32 + 8,
+                        max_time: std::time::Duration::from_millis(u64::from(self.max_reply_ms)),
+                    };
+                    let tx = self.tx.clone();
+                    match self.speech.extract(said, slots, budget) {
+                        Ok(rx) => {
+                            tokio::spawn(async move {
+                                let result = rx
+                                    .await
+                                    .unwrap_or_else(|_| Err("model thread gone".to_owned()));
+                                let _ = tx.send(AgentEvent::Extracted { turn, result });
+                            });
+                        }
+                        Err(full) => {
+                            let _ = tx.send(AgentEvent::Extracted {
+                                turn,
+                                result: Err(full.to_string()),
+                            });
                         }
                     }
                 }

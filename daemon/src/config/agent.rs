@@ -18,6 +18,34 @@ pub enum AgentAction {
     TakeMessage,
     /// Say the intent's fixed reply, then listen again.
     Reply,
+    /// Ask for the intent's `slots` one by one (each value taken from the caller's words by
+    /// the model, held to a grammar), then say `reply` with `{slot}` filled in and listen again.
+    Collect,
+}
+
+/// One value a `collect` intent asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlotConfig {
+    /// Lower-case letters, digits, '_': the key in the turn record and `{name}` in `reply`.
+    pub name: String,
+    /// What it is, for the model ("the caller's full name").
+    pub description: String,
+    /// What the agent asks when it is missing ("May I have your name?").
+    pub ask: String,
+    /// text, number, digits (phone numbers), yes_no.
+    pub kind: crate::agent::slots::SlotKind,
+}
+
+impl Default for SlotConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            description: String::new(),
+            ask: String::new(),
+            kind: crate::agent::slots::SlotKind::Text,
+        }
+    }
 }
 
 /// When the caller may interrupt the agent.
@@ -40,8 +68,11 @@ pub struct IntentConfig {
     pub examples: Vec<String>,
     pub action: AgentAction,
     /// Fixed reply for `reply`, `transfer`, `end_call`, `take_message`; for `answer`, the
-    /// template said when the language model fails or runs over its budget.
+    /// template said when the language model fails or runs over its budget; for `collect`, the
+    /// confirmation with `{slot}` placeholders.
     pub reply: String,
+    /// For `collect`: the values to ask for, in order.
+    pub slots: Vec<SlotConfig>,
 }
 
 impl Default for IntentConfig {
@@ -51,6 +82,7 @@ impl Default for IntentConfig {
             examples: Vec::new(),
             action: AgentAction::Answer,
             reply: String::new(),
+            slots: Vec::new(),
         }
     }
 }
@@ -169,6 +201,7 @@ impl Default for AgentConfig {
                     ],
                     action: AgentAction::Transfer,
                     reply: String::new(),
+                    slots: Vec::new(),
                 },
                 IntentConfig {
                     name: "goodbye".to_owned(),
@@ -180,6 +213,7 @@ impl Default for AgentConfig {
                     ],
                     action: AgentAction::EndCall,
                     reply: String::new(),
+                    slots: Vec::new(),
                 },
             ],
             dtmf: vec![DtmfRuleConfig {
@@ -217,6 +251,69 @@ impl Default for SpeechConfig {
             llm_context_per_call: 1024,
             onnxruntime: PathBuf::new(),
         }
+    }
+}
+
+/// A `collect` intent needs slots with plain names, a question each, and a reply that only
+/// names its own slots; other actions take none.
+fn check_slots(intent: &IntentConfig, problem: &mut impl FnMut(&str, String)) {
+    let name = &intent.name;
+    if intent.action != AgentAction::Collect {
+        if !intent.slots.is_empty() {
+            problem(
+                "agent.intents",
+                format!("intent \"{name}\" has slots but its action is not \"collect\""),
+            );
+        }
+        return;
+    }
+    if intent.slots.is_empty() {
+        problem(
+            "agent.intents",
+            format!("intent \"{name}\" has action \"collect\" but no slots to ask for"),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for slot in &intent.slots {
+        if !crate::agent::slots::valid_slot_name(&slot.name) {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{name}\": slot \"{}\" must be lower-case letters, digits and '_' (starting with a letter, at most 32)",
+                    slot.name
+                ),
+            );
+        } else if !seen.insert(slot.name.as_str()) {
+            problem(
+                "agent.intents",
+                format!("intent \"{name}\": slot \"{}\" is listed twice", slot.name),
+            );
+        }
+        if slot.ask.trim().is_empty() {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{name}\": slot \"{}\" has no `ask` (what the agent says to get it)",
+                    slot.name
+                ),
+            );
+        }
+    }
+    let mut rest = intent.reply.as_str();
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let placeholder = &rest[open + 1..open + close];
+        if !intent.slots.iter().any(|s| s.name == placeholder) {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{name}\": reply names {{{placeholder}}}, which is not one of its slots"
+                ),
+            );
+        }
+        rest = &rest[open + close + 1..];
     }
 }
 
@@ -318,6 +415,7 @@ pub(super) fn check_agent(
                 ),
             );
         }
+        check_slots(intent, problem);
     }
     for rule in &agent.dtmf {
         let ok = rule.digit.len() == 1
@@ -330,6 +428,15 @@ pub(super) fn check_agent(
                 "agent.dtmf",
                 format!(
                     "digit \"{}\" is not one DTMF key; use one of 0-9 * # A-D",
+                    rule.digit
+                ),
+            );
+        }
+        if rule.action == AgentAction::Collect {
+            problem(
+                "agent.dtmf",
+                format!(
+                    "digit \"{}\" cannot \"collect\": a key press carries no words; use an intent",
                     rule.digit
                 ),
             );

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use agent::{AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SpeechConfig};
+pub use agent::{
+    AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SlotConfig, SpeechConfig,
+};
 pub use validate::ConfigIssue;
 
 /// True when `directives` is a valid `daemon.log_level` (a level, or comma-separated

@@ -690,6 +690,7 @@ mod tests {
                 action: action.into(),
                 interrupted,
                 errors: vec!["x".into(); errors],
+                ..TurnRecord::default()
             },
             latency,
             ..AgentTurn::default()

@@ -6,7 +6,7 @@
 //! Calls talk to it through [`CallSpeech`] (one per call): it holds the call's LLM sequence and
 //! returns results on tokio channels, so the call task never blocks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::mem::ManuallyDrop;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -565,6 +565,36 @@ impl CallSpeech {
         Ok(GenerationHandle { events, cancel })
     }
 
+    /// Queues slot extraction from `said` in this call's sequence: the model's output held to
+    /// the slots' grammar, values the caller did not say dropped (`agent::slots`). The
+    /// sequence is cleared afterwards, so the conversation's next reply forks the shared
+    /// system prompt again instead of re-evaluating it.
+    pub fn extract(
+        &self,
+        said: String,
+        slots: Vec<crate::agent::slots::SlotSpec>,
+        budget: Budget,
+    ) -> Result<oneshot::Receiver<ExtractionResult>, QueueFull> {
+        let (tx, rx) = oneshot::channel();
+        let Some(llm) = self.service.llm.clone() else {
+            let why = self
+                .service
+                .llm_error
+                .clone()
+                .unwrap_or_else(|| "language model unavailable".to_owned());
+            let _ = tx.send(Err(why));
+            return Ok(rx);
+        };
+        let slot = self.slot;
+        self.service.llm_pool.try_submit(
+            Priority::Live,
+            Box::new(move || {
+                let _ = tx.send(run_extraction(&llm, slot, &said, &slots, budget));
+            }),
+        )?;
+        Ok(rx)
+    }
+
     /// Queues synthesis of one clause. `None` when there is no voice.
     pub fn synthesize(
         &self,
@@ -584,6 +614,37 @@ impl CallSpeech {
                 .map(|()| rx),
         )
     }
+}
+
+/// Slot values taken from the caller's words, or why extraction failed.
+pub type ExtractionResult = Result<BTreeMap<String, String>, String>;
+
+fn run_extraction(
+    llm: &LlmShared,
+    slot: usize,
+    said: &str,
+    slots: &[crate::agent::slots::SlotSpec],
+    budget: Budget,
+) -> ExtractionResult {
+    use crate::agent::slots;
+    let prompt = llm
+        .engine()
+        .render_chat(&slots::prompt(said, slots))
+        .map_err(|e| e.to_string())?;
+    let mut session = llm
+        .session
+        .lock()
+        .map_err(|_| "llama context poisoned by a panic".to_owned())?;
+    let generated = session.generate_seq_constrained(
+        slot,
+        &prompt,
+        Some(&slots::grammar(slots)),
+        budget,
+        &mut |_| ControlFlow::Continue(()),
+    );
+    session.release(slot);
+    let g = generated.map_err(|e| e.to_string())?;
+    slots::extract(&g.text, said, slots).map_err(|e| e.to_string())
 }
 
 fn run_generation(
