@@ -49,6 +49,26 @@ for page in "$man_dir/edgevoiced.8" "$man_dir/edgevoice.1"; do
     gzip -9nf "$page"
 done
 
+# ONNX Runtime ships in the package (/usr/lib/edgevoice), from the model bundle it is also in:
+# ../shared/models (the site bundle beside the checkout), the dev models dir, or $ORT_LIB.
+# Its sha256 must be the manifest's, or the package would carry an unverified library.
+ort_name=libonnxruntime.so.1.24.4
+ort_src=""
+for candidate in "${ORT_LIB:-}" "$root/../shared/models/onnxruntime/$ort_name" "$root/var/models/onnxruntime/$ort_name"; do
+    if [ -n "$candidate" ] && [ -f "$candidate" ]; then ort_src=$candidate; break; fi
+done
+[ -n "$ort_src" ] || die "the ONNX Runtime library ($ort_name) is not in ../shared/models/onnxruntime or var/models/onnxruntime: run \`make models\` or set ORT_LIB"
+ort_want=$(python3 - "$root/models/manifest.toml" <<'PY'
+import sys, tomllib
+m = tomllib.load(open(sys.argv[1], "rb"))
+print(next(e["sha256"] for e in m["model"] if e["file"].endswith("libonnxruntime.so.1.24.4")))
+PY
+)
+ort_have=$(sha256sum "$ort_src" | cut -d' ' -f1)
+[ "$ort_have" = "$ort_want" ] || die "$ort_src has sha256 $ort_have, the manifest says $ort_want"
+mkdir -p "$target_dir/release/onnxruntime"
+install -m 0644 "$ort_src" "$target_dir/release/onnxruntime/$ort_name"
+
 # --no-build: the binaries were just built above with the same profile.
 deb=$(cargo deb -p edgevoice --no-build --locked | grep '\.deb$' | tail -n1)
 [ -f "$deb" ] || die "cargo deb did not report a package file (got: $deb)"

@@ -232,6 +232,14 @@ for name, version, authors, lic, expr in crates:
     print(f"License: {lic}")
     print(f"Comment: {name} {version} from crates.io, declared license: {expr}")
     print()
+# Not a crate: the ONNX Runtime library the package installs for Piper (the MIT text is
+# printed with the crates' licenses below; many of them are MIT too).
+print("Files: usr/lib/edgevoice/libonnxruntime.so.*")
+print("Copyright: Microsoft Corporation")
+print("License: Expat")
+print("Comment: ONNX Runtime 1.24.4, the shared library of the PyPI onnxruntime wheel, loaded by")
+print(" edgevoiced at run time for speech synthesis; declared license: MIT")
+print()
 
 gpl_header = (
     "This program is free software: you can redistribute it and/or modify it under the terms\n"

@@ -28,6 +28,7 @@ const SHIPPED: &[&str] = &[
     "/usr/bin/edgevoice",
     CONFIG,
     "/usr/share/edgevoice/models/manifest.toml",
+    "/usr/lib/edgevoice/libonnxruntime.so.1.24.4",
     "/usr/share/man/man8/edgevoiced.8.gz",
     "/usr/share/man/man1/edgevoice.1.gz",
     "/usr/share/doc/edgevoice/copyright",
@@ -176,6 +177,7 @@ fn slow_deb_installs_verifies_and_purges_cleanly() {
         "/var/log/edgevoice",
         "/etc/edgevoice",
         "/usr/share/edgevoice",
+        "/usr/lib/edgevoice",
         "/etc/systemd/system/multi-user.target.wants/edgevoice.service",
     ] {
         assert!(
@@ -280,13 +282,36 @@ fn run_daemon_as_its_user(uid: u32, gid: u32) {
         .and_then(|s| s.local_addr())
         .expect("a free UDP port")
         .port();
+    // The bundle's models but not its ONNX Runtime: the voice must load with the library the
+    // package installed under /usr/lib/edgevoice.
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models");
+    let models = site.path().join("models");
+    let with_models = bundle.is_dir();
+    if with_models {
+        for sub in ["whisper", "vad", "llm", "piper"] {
+            std::fs::create_dir_all(models.join(sub)).expect("models dir");
+            for f in std::fs::read_dir(bundle.join(sub))
+                .expect("bundle")
+                .flatten()
+            {
+                std::os::unix::fs::symlink(f.path(), models.join(sub).join(f.file_name()))
+                    .expect("link model");
+            }
+        }
+    } else {
+        eprintln!(
+            "deb_package: no model bundle at {}; the agent check is skipped",
+            bundle.display()
+        );
+    }
     let config = site.path().join("edgevoice.toml");
     let mut file = std::fs::File::create(&config).expect("write test config");
     write!(
         file,
         "[daemon]\nstate_dir = \"{STATE_DIR}\"\nruntime_dir = \"{}\"\ndrain_timeout_secs = 5\n\
-         \n[sip]\nlisten = \"127.0.0.1:{port}\"\n",
-        run_dir.display()
+         \n[sip]\nlisten = \"127.0.0.1:{port}\"\n[models]\ndir = \"{}\"\n",
+        run_dir.display(),
+        models.display()
     )
     .expect("write test config");
     drop(file);
@@ -349,6 +374,28 @@ fn run_daemon_as_its_user(uid: u32, gid: u32) {
     };
     eprintln!("deb_package: edgevoice status:\n{status}");
     assert!(status.contains(&daemon.child.id().to_string()), "{status}");
+    if with_models {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let agent = loop {
+            let out = Command::new("/usr/bin/edgevoice")
+                .args(["--config", &config, "status", "--json"])
+                .env_remove("EDGEVOICE_CONFIG")
+                .output()
+                .expect("run edgevoice status");
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if s["agent"] != "loading" && s["agent"].is_string() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still loading:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(agent["agent"], "ready", "{agent}\n{}", daemon.log());
+        assert_eq!(agent["speech"]["tts"], "piper", "{agent}");
+    }
 
     // The control socket as operators in group edgevoice get it.
     let socket = meta(&run_dir.join("control.sock").to_string_lossy());

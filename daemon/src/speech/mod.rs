@@ -36,8 +36,22 @@ pub const VAD_MODEL_FILE: &str = "vad/ggml-silero-v6.2.0.bin";
 pub const LLM_MODEL_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The Piper voice (its `.onnx.json` config sits next to it).
 pub const TTS_VOICE_FILE: &str = "piper/en_US-joe-medium.onnx";
-/// The ONNX Runtime library Piper runs on (loaded at run time, not linked).
+/// The ONNX Runtime library Piper runs on (loaded at run time, not linked), in a model bundle.
 pub const ONNXRUNTIME_FILE: &str = "onnxruntime/libonnxruntime.so.1.24.4";
+/// The same library as the .deb installs it.
+pub const PACKAGED_ONNXRUNTIME: &str = "/usr/lib/edgevoice/libonnxruntime.so.1.24.4";
+
+/// The ONNX Runtime to load when `speech.onnxruntime` is empty: the models dir's own copy when
+/// it has one (a development tree, a site bundle), else the one the package ships.
+pub fn default_onnxruntime(models_dir: &std::path::Path) -> std::path::PathBuf {
+    let bundled = models_dir.join(ONNXRUNTIME_FILE);
+    let packaged = std::path::Path::new(PACKAGED_ONNXRUNTIME);
+    if !bundled.exists() && packaged.exists() {
+        packaged.to_path_buf()
+    } else {
+        bundled
+    }
+}
 
 /// One recognised word with its time span in the utterance.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +135,7 @@ pub enum TtsError {
     VoiceConfigMissing(PathBuf),
     #[error("voice config {} is not a valid Piper voice config: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
     VoiceConfigInvalid { path: PathBuf, reason: String },
-    #[error("ONNX Runtime library {} not found: speech synthesis needs it; install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    #[error("ONNX Runtime library {} not found: speech synthesis needs it; the edgevoice package installs it under /usr/lib/edgevoice, `edgevoice models install` into models.dir (or set speech.onnxruntime)", .0.display())]
     OnnxRuntimeMissing(PathBuf),
     #[error("ONNX Runtime library {} cannot be read: {reason} (the daemon's user needs read access; `edgevoice models install` sets it up)", path.display())]
     OnnxRuntimeUnreadable { path: PathBuf, reason: String },
@@ -316,6 +330,25 @@ pub fn pcm_i16_to_f32(pcm: &[i16]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn onnxruntime_comes_from_the_models_dir_when_it_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundled = dir.path().join(ONNXRUNTIME_FILE);
+        std::fs::create_dir_all(bundled.parent().unwrap()).unwrap();
+        std::fs::write(&bundled, b"x").unwrap();
+        assert_eq!(default_onnxruntime(dir.path()), bundled);
+        // Without one: the packaged library if installed here, else the models dir's path (so
+        // the error names where `edgevoice models install` would put it).
+        let empty = tempfile::tempdir().unwrap();
+        let chosen = default_onnxruntime(empty.path());
+        let packaged = std::path::Path::new(PACKAGED_ONNXRUNTIME);
+        if packaged.exists() {
+            assert_eq!(chosen, packaged);
+        } else {
+            assert_eq!(chosen, empty.path().join(ONNXRUNTIME_FILE));
+        }
+    }
 
     #[test]
     fn audio_ctx_matches_the_reference_figures() {

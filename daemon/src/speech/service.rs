@@ -20,8 +20,8 @@ use super::pool::{Priority, QueueFull, WorkerPool};
 use super::{
     AsrError, Budget, ChatMessage, Generation, LlamaEngine, LlamaSession, LlmConfig, LlmError,
     PiperConfig, PiperSynthesizer, SileroVad, SpeechSynthesizer, StopReason, Transcript, TtsError,
-    WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, ONNXRUNTIME_FILE,
-    TTS_VOICE_FILE, VAD_MODEL_FILE, WHISPER_MODEL_FILE,
+    WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, TTS_VOICE_FILE,
+    VAD_MODEL_FILE, WHISPER_MODEL_FILE,
 };
 use crate::agent::{AgentSpec, Prompt};
 use crate::config::Config;
@@ -164,7 +164,7 @@ impl SpeechService {
         };
 
         let onnx = if speech.onnxruntime.as_os_str().is_empty() {
-            models.join(ONNXRUNTIME_FILE)
+            super::default_onnxruntime(models)
         } else {
             speech.onnxruntime.clone()
         };
