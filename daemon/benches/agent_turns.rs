@@ -7,7 +7,7 @@
 //! Step 1: one caller, 20 turns: p50/p95 per stage. Then 2, 3, 4... simultaneous callers (5
 //! turns each) until turn latency p95 (to the first reply RTP) passes 1.5 s: the largest
 //! count under it is reported, with CPU and RSS. BENCH_AGENT_MAX_CALLERS caps the steps
-//! (default 4). Prints markdown tables and writes them to target/bench/agent_turns.md.
+//! (default 8, the daemon's sip.max_calls here). Prints markdown tables and writes them to target/bench/agent_turns.md.
 
 #[path = "../../tests/common/audio.rs"]
 mod audio;
@@ -199,7 +199,7 @@ fn main() {
     let max_callers: usize = std::env::var("BENCH_AGENT_MAX_CALLERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(8);
     let dir = tempfile::tempdir().expect("tmp");
     // BENCH_AGENT_KEEP=1 keeps the daemon's log and state for a look afterwards.
     let dir_path = if std::env::var_os("BENCH_AGENT_KEEP").is_some() {
