@@ -439,13 +439,8 @@ async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     }
     // A finished record goes upstream (durably queued; the uplink delivers it when it can).
     if let Some(uplink) = ctx.uplink() {
-        match serde_json::to_vec(rec) {
-            Ok(json) => {
-                if let Err(e) = uplink.append(crate::uplink::Stream::Calls, json).await {
-                    tracing::error!("call record not queued for the uplink: {e}");
-                }
-            }
-            Err(e) => tracing::error!("call record not serialisable for the uplink: {e}"),
+        if let Err(e) = uplink.append_json(crate::uplink::Stream::Calls, rec).await {
+            tracing::error!("call record not queued for the uplink: {e}");
         }
     }
 }

@@ -634,11 +634,16 @@ pub async fn serve_http(
                 tracing::debug!(%peer, "metrics request timed out");
                 return;
             }
-            let head = String::from_utf8_lossy(&head);
-            let response = http_response(&head, || match ctx.upgrade() {
-                Some(ctx) => ctx.metrics_text(),
-                None => String::new(),
-            });
+            let head = String::from_utf8_lossy(&head).into_owned();
+            // Status reads the store's size on disk and /proc: off the runtime's workers.
+            let response = tokio::task::spawn_blocking(move || {
+                http_response(&head, || match ctx.upgrade() {
+                    Some(ctx) => ctx.metrics_text(),
+                    None => String::new(),
+                })
+            })
+            .await
+            .unwrap_or_default();
             let _ = stream.write_all(&response).await;
             let _ = stream.shutdown().await;
         });
@@ -662,14 +667,15 @@ pub async fn publish_telemetry(ctx: std::sync::Weak<super::DaemonContext>) {
             continue;
         }
         let Some(uplink) = ctx.uplink() else { return };
-        let snapshot = ctx.telemetry();
-        match serde_json::to_vec(&snapshot) {
-            Ok(json) => {
-                if let Err(e) = uplink.append(crate::uplink::Stream::Telemetry, json).await {
-                    tracing::debug!("telemetry not queued: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("telemetry not serialisable: {e}"),
+        let taker = ctx.clone();
+        let Ok(snapshot) = tokio::task::spawn_blocking(move || taker.telemetry()).await else {
+            continue;
+        };
+        if let Err(e) = uplink
+            .append_json(crate::uplink::Stream::Telemetry, &snapshot)
+            .await
+        {
+            tracing::debug!("telemetry not queued: {e}");
         }
     }
 }

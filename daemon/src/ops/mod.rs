@@ -32,6 +32,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The word `status` and the uplink's health use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        }
+    }
+
     fn from_u8(v: u8) -> Phase {
         match v {
             1 => Phase::Ready,
@@ -80,11 +89,7 @@ pub struct Status {
 impl Status {
     /// The one-line summary for systemd's STATUS=.
     pub fn summary(&self) -> String {
-        let phase = match self.phase {
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining => "draining",
-        };
+        let phase = self.phase.as_str();
         let calls = if self.active_calls == 1 {
             "call"
         } else {
@@ -671,14 +676,11 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         let weak = Arc::downgrade(&ctx);
         let health = Arc::new(move || match weak.upgrade() {
             // Not status(): that asks the uplink for its own state, from inside the uplink.
-            Some(ctx) => {
-                let phase = match ctx.phase() {
-                    Phase::Starting => "starting",
-                    Phase::Ready => "ready",
-                    Phase::Draining => "draining",
-                };
-                format!("{phase}: {} active calls", ctx.work.active())
-            }
+            Some(ctx) => format!(
+                "{}: {} active calls",
+                ctx.phase().as_str(),
+                ctx.work.active()
+            ),
             None => "stopping".to_owned(),
         });
         let device_id = ctx.store.instance().device_id.clone();
@@ -706,16 +708,14 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     // moment between closing them above and this append leaves them in the local store only.)
     if let Some(uplink) = ctx.uplink() {
         for record in &interrupted {
-            match serde_json::to_vec(record) {
-                Ok(json) => {
-                    if let Err(e) = uplink.append(crate::uplink::Stream::Calls, json).await {
-                        tracing::error!(
-                            "interrupted call {} not queued for the uplink: {e}",
-                            record.id
-                        );
-                    }
-                }
-                Err(e) => tracing::error!("call record not serialisable for the uplink: {e}"),
+            if let Err(e) = uplink
+                .append_json(crate::uplink::Stream::Calls, record)
+                .await
+            {
+                tracing::error!(
+                    "interrupted call {} not queued for the uplink: {e}",
+                    record.id
+                );
             }
         }
     }

@@ -254,6 +254,15 @@ impl SpeechService {
         }
     }
 
+    /// The shared language model, or why there is none.
+    fn language_model(&self) -> Result<Arc<LlmShared>, String> {
+        self.llm.clone().ok_or_else(|| {
+            self.llm_error
+                .clone()
+                .unwrap_or_else(|| "language model unavailable".to_owned())
+        })
+    }
+
     /// True while the language model has work queued or running (for any call).
     pub fn llm_busy(&self) -> bool {
         self.llm_pool.waiting() + self.llm_pool.running() > 0
@@ -540,14 +549,12 @@ impl CallSpeech {
     ) -> Result<GenerationHandle, QueueFull> {
         let (tx, events) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let Some(llm) = self.service.llm.clone() else {
-            let why = self
-                .service
-                .llm_error
-                .clone()
-                .unwrap_or_else(|| "language model unavailable".to_owned());
-            let _ = tx.send(LlmEvent::Failed(why));
-            return Ok(GenerationHandle { events, cancel });
+        let llm = match self.service.language_model() {
+            Ok(llm) => llm,
+            Err(why) => {
+                let _ = tx.send(LlmEvent::Failed(why));
+                return Ok(GenerationHandle { events, cancel });
+            }
         };
         let slot = self.slot;
         let stop = Arc::clone(&cancel);
@@ -576,14 +583,12 @@ impl CallSpeech {
         budget: Budget,
     ) -> Result<oneshot::Receiver<ExtractionResult>, QueueFull> {
         let (tx, rx) = oneshot::channel();
-        let Some(llm) = self.service.llm.clone() else {
-            let why = self
-                .service
-                .llm_error
-                .clone()
-                .unwrap_or_else(|| "language model unavailable".to_owned());
-            let _ = tx.send(Err(why));
-            return Ok(rx);
+        let llm = match self.service.language_model() {
+            Ok(llm) => llm,
+            Err(why) => {
+                let _ = tx.send(Err(why));
+                return Ok(rx);
+            }
         };
         let slot = self.slot;
         self.service.llm_pool.try_submit(

@@ -217,6 +217,16 @@ impl UplinkHandle {
         Ok(appended.id)
     }
 
+    /// [`Self::append`] of `value` as JSON; the error is one line for the log.
+    pub async fn append_json(
+        &self,
+        stream: Stream,
+        value: &impl Serialize,
+    ) -> Result<MessageId, String> {
+        let json = serde_json::to_vec(value).map_err(|e| format!("not serialisable: {e}"))?;
+        self.append(stream, json).await.map_err(|e| e.to_string())
+    }
+
     pub fn report(&self) -> UplinkReport {
         let status: OutboxStatus = self
             .shared
