@@ -138,6 +138,27 @@ impl Agent {
         .unwrap_or_else(|| panic!("no ended call\n{}", tail(&self.daemon.log(), 60)))
     }
 
+    /// A baresip caller (`name`) plays `mic`, then `silence_after` of silence, and the call runs
+    /// to its end. Returns the call's record and what the caller heard, transcribed.
+    fn call_from(
+        &self,
+        name: &str,
+        mic: &Path,
+        silence_after: Duration,
+    ) -> (serde_json::Value, String) {
+        let caller = Baresip::start(
+            BaresipOptions::new(name)
+                .mic(mic, silence_after)
+                .record(true),
+        );
+        caller.dial(&self.uri());
+        caller.wait_event("CALL_ESTABLISHED", T_CALL);
+        caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
+        let call = self.last_call();
+        let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+        (call, transcribe(&heard.to_mono(), heard.rate))
+    }
+
     fn stop(self) -> String {
         self.stop_daemon().1
     }
@@ -192,15 +213,7 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
     let agent = Agent::start(&format!(
         "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
     ));
-    let caller = Baresip::start(
-        BaresipOptions::new("caller")
-            .mic(&mic, Duration::from_secs(14))
-            .record(true),
-    );
-    caller.dial(&agent.uri());
-    caller.wait_event("CALL_ESTABLISHED", T_CALL);
-    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
-    let call = agent.last_call();
+    let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(14));
     // The turn's stages are exported as metrics, the same over HTTP and the control socket.
     let scraped = http_get(metrics_port, "/metrics");
     let printed = text(&agent.site.cli(&["metrics"]).stdout);
@@ -215,8 +228,6 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
         );
     }
     assert!(scraped.starts_with("# HELP"), "{scraped}");
-    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
-    let heard_text = transcribe(&heard.to_mono(), heard.rate);
     eprintln!("caller heard: {heard_text:?}");
     eprintln!(
         "turns: {}",
@@ -266,17 +277,7 @@ fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it() {
     let agent = Agent::start(
         "[[agent.intents]]\nname = \"callback\"\nexamples = [\"call me back\"]\naction = \"collect\"\nreply = \"Thank you {name}, we will call you back.\"\n[[agent.intents.slots]]\nname = \"name\"\ndescription = \"the caller's full name\"\nask = \"May I have your name?\"\nkind = \"text\"\n",
     );
-    let caller = Baresip::start(
-        BaresipOptions::new("caller")
-            .mic(&mic, Duration::from_secs(14))
-            .record(true),
-    );
-    caller.dial(&agent.uri());
-    caller.wait_event("CALL_ESTABLISHED", T_CALL);
-    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
-    let call = agent.last_call();
-    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
-    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(14));
     eprintln!("caller heard: {heard_text:?}");
     let log = agent.stop();
     let turns = call["turns"].as_array().cloned().unwrap_or_default();
@@ -423,17 +424,7 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     // The model gets 1 ms per reply: every answer times out and the intent's template is said.
     let intent = "[[agent.intents]]\nname = \"vaccines\"\nexamples = [\"vaccinations\", \"vaccine\", \"flu jab\"]\naction = \"answer\"\nreply = \"Flu vaccinations are on weekday mornings.\"\n";
     let agent = Agent::start(&format!("[agent]\nmax_reply_ms = 1\n{intent}"));
-    let caller = Baresip::start(
-        BaresipOptions::new("caller")
-            .mic(&mic, Duration::from_secs(10))
-            .record(true),
-    );
-    caller.dial(&agent.uri());
-    caller.wait_event("CALL_ESTABLISHED", T_CALL);
-    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
-    let call = agent.last_call();
-    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
-    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(10));
     eprintln!("caller heard (model timed out): {heard_text:?}");
     let turn = &call["turns"][0];
     assert_eq!(turn["action"], "fallback", "{turn}");
@@ -451,17 +442,7 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
         models_dir().display()
     ));
     let agent = Agent::start_site(site);
-    let caller = Baresip::start(
-        BaresipOptions::new("caller2")
-            .mic(&mic, Duration::from_secs(12))
-            .record(true),
-    );
-    caller.dial(&agent.uri());
-    caller.wait_event("CALL_ESTABLISHED", T_CALL);
-    caller.wait_event("CALL_CLOSED", Duration::from_secs(40));
-    let call = agent.last_call();
-    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
-    let heard_text = transcribe(&heard.to_mono(), heard.rate);
+    let (call, heard_text) = agent.call_from("caller2", &mic, Duration::from_secs(12));
     eprintln!("caller heard (no voice): {heard_text:?}");
     let log = agent.stop();
     assert!(
