@@ -16,9 +16,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # downloaded); espeak-ng-data: espeak-ng's phoneme data, read at run time (also by the tests).
 APT_BUILD := build-essential pkg-config cmake clang libclang-dev libgomp1 libsonic-dev libssl-dev espeak-ng-data
 APT_TEST := python3 lintian systemd dpkg-dev adduser passwd util-linux gzip baresip kamailio sip-tester tshark sox espeak-ng openssl mosquitto mosquitto-clients
+# To build and run the reference engines `make bench` compares ours with (bench/reference/).
+APT_BENCH := python3-venv curl ca-certificates
 CARGO_TOOLS := cargo-deb
 
-.PHONY: all deps ggml test-deps build run models test test-fast lint deb bench clean
+.PHONY: all deps ggml test-deps build run models test test-fast lint deb bench bench-ref clean
 
 all: build
 
@@ -91,7 +93,14 @@ deb: test-deps ggml
 	echo "$$deb" > target/debian/LATEST; \
 	echo "built $$deb"
 
-bench: ggml
+# whisper.cpp's whisper-cli, llama.cpp's llama-bench and Piper itself, built once into
+# target/bench-ref from pinned PyPI archives; a part that cannot be built is reported and its
+# bench rows fall back to ../shared/REFERENCE-FIGURES.md.
+bench-ref: deps
+	$(call apt_install,$(APT_BENCH))
+	bash bench/reference/build.sh
+
+bench: test-deps ggml bench-ref
 	$(CARGO) bench --locked --bench store
 	$(CARGO) bench --locked --bench media
 	$(CARGO) bench --locked --bench sip

@@ -210,6 +210,23 @@ fn whisper_transcribes_jfk_16k() {
         .text
         .to_lowercase()
         .contains("country"));
+    // Where the words are in the audio (jfk: "ask not" follows a pause at about 3.9 s; the
+    // last "country" is said at about 10.5–10.9 s).
+    let ask = words
+        .iter()
+        .find(|w| w.text.to_lowercase().starts_with("ask"))
+        .unwrap();
+    assert!(
+        (3300..=4300).contains(&ask.start_ms),
+        "\"ask\" at {} ms: {words:?}",
+        ask.start_ms
+    );
+    let country = words.last().unwrap();
+    assert!(
+        (10_000..=11_000).contains(&country.start_ms),
+        "\"country\" at {} ms: {words:?}",
+        country.start_ms
+    );
 }
 
 fn transcribe_pieces(w: &WhisperRecognizer, pieces: &[Vec<i16>]) -> (String, Duration) {
@@ -309,6 +326,59 @@ fn slow_whisper_telephone_path_is_within_3_points_of_the_model_on_the_file() {
             );
         }
     }
+}
+
+/// espeak-ng questions a caller asks the agent, through the 8 kHz µ-law path and cut by the
+/// endpointer like a call: whisper may mishear robotic 8 kHz speech (FACTS.md), but it must not
+/// say the question twice. Seen on a real call: "what are you opening hour and. what are you
+/// opening hour and. hello"; before the decoder ran without timestamp tokens, four of these
+/// ended in such run-ons ("How much no no no consultation card. How much").
+#[test]
+fn slow_espeak_questions_on_the_telephone_path_are_not_repeated() {
+    let _g = serial();
+    let w = whisper();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for question in [
+        "What are your opening hours?",
+        "Hello, what are your opening hours?",
+        "Where are you located?",
+        "I would like to talk to a person, please.",
+        "Can I book an appointment for Monday?",
+        "What are your opening hours and where are you?",
+        "Hi. What time do you open tomorrow?",
+        "What are your opening hours? Hello?",
+        "Are you open on Saturday?",
+        "What is your address?",
+        "I want to speak to someone.",
+        "How much does a consultation cost?",
+        "Hello, hello, what are your opening hours?",
+    ] {
+        let wav = dir.path().join("q.wav");
+        audio::make_speech(question, &wav, 8000);
+        let mut pcm8 = audio::silence(8000, 300);
+        pcm8.extend(audio::read_wav(&wav).to_mono());
+        pcm8.extend(audio::silence(8000, 1200));
+        let turns = cut_like_a_call(&telephone_to_asr(&pcm8, true));
+        let (text, _) = transcribe_pieces(w, &turns);
+        let words = edgevoice::speech::text::normalize_words(&text);
+        eprintln!("{question:?} -> {text:?}");
+        // Three words said twice, or the end saying the beginning again.
+        let repeated = words
+            .windows(3)
+            .enumerate()
+            .find(|(i, tri)| words[i + 3..].windows(3).any(|later| later == *tri))
+            .map(|(_, tri)| tri.join(" "))
+            .or_else(|| {
+                (2..=words.len() / 2)
+                    .find(|&k| words[words.len() - k..] == words[..k])
+                    .map(|k| words[..k].join(" "))
+            });
+        if let Some(again) = repeated {
+            failures.push(format!("{question:?} -> {text:?} says {again:?} again"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]

@@ -909,24 +909,31 @@ impl Baresip {
         self.received_dtmf()
     }
 
-    /// Recording pairs in rec/, oldest first (named by the second the call's audio started:
-    /// two calls starting within one second overwrite each other).
+    /// Recording pairs in rec/, oldest first. Each file is named by the second it was opened
+    /// (two calls starting within one second overwrite each other), and the -dec.wav of a call
+    /// can be opened a second after its -enc.wav, so they are paired by order, not by name.
     pub fn recordings(&self) -> Vec<Recording> {
         let rec = self.dir.path().join("rec");
-        let mut encs: Vec<PathBuf> = fs::read_dir(&rec)
+        let files: Vec<PathBuf> = fs::read_dir(&rec)
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
-        encs.retain(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with("-enc.wav"))
-        });
-        encs.sort();
-        encs.into_iter()
-            .map(|enc| {
-                let dec = PathBuf::from(enc.to_string_lossy().replace("-enc.wav", "-dec.wav"));
-                Recording { enc, dec }
-            })
+        let sorted_ending = |suffix: &str| {
+            let mut v: Vec<PathBuf> = files
+                .iter()
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(suffix))
+                })
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        };
+        sorted_ending("-enc.wav")
+            .into_iter()
+            .zip(sorted_ending("-dec.wav"))
+            .map(|(enc, dec)| Recording { enc, dec })
             .collect()
     }
 

@@ -1,12 +1,21 @@
 //! Speech recognition with whisper.cpp (whisper-rs): greedy decoding, English, the encoder sized
-//! to the utterance (`audio_ctx`), word timestamps from token timestamps.
+//! to the utterance (`audio_ctx`).
+//!
+//! With the sized encoder the decoder runs without timestamp tokens, as whisper.cpp's own
+//! streaming example does: with them it ended the segment early at a wrong time and then said
+//! the utterance again ("A golden ring will please, mother. A golden ring will please, …"),
+//! which cost a third more decoding and mangled the text. Word times then come from DTW over
+//! the cross-attention of the top text layers (any whisper model has them), not from timestamp
+//! tokens. The whole-window mode keeps timestamp tokens and uses flash attention instead
+//! (whisper.cpp cannot do both; flash attention only pays off on the whole window).
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use whisper_rs::{
-    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+    DtwMode, DtwParameters, FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters,
+    WhisperState,
 };
 
 use super::{
@@ -67,8 +76,20 @@ impl WhisperRecognizer {
             path: config.model.clone(),
             reason: "path is not UTF-8".into(),
         })?;
-        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
-            .map_err(|e| AsrError::ModelLoad {
+        let mut params = WhisperContextParameters::default();
+        if config.sized_audio_ctx {
+            params.dtw_parameters(DtwParameters {
+                mode: DtwMode::TopMost {
+                    n_top: DTW_TOP_TEXT_LAYERS,
+                },
+                ..DtwParameters::default()
+            });
+        } else {
+            // A third off the whole window's encoder (speech bench); it would disable DTW.
+            params.flash_attn(true);
+        }
+        let ctx =
+            WhisperContext::new_with_params(path, params).map_err(|e| AsrError::ModelLoad {
                 path: config.model.clone(),
                 reason: e.to_string(),
             })?;
@@ -112,9 +133,31 @@ pub struct WhisperSession {
     state: WhisperState,
 }
 
+/// Text layers whose attention heads DTW aligns tokens with (every whisper model has at least
+/// 4; on tiny.en the words land within ~40 ms of its alignment-head preset, for less work).
+const DTW_TOP_TEXT_LAYERS: i32 = 2;
+
 /// whisper's timestamps are in 10 ms units.
 fn ts_ms(t: i64) -> u64 {
     u64::try_from(t.max(0)).unwrap_or(0) * 10
+}
+
+/// Word spans from DTW token times (the moment each word starts): a word lasts until the next
+/// one starts; the last one until `audio_ms` (at most `LAST_WORD_MS`).
+fn spans_from_starts(words: &mut [Word], audio_ms: u64) {
+    const LAST_WORD_MS: u64 = 800;
+    let mut floor = 0;
+    for w in words.iter_mut() {
+        w.start_ms = w.start_ms.clamp(floor, audio_ms);
+        floor = w.start_ms;
+    }
+    let starts: Vec<u64> = words.iter().map(|w| w.start_ms).collect();
+    for (i, w) in words.iter_mut().enumerate() {
+        w.end_ms = match starts.get(i + 1) {
+            Some(&next) => next,
+            None => audio_ms.min(w.start_ms + LAST_WORD_MS),
+        };
+    }
 }
 
 /// Most text tokens a sized-context decode may produce for `samples` of speech: fast speech is
@@ -129,6 +172,16 @@ fn max_tokens_for(samples: usize) -> i32 {
 /// cannot tell: with a sized encoder many real words get no duration too. Returns whether
 /// anything was removed.
 fn drop_decoder_run_on(words: &mut Vec<Word>) -> bool {
+    let before = words.len();
+    // Dropping a periodic tail can leave a restart behind it, and the other way round.
+    while let Some(keep) = run_on_start(words) {
+        words.truncate(keep);
+    }
+    words.len() < before
+}
+
+/// Where the decoder's run-on starts in `words`, if it ran on.
+fn run_on_start(words: &[Word]) -> Option<usize> {
     let norm: Vec<String> = words
         .iter()
         .map(|w| crate::speech::text::normalize_words(&w.text).join(" "))
@@ -151,12 +204,16 @@ fn drop_decoder_run_on(words: &mut Vec<Word>) -> bool {
             keep = keep.min(start);
         }
     }
-    if keep < n {
-        words.truncate(keep);
-        true
-    } else {
-        false
+    // A new sentence that starts the utterance over and is cut short by the end of the audio
+    // ("How much no consultation card. How much"): two words are enough there.
+    for k in 2..=n / 2 {
+        let tail = n - k;
+        let after_sentence_end = words[tail - 1].text.trim_end().ends_with(['.', '?', '!']);
+        if after_sentence_end && (0..k).all(|i| same(tail + i, i)) {
+            keep = keep.min(tail);
+        }
     }
+    (keep < n).then_some(keep)
 }
 
 impl WhisperSession {
@@ -200,13 +257,15 @@ impl WhisperSession {
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_timestamps(false);
-        params.set_token_timestamps(true);
-        if audio_ctx < 1500 {
+        let dtw_word_times = audio_ctx < 1500;
+        params.set_token_timestamps(!dtw_word_times);
+        if dtw_word_times {
             params.set_audio_ctx(i32::try_from(audio_ctx).unwrap_or(1500));
+            // No timestamp tokens (module docs): the text ends where the speech does, and the
+            // word times come from DTW.
+            params.set_no_timestamps(true);
             // One decoding pass over the utterance (no seek-and-re-decode over the truncated
-            // encoder output). Known issue: on harvard_8k's sentences cut at pauses, the sized
-            // context still repeats some sentences (23 % WER vs 0 % with the whole window):
-            // see tests/speech_engines.rs.
+            // encoder output).
             params.set_single_segment(true);
             // Bounds a decoder that runs on past the speech (seen: 90 invented words and 6 s of
             // decoding for a 1.9 s question): about 4 tokens a second of speech is plenty.
@@ -247,9 +306,10 @@ impl WhisperSession {
                         w.probability = probs.iter().sum::<f32>() / probs.len() as f32;
                     }
                     probs.clear();
+                    let start = if dtw_word_times { data.t_dtw } else { data.t0 };
                     words.push(Word {
                         text: piece.trim().to_string(),
-                        start_ms: ts_ms(data.t0),
+                        start_ms: ts_ms(start),
                         end_ms: ts_ms(data.t1),
                         probability: 0.0,
                     });
@@ -263,6 +323,10 @@ impl WhisperSession {
                 w.probability = probs.iter().sum::<f32>() / probs.len() as f32;
             }
             words.retain(|w| !w.text.is_empty());
+            let audio_ms = audio.as_millis() as u64;
+            if dtw_word_times {
+                spans_from_starts(&mut words, audio_ms);
+            }
             // With the encoder sized to the utterance, the decoder can run past the speech and
             // say it again. Drop the repetition, and its text.
             let text = if audio_ctx < 1500 && drop_decoder_run_on(&mut words) {
@@ -274,10 +338,18 @@ impl WhisperSession {
             } else {
                 text
             };
+            let (start_ms, end_ms) = if dtw_word_times {
+                (
+                    words.first().map_or(0, |w| w.start_ms),
+                    words.last().map_or(audio_ms, |w| w.end_ms),
+                )
+            } else {
+                (ts_ms(seg.start_timestamp()), ts_ms(seg.end_timestamp()))
+            };
             segments.push(Segment {
                 text,
-                start_ms: ts_ms(seg.start_timestamp()),
-                end_ms: ts_ms(seg.end_timestamp()),
+                start_ms,
+                end_ms,
                 words,
                 no_speech_probability: seg.no_speech_probability(),
             });
@@ -315,6 +387,26 @@ mod tests {
             end_ms,
             probability: 0.9,
         }
+    }
+
+    #[test]
+    fn dtw_word_starts_become_ordered_spans_within_the_audio() {
+        // DTW times are starts; one may come out before its predecessor or after the audio.
+        let mut words = vec![
+            w("ask", 3840, 0),
+            w("not", 4500, 0),
+            w("what", 4400, 0),
+            w("country", 12_000, 0),
+        ];
+        spans_from_starts(&mut words, 11_000);
+        let spans: Vec<(u64, u64)> = words.iter().map(|w| (w.start_ms, w.end_ms)).collect();
+        assert_eq!(
+            spans,
+            [(3840, 4500), (4500, 4500), (4500, 11_000), (11_000, 11_000)]
+        );
+        let mut words = vec![w("hello", 200, 0)];
+        spans_from_starts(&mut words, 5000);
+        assert_eq!((words[0].start_ms, words[0].end_ms), (200, 1000));
     }
 
     #[test]
@@ -357,6 +449,27 @@ mod tests {
                 .collect();
         assert!(!drop_decoder_run_on(&mut words));
         let mut words = vec![w("no,", 0, 100), w("no.", 100, 200), w("fine", 200, 300)];
+        assert!(!drop_decoder_run_on(&mut words));
+        // The utterance started over after a full stop, cut short: dropped.
+        let mut words: Vec<Word> = "How much no no no consultation card. How much"
+            .split(' ')
+            .map(|t| w(t, 0, 0))
+            .collect();
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 7);
+        // Seen: a periodic run-on whose first copy differs ("no no no"), then the restart.
+        let mut words: Vec<Word> = "How much no no no consultation card. How much no no \
+                                    consultation card. How much no no consultation card. How much no no"
+            .split_whitespace()
+            .map(|t| w(t, 0, 0))
+            .collect();
+        assert!(drop_decoder_run_on(&mut words));
+        assert_eq!(words.len(), 7);
+        // The same words again without a sentence between them are the caller's.
+        let mut words: Vec<Word> = "how much is it how much"
+            .split(' ')
+            .map(|t| w(t, 0, 0))
+            .collect();
         assert!(!drop_decoder_run_on(&mut words));
         // Words without duration are kept: real words get them too with a sized encoder.
         let mut words = vec![w("a", 0, 100), w("gold", 100, 100), w("ring", 100, 100)];

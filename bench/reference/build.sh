@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds the reference engines `make bench` runs beside ours, on the same models, audio and
+# threads (REFERENCE-FIGURES.md names the same versions):
+#   - whisper.cpp 1.8.5's own CLI (whisper-cli), from the whisper.cpp tree in PyPI's
+#     pywhispercpp 1.5.1 source archive (sha256 pinned below);
+#   - llama.cpp's own llama-bench, from the llama.cpp tree in PyPI's llama-cpp-python 0.3.36
+#     source archive (llama-cpp-sys-2's crate ships llama.cpp without its tools' sources);
+#   - Piper 1.8.0 (piper-tts) on ONNX Runtime 1.24.4, both from PyPI, in a venv.
+# Both C++ builds use GGML_NATIVE=OFF like our ggml (target/ggml-prefix), so the comparison is
+# engine against engine, not instruction set against instruction set.
+#
+# Everything lands in target/bench-ref/ and is reused: each part is rebuilt only when its stamp
+# is missing. A part that cannot be built is reported in target/bench-ref/<part>.error and the
+# bench falls back to REFERENCE-FIGURES.md for it, saying so. Nothing here is committed output.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+out="$root/target/bench-ref"
+jobs="${REF_BUILD_JOBS:-2}"
+mkdir -p "$out"
+
+WHISPER_SDIST_URL="https://files.pythonhosted.org/packages/9f/35/610787a277e177e6b7983277a35a2969c0876b46c0d889bc6a0c4b4ac4a7/pywhispercpp-1.5.1.tar.gz"
+WHISPER_SDIST_SHA256="5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5"
+PIPER_TTS_VERSION="1.8.0"
+ONNXRUNTIME_PY_VERSION="1.24.4"
+LLAMA_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
+LLAMA_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+cmake_flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF
+    -DGGML_OPENMP=ON)
+
+fail() { # part, message
+    echo "bench reference $1: $2" | tee "$out/$1.error" >&2
+}
+
+fetch_pinned() { # url, sha256, file, part: PyPI source archives, checked before use
+    local url="$1" sum="$2" file="$3" part="$4"
+    if [ ! -f "$file" ]; then
+        curl -fsSL --retry 3 -o "$file.part" "$url" \
+            || { fail "$part" "download of $url failed"; return 1; }
+        mv "$file.part" "$file"
+    fi
+    echo "$sum  $file" | sha256sum -c --quiet - \
+        || { rm -f "$file"; fail "$part" "sha256 mismatch for $(basename "$file")"; return 1; }
+}
+
+build_whisper() {
+    local stamp="$out/whisper-cli.stamp"
+    if [ -x "$out/bin/whisper-cli" ] && [ -f "$stamp" ]; then return 0; fi
+    rm -f "$out/whisper.error"
+    local dl="$out/dl" src="$out/src/pywhispercpp-1.5.1"
+    mkdir -p "$dl" "$out/src" "$out/bin"
+    fetch_pinned "$WHISPER_SDIST_URL" "$WHISPER_SDIST_SHA256" "$dl/pywhispercpp-1.5.1.tar.gz" whisper \
+        || return 1
+    rm -rf "$src"
+    tar -xzf "$dl/pywhispercpp-1.5.1.tar.gz" -C "$out/src" \
+        || { fail whisper "cannot unpack pywhispercpp-1.5.1.tar.gz"; return 1; }
+    echo "building whisper-cli (whisper.cpp 1.8.5) in $out/build-whisper"
+    cmake -S "$src/whisper.cpp" -B "$out/build-whisper" "${cmake_flags[@]}" \
+        -DWHISPER_BUILD_EXAMPLES=ON -DWHISPER_BUILD_TESTS=OFF -DWHISPER_SDL2=OFF \
+        -DWHISPER_CURL=OFF >"$out/build-whisper.log" 2>&1 \
+        && cmake --build "$out/build-whisper" --target whisper-cli -j "$jobs" \
+            >>"$out/build-whisper.log" 2>&1 \
+        || { fail whisper "build failed, see $out/build-whisper.log"; return 1; }
+    cp "$out/build-whisper/bin/whisper-cli" "$out/bin/whisper-cli"
+    echo "whisper.cpp 1.8.5 (pywhispercpp 1.5.1 sdist)" >"$stamp"
+}
+
+build_llama() {
+    local stamp="$out/llama-bench.stamp"
+    if [ -x "$out/bin/llama-bench" ] && [ -f "$stamp" ]; then return 0; fi
+    rm -f "$out/llama.error"
+    local dl="$out/dl" src="$out/src/llama_cpp_python-0.3.36"
+    mkdir -p "$dl" "$out/src" "$out/bin"
+    fetch_pinned "$LLAMA_SDIST_URL" "$LLAMA_SDIST_SHA256" "$dl/llama_cpp_python-0.3.36.tar.gz" llama \
+        || return 1
+    rm -rf "$src"
+    tar -xzf "$dl/llama_cpp_python-0.3.36.tar.gz" -C "$out/src" \
+        || { fail llama "cannot unpack llama_cpp_python-0.3.36.tar.gz"; return 1; }
+    echo "building llama-bench (llama.cpp of llama-cpp-python 0.3.36) in $out/build-llama"
+    cmake -S "$src/vendor/llama.cpp" -B "$out/build-llama" "${cmake_flags[@]}" \
+        -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        >"$out/build-llama.log" 2>&1 \
+        && cmake --build "$out/build-llama" --target llama-bench -j "$jobs" \
+            >>"$out/build-llama.log" 2>&1 \
+        || { fail llama "build failed, see $out/build-llama.log"; return 1; }
+    cp "$out/build-llama/bin/llama-bench" "$out/bin/llama-bench"
+    echo "llama.cpp of llama-cpp-python 0.3.36 (sdist)" >"$stamp"
+}
+
+build_piper() {
+    local venv="$out/piper-venv" stamp="$out/piper.stamp"
+    local want="piper-tts $PIPER_TTS_VERSION onnxruntime $ONNXRUNTIME_PY_VERSION"
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    rm -f "$out/piper.error"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { fail piper "python3 -m venv failed (python3-venv missing?)"; return 1; }
+    "$venv/bin/pip" install -q "piper-tts==$PIPER_TTS_VERSION" \
+        "onnxruntime==$ONNXRUNTIME_PY_VERSION" >"$out/piper-install.log" 2>&1 \
+        || { fail piper "pip install failed, see $out/piper-install.log"; return 1; }
+    echo "$want" >"$stamp"
+}
+
+status=0
+build_whisper || status=1
+build_llama || status=1
+build_piper || status=1
+# A missing reference is reported, not fatal: the bench says which figures fell back.
+if [ "$status" != 0 ]; then
+    echo "bench reference: some reference engines are missing; see $out/*.error" >&2
+fi
+exit 0
