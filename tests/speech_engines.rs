@@ -363,12 +363,15 @@ fn slow_espeak_questions_on_the_telephone_path_are_not_repeated() {
         let (text, _) = transcribe_pieces(w, &turns);
         let words = edgevoice::speech::text::normalize_words(&text);
         eprintln!("{question:?} -> {text:?}");
-        // Three words said twice, or the end saying the beginning again.
+        // Three words said twice, a word twice at the end, or the end saying the beginning
+        // again.
+        let n = words.len();
         let repeated = words
             .windows(3)
             .enumerate()
             .find(|(i, tri)| words[i + 3..].windows(3).any(|later| later == *tri))
             .map(|(_, tri)| tri.join(" "))
+            .or_else(|| (n >= 2 && words[n - 1] == words[n - 2]).then(|| words[n - 1].clone()))
             .or_else(|| {
                 (2..=words.len() / 2)
                     .find(|&k| words[words.len() - k..] == words[..k])

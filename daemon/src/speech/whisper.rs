@@ -216,11 +216,73 @@ fn run_on_start(words: &[Word]) -> Option<usize> {
     (keep < n).then_some(keep)
 }
 
+/// Decodes after an early end of text: at most this many more passes per utterance.
+const MAX_CONTINUATIONS: usize = 3;
+
+/// Where speech the decoder has not written starts, if any. The decoder without timestamp
+/// tokens can end its text at a pause ("What are your opening hours?" without the "Hello?"
+/// after it). The first pause (≥ 160 ms below the speech level) that ends after the last word
+/// written starts (DTW puts a last word up to ~300 ms late, so with that margin) and is
+/// followed by at least 200 ms of speech is found; the rest is decoded from 100 ms before the
+/// speech resumes.
+fn untranscribed_speech_after(pcm: &[f32], last_word_start_ms: u64) -> Option<usize> {
+    const FRAME: usize = ASR_SAMPLE_RATE as usize / 50; // 20 ms
+    const MIN_PAUSE_FRAMES: usize = 8;
+    const MIN_SPEECH_FRAMES: usize = 10;
+    const DTW_LATE_MS: u64 = 300;
+    let rms: Vec<f32> = pcm
+        .chunks(FRAME)
+        .map(|f| (f.iter().map(|x| x * x).sum::<f32>() / f.len() as f32).sqrt())
+        .collect();
+    let peak = rms.iter().copied().fold(0.0f32, f32::max);
+    // Speech: within 30 dB of the loudest frame and above -50 dBFS.
+    let level = (peak * 0.0316).max(0.00316);
+    let voiced: Vec<bool> = rms.iter().map(|&r| r >= level).collect();
+    // Frames where speech resumes after a pause, and how much speech follows each.
+    let mut resumes = Vec::new();
+    let mut quiet = 0;
+    let mut heard = false;
+    for (i, &v) in voiced.iter().enumerate() {
+        if v {
+            if heard && quiet >= MIN_PAUSE_FRAMES {
+                resumes.push(i);
+            }
+            heard = true;
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
+    }
+    let resume = resumes.into_iter().find(|&i| {
+        (i * 20) as u64 + DTW_LATE_MS > last_word_start_ms
+            && voiced[i..].iter().filter(|&&v| v).count() >= MIN_SPEECH_FRAMES
+    })?;
+    Some((resume * FRAME).saturating_sub(5 * FRAME))
+}
+
+/// Appends a continuation's words, without the words it said again from the end of `words`.
+/// A short piece decoded alone can also say its only word twice ("Hello? Hello?"): once.
+fn append_continuation(words: &mut Vec<Word>, mut more: Vec<Word>) {
+    let norm = |w: &Word| crate::speech::text::normalize_words(&w.text).join(" ");
+    if more.len() > 1 && more.iter().all(|w| norm(w) == norm(&more[0])) {
+        more.truncate(1);
+    }
+    let overlap = (1..=words.len().min(more.len()))
+        .rev()
+        .find(|&k| {
+            words[words.len() - k..]
+                .iter()
+                .zip(&more[..k])
+                .all(|(a, b)| norm(a) == norm(b))
+        })
+        .unwrap_or(0);
+    words.extend(more.into_iter().skip(overlap));
+}
+
 impl WhisperSession {
     /// Transcribes one utterance of 16 kHz mono f32 audio.
     pub fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
         let started = Instant::now();
-        let cfg = &self.config;
         let audio = Duration::from_secs_f64(pcm_16k.len() as f64 / f64::from(ASR_SAMPLE_RATE));
         if pcm_16k.is_empty() {
             return Ok(Transcript {
@@ -231,6 +293,68 @@ impl WhisperSession {
                 audio_ctx: 0,
             });
         }
+        let (mut segments, audio_ctx) = self.decode(pcm_16k)?;
+        // Without timestamp tokens (sized encoder: one segment) the text can end at a pause
+        // before the speech does: decode the rest and add it.
+        if audio_ctx < 1500 && segments.len() == 1 {
+            for _ in 0..MAX_CONTINUATIONS {
+                let Some(last) = segments[0].words.last() else {
+                    break;
+                };
+                let Some(from) = untranscribed_speech_after(pcm_16k, last.start_ms) else {
+                    break;
+                };
+                let offset_ms = from as u64 * 1000 / u64::from(ASR_SAMPLE_RATE);
+                let (more, _) = self.decode(&pcm_16k[from..])?;
+                let added: Vec<Word> = more
+                    .into_iter()
+                    .flat_map(|s| s.words)
+                    .map(|mut w| {
+                        w.start_ms += offset_ms;
+                        w.end_ms += offset_ms;
+                        w
+                    })
+                    .collect();
+                if added.is_empty() {
+                    break;
+                }
+                let seg = &mut segments[0];
+                let before = seg.words.len();
+                append_continuation(&mut seg.words, added);
+                drop_decoder_run_on(&mut seg.words);
+                let audio_ms = audio.as_millis() as u64;
+                spans_from_starts(&mut seg.words, audio_ms);
+                seg.text = seg
+                    .words
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                seg.end_ms = seg.words.last().map_or(audio_ms, |w| w.end_ms);
+                if seg.words.len() <= before {
+                    break; // what it heard there was a repetition
+                }
+            }
+        }
+        let text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Transcript {
+            text,
+            segments,
+            audio,
+            elapsed: started.elapsed(),
+            audio_ctx,
+        })
+    }
+
+    /// One whisper pass over `pcm_16k` (not empty): its segments and the encoder size used.
+    fn decode(&mut self, pcm_16k: &[f32]) -> Result<(Vec<Segment>, u32), AsrError> {
+        let cfg = &self.config;
+        let audio = Duration::from_secs_f64(pcm_16k.len() as f64 / f64::from(ASR_SAMPLE_RATE));
         // whisper.cpp refuses less than 1 s ("input is too short"): pad short clips with silence.
         let min = ASR_SAMPLE_RATE as usize + ASR_SAMPLE_RATE as usize / 10;
         let padded;
@@ -354,19 +478,7 @@ impl WhisperSession {
                 no_speech_probability: seg.no_speech_probability(),
             });
         }
-        let text = segments
-            .iter()
-            .map(|s| s.text.as_str())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        Ok(Transcript {
-            text,
-            segments,
-            audio,
-            elapsed: started.elapsed(),
-            audio_ctx,
-        })
+        Ok((segments, audio_ctx))
     }
 }
 
@@ -387,6 +499,63 @@ mod tests {
             end_ms,
             probability: 0.9,
         }
+    }
+
+    fn speech_and_pauses(parts: &[(bool, u64)]) -> Vec<f32> {
+        let mut pcm = Vec::new();
+        for &(loud, ms) in parts {
+            let n = ms as usize * 16;
+            pcm.extend((0..n).map(|i| {
+                if loud {
+                    0.3 * (i as f32 * 0.07).sin()
+                } else {
+                    0.0005 // line noise, below the speech level
+                }
+            }));
+        }
+        pcm
+    }
+
+    #[test]
+    fn speech_after_a_pause_past_the_last_word_is_found_and_a_breath_is_not() {
+        // 1 s of speech, a 300 ms pause, 500 ms more: the text ended at a word at 0.5 s, or
+        // DTW put that word late, into the pause or just after it.
+        let pcm = speech_and_pauses(&[(true, 1000), (false, 300), (true, 500)]);
+        assert_eq!(untranscribed_speech_after(&pcm, 500), Some(1200 * 16));
+        assert_eq!(untranscribed_speech_after(&pcm, 1500), Some(1200 * 16));
+        // The last word written starts well after the pause: nothing left.
+        assert_eq!(untranscribed_speech_after(&pcm, 1700), None);
+        // The first pause after the text's end counts; the later ones come in later passes.
+        let pcm = speech_and_pauses(&[
+            (true, 500),
+            (false, 300),
+            (true, 500),
+            (false, 300),
+            (true, 500),
+        ]);
+        assert_eq!(untranscribed_speech_after(&pcm, 200), Some(700 * 16));
+        assert_eq!(untranscribed_speech_after(&pcm, 1200), Some(1500 * 16));
+        // 100 ms of sound after the pause is not speech worth a pass.
+        let pcm = speech_and_pauses(&[(true, 1000), (false, 300), (true, 100), (false, 500)]);
+        assert_eq!(untranscribed_speech_after(&pcm, 500), None);
+        // A pause shorter than 160 ms is inside the sentence.
+        let pcm = speech_and_pauses(&[(true, 1000), (false, 100), (true, 500)]);
+        assert_eq!(untranscribed_speech_after(&pcm, 500), None);
+    }
+
+    #[test]
+    fn a_continuation_does_not_repeat_the_words_it_starts_with() {
+        let words = |t: &str| -> Vec<Word> { t.split(' ').map(|x| w(x, 0, 0)).collect() };
+        let mut said = words("What are your opening hours");
+        append_continuation(&mut said, words("hours? Hello?"));
+        let text: Vec<&str> = said.iter().map(|w| w.text.as_str()).collect();
+        assert_eq!(text, ["What", "are", "your", "opening", "hours", "Hello?"]);
+        let mut said = words("what are you opening hours");
+        append_continuation(&mut said, words("Hello? Hello?"));
+        assert_eq!(said.len(), 6);
+        let mut said = words("Thank you for calling.");
+        append_continuation(&mut said, words("Goodbye."));
+        assert_eq!(said.len(), 5);
     }
 
     #[test]
