@@ -112,9 +112,10 @@ async fn inbound(
         &call.source.to_string(),
     );
     rec.trunk = Some(call.trunk.clone());
-    save(&ctx, &rec).await;
     tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
 
+    // Admission first: a refused caller gets the 503 at once, not after the store's fsync
+    // (seen: more than 10 s on a busy disk); its record is saved once, ended.
     let agent = if config.call.handler == CallHandler::Agent {
         match admit_agent(&ctx) {
             Ok(speech) => Some(speech),
@@ -127,6 +128,7 @@ async fn inbound(
     } else {
         None
     };
+    save(&ctx, &rec).await;
     let Some(sockets) = ports.allocate().await else {
         let reason = "no free RTP port pair".to_owned();
         tracing::warn!("{reason}; widen rtp.port_min..port_max");
