@@ -44,49 +44,41 @@ fetch_pinned() { # url, sha256, file, part: PyPI source archives, checked before
         || { rm -f "$file"; fail "$part" "sha256 mismatch for $(basename "$file")"; return 1; }
 }
 
-build_whisper() {
-    local stamp="$out/whisper-cli.stamp"
-    if [ -x "$out/bin/whisper-cli" ] && [ -f "$stamp" ]; then return 0; fi
-    rm -f "$out/whisper.error"
-    local dl="$out/dl" src="$out/src/pywhispercpp-1.5.1"
-    mkdir -p "$dl" "$out/src" "$out/bin"
-    fetch_pinned "$WHISPER_SDIST_URL" "$WHISPER_SDIST_SHA256" "$dl/pywhispercpp-1.5.1.tar.gz" whisper \
-        || return 1
+# build_from_sdist PART TOOL URL SHA256 SOURCE_DIR_IN_ARCHIVE DESCRIPTION [cmake options...]:
+# downloads the pinned archive, unpacks it and builds one CMake target, TOOL, into bin/.
+build_from_sdist() {
+    local part="$1" tool="$2" url="$3" sum="$4" subdir="$5" what="$6"
+    shift 6
+    local stamp="$out/$tool.stamp" archive
+    archive="$(basename "$url")"
+    if [ -x "$out/bin/$tool" ] && [ -f "$stamp" ]; then return 0; fi
+    rm -f "$out/$part.error"
+    mkdir -p "$out/dl" "$out/src" "$out/bin"
+    fetch_pinned "$url" "$sum" "$out/dl/$archive" "$part" || return 1
+    local src="$out/src/${archive%.tar.gz}"
     rm -rf "$src"
-    tar -xzf "$dl/pywhispercpp-1.5.1.tar.gz" -C "$out/src" \
-        || { fail whisper "cannot unpack pywhispercpp-1.5.1.tar.gz"; return 1; }
-    echo "building whisper-cli (whisper.cpp 1.8.5) in $out/build-whisper"
-    cmake -S "$src/whisper.cpp" -B "$out/build-whisper" "${cmake_flags[@]}" \
-        -DWHISPER_BUILD_EXAMPLES=ON -DWHISPER_BUILD_TESTS=OFF -DWHISPER_SDL2=OFF \
-        -DWHISPER_CURL=OFF >"$out/build-whisper.log" 2>&1 \
-        && cmake --build "$out/build-whisper" --target whisper-cli -j "$jobs" \
-            >>"$out/build-whisper.log" 2>&1 \
-        || { fail whisper "build failed, see $out/build-whisper.log"; return 1; }
-    cp "$out/build-whisper/bin/whisper-cli" "$out/bin/whisper-cli"
-    echo "whisper.cpp 1.8.5 (pywhispercpp 1.5.1 sdist)" >"$stamp"
+    tar -xzf "$out/dl/$archive" -C "$out/src" \
+        || { fail "$part" "cannot unpack $archive"; return 1; }
+    local build="$out/build-$part"
+    echo "building $tool ($what) in $build"
+    cmake -S "$src/$subdir" -B "$build" "${cmake_flags[@]}" "$@" >"$build.log" 2>&1 \
+        && cmake --build "$build" --target "$tool" -j "$jobs" >>"$build.log" 2>&1 \
+        || { fail "$part" "build failed, see $build.log"; return 1; }
+    cp "$build/bin/$tool" "$out/bin/$tool"
+    echo "$what" >"$stamp"
+}
+
+build_whisper() {
+    build_from_sdist whisper whisper-cli "$WHISPER_SDIST_URL" "$WHISPER_SDIST_SHA256" whisper.cpp \
+        "whisper.cpp 1.8.5 (pywhispercpp 1.5.1 sdist)" \
+        -DWHISPER_BUILD_EXAMPLES=ON -DWHISPER_BUILD_TESTS=OFF -DWHISPER_SDL2=OFF -DWHISPER_CURL=OFF
 }
 
 build_llama() {
-    local stamp="$out/llama-bench.stamp"
-    if [ -x "$out/bin/llama-bench" ] && [ -f "$stamp" ]; then return 0; fi
-    rm -f "$out/llama.error"
-    local dl="$out/dl" src="$out/src/llama_cpp_python-0.3.36"
-    mkdir -p "$dl" "$out/src" "$out/bin"
-    fetch_pinned "$LLAMA_SDIST_URL" "$LLAMA_SDIST_SHA256" "$dl/llama_cpp_python-0.3.36.tar.gz" llama \
-        || return 1
-    rm -rf "$src"
-    tar -xzf "$dl/llama_cpp_python-0.3.36.tar.gz" -C "$out/src" \
-        || { fail llama "cannot unpack llama_cpp_python-0.3.36.tar.gz"; return 1; }
-    echo "building llama-bench (llama.cpp of llama-cpp-python 0.3.36) in $out/build-llama"
-    cmake -S "$src/vendor/llama.cpp" -B "$out/build-llama" "${cmake_flags[@]}" \
+    build_from_sdist llama llama-bench "$LLAMA_SDIST_URL" "$LLAMA_SDIST_SHA256" vendor/llama.cpp \
+        "llama.cpp of llama-cpp-python 0.3.36 (sdist)" \
         -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-        >"$out/build-llama.log" 2>&1 \
-        && cmake --build "$out/build-llama" --target llama-bench -j "$jobs" \
-            >>"$out/build-llama.log" 2>&1 \
-        || { fail llama "build failed, see $out/build-llama.log"; return 1; }
-    cp "$out/build-llama/bin/llama-bench" "$out/bin/llama-bench"
-    echo "llama.cpp of llama-cpp-python 0.3.36 (sdist)" >"$stamp"
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
 }
 
 build_piper() {

@@ -120,8 +120,8 @@ impl ReferenceEngines {
         runs: usize,
     ) -> Result<Vec<f64>, String> {
         let bin = self.tool("llama", &self.dir.join("bin/llama-bench"))?;
-        let out = Command::new(&bin)
-            .arg("-m")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-m")
             .arg(model)
             .args([
                 "-t",
@@ -132,21 +132,8 @@ impl ReferenceEngines {
                 "json",
             ])
             .args(["-p", &prompt.to_string(), "-n", &gen.to_string()])
-            .args(["-d", &depth.to_string()])
-            .output()
-            .map_err(|e| format!("llama-bench: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "llama-bench failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            ));
-        }
-        let tests: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("llama-bench output is not JSON: {e}"))?;
+            .args(["-d", &depth.to_string()]);
+        let tests = json_output(cmd, "llama-bench")?;
         let test = tests
             .as_array()
             .and_then(|a| a.first())
@@ -173,26 +160,13 @@ impl ReferenceEngines {
         let python = self.tool("piper", &self.dir.join("piper-venv/bin/python"))?;
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/reference/piper_ref.py");
-        let out = Command::new(python)
-            .arg(script)
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
             .arg(voice)
             .arg(threads.to_string())
             .arg(runs.to_string())
-            .arg(sentence)
-            .output()
-            .map_err(|e| format!("piper: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "piper failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("piper output is not JSON: {e}"))?;
+            .arg(sentence);
+        let v = json_output(cmd, "piper")?;
         let firsts: Vec<f64> = v["first_audio_ms"]
             .as_array()
             .ok_or("piper output without first_audio_ms")?
@@ -220,6 +194,23 @@ pub struct PiperFigures {
     pub first_audio: MinMedian,
     pub rtf: f64,
     pub source: String,
+}
+
+/// Runs a reference tool that prints JSON on stdout; on failure, the last line it printed on
+/// stderr says why.
+fn json_output(mut cmd: Command, name: &str) -> Result<serde_json::Value, String> {
+    let out = cmd.output().map_err(|e| format!("{name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{name} output is not JSON: {e}"))
 }
 
 /// Sums whisper_print_timings' compute stages from whisper-cli's stderr.
