@@ -69,12 +69,19 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
-/// rsipstack logs every datagram at INFO and sled every log-segment write at DEBUG; their
-/// warnings are what an operator needs, unless a directive names them.
+/// rsipstack logs every datagram at INFO, sled every log-segment write at DEBUG and ONNX
+/// Runtime (target `ort`) every arena allocation at INFO, ~100 lines a start; their warnings
+/// are what an operator needs, unless a directive names them.
 fn with_library_defaults(directives: &str) -> String {
     let mut out = directives.to_owned();
-    for library in ["rsipstack", "sled"] {
-        if !directives.contains(library) {
+    let named = |library: &str| {
+        directives.split(',').any(|d| {
+            let target = d.split('=').next().unwrap_or("").trim();
+            target == library || target.starts_with(&format!("{library}::"))
+        })
+    };
+    for library in ["rsipstack", "sled", "ort"] {
+        if !named(library) {
             out.push_str(&format!(",{library}=warn"));
         }
     }
@@ -107,5 +114,27 @@ pub fn init(level: &str) -> LogControl {
     LogControl {
         handle,
         env_override,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatty_libraries_log_warnings_only_unless_a_directive_names_them() {
+        assert_eq!(
+            with_library_defaults("debug"),
+            "debug,rsipstack=warn,sled=warn,ort=warn"
+        );
+        assert_eq!(
+            with_library_defaults("info,ort=info"),
+            "info,ort=info,rsipstack=warn,sled=warn"
+        );
+        // A target that merely contains a library's name does not count.
+        assert_eq!(
+            with_library_defaults("info,edgevoice::transport=debug,sled::tree=info"),
+            "info,edgevoice::transport=debug,sled::tree=info,rsipstack=warn,ort=warn"
+        );
     }
 }
