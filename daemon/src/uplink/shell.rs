@@ -417,6 +417,17 @@ fn tls_config(config: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>, Uplink
     Ok(Arc::new(client))
 }
 
+/// The retained `{base}/status` message.
+fn status_message(base: &str, state: &str, health: &str) -> WireMessage {
+    WireMessage {
+        topic: format!("{base}/status"),
+        body: status_payload(state, health),
+        retain: true,
+        idempotency_key: None,
+        correlation_data: None,
+    }
+}
+
 fn status_payload(state: &str, health: &str) -> Vec<u8> {
     serde_json::json!({
         "state": state,
@@ -685,21 +696,13 @@ async fn run(
         }
         with_outbox(&shared, |o, _| o.handle_connected()).await;
         let mut said_health = health();
-        let online = status_payload("online", &said_health);
         // `None` in the FIFO: a publish that is not the outbox's (the status message).
         let mut requested: VecDeque<Option<u16>> = VecDeque::new();
         let mut by_pkid: HashMap<u16, u16> = HashMap::new();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let error = 'conn: {
-            let status = WireMessage {
-                topic: format!("{base}/status"),
-                body: online,
-                retain: true,
-                idempotency_key: None,
-                correlation_data: None,
-            };
-            if let Err(e) = client.publish(status) {
+            if let Err(e) = client.publish(status_message(&base, "online", &said_health)) {
                 break 'conn format!("cannot queue the status message: {e}");
             }
             requested.push_back(None);
@@ -824,13 +827,7 @@ async fn run(
                         // not only the connection.
                         let now_health = health();
                         if now_health != said_health {
-                            let status = WireMessage {
-                                topic: format!("{base}/status"),
-                                body: status_payload("online", &now_health),
-                                retain: true,
-                                idempotency_key: None,
-                                correlation_data: None,
-                            };
+                            let status = status_message(&base, "online", &now_health);
                             if let Err(e) = client.publish(status) {
                                 break 'conn format!("cannot queue the status message: {e}");
                             }
@@ -868,14 +865,10 @@ async fn say_offline_and_disconnect(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<WireEvent, wire::WireError>>,
     base: &str,
 ) {
-    let status = WireMessage {
-        topic: format!("{base}/status"),
-        body: status_payload("offline", "stopped"),
-        retain: true,
-        idempotency_key: None,
-        correlation_data: None,
-    };
-    if client.publish(status).is_err() {
+    if client
+        .publish(status_message(base, "offline", "stopped"))
+        .is_err()
+    {
         return;
     }
     // Packet ids of publishes queued before this one are in flight too: wait until every one
