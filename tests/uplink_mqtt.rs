@@ -72,8 +72,9 @@ impl Subscriber {
         }
     }
 
-    /// Every event message received so far (all runs), as (topic, envelope).
-    fn events(&self) -> Vec<(String, serde_json::Value)> {
+    /// Every message received so far (all runs) on `.../events/{stream}`, as (topic, envelope).
+    fn events(&self, stream: &str) -> Vec<(String, serde_json::Value)> {
+        let suffix = format!("/events/{stream}");
         let mut out = Vec::new();
         for n in 1..=self.n {
             let log =
@@ -82,7 +83,7 @@ impl Subscriber {
                 let Some((topic, payload)) = line.split_once(' ') else {
                     continue;
                 };
-                if topic.contains("/events/") {
+                if topic.ends_with(&suffix) {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) {
                         out.push((topic.to_owned(), v));
                     }
@@ -199,9 +200,13 @@ fn keys(events: &[(String, serde_json::Value)]) -> Vec<String> {
 }
 
 fn expected_keys(device: &str, from: u64, to: u64) -> Vec<String> {
+    stream_keys(device, "calls", from, to)
+}
+
+fn stream_keys(device: &str, stream: &str, from: u64, to: u64) -> Vec<String> {
     // Sequences start at 1.
     (from + 1..=to)
-        .map(|s| format!("s1/{device}/calls/{s}"))
+        .map(|s| format!("s1/{device}/{stream}/{s}"))
         .collect()
 }
 
@@ -238,7 +243,8 @@ fn offline_records_are_delivered_in_order_once_the_broker_starts(version: Versio
     let device = app.status()["device_id"].as_str().unwrap().to_owned();
     const N: u32 = 12;
     app.calls(N);
-    app.wait_queued(u64::from(N));
+    // Each call's record and its summary, and the daemon's `started` event.
+    app.wait_queued(u64::from(2 * N + 1));
     let status = app.status();
     let line = status["uplink"].as_str().unwrap();
     assert!(
@@ -246,29 +252,45 @@ fn offline_records_are_delivered_in_order_once_the_broker_starts(version: Versio
         "{line}"
     );
     assert!(
-        line.contains("12 queued") && line.contains("connection refused"),
+        line.contains("25 queued") && line.contains("connection refused"),
         "{line}"
     );
     let plain = text(&app.site.cli(&["status"]).stdout);
-    assert!(plain.contains("12 queued"), "{plain}");
+    assert!(plain.contains("25 queued"), "{plain}");
 
     broker.start();
     sub.start(&broker);
     let want = expected_keys(&device, 0, u64::from(N));
     let got = peers::poll_until(Duration::from_secs(20), || {
-        let k = keys(&sub.events());
+        let k = keys(&sub.events("calls"));
         (k.len() >= want.len()).then_some(k)
     })
     .unwrap_or_else(|| panic!("not all delivered: {}\n{}", sub.lines(), app.daemon.log()));
     assert_eq!(got, want, "exactly the expected keys, in order");
-    for (topic, v) in sub.events() {
-        assert_eq!(topic, format!("edgevoice/s1/{device}/events/calls"));
+    let records = sub.events("calls");
+    for (_, v) in &records {
         assert!(
             v["payload"]["id"].is_string(),
             "the call record rides inside: {v}"
         );
     }
     app.wait_queued(0);
+    // Each record's summary, in the same order, with its own stream's keys.
+    let summaries = sub.events("summaries");
+    assert_eq!(
+        keys(&summaries),
+        stream_keys(&device, "summaries", 0, u64::from(N))
+    );
+    for ((_, record), (_, summary)) in records.iter().zip(&summaries) {
+        assert_eq!(summary["payload"]["call_id"], record["payload"]["id"]);
+    }
+    let events = sub.events("events");
+    assert_eq!(
+        keys(&events),
+        stream_keys(&device, "events", 0, 1),
+        "the start, queued while offline"
+    );
+    assert_eq!(events[0].1["payload"]["kind"], "started");
     let status = app.status();
     assert!(
         status["uplink"].as_str().unwrap().starts_with("connected"),
@@ -367,7 +389,8 @@ fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_sam
     let app = Appliance::attach(site, daemon);
     let device = app.status()["device_id"].as_str().unwrap().to_owned();
     app.calls(2);
-    app.wait_queued(2);
+    // Two records, their summaries, the `started` event.
+    app.wait_queued(5);
     broker.start();
     sub.start(&broker);
     let Appliance { site, daemon, .. } = app;
@@ -382,7 +405,7 @@ fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_sam
     app.wait_queued(0);
     let want: Vec<String> = vec![format!("s1/{device}/calls/1"), key2.clone(), key2];
     let got = peers::poll_until(Duration::from_secs(20), || {
-        let k = keys(&sub.events());
+        let k = keys(&sub.events("calls"));
         (k.len() >= want.len()).then_some(k)
     })
     .unwrap_or_else(|| panic!("not delivered: {}\n{}", sub.lines(), app.daemon.log()));
@@ -390,8 +413,13 @@ fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_sam
         got, want,
         "calls/2 twice with the same key, calls/1 once, nothing lost"
     );
-    let events = sub.events();
+    let events = sub.events("calls");
     assert_eq!(events[1].1, events[2].1, "the re-send is byte-identical");
+    assert_eq!(
+        dedup(&keys(&sub.events("summaries"))),
+        stream_keys(&device, "summaries", 0, 2),
+        "the summaries too: nothing lost"
+    );
     eprintln!("forced duplicate: {:?}", t0.elapsed());
     sub.stop();
     broker.stop();
@@ -411,16 +439,18 @@ fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() 
         "drain_rate_per_sec = 20\ndrain_burst = 1\nmax_in_flight = 4\n",
     )));
     let device = app.status()["device_id"].as_str().unwrap().to_owned();
+    app.wait_queued(0); // the `started` event is out
     sub.stop();
     broker.stop();
     const N: u32 = 40;
     app.calls(N);
-    app.wait_queued(u64::from(N));
+    // Each call's record and its summary.
+    app.wait_queued(u64::from(2 * N));
     broker.start();
     sub.start(&broker);
     // Broker restart mid-drain.
     peers::poll_until(Duration::from_secs(20), || {
-        (keys(&sub.events()).len() >= 8).then_some(())
+        (keys(&sub.events("calls")).len() >= 8).then_some(())
     })
     .expect("drain started");
     sub.stop();
@@ -429,22 +459,28 @@ fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() 
     sub.start(&broker);
     // kill -9 the daemon mid-drain, then restart it.
     peers::poll_until(Duration::from_secs(20), || {
-        (dedup(&keys(&sub.events())).len() >= 20).then_some(())
+        (dedup(&keys(&sub.events("calls"))).len() >= 20).then_some(())
     })
     .expect("drain continued after the broker restart");
     app.daemon.signal(Signal::SIGKILL);
     let app = app.restart();
     let want = expected_keys(&device, 0, u64::from(N));
     peers::poll_until(Duration::from_secs(30), || {
-        (dedup(&keys(&sub.events())).len() >= want.len()).then_some(())
+        (dedup(&keys(&sub.events("calls"))).len() >= want.len()).then_some(())
     })
     .unwrap_or_else(|| panic!("not all delivered: {}\n{}", sub.lines(), app.daemon.log()));
     app.wait_queued(0);
-    let all = keys(&sub.events());
+    let all = keys(&sub.events("calls"));
     let unique = dedup(&all);
     assert_eq!(unique, want, "nothing lost; first arrivals in order");
+    assert_eq!(
+        dedup(&keys(&sub.events("summaries"))),
+        stream_keys(&device, "summaries", 0, u64::from(N)),
+        "no summary lost either"
+    );
     // Duplicates carry a key already seen and the same payload.
-    let events = sub.events();
+    let mut events = sub.events("calls");
+    events.extend(sub.events("summaries"));
     for (i, (_, v)) in events.iter().enumerate() {
         let first = events
             .iter()
@@ -466,18 +502,19 @@ fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() 
 }
 
 /// MQTT 5 only: a PUBACK whose reason code refuses the message (here mosquitto's ACL:
-/// NotAuthorized) deletes nothing; the message stays queued, status says why, and it is
-/// delivered, with its key, once the broker takes it.
+/// NotAuthorized) deletes nothing; the message stays queued, status says why, the other
+/// streams go on meanwhile, and it is delivered, with its key, once the broker takes it.
 #[test]
 fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
     let t0 = Instant::now();
     let site_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(site_dir.path(), None);
-    // Anyone may read everything and write everything but call records.
+    // Anyone may read everything and write everything but call records (summaries and site
+    // events included: they must not wait behind the refused records).
     let acl = site_dir.path().join("acl");
     std::fs::write(
         &acl,
-        "topic read #\ntopic write edgevoice/+/+/status\ntopic write edgevoice/+/+/cmd-result/#\n",
+        "topic read #\ntopic write edgevoice/+/+/status\ntopic write edgevoice/+/+/cmd-result/#\ntopic write edgevoice/+/+/events/summaries\ntopic write edgevoice/+/+/events/events\n",
     )
     .unwrap();
     broker.extra_conf = format!("acl_file {}\n", acl.display());
@@ -500,8 +537,15 @@ fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
         )
     });
     assert!(error.contains("NotAuthorized"), "{error}");
+    // Only calls/1 stays: the streams the broker takes are not stuck behind it.
     app.wait_queued(1);
-    assert!(keys(&sub.events()).is_empty(), "{}", sub.lines());
+    assert!(keys(&sub.events("calls")).is_empty(), "{}", sub.lines());
+    assert_eq!(
+        keys(&sub.events("summaries")),
+        stream_keys(&device, "summaries", 0, 1),
+        "{}",
+        sub.lines()
+    );
 
     // The broker takes it once its ACL does.
     sub.stop();
@@ -511,7 +555,7 @@ fn slow_a_refused_mqtt5_puback_keeps_the_message_and_says_why() {
     sub.start(&broker);
     app.wait_queued(0);
     let got = peers::poll_until(Duration::from_secs(20), || {
-        let k = keys(&sub.events());
+        let k = keys(&sub.events("calls"));
         (!k.is_empty()).then_some(k)
     })
     .unwrap_or_else(|| panic!("not delivered: {}\n{}", sub.lines(), app.daemon.log()));
@@ -629,7 +673,7 @@ fn slow_tls_with_client_certificates_and_a_wrong_ca_is_one_clear_error() {
     let device = app.status()["device_id"].as_str().unwrap().to_owned();
     app.calls(3);
     let got = peers::poll_until(Duration::from_secs(20), || {
-        let k = keys(&sub.events());
+        let k = keys(&sub.events("calls"));
         (k.len() >= 3).then_some(k)
     })
     .unwrap_or_else(|| panic!("nothing over TLS: {}\n{}", app.daemon.log(), broker.log()));

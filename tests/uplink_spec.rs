@@ -676,12 +676,169 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
         ),
     );
     assert!(!violations(&schema, &event(Stream::Telemetry, 3, json!({"cpu": 0.2}))).is_empty());
-    // Other streams carry whatever their producer sends.
+    // Analytics has no producer yet: its payload is free.
     assert_valid(
         &schema,
         "a non-JSON payload",
-        &event(Stream::Events, 3, json!("not json")),
+        &event(Stream::Analytics, 3, json!("not json")),
     );
+    assert!(!violations(&schema, &event(Stream::Events, 3, json!("not json"))).is_empty());
+    assert!(!violations(&schema, &event(Stream::Summaries, 3, json!({}))).is_empty());
+}
+
+#[test]
+fn call_summaries_of_every_outcome_match_the_schema() {
+    use edgevoice::call::summary::{summarize, Outcome};
+    let schema = validator("event-envelope.schema.json");
+    let turn = |caller: &str, intent: &str, action: &str| AgentTurn {
+        turn: edgevoice::agent::conversation::TurnRecord {
+            caller: caller.into(),
+            intent: intent.into(),
+            action: action.into(),
+            ..Default::default()
+        },
+        latency: TurnLatency {
+            first_reply_rtp_ms: Some(650),
+            ..TurnLatency::default()
+        },
+        ..AgentTurn::default()
+    };
+    let answered = |end: EndReason, turns: Vec<AgentTurn>| {
+        let mut r = call_record(end);
+        r.answer_at_ms = Some(r.invite_at_ms + 20);
+        r.end_at_ms = Some(r.invite_at_ms + 9_000);
+        r.codec = Some(Codec::Pcma);
+        r.rtp = Some(RtpSummary {
+            packets_received: 440,
+            packets_lost: 3,
+            jitter_ms: 0.7,
+            max_jitter_ms: 3.1,
+            ..RtpSummary::default()
+        });
+        r.turns = turns;
+        r
+    };
+    let mut collected = turn("book me in, John Smith", "booking", "collect");
+    collected.turn.slots = [("name".to_owned(), "John Smith".to_owned())].into();
+    collected.turn.interrupted = true;
+    collected.turn.errors = vec!["synthesis: timed out".into()];
+    let cases = [
+        (
+            call_record(EndReason::Rejected {
+                code: 503,
+                reason: "Service Unavailable".into(),
+            }),
+            Outcome::NotConnected,
+        ),
+        (
+            answered(EndReason::MediaTimeout, vec![]),
+            Outcome::NoConversation,
+        ),
+        (
+            answered(
+                EndReason::Hangup,
+                vec![turn("what are your hours", "hours", "fact"), collected],
+            ),
+            Outcome::Handled,
+        ),
+        (
+            answered(
+                EndReason::Transferred {
+                    target: "sip:desk@x".into(),
+                },
+                vec![turn("a person please", "human", "transfer")],
+            ),
+            Outcome::Transferred,
+        ),
+        (
+            answered(
+                EndReason::Hangup,
+                vec![
+                    turn("leave a message", "message", "take_message"),
+                    turn("call me back", "", "message"),
+                ],
+            ),
+            Outcome::MessageTaken,
+        ),
+        (
+            answered(EndReason::Hangup, vec![turn("hmm", "none", "escalate")]),
+            Outcome::Escalated,
+        ),
+    ];
+    for (record, outcome) in cases {
+        let summary = summarize(&record).expect("an ended call has a summary");
+        assert_eq!(summary.outcome, outcome, "{record:?}");
+        let v = event(
+            Stream::Summaries,
+            2,
+            serde_json::to_value(&summary).unwrap(),
+        );
+        assert_valid(&schema, &format!("{outcome:?}"), &v);
+    }
+    let mut extra =
+        serde_json::to_value(summarize(&call_record(EndReason::Hangup)).unwrap()).unwrap();
+    extra["surprise"] = json!(1);
+    assert!(!violations(&schema, &event(Stream::Summaries, 1, extra)).is_empty());
+}
+
+#[test]
+fn site_events_of_every_kind_match_the_schema() {
+    use edgevoice::ops::events::{SiteEvent, SiteEventKind};
+    let schema = validator("event-envelope.schema.json");
+    let kinds = [
+        SiteEventKind::Started {
+            version: "0.1.0".into(),
+            config_source: "/etc/edgevoice/edgevoice.toml".into(),
+            sip_listen: Some("0.0.0.0:5060".into()),
+            interrupted_calls: 2,
+        },
+        SiteEventKind::Stopping {
+            signal: "SIGTERM".into(),
+            active_calls: 1,
+        },
+        SiteEventKind::Command {
+            channel: "control-socket".into(),
+            who: "uid 0 pid 12".into(),
+            command: "drain".into(),
+            outcome: "ok".into(),
+            request_id: None,
+        },
+        SiteEventKind::Command {
+            channel: remote::CHANNEL.into(),
+            who: "mqtt:ops".into(),
+            command: "config.apply".into(),
+            outcome: "refused: sip.max_calls: must be at least 1".into(),
+            request_id: Some("r-1".into()),
+        },
+        SiteEventKind::ConfigReloaded {
+            source: "/etc/edgevoice/edgevoice.toml".into(),
+            outcome: "ok".into(),
+            restart_required: vec!["sip.listen".into()],
+        },
+        SiteEventKind::Registration {
+            account: "1001".into(),
+            registrar: "10.0.0.1:5060".into(),
+            registered: false,
+            last_error: Some("401 after authenticating: check the password".into()),
+        },
+        SiteEventKind::Trunk {
+            trunk: "carrier".into(),
+            target: "sip:10.0.0.2".into(),
+            up: true,
+            last: "200 in 3 ms".into(),
+        },
+    ];
+    for kind in kinds {
+        let v = serde_json::to_value(SiteEvent { at_ms: 1, kind }).unwrap();
+        assert_valid(
+            &schema,
+            &v["kind"].to_string(),
+            &event(Stream::Events, 4, v.clone()),
+        );
+        let mut extra = v;
+        extra["surprise"] = json!(1);
+        assert!(!violations(&schema, &event(Stream::Events, 4, extra)).is_empty());
+    }
 }
 
 #[test]
@@ -869,7 +1026,25 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
         "{}",
         answered.screen
     );
-    capture.wait(&calls_topic, "\"kind\":\"hangup\"");
+    let record = capture.wait(&calls_topic, "\"kind\":\"hangup\"");
+    let call_id = record["payload"]["id"]
+        .as_str()
+        .expect("call id")
+        .to_owned();
+    // Its summary follows it.
+    let summaries_topic = format!("{base}/events/summaries");
+    let summary = capture.wait(&summaries_topic, &call_id);
+    assert_eq!(summary["payload"]["end_reason"], "hangup", "{summary}");
+    // Site events: the start, and a command from the box (audited, so also an event).
+    let events_topic = format!("{base}/events/events");
+    capture.wait(&events_topic, "\"kind\":\"started\"");
+    site.cli(&["drain"]);
+    site.cli(&["undrain"]);
+    let undrain = capture.wait(&events_topic, "\"command\":\"undrain\"");
+    assert_eq!(undrain["payload"]["channel"], "control-socket", "{undrain}");
+    // The signed status command above, audited as every remote command is.
+    let remote_status = capture.wait(&events_topic, "\"who\":\"mqtt:ops\"");
+    assert_eq!(remote_status["payload"]["outcome"], "ok", "{remote_status}");
     // A telemetry snapshot that counts it (one every 5 s here).
     let telemetry = capture.wait(&format!("{base}/telemetry"), "\"hangup\":1");
     assert_eq!(telemetry["stream"], "telemetry", "{telemetry}");
@@ -989,6 +1164,7 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
         );
     }
     assert_eq!(capture.count(&calls_topic), 1, "one record per call");
+    assert_eq!(capture.count(&summaries_topic), 1, "one summary per call");
     eprintln!(
         "spec: {} messages on {:?} validated in {:?}",
         messages.len(),

@@ -7,9 +7,9 @@
 //!   timestamps every arrival. Once with `drain_rate_per_sec = 0` (unlimited), once with the
 //!   default 50/s (BENCH_UPLINK_LIMITED_N messages, default 500) to show the limiter holds.
 //!   Reference: `mosquitto_pub -q 1 -l` publishing the same N envelopes to the same broker.
-//! - call end → record at a subscriber, online: BENCH_UPLINK_CALLS (default 20) sipp calls one
-//!   after another; "call end" is when sipp sent its BYE (the caller hanging up, from sipp's
-//!   own message log), the record's end_at_ms shown beside it.
+//! - call end → record and summary at a subscriber, online: BENCH_UPLINK_CALLS (default 20) sipp
+//!   calls one after another; "call end" is when sipp sent its BYE (the caller hanging up, from
+//!   sipp's own message log), the record's end_at_ms shown beside it.
 //!
 //! Durable appends per second are benches/outbox.rs. Prints a table and writes it to
 //! target/bench/uplink.md. Debian packages: mosquitto, mosquitto-clients, sip-tester.
@@ -82,15 +82,19 @@ struct Arrivals {
     proc: Option<PeerProcess>,
     client_id: String,
     runs: u32,
+    /// The topic filter subscribed to.
+    topic: String,
 }
 
 impl Arrivals {
-    fn new(dir: &Path, client_id: &str) -> Arrivals {
+    /// A subscriber to the call records (`stream` "calls") or every outbox stream ("#").
+    fn new(dir: &Path, client_id: &str, stream: &str) -> Arrivals {
         Arrivals {
             file: dir.join(format!("{client_id}.log")),
             proc: None,
             client_id: client_id.to_owned(),
             runs: 0,
+            topic: format!("edgevoice/+/+/events/{stream}"),
         }
     }
 
@@ -101,7 +105,7 @@ impl Arrivals {
         cmd.args(["-oL", "mosquitto_sub"])
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
             .args(["-i", &self.client_id, "-c", "-q", "1"])
-            .args(["-t", "edgevoice/+/+/events/#", "-F", format]);
+            .args(["-t", &self.topic, "-F", format]);
         let log = self.file.with_extension(format!("{}.log", self.runs));
         self.proc = Some(PeerProcess::spawn("mosquitto_sub", &mut cmd, &log));
         // Each broker start logs to a new file, so one SUBACK there is this connection's.
@@ -261,7 +265,7 @@ fn drain(root: &Path, name: &str, n: usize, rate: u32, burst: usize) -> Drain {
     let mut broker = Broker::new(&dir, None);
     // Register the subscriber's persistent session, then take the broker away.
     broker.start();
-    let mut sub = Arrivals::new(&dir, &format!("bench-{name}"));
+    let mut sub = Arrivals::new(&dir, &format!("bench-{name}"), "calls");
     sub.connect(&broker, "%U %t %l");
     sub.disconnect();
     broker.stop();
@@ -276,9 +280,10 @@ fn drain(root: &Path, name: &str, n: usize, rate: u32, burst: usize) -> Drain {
     );
     let device = prefill(&dir.join("state"), n);
     let daemon = Daemon::start(&dir, config);
+    // The prefilled records and the daemon's own `started` event.
     let queued = poll_until(Duration::from_secs(10), || {
         let s = daemon.status()?;
-        (s["uplink_detail"]["queued_messages"].as_u64() == Some(n as u64)).then_some(s)
+        (s["uplink_detail"]["queued_messages"].as_u64() == Some(n as u64 + 1)).then_some(s)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -332,7 +337,7 @@ fn reference(root: &Path, name: &str, n: usize) -> Drain {
     std::fs::create_dir_all(&dir).expect("dir");
     let mut broker = Broker::new(&dir, None);
     broker.start();
-    let mut sub = Arrivals::new(&dir, &format!("bench-{name}"));
+    let mut sub = Arrivals::new(&dir, &format!("bench-{name}"), "calls");
     sub.connect(&broker, "%U %t %l");
     let mut lines = String::new();
     for i in 0..n {
@@ -394,15 +399,18 @@ struct Latency {
     from_bye: Vec<f64>,
     /// The record's end_at_ms → record at the subscriber, ms, sorted.
     from_end_at: Vec<f64>,
+    /// sipp's BYE sent → the call's summary at the subscriber, ms, sorted.
+    summary_from_bye: Vec<f64>,
 }
 
-/// Sequential sipp calls with the broker up; each call's record timed to the subscriber.
+/// Sequential sipp calls with the broker up; each call's record and summary timed to the
+/// subscriber.
 fn end_to_record(root: &Path, calls: usize) -> Latency {
     let dir = root.join("latency");
     std::fs::create_dir_all(&dir).expect("dir");
     let mut broker = Broker::new(&dir, None);
     broker.start();
-    let mut sub = Arrivals::new(&dir, "bench-latency");
+    let mut sub = Arrivals::new(&dir, "bench-latency", "#");
     sub.connect(&broker, "%U %t %p");
     let config = Daemon::write_config(&dir, broker.port, "reconnect_min_ms = 100\n");
     let daemon = Daemon::start(&dir, config);
@@ -433,9 +441,21 @@ fn end_to_record(root: &Path, calls: usize) -> Latency {
             }
         }
     }
-    let _ = sub.wait_for(calls, Duration::from_secs(30));
+    let summaries = || {
+        sub.lines()
+            .iter()
+            .filter(|l| l.contains("/events/summaries "))
+            .count()
+    };
+    poll_until(Duration::from_secs(30), || {
+        (summaries() >= calls).then_some(())
+    })
+    .unwrap_or_else(|| panic!("only {} of {calls} summaries arrived", summaries()));
     let mut from_bye = Vec::new();
     let mut from_end_at = Vec::new();
+    // Call record id → when its BYE was sent, for the summaries (which name the record).
+    let mut bye_of_record: HashMap<String, f64> = HashMap::new();
+    let mut summary_arrivals: Vec<(f64, String)> = Vec::new();
     for line in sub.lines() {
         let mut parts = line.splitn(3, ' ');
         let (Some(t), Some(_topic), Some(payload)) = (parts.next(), parts.next(), parts.next())
@@ -449,8 +469,20 @@ fn end_to_record(root: &Path, calls: usize) -> Latency {
             continue;
         };
         let record = &envelope["payload"];
+        if envelope["stream"] == "summaries" {
+            if let Some(id) = record["call_id"].as_str() {
+                summary_arrivals.push((arrived, id.to_owned()));
+            }
+            continue;
+        }
+        if envelope["stream"] != "calls" {
+            continue;
+        }
         if let Some(bye) = record["sip_call_id"].as_str().and_then(|c| bye_sent.get(c)) {
             from_bye.push((arrived - bye) * 1000.0);
+            if let Some(id) = record["id"].as_str() {
+                bye_of_record.insert(id.to_owned(), *bye);
+            }
         }
         if let Some(end) = record["end_at_ms"].as_f64() {
             from_end_at.push(arrived * 1000.0 - end);
@@ -462,8 +494,18 @@ fn end_to_record(root: &Path, calls: usize) -> Latency {
         "every record matched to its call by Call-ID (sipp log: {} BYEs)",
         bye_sent.len()
     );
+    let mut summary_from_bye: Vec<f64> = summary_arrivals
+        .iter()
+        .filter_map(|(arrived, id)| Some((arrived - bye_of_record.get(id)?) * 1000.0))
+        .collect();
+    assert_eq!(
+        summary_from_bye.len(),
+        calls,
+        "every summary matched to its call's record"
+    );
     from_bye.sort_by(f64::total_cmp);
     from_end_at.sort_by(f64::total_cmp);
+    summary_from_bye.sort_by(f64::total_cmp);
     daemon.stop();
     sub.disconnect();
     broker.stop();
@@ -471,6 +513,7 @@ fn end_to_record(root: &Path, calls: usize) -> Latency {
         calls,
         from_bye,
         from_end_at,
+        summary_from_bye,
     }
 }
 
@@ -526,7 +569,8 @@ fn main() {
 | what | edgevoice | reference | ratio (ours / reference) |\n|---|---|---|---|\n\
 | backlog drain, {n} queued while the broker was down, drain_rate_per_sec = 0, max_in_flight 16 | median {:.0} /s (first→last arrival {:.2} s; broker start→last {:.2} s; {unlimited_spread}){} | mosquitto_pub -q 1 -M 16 -l, same {n} envelopes: median {:.0} /s ({:.2} s; {floor_spread}) | {:.2} |\n\
 | backlog drain, {limited_n} queued, drain_rate_per_sec = 50, drain_burst = 50 | configured 50 /s: measured {:.1} /s after the burst ({:.1} /s overall, {:.2} s){} | | |\n\
-| call end (sipp sends BYE) → record at a subscriber, online, {} sequential calls | p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms | from the record's end_at_ms: p50 {:.1} ms, p95 {:.1} ms | |\n\n\
+| call end (sipp sends BYE) → record at a subscriber, online, {} sequential calls | p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms | from the record's end_at_ms: p50 {:.1} ms, p95 {:.1} ms | |\n\
+| call end (sipp sends BYE) → the call's summary at a subscriber (queued right after the record) | p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms | | |\n\n\
 Durable appends per second: benches/outbox.rs (target/bench/outbox.md).\n",
         unlimited.rate(),
         unlimited.span,
@@ -545,6 +589,9 @@ Durable appends per second: benches/outbox.rs (target/bench/outbox.md).\n",
         latency.from_bye[latency.from_bye.len() - 1],
         percentile(&latency.from_end_at, 0.5),
         percentile(&latency.from_end_at, 0.95),
+        percentile(&latency.summary_from_bye, 0.5),
+        percentile(&latency.summary_from_bye, 0.95),
+        latency.summary_from_bye[latency.summary_from_bye.len() - 1],
     );
     println!("{table}");
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

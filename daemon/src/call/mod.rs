@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod record;
 pub mod session;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,33 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ops::DaemonContext;
 use crate::telephony::rtp_ports::RtpPorts;
 use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
+
+/// Queues an ended call upstream: its whole record on `calls`, then its summary on
+/// `summaries` (both durably; the uplink delivers them when it can). Failures are logged:
+/// the record itself is already in the local store.
+pub async fn send_ended_call_upstream(
+    uplink: &crate::uplink::UplinkHandle,
+    record: &record::CallRecord,
+) {
+    if let Err(e) = uplink
+        .append_json(crate::uplink::Stream::Calls, record)
+        .await
+    {
+        tracing::error!("call {} not queued for the uplink: {e}", record.id);
+    }
+    let Some(summary) = summary::summarize(record) else {
+        return;
+    };
+    if let Err(e) = uplink
+        .append_json(crate::uplink::Stream::Summaries, &summary)
+        .await
+    {
+        tracing::error!(
+            "summary of call {} not queued for the uplink: {e}",
+            record.id
+        );
+    }
+}
 
 /// What an operator (control socket, later MQTT) can ask of a live call.
 #[derive(Debug)]

@@ -46,6 +46,23 @@ pub enum EndReason {
     Failed { error: String },
 }
 
+impl EndReason {
+    /// The serde tag (`end_reason.kind` in the record): metrics labels and summaries use it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EndReason::Rejected { .. } => "rejected",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Hangup => "hangup",
+            EndReason::Transferred { .. } => "transferred",
+            EndReason::MediaTimeout => "media_timeout",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Interrupted => "interrupted",
+            EndReason::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// RTP figures kept with the call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RtpSummary {
@@ -310,5 +327,26 @@ mod tests {
         let live = get(&store, &live.id).unwrap().unwrap();
         assert_eq!(live.end_reason, Some(EndReason::Interrupted));
         assert_eq!(get(&store, "not-a-ulid").unwrap(), None);
+    }
+
+    #[test]
+    fn the_end_reason_kind_is_the_records_serde_tag() {
+        for reason in [
+            EndReason::Rejected {
+                code: 503,
+                reason: "x".into(),
+            },
+            EndReason::Cancelled,
+            EndReason::Hangup,
+            EndReason::Transferred { target: "t".into() },
+            EndReason::MediaTimeout,
+            EndReason::MaxDuration,
+            EndReason::Shutdown,
+            EndReason::Interrupted,
+            EndReason::Failed { error: "e".into() },
+        ] {
+            let json = serde_json::to_value(&reason).unwrap();
+            assert_eq!(json["kind"], reason.kind(), "{reason:?}");
+        }
     }
 }

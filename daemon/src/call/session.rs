@@ -441,9 +441,7 @@ async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     }
     // A finished record goes upstream (durably queued; the uplink delivers it when it can).
     if let Some(uplink) = ctx.uplink() {
-        if let Err(e) = uplink.append_json(crate::uplink::Stream::Calls, rec).await {
-            tracing::error!("call record not queued for the uplink: {e}");
-        }
+        super::send_ended_call_upstream(uplink, rec).await;
     }
 }
 

@@ -574,6 +574,15 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::error!("audit record not written: {e}");
         }
+        self.ctx
+            .events()
+            .emit(crate::ops::events::SiteEventKind::Command {
+                channel: record.channel,
+                who: record.who,
+                command: record.command,
+                outcome: record.outcome,
+                request_id: record.request_id,
+            });
     }
 }
 

@@ -118,7 +118,7 @@ impl Counters {
         };
         *self
             .calls_ended
-            .entry(end_reason_label(reason).to_owned())
+            .entry(reason.kind().to_owned())
             .or_default() += 1;
         if let EndReason::Rejected { code, .. } = reason {
             *self.calls_rejected.entry(*code).or_default() += 1;
@@ -136,20 +136,6 @@ impl Counters {
                 }
             }
         }
-    }
-}
-
-pub fn end_reason_label(reason: &EndReason) -> &'static str {
-    match reason {
-        EndReason::Rejected { .. } => "rejected",
-        EndReason::Cancelled => "cancelled",
-        EndReason::Hangup => "hangup",
-        EndReason::Transferred { .. } => "transferred",
-        EndReason::MediaTimeout => "media_timeout",
-        EndReason::MaxDuration => "max_duration",
-        EndReason::Shutdown => "shutdown",
-        EndReason::Interrupted => "interrupted",
-        EndReason::Failed { .. } => "failed",
     }
 }
 

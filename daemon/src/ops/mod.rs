@@ -1,6 +1,7 @@
 //! The daemon's lifecycle: start-up checks, systemd notification, signals, reload, drain.
 
 pub mod cli;
+pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;
@@ -214,6 +215,7 @@ pub struct DaemonContext {
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
     metrics: metrics::Metrics,
+    events: events::EventSink,
 }
 
 impl DaemonContext {
@@ -238,6 +240,20 @@ impl DaemonContext {
             speech: RwLock::new(None),
             loading_speech: std::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
+            events: events::EventSink::default(),
+        }
+    }
+
+    /// Site events for the uplink's `events` stream.
+    pub fn events(&self) -> &events::EventSink {
+        &self.events
+    }
+
+    fn connectivity(&self) -> events::Connectivity {
+        let status = self.status();
+        events::Connectivity {
+            registrations: status.registrations,
+            trunks: status.trunks,
         }
     }
 
@@ -696,6 +712,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
             Some(commands),
         ) {
             Ok(handle) => {
+                ctx.events.start(handle.clone());
                 let _ = ctx.uplink.set(handle);
             }
             Err(e) => {
@@ -708,15 +725,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     // moment between closing them above and this append leaves them in the local store only.)
     if let Some(uplink) = ctx.uplink() {
         for record in &interrupted {
-            if let Err(e) = uplink
-                .append_json(crate::uplink::Stream::Calls, record)
-                .await
-            {
-                tracing::error!(
-                    "interrupted call {} not queued for the uplink: {e}",
-                    record.id
-                );
-            }
+            crate::call::send_ended_call_upstream(uplink, record).await;
         }
     }
     if ctx.config().config.call.handler == crate::config::CallHandler::Agent {
@@ -778,6 +787,13 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     }
     let mut last_status = ctx.status().summary();
     ctx.notifier.ready(&last_status);
+    ctx.events.emit(events::SiteEventKind::Started {
+        version: VERSION.to_owned(),
+        config_source: source.display().to_string(),
+        sip_listen: ctx.sip_listen.get().map(|a| a.to_string()),
+        interrupted_calls: interrupted.len(),
+    });
+    let mut last_connectivity = ctx.connectivity();
     tracing::info!(
         version = VERSION,
         config = %ctx.config().source.display(),
@@ -799,11 +815,20 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
-                if let Err(e) = ctx.reload() {
-                    for line in e.lines() {
-                        tracing::error!("reload refused, running config kept: {line}");
+                let (outcome, restart_required) = match ctx.reload() {
+                    Ok(done) => ("ok".to_owned(), done.restart_required),
+                    Err(e) => {
+                        for line in e.lines() {
+                            tracing::error!("reload refused, running config kept: {line}");
+                        }
+                        (format!("refused: {}", e.lines().first().cloned().unwrap_or_default()), Vec::new())
                     }
-                }
+                };
+                ctx.events.emit(events::SiteEventKind::ConfigReloaded {
+                    source: ctx.config().source.display().to_string(),
+                    outcome,
+                    restart_required,
+                });
             }
             _ = watchdog.tick() => {
                 if watchdog_every.is_some() {
@@ -816,6 +841,11 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                     ctx.notifier.status(&now);
                     last_status = now;
                 }
+                let connectivity = ctx.connectivity();
+                for change in events::connectivity_changes(&last_connectivity, &connectivity) {
+                    ctx.events.emit(change);
+                }
+                last_connectivity = connectivity;
             }
         }
     };
@@ -824,6 +854,10 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     ctx.set_phase(Phase::Draining);
     ctx.work.start_drain();
     let active = ctx.work.active();
+    ctx.events.emit(events::SiteEventKind::Stopping {
+        signal: signal_name.to_owned(),
+        active_calls: active,
+    });
     ctx.notifier.stopping(&format!(
         "draining: {active} active, {signal_name} received"
     ));
@@ -851,6 +885,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
     sip.shutdown();
+    ctx.events.finish().await;
     if let Some(uplink) = ctx.uplink() {
         // What is still queued stays in the outbox for the next start.
         uplink.shutdown(Duration::from_secs(3)).await;

@@ -288,6 +288,11 @@ impl DurableOutbox {
         self.outbox.handle_connected();
     }
 
+    /// See [`Outbox::hold`].
+    pub fn hold(&mut self, stream: Stream, until: Instant) {
+        self.outbox.hold(stream, until);
+    }
+
     /// See [`Outbox::handle_disconnect`].
     pub fn handle_disconnect(&mut self) -> usize {
         self.outbox.handle_disconnect()

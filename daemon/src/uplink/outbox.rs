@@ -357,6 +357,9 @@ struct StreamQueue {
     next_sequence: u64,
     bytes: u64,
     counters: StreamCounters,
+    /// The broker refused this stream's next message: nothing of it is published before
+    /// then, so the other streams are not held up behind it (see [`Outbox::hold`]).
+    held_until: Option<Instant>,
 }
 
 impl StreamQueue {
@@ -455,6 +458,7 @@ impl Outbox {
                     next_sequence: 1,
                     bytes: 0,
                     counters: StreamCounters::default(),
+                    held_until: None,
                 })
                 .collect(),
             in_flight: vec![None; usize::from(config.max_in_flight) + 1],
@@ -599,6 +603,27 @@ impl Outbox {
         })
     }
 
+    /// [`Self::oldest_unsent`] among the streams not held.
+    fn oldest_unsent_publishable(&self, priority: Priority) -> Option<usize> {
+        let mut skip = [0; Stream::ALL.len()];
+        for (i, q) in self.streams.iter().enumerate() {
+            if q.held_until.is_some() {
+                // Past its end: nothing of it is a candidate.
+                skip[i] = q.entries.len();
+            }
+        }
+        self.oldest_unsent(priority, &skip)
+    }
+
+    /// The broker refused `stream`'s message (an MQTT 5 PUBACK reason: not authorized, quota,
+    /// …): publish nothing more of that stream until `until`, so its order is kept while the
+    /// other streams go on. The refused message itself comes back as unsent with the next
+    /// [`Self::handle_disconnect`], or stays in flight until then.
+    pub fn hold(&mut self, stream: Stream, until: Instant) {
+        self.streams[stream.index()].held_until = Some(until);
+        self.generation += 1;
+    }
+
     /// Among streams of `priority`, the one whose first unsent message (past those already
     /// `taken`) is oldest; ties go to the stream listed first.
     fn oldest_unsent(&self, priority: Priority, taken: &[usize]) -> Option<usize> {
@@ -689,13 +714,18 @@ impl Outbox {
     /// rate allows one now. Highest priority first; within a priority the stream whose next
     /// message is oldest; within a stream, sequence order.
     pub fn poll_publish(&mut self, now: Instant) -> Option<Publish> {
+        for queue in &mut self.streams {
+            if queue.held_until.is_some_and(|until| until <= now) {
+                queue.held_until = None;
+            }
+        }
         if !self.connected || self.in_flight_count >= usize::from(self.config.max_in_flight) {
             return None;
         }
         let index = Priority::ALL
             .into_iter()
             .rev()
-            .find_map(|p| self.oldest_unsent(p, &[0; Stream::ALL.len()]))?;
+            .find_map(|p| self.oldest_unsent_publishable(p))?;
         if let Some(rate) = &mut self.rate {
             if !rate.try_take(now) {
                 return None;
@@ -804,15 +834,26 @@ impl Outbox {
                 Some(self.clock.instant(due_ms))
             })
             .min();
+        // A held stream is due again when its hold ends.
+        let held = self
+            .streams
+            .iter()
+            .filter(|q| q.unsent().next().is_some())
+            .filter_map(|q| q.held_until)
+            .min()
+            .filter(|_| self.connected);
         let waiting = self.connected
             && self.in_flight_count < usize::from(self.config.max_in_flight)
-            && self.queued_messages > self.in_flight_count;
+            && self
+                .streams
+                .iter()
+                .any(|q| q.held_until.is_none() && q.unsent().next().is_some());
         let permit = self
             .rate
             .as_ref()
             .filter(|_| waiting)
             .and_then(DrainRate::next_permit);
-        expiry.into_iter().chain(permit).min()
+        expiry.into_iter().chain(permit).chain(held).min()
     }
 
     pub fn status(&self, now: Instant) -> OutboxStatus {
@@ -1130,6 +1171,58 @@ mod tests {
         assert!(matches!(err, AppendError::TooLarge { .. }));
         assert!(err.to_string().contains("max_bytes"), "{err}");
         ob.append(Stream::Calls, 100, t0).unwrap();
+    }
+
+    #[test]
+    fn a_held_stream_waits_in_order_while_the_others_go_on() {
+        let (mut ob, t0) = outbox(config());
+        for (i, stream) in [
+            Stream::Calls,
+            Stream::Calls,
+            Stream::Summaries,
+            Stream::Events,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            ob.append(stream, 10, t0 + MS * i as u32).unwrap();
+        }
+        ob.handle_connected();
+        let first = ob.poll_publish(t0).unwrap();
+        assert_eq!(first.id, id(Stream::Calls, 1));
+        // The broker refuses calls/1: the stream is held and the connection dropped.
+        ob.hold(Stream::Calls, t0 + MS * 1000);
+        assert_eq!(ob.handle_disconnect(), 1);
+        ob.handle_connected();
+        let sent: Vec<MessageId> = drain(&mut ob, t0 + MS).iter().map(|p| p.id).collect();
+        assert_eq!(
+            sent,
+            [id(Stream::Summaries, 1), id(Stream::Events, 1)],
+            "the other streams are not stuck behind the refused one"
+        );
+        assert_eq!(
+            ob.poll_timeout(),
+            Some(t0 + MS * 1000),
+            "woken when the hold ends, not spinning before"
+        );
+        assert_eq!(ob.poll_publish(t0 + MS * 999), None);
+        let retried: Vec<MessageId> = drain(&mut ob, t0 + MS * 1000)
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(
+            retried,
+            [id(Stream::Calls, 1), id(Stream::Calls, 2)],
+            "the held stream resumes in its own order, the refused message first"
+        );
+    }
+
+    #[test]
+    fn a_hold_on_an_empty_stream_asks_for_no_wake_up() {
+        let (mut ob, t0) = outbox(config());
+        ob.handle_connected();
+        ob.hold(Stream::Calls, t0 + MS * 1000);
+        assert_eq!(ob.poll_timeout(), None);
     }
 
     #[test]

@@ -163,6 +163,8 @@ struct Shared {
     broker: String,
     tls: bool,
     version: MqttVersion,
+    /// How long a stream the broker refused waits before its message is tried again.
+    refused_stream_retry: Duration,
 }
 
 #[derive(Default)]
@@ -352,6 +354,8 @@ pub fn start(
         broker: format!("{}:{}", config.broker_host, config.broker_port),
         tls: tls.is_some(),
         version,
+        refused_stream_retry: Duration::from_secs(u64::from(config.reconnect_max_secs))
+            .min(MAX_REFUSED_STREAM_RETRY),
         stop: tokio::sync::watch::channel(false).0,
         stopped: tokio::sync::watch::channel(false).0,
     });
@@ -365,6 +369,9 @@ pub fn start(
     });
     Ok(handle)
 }
+
+/// A refused stream is tried again after `uplink.reconnect_max_secs`, at most this.
+const MAX_REFUSED_STREAM_RETRY: Duration = Duration::from_secs(60);
 
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_STATUS_WAIT: Duration = Duration::from_secs(2);
@@ -764,14 +771,19 @@ async fn run(
                             };
                             // A command result the broker will never take on its (requester-
                             // chosen) topic would block its stream forever: it is dropped. Any
-                            // other refused message is kept (deleting would lose it) and sent
-                            // again after reconnecting; status shows the reason meanwhile.
+                            // other refused message is kept (deleting would lose it); its stream
+                            // is held for a while, so the other streams are not stuck behind it,
+                            // and it is sent again after reconnecting; status shows the reason.
+                            let retry_at = Instant::now() + shared.refused_stream_retry;
                             let r = with_outbox(&shared, move |o, store| {
                                 let id = o.outbox().in_flight_id(ours);
                                 let result = id.filter(|id| id.stream == Stream::CommandResults);
                                 if refusal.permanent && result.is_some() {
                                     o.handle_puback(store, ours).map(|_| (id, refusal, true))
                                 } else {
+                                    if let Some(id) = id {
+                                        o.hold(id.stream, retry_at);
+                                    }
                                     Ok((id, refusal, false))
                                 }
                             })
@@ -783,9 +795,10 @@ async fn run(
                                     refusal.reason
                                 ),
                                 Ok((id, refusal, false)) => break 'conn format!(
-                                    "the broker refused {} (PUBACK reason {}); it stays queued and is sent again after reconnecting; check the broker's ACL and limits for {base}/#",
+                                    "the broker refused {} (PUBACK reason {}); it stays queued and its stream is tried again in {} s (the other streams go on); check the broker's ACL and limits for {base}/#",
                                     id.map(|i| i.to_string()).unwrap_or_else(|| "a publish".into()),
-                                    refusal.reason
+                                    refusal.reason,
+                                    shared.refused_stream_retry.as_secs()
                                 ),
                                 Err(e) => break 'conn format!("outbox: {e}"),
                             }

@@ -1,0 +1,368 @@
+//! The post-call summary: what a contact centre's dashboards want of an ended call in one small
+//! message (outcome, why the caller rang, what they left, how the agent did), derived from the
+//! call record alone, so it is the same on every re-send and costs no model time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{CallDirection, CallRecord, EndReason, Party};
+use crate::telephony::codec::Codec;
+
+/// How the conversation ended, from the caller's side; `end_reason` says how the line ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Never answered: refused, cancelled, or (outbound) not picked up.
+    NotConnected,
+    /// Handed to a human (blind transfer, or the appliance's own bridge).
+    Transferred,
+    /// The caller left a message.
+    MessageTaken,
+    /// The agent gave up after repeated failures and there was no human to hand to.
+    Escalated,
+    /// The caller spoke and the agent answered.
+    Handled,
+    /// Answered, but the caller never said anything the agent heard.
+    NoConversation,
+}
+
+/// Reply latency over the call's turns, milliseconds from the end of the caller's speech to
+/// the first reply audio on the RTP clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyLatency {
+    pub turns: u32,
+    pub median_ms: u64,
+    pub max_ms: u64,
+}
+
+/// How the line sounded to us.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioQuality {
+    pub codec: Option<Codec>,
+    /// Received packets lost, percent of those expected.
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    pub max_jitter_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallSummary {
+    /// The call record's id (the `calls` stream carries the whole record).
+    pub call_id: String,
+    pub direction: CallDirection,
+    pub from: String,
+    pub to: String,
+    pub trunk: Option<String>,
+    pub started_at_ms: u64,
+    pub answered_at_ms: Option<u64>,
+    pub ended_at_ms: u64,
+    /// INVITE to answer.
+    pub ring_ms: Option<u64>,
+    /// Answer to end; 0 when never answered.
+    pub talk_ms: u64,
+    /// The call record's `end_reason.kind`.
+    pub end_reason: String,
+    pub hung_up_by: Option<Party>,
+    pub outcome: Outcome,
+    /// The caller's first words the agent heard.
+    pub reason_for_call: Option<String>,
+    pub caller_turns: u32,
+    /// Turns by what the agent did (fact, answer, reply, transfer, …).
+    pub actions: BTreeMap<String, u32>,
+    /// Intents matched, first occurrence order, without "none".
+    pub intents: Vec<String>,
+    /// Everything the agent collected from the caller (later turns win).
+    pub slots: BTreeMap<String, String>,
+    /// The message the caller left.
+    pub message: Option<String>,
+    pub transferred_to: Option<String>,
+    /// Turns the caller spoke over the reply.
+    pub interruptions: u32,
+    /// Turns in which recognition, the model or synthesis failed (and was handled).
+    pub turns_with_errors: u32,
+    pub reply_latency: Option<ReplyLatency>,
+    pub audio: Option<AudioQuality>,
+    pub dtmf_received: String,
+}
+
+/// The summary of an ended call; `None` while the call is still up.
+pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
+    let ended_at_ms = record.end_at_ms?;
+    let end_reason = record.end_reason.as_ref()?;
+    let turns = &record.turns;
+    let spoken: Vec<_> = turns
+        .iter()
+        .filter(|t| !t.turn.caller.trim().is_empty())
+        .collect();
+
+    let mut actions: BTreeMap<String, u32> = BTreeMap::new();
+    let mut intents: Vec<String> = Vec::new();
+    let mut slots = BTreeMap::new();
+    for t in turns {
+        *actions.entry(t.turn.action.clone()).or_default() += 1;
+        let intent = &t.turn.intent;
+        if !intent.is_empty() && intent != "none" && !intents.contains(intent) {
+            intents.push(intent.clone());
+        }
+        slots.extend(t.turn.slots.clone());
+    }
+    let message = turns
+        .iter()
+        .rev()
+        .find(|t| t.turn.action == "message")
+        .map(|t| t.turn.caller.clone());
+    let transferred_to = match end_reason {
+        EndReason::Transferred { target } => Some(target.clone()),
+        _ => record.transfer.clone(),
+    };
+
+    let outcome = if record.answer_at_ms.is_none() {
+        Outcome::NotConnected
+    } else if transferred_to.is_some() {
+        Outcome::Transferred
+    } else if message.is_some() {
+        Outcome::MessageTaken
+    } else if actions.contains_key("escalate") {
+        Outcome::Escalated
+    } else if spoken.is_empty() {
+        Outcome::NoConversation
+    } else {
+        Outcome::Handled
+    };
+
+    Some(CallSummary {
+        call_id: record.id.clone(),
+        direction: record.direction,
+        from: record.from.clone(),
+        to: record.to.clone(),
+        trunk: record.trunk.clone(),
+        started_at_ms: record.invite_at_ms,
+        answered_at_ms: record.answer_at_ms,
+        ended_at_ms,
+        ring_ms: record
+            .answer_at_ms
+            .map(|a| a.saturating_sub(record.invite_at_ms)),
+        talk_ms: record.duration_ms().unwrap_or(0),
+        end_reason: end_reason.kind().to_owned(),
+        hung_up_by: record.hung_up_by,
+        outcome,
+        reason_for_call: spoken.first().map(|t| t.turn.caller.trim().to_owned()),
+        caller_turns: count(spoken.len()),
+        actions,
+        intents,
+        slots,
+        message,
+        transferred_to,
+        interruptions: count(turns.iter().filter(|t| t.turn.interrupted).count()),
+        turns_with_errors: count(turns.iter().filter(|t| !t.turn.errors.is_empty()).count()),
+        reply_latency: reply_latency(
+            turns
+                .iter()
+                .filter_map(|t| t.latency.first_reply_rtp_ms)
+                .collect(),
+        ),
+        audio: record.rtp.as_ref().map(|rtp| AudioQuality {
+            codec: record.codec,
+            loss_percent: loss_percent(rtp.packets_received, rtp.packets_lost),
+            jitter_ms: rtp.jitter_ms,
+            max_jitter_ms: rtp.max_jitter_ms,
+        }),
+        dtmf_received: record.dtmf_received.clone(),
+    })
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn reply_latency(mut ms: Vec<u64>) -> Option<ReplyLatency> {
+    ms.sort_unstable();
+    let max_ms = *ms.last()?;
+    Some(ReplyLatency {
+        turns: count(ms.len()),
+        median_ms: ms[(ms.len() - 1) / 2],
+        max_ms,
+    })
+}
+
+fn loss_percent(received: u64, lost: u64) -> f64 {
+    let expected = received + lost;
+    if expected == 0 {
+        return 0.0;
+    }
+    // Two decimals: a dashboard figure, and stable across re-serialisation.
+    (lost as f64 * 10_000.0 / expected as f64).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::TurnRecord;
+    use crate::call::record::{AgentTurn, RtpSummary, TurnLatency};
+
+    fn answered_call() -> CallRecord {
+        let mut r = CallRecord::new_inbound(
+            ulid::Ulid::from_parts(1_795_330_000_000, 7),
+            "c1@x",
+            "sip:+441234@t",
+            "sip:agent@x",
+            "127.0.0.1:5060",
+        );
+        r.invite_at_ms = 1_000;
+        r.answer_at_ms = Some(1_250);
+        r
+    }
+
+    fn turn(caller: &str, intent: &str, action: &str, reply_ms: Option<u64>) -> AgentTurn {
+        AgentTurn {
+            turn: TurnRecord {
+                caller: caller.into(),
+                intent: intent.into(),
+                action: action.into(),
+                ..TurnRecord::default()
+            },
+            latency: TurnLatency {
+                first_reply_rtp_ms: reply_ms,
+                ..TurnLatency::default()
+            },
+            ..AgentTurn::default()
+        }
+    }
+
+    fn ended(mut r: CallRecord, reason: EndReason, by: Option<Party>) -> CallRecord {
+        r.end(reason, by);
+        r.end_at_ms = Some(31_250);
+        r
+    }
+
+    #[test]
+    fn a_live_call_has_no_summary() {
+        assert_eq!(summarize(&answered_call()), None);
+    }
+
+    #[test]
+    fn an_answered_conversation_is_handled_with_its_reason_intents_and_latency() {
+        let mut r = answered_call();
+        r.turns = vec![
+            turn("", "none", "repeat", None),
+            turn(" What are your opening hours? ", "hours", "fact", Some(640)),
+            turn("And at weekends?", "hours", "answer", Some(1_100)),
+            turn("Do you have parking?", "parking", "fact", Some(650)),
+        ];
+        r.turns[2].turn.interrupted = true;
+        r.turns[3].turn.errors = vec!["synthesis: timed out".into()];
+        r.codec = Some(Codec::Pcmu);
+        r.rtp = Some(RtpSummary {
+            packets_received: 997,
+            packets_lost: 3,
+            jitter_ms: 1.5,
+            max_jitter_ms: 4.0,
+            ..RtpSummary::default()
+        });
+        let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Caller))).unwrap();
+        assert_eq!(s.outcome, Outcome::Handled);
+        assert_eq!(s.end_reason, "hangup");
+        assert_eq!(
+            s.reason_for_call.as_deref(),
+            Some("What are your opening hours?")
+        );
+        assert_eq!(s.caller_turns, 3, "the empty turn is not a caller turn");
+        assert_eq!(s.intents, ["hours", "parking"]);
+        assert_eq!(s.actions.get("fact"), Some(&2));
+        assert_eq!(s.actions.get("repeat"), Some(&1));
+        assert_eq!(
+            s.reply_latency,
+            Some(ReplyLatency {
+                turns: 3,
+                median_ms: 650,
+                max_ms: 1_100
+            })
+        );
+        assert_eq!((s.interruptions, s.turns_with_errors), (1, 1));
+        assert_eq!((s.ring_ms, s.talk_ms), (Some(250), 30_000));
+        let audio = s.audio.unwrap();
+        assert_eq!(audio.loss_percent, 0.3);
+        assert_eq!(audio.codec, Some(Codec::Pcmu));
+    }
+
+    #[test]
+    fn outcomes_follow_what_the_conversation_did() {
+        let refused = {
+            let r = CallRecord::new_inbound(
+                ulid::Ulid::from_parts(1_795_330_000_000, 7),
+                "c",
+                "a",
+                "b",
+                "r",
+            );
+            let mut r = ended(
+                r,
+                EndReason::Rejected {
+                    code: 503,
+                    reason: "busy".into(),
+                },
+                None,
+            );
+            r.answer_at_ms = None;
+            r
+        };
+        assert_eq!(summarize(&refused).unwrap().outcome, Outcome::NotConnected);
+        assert_eq!(summarize(&refused).unwrap().ring_ms, None);
+        assert_eq!(summarize(&refused).unwrap().talk_ms, 0);
+
+        let silent = ended(answered_call(), EndReason::MediaTimeout, None);
+        assert_eq!(summarize(&silent).unwrap().outcome, Outcome::NoConversation);
+
+        let mut r = answered_call();
+        r.turns = vec![
+            turn(
+                "I'd like to leave a message",
+                "message",
+                "take_message",
+                Some(700),
+            ),
+            turn("Call me back about the invoice", "", "message", None),
+        ];
+        let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Appliance))).unwrap();
+        assert_eq!(s.outcome, Outcome::MessageTaken);
+        assert_eq!(s.message.as_deref(), Some("Call me back about the invoice"));
+
+        let mut r = answered_call();
+        r.turns = vec![turn("mumble", "none", "escalate", Some(900))];
+        let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Appliance))).unwrap();
+        assert_eq!(s.outcome, Outcome::Escalated);
+
+        let mut r = answered_call();
+        r.turns = vec![turn("A human please", "human", "transfer", Some(600))];
+        let target = "sip:desk@pbx".to_owned();
+        let s = summarize(&ended(
+            r,
+            EndReason::Transferred {
+                target: target.clone(),
+            },
+            None,
+        ))
+        .unwrap();
+        assert_eq!(s.outcome, Outcome::Transferred);
+        assert_eq!(s.transferred_to, Some(target));
+    }
+
+    #[test]
+    fn slots_from_every_turn_are_kept_later_values_winning() {
+        let mut r = answered_call();
+        let mut first = turn("my name is Ann", "booking", "reply", None);
+        first.turn.slots = [("name".to_owned(), "Ann".to_owned())].into();
+        let mut second = turn("Anne, and Tuesday", "booking", "reply", None);
+        second.turn.slots = [
+            ("name".to_owned(), "Anne".to_owned()),
+            ("day".to_owned(), "Tuesday".to_owned()),
+        ]
+        .into();
+        r.turns = vec![first, second];
+        let s = summarize(&ended(r, EndReason::Hangup, None)).unwrap();
+        assert_eq!(s.slots.get("name").map(String::as_str), Some("Anne"));
+        assert_eq!(s.slots.get("day").map(String::as_str), Some("Tuesday"));
+        assert_eq!(s.intents, ["booking"]);
+    }
+}
