@@ -6,6 +6,8 @@
 #[path = "common/audio.rs"]
 mod audio;
 mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt;
 #[path = "common/peers.rs"]
 mod peers;
 
@@ -266,7 +268,7 @@ fn slow_agent_greets_answers_the_opening_hours_and_the_caller_hears_them() {
 }
 
 #[test]
-fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it() {
+fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it_and_the_summary_goes_upstream() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (mic, _) = caller_audio(
@@ -274,12 +276,42 @@ fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it() {
         "callback.wav",
         &[(5000, "Please call me back. My name is John Smith.")],
     );
-    let agent = Agent::start(
-        "[[agent.intents]]\nname = \"callback\"\nexamples = [\"call me back\"]\naction = \"collect\"\nreply = \"Thank you {name}, we will call you back.\"\n[[agent.intents.slots]]\nname = \"name\"\ndescription = \"the caller's full name\"\nask = \"May I have your name?\"\nkind = \"text\"\n",
+    // A real mosquitto and a subscriber to the call summaries.
+    let mut broker = mqtt::Broker::new(tmp.path(), None);
+    broker.start();
+    let summaries = tmp.path().join("summaries.log");
+    let mut sub = peers::PeerProcess::spawn(
+        "mosquitto_sub",
+        std::process::Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-q", "1"])
+            .args(["-p", &broker.port.to_string(), "-i", "agent-summaries"])
+            .args(["-t", "edgevoice/+/+/events/summaries"]),
+        &summaries,
     );
+    peers::poll_until(Duration::from_secs(10), || {
+        broker
+            .log()
+            .contains("Sending SUBACK to agent-summaries")
+            .then_some(())
+    })
+    .expect("mosquitto_sub subscribed");
+    let agent = Agent::start(&format!(
+        "[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\n{}",
+        broker.port,
+        "[[agent.intents]]\nname = \"callback\"\nexamples = [\"call me back\"]\naction = \"collect\"\nreply = \"Thank you {name}, we will call you back.\"\n[[agent.intents.slots]]\nname = \"name\"\ndescription = \"the caller's full name\"\nask = \"May I have your name?\"\nkind = \"text\"\n",
+    ));
     let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(14));
     eprintln!("caller heard: {heard_text:?}");
+    let summary = peers::poll_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&summaries)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    })
+    .unwrap_or_else(|| panic!("no call summary upstream: {}", tail(&broker.log(), 20)));
     let log = agent.stop();
+    sub.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(2));
+    broker.stop();
     let turns = call["turns"].as_array().cloned().unwrap_or_default();
     let collected = turns
         .iter()
@@ -293,6 +325,29 @@ fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it() {
     assert!(
         contains_all(&heard_text, &["thank you", "john", "call you back"]),
         "the confirmation was not heard: {heard_text:?}\n{collected}"
+    );
+    // The summary says what the call was about, from what the agent heard and did.
+    let summary = &summary["payload"];
+    assert_eq!(summary["call_id"], call["id"], "{summary}");
+    assert_eq!(summary["outcome"], "handled", "{summary}");
+    assert_eq!(summary["slots"]["name"].as_str(), Some(name), "{summary}");
+    assert!(
+        summary["intents"]
+            .as_array()
+            .is_some_and(|i| i.contains(&serde_json::json!("callback"))),
+        "{summary}"
+    );
+    assert!(
+        contains_all(
+            summary["reason_for_call"].as_str().unwrap_or_default(),
+            &["call me back"]
+        ),
+        "{summary}"
+    );
+    assert_eq!(summary["hung_up_by"], "caller", "{summary}");
+    assert!(
+        summary["reply_latency"]["turns"].as_u64() >= Some(1),
+        "{summary}"
     );
 }
 
