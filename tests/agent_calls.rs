@@ -280,21 +280,12 @@ fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it_and_the_summary
     let mut broker = mqtt::Broker::new(tmp.path(), None);
     broker.start();
     let summaries = tmp.path().join("summaries.log");
-    let mut sub = peers::PeerProcess::spawn(
-        "mosquitto_sub",
-        std::process::Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-q", "1"])
-            .args(["-p", &broker.port.to_string(), "-i", "agent-summaries"])
-            .args(["-t", "edgevoice/+/+/events/summaries"]),
+    let mut sub = broker.subscribe_v5(
+        "agent-summaries",
+        "edgevoice/+/+/events/summaries",
+        "%p",
         &summaries,
     );
-    peers::poll_until(Duration::from_secs(10), || {
-        broker
-            .log()
-            .contains("Sending SUBACK to agent-summaries")
-            .then_some(())
-    })
-    .expect("mosquitto_sub subscribed");
     let agent = Agent::start(&format!(
         "[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\n{}",
         broker.port,

@@ -5,6 +5,8 @@
 #[path = "common/audio.rs"]
 mod audio;
 mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt;
 #[path = "common/peers.rs"]
 mod peers;
 
@@ -633,11 +635,19 @@ fn slow_hold_and_resume_by_reinvite_keep_the_call_and_pause_the_media_timeout() 
 }
 
 #[test]
-fn slow_trunk_keepalive_reports_a_trunk_going_down() {
+fn slow_trunk_keepalive_reports_a_trunk_going_down_in_status_and_upstream() {
     let mut pbx = Baresip::start(BaresipOptions::new("pbx"));
+    // Site events go upstream: a real mosquitto and a subscriber to them.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = mqtt::Broker::new(tmp.path(), None);
+    broker.start();
+    let events = tmp.path().join("events.log");
+    let mut sub = broker.subscribe_v5("trunk-events", "edgevoice/+/+/events/events", "%p", &events);
     let app = Appliance::start(&format!(
-        "[[sip.trunk]]\nname = \"pbx\"\nallow = [\"127.0.0.1\"]\noptions_uri = \"{}\"\noptions_interval_secs = 5\n",
-        pbx.uri()
+        "[[sip.trunk]]\nname = \"pbx\"\nallow = [\"127.0.0.1\"]\noptions_uri = \"{}\"\noptions_interval_secs = 5\n\
+         [uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\n",
+        pbx.uri(),
+        broker.port
     ));
     let trunk = |app: &Appliance| -> Option<serde_json::Value> {
         let v = json(&app.site.cli(&["status", "--json"]).stdout);
@@ -659,8 +669,27 @@ fn slow_trunk_keepalive_reports_a_trunk_going_down() {
     .expect("trunk reported down");
     eprintln!("down: {down}");
     assert!(text(&app.site.cli(&["status"]).stdout).contains("pbx DOWN"));
+    // One site event for the change (being up from the start is no news).
+    let trunk_events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|envelope| envelope["payload"].clone())
+            .filter(|e| e["kind"] == "trunk")
+            .collect()
+    };
+    let went_down = peers::poll_until(Duration::from_secs(15), || {
+        trunk_events().into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no trunk event upstream: {}", tail(&broker.log(), 20)));
+    assert_eq!(went_down["trunk"], "pbx", "{went_down}");
+    assert_eq!(went_down["up"], false, "{went_down}");
     let log = app.stop();
     assert!(log.contains("trunk down"), "{}", tail(&log, 20));
+    assert_eq!(trunk_events().len(), 1, "{:?}", trunk_events());
+    sub.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(2));
+    broker.stop();
 }
 
 #[test]

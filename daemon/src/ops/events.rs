@@ -114,6 +114,15 @@ pub struct Connectivity {
     pub trunks: Vec<TrunkHealth>,
 }
 
+impl Connectivity {
+    pub fn of(status: super::Status) -> Connectivity {
+        Connectivity {
+            registrations: status.registrations,
+            trunks: status.trunks,
+        }
+    }
+}
+
 /// Queues site events upstream in the order they were emitted, without making the emitter
 /// (often synchronous: the audit path, the status loop) wait for the store.
 #[derive(Default)]

@@ -249,14 +249,6 @@ impl DaemonContext {
         &self.events
     }
 
-    fn connectivity(&self) -> events::Connectivity {
-        let status = self.status();
-        events::Connectivity {
-            registrations: status.registrations,
-            trunks: status.trunks,
-        }
-    }
-
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
     }
@@ -785,7 +777,9 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     if std::fs::remove_file(applied_marker(&source)).is_ok() {
         tracing::info!(config = %source.display(), "the config written by config.apply started cleanly");
     }
-    let mut last_status = ctx.status().summary();
+    let status = ctx.status();
+    let mut last_status = status.summary();
+    let mut last_connectivity = events::Connectivity::of(status);
     ctx.notifier.ready(&last_status);
     ctx.events.emit(events::SiteEventKind::Started {
         version: VERSION.to_owned(),
@@ -793,7 +787,6 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         sip_listen: ctx.sip_listen.get().map(|a| a.to_string()),
         interrupted_calls: interrupted.len(),
     });
-    let mut last_connectivity = ctx.connectivity();
     tracing::info!(
         version = VERSION,
         config = %ctx.config().source.display(),
@@ -821,7 +814,8 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                         for line in e.lines() {
                             tracing::error!("reload refused, running config kept: {line}");
                         }
-                        (format!("refused: {}", e.lines().first().cloned().unwrap_or_default()), Vec::new())
+                        let first = e.lines().into_iter().next().unwrap_or_default();
+                        (format!("refused: {first}"), Vec::new())
                     }
                 };
                 ctx.events.emit(events::SiteEventKind::ConfigReloaded {
@@ -836,12 +830,13 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 }
             }
             _ = status_tick.tick() => {
-                let now = ctx.status().summary();
+                let status = ctx.status();
+                let now = status.summary();
                 if now != last_status {
                     ctx.notifier.status(&now);
                     last_status = now;
                 }
-                let connectivity = ctx.connectivity();
+                let connectivity = events::Connectivity::of(status);
                 for change in events::connectivity_changes(&last_connectivity, &connectivity) {
                     ctx.events.emit(change);
                 }
