@@ -15,6 +15,7 @@ mod mqtt;
 #[path = "common/peers.rs"]
 mod peers;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -117,12 +118,16 @@ impl Appliance {
 
     /// A daemon already started (and ready).
     fn attach(site: TestSite, daemon: TestDaemon) -> Appliance {
-        let status = json(&site.cli(&["status", "--json"]).stdout);
-        let sip_port = status["sip_listen"]
-            .as_str()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .expect("sip_listen in status");
+        // The control socket answers before SIP listens (a large outbox takes a moment to
+        // reopen): wait for both.
+        let sip_port = peers::poll_until(Duration::from_secs(20), || {
+            let status = json(&site.cli(&["status", "--json"]).stdout);
+            status["sip_listen"]
+                .as_str()
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no sip_listen in status: {}", daemon.log()));
         Appliance {
             site,
             daemon,
@@ -425,80 +430,136 @@ fn slow_a_crash_between_puback_and_delete_resends_only_that_message_with_the_sam
     broker.stop();
 }
 
+/// A large backlog queued while the broker was down (appended through the library's
+/// DurableOutbox into the daemon's own store, as the daemon appends), then, while it drains,
+/// three rounds of: the broker restarted, the daemon killed with SIGKILL and started again; real
+/// calls add records and summaries in between. Nothing acknowledged is lost, every stream's
+/// first arrivals are in order, and a duplicate is only ever a byte-identical re-send.
 #[test]
-fn slow_broker_restart_and_daemon_kill_lose_nothing_and_duplicate_only_by_key() {
+fn slow_broker_restarts_and_daemon_kills_several_times_over_lose_nothing_and_duplicate_only_by_key()
+{
+    const BACKLOG: u64 = 1500;
+    const ROUNDS: u64 = 3;
+    const CALLS_PER_ROUND: u32 = 4;
     let t0 = Instant::now();
     let site_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(site_dir.path(), None);
     broker.start();
     let mut sub = Subscriber::connect(&broker, site_dir.path());
+    sub.stop();
+    broker.stop();
 
-    // A slow drain, so the restarts land in the middle of it.
-    let app = Appliance::start(TestSite::new(&uplink_config(
+    // A drain slow enough for the faults to land in the middle of it.
+    let site = TestSite::new(&uplink_config(
         broker.port,
-        "drain_rate_per_sec = 20\ndrain_burst = 1\nmax_in_flight = 4\n",
-    )));
-    let device = app.status()["device_id"].as_str().unwrap().to_owned();
-    app.wait_queued(0); // the `started` event is out
-    sub.stop();
-    broker.stop();
-    const N: u32 = 40;
-    app.calls(N);
-    // Each call's record and its summary.
-    app.wait_queued(u64::from(2 * N));
+        "drain_rate_per_sec = 400\ndrain_burst = 16\nmax_in_flight = 16\n",
+    ));
+    let device = prefill_records(&site.state_dir(), BACKLOG);
+    let mut app = Appliance::start(site);
+    app.wait_queued(BACKLOG + 1); // and the `started` event
     broker.start();
     sub.start(&broker);
-    // Broker restart mid-drain.
-    peers::poll_until(Duration::from_secs(20), || {
-        (keys(&sub.events("calls")).len() >= 8).then_some(())
+    let delivered = |sub: &Subscriber| dedup(&keys(&sub.events("calls"))).len() as u64;
+    let mut calls = 0u64;
+    for round in 1..=ROUNDS {
+        let progress = |sub: &Subscriber, n: u64, what: &str| {
+            peers::poll_until(Duration::from_secs(30), || {
+                (delivered(sub) >= n).then_some(())
+            })
+            .unwrap_or_else(|| panic!("round {round}: {what}: {} delivered", delivered(sub)));
+        };
+        let at = delivered(&sub);
+        progress(&sub, at + 150, "draining");
+        sub.stop();
+        broker.stop();
+        app.calls(CALLS_PER_ROUND); // queued while the broker is down
+        calls += u64::from(CALLS_PER_ROUND);
+        broker.start();
+        sub.start(&broker);
+        let at = delivered(&sub);
+        progress(&sub, at + 150, "draining after the broker restart");
+        app.daemon.signal(Signal::SIGKILL);
+        app = app.restart();
+    }
+    let want = expected_keys(&device, 0, BACKLOG + calls);
+    peers::poll_until(Duration::from_secs(60), || {
+        (delivered(&sub) >= want.len() as u64).then_some(())
     })
-    .expect("drain started");
-    sub.stop();
-    broker.stop();
-    broker.start();
-    sub.start(&broker);
-    // kill -9 the daemon mid-drain, then restart it.
-    peers::poll_until(Duration::from_secs(20), || {
-        (dedup(&keys(&sub.events("calls"))).len() >= 20).then_some(())
-    })
-    .expect("drain continued after the broker restart");
-    app.daemon.signal(Signal::SIGKILL);
-    let app = app.restart();
-    let want = expected_keys(&device, 0, u64::from(N));
-    peers::poll_until(Duration::from_secs(30), || {
-        (dedup(&keys(&sub.events("calls"))).len() >= want.len()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("not all delivered: {}\n{}", sub.lines(), app.daemon.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "not all delivered: {} of {}\n{}",
+            delivered(&sub),
+            want.len(),
+            app.daemon.log()
+        )
+    });
     app.wait_queued(0);
     let all = keys(&sub.events("calls"));
     let unique = dedup(&all);
     assert_eq!(unique, want, "nothing lost; first arrivals in order");
     assert_eq!(
         dedup(&keys(&sub.events("summaries"))),
-        stream_keys(&device, "summaries", 0, u64::from(N)),
+        stream_keys(&device, "summaries", 0, calls),
         "no summary lost either"
     );
     // Duplicates carry a key already seen and the same payload.
     let mut events = sub.events("calls");
     events.extend(sub.events("summaries"));
+    events.extend(sub.events("events"));
+    let mut first: HashMap<String, &serde_json::Value> = HashMap::new();
     for (i, (_, v)) in events.iter().enumerate() {
-        let first = events
-            .iter()
-            .position(|(_, w)| w["key"] == v["key"])
-            .unwrap();
-        assert_eq!(
-            &events[first].1, v,
-            "duplicate #{i} differs from its first copy"
-        );
+        let key = v["key"].as_str().expect("key").to_owned();
+        let seen = first.entry(key).or_insert(v);
+        assert_eq!(*seen, v, "duplicate #{i} differs from its first copy");
     }
+    let starts = dedup(&keys(&sub.events("events")));
+    assert_eq!(
+        starts,
+        stream_keys(&device, "events", 0, ROUNDS + 1),
+        "each start's event, once each"
+    );
     eprintln!(
-        "faults: {N} records, {} deliveries ({} duplicates) in {:?}",
+        "faults: {} records in {ROUNDS} rounds of broker restart + kill -9, {} deliveries ({} duplicates) in {:?}",
+        want.len(),
         all.len(),
         all.len() - unique.len(),
         t0.elapsed()
     );
     sub.stop();
     broker.stop();
+}
+
+/// Queues `n` call records in the outbox of the (stopped) daemon whose state dir is `state`,
+/// through the library, as the daemon itself appends; returns the device id.
+fn prefill_records(state: &Path, n: u64) -> String {
+    use edgevoice::uplink::{DurableOutbox, Identity, OutboxConfig, Stream};
+    let store = edgevoice::store::Store::open(state).expect("open the daemon's store");
+    let device = store.instance().device_id.clone();
+    let identity = Identity::new("s1", &device).expect("identity");
+    let mut outbox = DurableOutbox::open(
+        &store,
+        OutboxConfig::default(),
+        identity,
+        Instant::now(),
+        edgevoice::store::now_ms(),
+    )
+    .expect("outbox");
+    for i in 0..n {
+        let id = ulid::Ulid::from_parts(1_795_330_000_000 + i, u128::from(i));
+        let mut record = edgevoice::call::record::CallRecord::new_inbound(
+            id,
+            &format!("{i}@127.0.0.1"),
+            "<sip:caller@127.0.0.1>",
+            "<sip:agent@127.0.0.1>",
+            "127.0.0.1:5062",
+        );
+        record.end(edgevoice::call::record::EndReason::Hangup, None);
+        let json = serde_json::to_vec(&record).expect("record JSON");
+        outbox
+            .append(&store, Stream::Calls, &json, Instant::now())
+            .expect("append");
+    }
+    device
 }
 
 /// MQTT 5 only: a PUBACK whose reason code refuses the message (here mosquitto's ACL:
