@@ -1085,7 +1085,34 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
         &format!("edgevoice/s1/{refusing_device}/events/calls"),
         "\"kind\":\"rejected\"",
     );
-    drop(refusing_daemon);
+    // A clean stop: what is queued (the `stopping` event) goes out before "offline".
+    refusing_daemon.signal(Signal::SIGTERM);
+    let (code, log) = refusing_daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{log}");
+    let refusing_base = format!("edgevoice/s1/{refusing_device}");
+    let stopping = capture.wait(
+        &format!("{refusing_base}/events/events"),
+        "\"kind\":\"stopping\"",
+    );
+    assert_eq!(stopping["payload"]["signal"], "SIGTERM", "{stopping}");
+    capture.wait(&format!("{refusing_base}/status"), "\"stopped\"");
+    let order: Vec<String> = capture
+        .messages()
+        .into_iter()
+        .filter(|(t, p)| {
+            t.starts_with(&refusing_base)
+                && (p.contains("\"stopping\"") || p.contains("\"stopped\""))
+        })
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            format!("{refusing_base}/events/events"),
+            format!("{refusing_base}/status")
+        ],
+        "the stopping event, then the offline status"
+    );
 
     // The last will: kill -9, the broker publishes "offline" (retained).
     daemon.signal(Signal::SIGKILL);

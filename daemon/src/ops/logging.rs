@@ -69,9 +69,20 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
-/// rsipstack logs every datagram at INFO, sled every log-segment write at DEBUG and ONNX
-/// Runtime (target `ort`) every arena allocation at INFO, ~100 lines a start; their warnings
-/// are what an operator needs, unless a directive names them.
+/// rsipstack logs every datagram at INFO, sled every log-segment write at DEBUG, ONNX Runtime
+/// (target `ort`) every arena allocation at INFO (~100 lines a start), whisper.cpp and
+/// llama.cpp every model and context parameter at INFO (~190 lines a start, thousands at DEBUG)
+/// and rumqttc every packet at DEBUG; their warnings are what an operator needs, unless a
+/// directive names them.
+const LIBRARIES_HELD_TO_WARN: [&str; 6] = [
+    "rsipstack",
+    "sled",
+    "ort",
+    "whisper_rs",
+    "llama-cpp-2",
+    "rumqttc",
+];
+
 fn with_library_defaults(directives: &str) -> String {
     let mut out = directives.to_owned();
     let named = |library: &str| {
@@ -80,7 +91,7 @@ fn with_library_defaults(directives: &str) -> String {
             target == library || target.starts_with(&format!("{library}::"))
         })
     };
-    for library in ["rsipstack", "sled", "ort"] {
+    for library in LIBRARIES_HELD_TO_WARN {
         if !named(library) {
             out.push_str(&format!(",{library}=warn"));
         }
@@ -123,18 +134,33 @@ mod tests {
 
     #[test]
     fn chatty_libraries_log_warnings_only_unless_a_directive_names_them() {
+        const REST: &str = "whisper_rs=warn,llama-cpp-2=warn,rumqttc=warn";
         assert_eq!(
             with_library_defaults("debug"),
-            "debug,rsipstack=warn,sled=warn,ort=warn"
+            format!("debug,rsipstack=warn,sled=warn,ort=warn,{REST}")
         );
         assert_eq!(
             with_library_defaults("info,ort=info"),
-            "info,ort=info,rsipstack=warn,sled=warn"
+            format!("info,ort=info,rsipstack=warn,sled=warn,{REST}")
         );
         // A target that merely contains a library's name does not count.
         assert_eq!(
             with_library_defaults("info,edgevoice::transport=debug,sled::tree=info"),
-            "info,edgevoice::transport=debug,sled::tree=info,rsipstack=warn,ort=warn"
+            format!(
+                "info,edgevoice::transport=debug,sled::tree=info,rsipstack=warn,ort=warn,{REST}"
+            )
         );
+    }
+
+    #[test]
+    fn the_default_directives_parse_so_the_configured_level_is_not_replaced() {
+        // init() falls back to plain "info" when the directives do not parse.
+        for level in ["info", "debug", "warn,edgevoice=debug"] {
+            let directives = with_library_defaults(level);
+            assert!(
+                EnvFilter::try_new(&directives).is_ok(),
+                "{directives} does not parse"
+            );
+        }
     }
 }

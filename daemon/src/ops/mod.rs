@@ -883,7 +883,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     ctx.events.finish().await;
     if let Some(uplink) = ctx.uplink() {
         // What is still queued stays in the outbox for the next start.
-        uplink.shutdown(Duration::from_secs(3)).await;
+        uplink.shutdown(Duration::from_secs(5)).await;
     }
     server.abort();
     let _ = std::fs::remove_file(&socket_path);

@@ -182,9 +182,9 @@ pub struct UplinkHandle {
 }
 
 impl UplinkHandle {
-    /// Stops the uplink cleanly (daemon shutdown): a connected uplink publishes the retained
-    /// "offline" status itself and disconnects; what is queued stays in the outbox for the
-    /// next start. Waits at most `timeout`.
+    /// Stops the uplink cleanly (daemon shutdown): a connected uplink first publishes what is
+    /// queued (for up to 2 s), then the retained "offline" status, and disconnects; what is
+    /// still queued stays in the outbox for the next start. Waits at most `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
         self.shared.stop.send_replace(true);
         let mut stopped = self.shared.stopped.subscribe();
@@ -372,6 +372,9 @@ pub fn start(
 
 /// A refused stream is tried again after `uplink.reconnect_max_secs`, at most this.
 const MAX_REFUSED_STREAM_RETRY: Duration = Duration::from_secs(60);
+
+/// How long a clean shutdown keeps publishing what is queued before it says "offline".
+const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a clean shutdown waits for the broker to take the "offline" status.
 const SHUTDOWN_STATUS_WAIT: Duration = Duration::from_secs(2);
@@ -708,6 +711,9 @@ async fn run(
         let mut by_pkid: HashMap<u16, u16> = HashMap::new();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set by a clean stop: publish what is queued (the last calls' records, the stopping
+        // event) until the outbox is empty or this deadline, then say offline.
+        let mut flush_until: Option<Instant> = None;
         let error = 'conn: {
             if let Err(e) = client.publish(status_message(&base, "online", &said_health)) {
                 break 'conn format!("cannot queue the status message: {e}");
@@ -747,11 +753,27 @@ async fn run(
                 if let Some(e) = failure {
                     break 'conn format!("outbox: {e}");
                 }
-                let wake_at = shared
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .poll_timeout();
+                let (wake_at, queued) = {
+                    let outbox = shared.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                    (
+                        outbox.poll_timeout(),
+                        outbox.status(Instant::now()).queued_messages,
+                    )
+                };
+                if let Some(deadline) = flush_until {
+                    if queued == 0 || Instant::now() >= deadline {
+                        say_offline_and_disconnect(&client, &mut events, &base).await;
+                        pump.abort();
+                        let _ = with_outbox(&shared, |o, _| o.handle_disconnect()).await;
+                        set_view(&shared, "offline", None);
+                        tracing::info!(
+                            left_queued = queued,
+                            "uplink: said offline and disconnected"
+                        );
+                        return;
+                    }
+                }
+                let wake_at = wake_at.into_iter().chain(flush_until).min();
                 let sleep = async {
                     match wake_at {
                         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -850,13 +872,8 @@ async fn run(
                     }
                     _ = shared.wake.notified() => {}
                     _ = sleep => {}
-                    _ = stop.changed() => {
-                        say_offline_and_disconnect(&client, &mut events, &base).await;
-                        pump.abort();
-                        let _ = with_outbox(&shared, |o, _| o.handle_disconnect()).await;
-                        set_view(&shared, "offline", None);
-                        tracing::info!("uplink: said offline and disconnected");
-                        return;
+                    _ = stop.changed(), if flush_until.is_none() => {
+                        flush_until = Some(Instant::now() + SHUTDOWN_FLUSH_WAIT);
                     }
                 }
             }
