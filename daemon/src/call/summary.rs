@@ -51,6 +51,7 @@ pub struct CallSummary {
     /// The call record's id (the `calls` stream carries the whole record).
     pub call_id: String,
     pub direction: CallDirection,
+    /// The From and To URIs, without display name, brackets or tag.
     pub from: String,
     pub to: String,
     pub trunk: Option<String>,
@@ -134,8 +135,8 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
     Some(CallSummary {
         call_id: record.id.clone(),
         direction: record.direction,
-        from: record.from.clone(),
-        to: record.to.clone(),
+        from: bare_uri(&record.from),
+        to: bare_uri(&record.to),
         trunk: record.trunk.clone(),
         started_at_ms: record.invite_at_ms,
         answered_at_ms: record.answer_at_ms,
@@ -170,6 +171,24 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
         }),
         dtmf_received: record.dtmf_received.clone(),
     })
+}
+
+/// `"Ann" <sip:+44123@carrier>;tag=x` → `sip:+44123@carrier`; a header without brackets loses
+/// its parameters after the first `;` (a SIP URI's own parameters can only be kept inside
+/// brackets).
+fn bare_uri(header: &str) -> String {
+    let header = header.trim();
+    if let Some((_, rest)) = header.split_once('<') {
+        if let Some((uri, _)) = rest.split_once('>') {
+            return uri.trim().to_owned();
+        }
+    }
+    header
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 fn count(n: usize) -> u32 {
@@ -234,6 +253,23 @@ mod tests {
         r.end(reason, by);
         r.end_at_ms = Some(31_250);
         r
+    }
+
+    #[test]
+    fn from_and_to_are_bare_uris() {
+        for (header, uri) in [
+            (
+                "\"Ann Smith\" <sip:+441234@carrier.example;user=phone>;tag=a1",
+                "sip:+441234@carrier.example;user=phone",
+            ),
+            ("<sip:agent@127.0.0.1:5070>", "sip:agent@127.0.0.1:5070"),
+            ("sip:bob@x;tag=9", "sip:bob@x"),
+            ("  sip:bob@x ", "sip:bob@x"),
+            ("<unterminated", "<unterminated"),
+            ("", ""),
+        ] {
+            assert_eq!(bare_uri(header), uri, "{header}");
+        }
     }
 
     #[test]
