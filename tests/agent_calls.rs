@@ -474,8 +474,11 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     eprintln!("caller heard (model timed out): {heard_text:?}");
     let turn = &call["turns"][0];
     assert_eq!(turn["action"], "fallback", "{turn}");
+    // Two words only the template says. Not "vaccinations": after "Flu" the listener (whisper
+    // tiny.en on Piper's stochastic voice, through the whole call's audio) once fused the two
+    // into "Fluaxinations", while "weekday mornings" came through in every take measured.
     assert!(
-        contains_all(&heard_text, &["vaccinations", "mornings"]),
+        contains_all(&heard_text, &["weekday", "mornings"]),
         "{heard_text:?}"
     );
 

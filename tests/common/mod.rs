@@ -127,7 +127,20 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub fn spawn(site: &TestSite, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(daemon_bin());
+        Self::spawn_wrapped(site, env, &[])
+    }
+
+    /// [`Self::spawn`] through `wrapper` (a command that execs its arguments, e.g.
+    /// `nsenter -t PID -m`), so the daemon's pid is still the child's.
+    pub fn spawn_wrapped(site: &TestSite, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(daemon_bin());
+                cmd
+            }
+            None => Command::new(daemon_bin()),
+        };
         cmd.arg("--config")
             .arg(&site.config)
             .env_remove("NOTIFY_SOCKET")

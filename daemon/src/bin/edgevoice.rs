@@ -19,6 +19,15 @@ use edgevoice::store::{Store, StoreInfo};
 
 /// Exit codes: 0 done, 1 failed, 2 invalid config or input.
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so `edgevoice calls | head` would panic writing to a closed pipe;
+    // a command-line tool should just stop, as cat does.
+    // SAFETY: first thing in main, before any thread exists; SIG_DFL installs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let args = CliArgs::parse();
     match run(args) {
         Ok(code) => code,
@@ -359,6 +368,13 @@ fn print_status(s: &Status) {
     println!("  config        {}", s.config_source.display());
     println!("  state dir     {}", s.state_dir.display());
     println!("  store size    {}", human_bytes(s.store_size_bytes));
+    if let Some(e) = &s.store_write_failure {
+        println!("  store         WRITES FAILING: {e}");
+        println!(
+            "                {} call records waiting in memory",
+            s.unsaved_call_records
+        );
+    }
     println!("  device id     {}", s.device_id);
     println!("  active calls  {} of {}", s.active_calls, s.max_calls);
     println!(

@@ -41,6 +41,64 @@ pub async fn send_ended_call_upstream(
     }
 }
 
+/// Keeps an ended call's record the store refused, to write it later
+/// ([`write_unsaved_records`]).
+pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) {
+    let id = record.id.clone();
+    if let Some(dropped) = ctx.unsaved_records().hold(record) {
+        tracing::error!(
+            "call record {} lost: more than {} records are waiting for the store",
+            dropped.id,
+            record::MAX_UNSAVED
+        );
+    }
+    tracing::warn!(
+        call = %id,
+        waiting = ctx.unsaved_records().len(),
+        "call record kept in memory until the store takes writes again"
+    );
+}
+
+/// Writes the records the store refused earlier, oldest first, and sends each upstream;
+/// stops at the first refusal (the rest wait for the next try).
+pub async fn write_unsaved_records(ctx: &Arc<DaemonContext>) {
+    let held = ctx.unsaved_records().take_all();
+    if held.is_empty() {
+        return;
+    }
+    let owner = ctx.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut held = held.into_iter();
+        let mut written = Vec::new();
+        for rec in held.by_ref() {
+            match record::save(owner.store(), &rec) {
+                Ok(()) => written.push(rec),
+                Err(_) => return (written, Some(rec), held.collect::<Vec<_>>()),
+            }
+        }
+        (written, None, Vec::new())
+    })
+    .await;
+    let Ok((written, refused, rest)) = outcome else {
+        return;
+    };
+    for rec in refused.into_iter().chain(rest) {
+        ctx.unsaved_records().hold(rec);
+    }
+    if !written.is_empty() {
+        tracing::info!(
+            records = written.len(),
+            still_waiting = ctx.unsaved_records().len(),
+            "call records written now that the store takes writes again"
+        );
+    }
+    if let Some(uplink) = ctx.uplink() {
+        for rec in &written {
+            send_ended_call_upstream(uplink, rec).await;
+        }
+    }
+}
+
 /// What an operator (control socket, later MQTT) can ask of a live call.
 #[derive(Debug)]
 pub enum CallControl {

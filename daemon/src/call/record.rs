@@ -189,6 +189,46 @@ impl CallRecord {
     }
 }
 
+/// Ended call records the store refused (a full disk): held in memory, oldest dropped beyond
+/// [`MAX_UNSAVED`], written once the store takes them again. A restart before then loses them.
+#[derive(Debug, Default)]
+pub struct UnsavedRecords {
+    records: std::sync::Mutex<std::collections::VecDeque<CallRecord>>,
+}
+
+/// At most this many unsaved records are held (a few KiB each).
+pub const MAX_UNSAVED: usize = 1000;
+
+impl UnsavedRecords {
+    /// Holds `record` (replacing an older copy of the same call); returns the record dropped
+    /// to make room, if any.
+    pub fn hold(&self, record: CallRecord) -> Option<CallRecord> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.retain(|r| r.id != record.id);
+        records.push_back(record);
+        (records.len() > MAX_UNSAVED)
+            .then(|| records.pop_front())
+            .flatten()
+    }
+
+    /// Everything held, oldest first; the holder is empty afterwards.
+    pub fn take_all(&self) -> Vec<CallRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Writes the record durably.
 pub fn save(store: &Store, record: &CallRecord) -> Result<(), StoreError> {
     store.tree::<CallRecord>()?.put(record.key(), record)
@@ -269,6 +309,29 @@ pub fn close_interrupted(store: &Store) -> Result<Vec<CallRecord>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(n: u64) -> CallRecord {
+        CallRecord::new_inbound(Ulid::from_parts(n, 1), "c", "a", "b", "r")
+    }
+
+    #[test]
+    fn unsaved_records_keep_the_latest_copy_per_call_and_drop_the_oldest_beyond_the_limit() {
+        let held = UnsavedRecords::default();
+        assert_eq!(held.hold(record(1)), None);
+        let mut newer = record(1);
+        newer.dtmf_received = "5".into();
+        assert_eq!(held.hold(newer.clone()), None);
+        assert_eq!(held.len(), 1, "one copy per call");
+        for n in 2..=MAX_UNSAVED as u64 {
+            assert_eq!(held.hold(record(n)), None);
+        }
+        let dropped = held.hold(record(MAX_UNSAVED as u64 + 1));
+        assert_eq!(dropped, Some(newer), "the oldest goes");
+        let all = held.take_all();
+        assert_eq!(all.len(), MAX_UNSAVED);
+        assert_eq!(all[0].id, record(2).id, "oldest first");
+        assert!(held.is_empty());
+    }
 
     #[test]
     fn purge_removes_calls_that_ended_before_the_cutoff_with_their_recordings() {

@@ -431,12 +431,23 @@ async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     let (owner, saved) = (ctx.clone(), rec.clone());
     // The store fsyncs: keep it off the runtime's workers.
     let result = tokio::task::spawn_blocking(move || record::save(owner.store(), &saved)).await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("call record not saved: {e}"),
-        Err(e) => tracing::error!("call record task failed: {e}"),
-    }
+    let saved = match result {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!("call record not saved: {e}");
+            false
+        }
+        Err(e) => {
+            tracing::error!("call record task failed: {e}");
+            false
+        }
+    };
     if rec.end_reason.is_none() {
+        return;
+    }
+    if !saved {
+        // Written (and sent upstream) once the store takes writes again.
+        super::hold_unsaved_record(ctx, rec.clone());
         return;
     }
     // A finished record goes upstream (durably queued; the uplink delivers it when it can).

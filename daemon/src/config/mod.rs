@@ -155,6 +155,9 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// How long a SIGTERM waits for active work (calls) to finish before exiting anyway.
     pub drain_timeout_secs: u64,
+    /// Free disk space (MiB) the store keeps on its filesystem: below it, writes are refused
+    /// (calls go on, their records wait in memory) instead of failing inside sled.
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for DaemonConfig {
@@ -164,6 +167,7 @@ impl Default for DaemonConfig {
             runtime_dir: PathBuf::from("/run/edgevoice"),
             log_level: "info".to_owned(),
             drain_timeout_secs: 30,
+            min_free_disk_mb: 64,
         }
     }
 }

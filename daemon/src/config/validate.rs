@@ -138,6 +138,15 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if d.min_free_disk_mb > 1 << 20 {
+        problem(
+            "daemon.min_free_disk_mb",
+            format!(
+                "{} is out of range; use a value between 0 and 1048576 MiB",
+                d.min_free_disk_mb
+            ),
+        );
+    }
 
     if config.models.dir.as_os_str().is_empty() {
         problem(

@@ -436,6 +436,18 @@ pub fn render_prometheus(
         status.store_size_bytes,
     );
     e.single(
+        "edgevoice_store_writes_failing",
+        "gauge",
+        "1 while the store refuses writes (e.g. the disk below daemon.min_free_disk_mb).",
+        u8::from(status.store_write_failure.is_some()),
+    );
+    e.single(
+        "edgevoice_unsaved_call_records",
+        "gauge",
+        "Ended calls' records waiting in memory for the store to take writes again.",
+        status.unsaved_call_records,
+    );
+    e.single(
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
@@ -777,6 +789,8 @@ mod tests {
             config_source: "/etc/edgevoice/edgevoice.toml".into(),
             state_dir: "/var/lib/edgevoice".into(),
             store_size_bytes: 4096,
+            store_write_failure: None,
+            unsaved_call_records: 0,
             device_id: "dev\"1".into(),
             active_calls: 2,
             max_calls: 8,

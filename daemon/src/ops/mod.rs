@@ -64,6 +64,13 @@ pub struct Status {
     pub config_source: PathBuf,
     pub state_dir: PathBuf,
     pub store_size_bytes: u64,
+    /// Why the store's last write failed (e.g. the disk below `daemon.min_free_disk_mb`),
+    /// while no write has succeeded since.
+    #[serde(default)]
+    pub store_write_failure: Option<String>,
+    /// Ended calls' records waiting in memory for the store to take writes again.
+    #[serde(default)]
+    pub unsaved_call_records: usize,
     pub device_id: String,
     pub active_calls: usize,
     pub max_calls: u32,
@@ -96,8 +103,15 @@ impl Status {
         } else {
             "calls"
         };
+        let store = match &self.store_write_failure {
+            Some(e) => format!(
+                ", STORE WRITES FAILING ({} call records waiting): {e}",
+                self.unsaved_call_records
+            ),
+            None => String::new(),
+        };
         format!(
-            "{phase}: {} {calls}, uplink {}",
+            "{phase}: {} {calls}{store}, uplink {}",
             self.active_calls, self.uplink
         )
     }
@@ -216,6 +230,7 @@ pub struct DaemonContext {
     call_shutdown: tokio::sync::watch::Sender<bool>,
     metrics: metrics::Metrics,
     events: events::EventSink,
+    unsaved_records: crate::call::record::UnsavedRecords,
 }
 
 impl DaemonContext {
@@ -241,7 +256,13 @@ impl DaemonContext {
             loading_speech: std::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
             events: events::EventSink::default(),
+            unsaved_records: crate::call::record::UnsavedRecords::default(),
         }
+    }
+
+    /// Ended calls' records the store refused, waiting to be written.
+    pub fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
+        &self.unsaved_records
     }
 
     /// Site events for the uplink's `events` stream.
@@ -385,6 +406,8 @@ impl DaemonContext {
             config_source: loaded.source.clone(),
             state_dir: loaded.config.daemon.state_dir.clone(),
             store_size_bytes: self.store.size_on_disk(),
+            store_write_failure: self.store.write_failure(),
+            unsaved_call_records: self.unsaved_records.len(),
             device_id: self.store.instance().device_id.clone(),
             active_calls: self.work.active(),
             max_calls: loaded.config.sip.max_calls,
@@ -576,6 +599,8 @@ impl DaemonContext {
             tracing::warn!("{change}");
         }
         let merged = running.config.merged_for_reload(&fresh.config);
+        self.store
+            .set_reserve(merged.daemon.min_free_disk_mb.saturating_mul(1 << 20));
         if merged.daemon.log_level != running.config.daemon.log_level {
             if let Some(log) = &self.log {
                 if let Err(e) = log.set_level(&merged.daemon.log_level) {
@@ -650,6 +675,13 @@ pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartErr
 
 async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
     let store = Store::open(&loaded.config.daemon.state_dir)?;
+    store.set_reserve(
+        loaded
+            .config
+            .daemon
+            .min_free_disk_mb
+            .saturating_mul(1 << 20),
+    );
     let interrupted = match crate::call::record::close_interrupted(&store) {
         Ok(closed) => {
             if !closed.is_empty() {
@@ -684,11 +716,17 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         let weak = Arc::downgrade(&ctx);
         let health = Arc::new(move || match weak.upgrade() {
             // Not status(): that asks the uplink for its own state, from inside the uplink.
-            Some(ctx) => format!(
-                "{}: {} active calls",
-                ctx.phase().as_str(),
-                ctx.work.active()
-            ),
+            Some(ctx) => {
+                let mut health = format!(
+                    "{}: {} active calls",
+                    ctx.phase().as_str(),
+                    ctx.work.active()
+                );
+                if let Some(e) = ctx.store.write_failure() {
+                    health.push_str(&format!("; store writes failing: {e}"));
+                }
+                health
+            }
             None => "stopping".to_owned(),
         });
         let device_id = ctx.store.instance().device_id.clone();
@@ -830,6 +868,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 }
             }
             _ = status_tick.tick() => {
+                crate::call::write_unsaved_records(&ctx).await;
                 let status = ctx.status();
                 let now = status.summary();
                 if now != last_status {
@@ -880,6 +919,16 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
     sip.shutdown();
+    crate::call::write_unsaved_records(&ctx).await;
+    let unsaved = ctx.unsaved_records.take_all();
+    if !unsaved.is_empty() {
+        let ids: Vec<&str> = unsaved.iter().map(|r| r.id.as_str()).collect();
+        tracing::error!(
+            "{} call records are lost: the store refused them until the end ({})",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
     ctx.events.finish().await;
     if let Some(uplink) = ctx.uplink() {
         // What is still queued stays in the outbox for the next start.

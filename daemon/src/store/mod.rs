@@ -10,6 +10,7 @@ mod lock;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -101,12 +102,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("store in {}: {context}: {source}", path.display())]
+    #[error("store in {}: {context}: {}", path.display(), sled_reason(source))]
     Sled {
         path: PathBuf,
         context: &'static str,
         #[source]
         source: sled::Error,
+    },
+    #[error("store in {}: write refused: {} MiB free, below the {} MiB kept free (daemon.min_free_disk_mb); free some disk space and writes resume by themselves", path.display(), free / MIB, reserve / MIB)]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        reserve: u64,
     },
     #[error("store in {} has schema {found}, newer than this edgevoice understands ({supported}); install the newer edgevoice again", path.display())]
     NewerStore {
@@ -126,6 +133,16 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+const MIB: u64 = 1 << 20;
+
+/// sled's I/O errors print as Rust debug text; an operator wants the OS's words.
+fn sled_reason(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,6 +177,12 @@ pub struct Store {
     path: PathBuf,
     ids: Mutex<ulid::Generator>,
     instance: InstanceInfo,
+    /// Free space (bytes) kept on the store's filesystem: below it writes are refused
+    /// before they reach sled, which after a failed write of its own refuses everything
+    /// until it is reopened. 0: no check.
+    reserve_bytes: AtomicU64,
+    /// The last write's failure, until a write succeeds again.
+    write_failure: Mutex<Option<String>>,
     _lock: InstanceLock,
 }
 
@@ -230,6 +253,8 @@ impl Store {
             path,
             ids: Mutex::new(ulid::Generator::new()),
             instance,
+            reserve_bytes: AtomicU64::new(0),
+            write_failure: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -268,6 +293,49 @@ impl Store {
             // More than 2^80 ids in one millisecond cannot happen; fall back to a fresh one.
             Err(_) => Ulid::from_datetime(SystemTime::now()),
         }
+    }
+
+    /// Keeps `bytes` free on the store's filesystem (see [`StoreError::DiskFull`]).
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes available to the daemon on the store's filesystem.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.path).ok()?;
+        Some(st.blocks_available().saturating_mul(st.fragment_size()))
+    }
+
+    /// Why the last write failed, while no write has succeeded since.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs a write: refused up front when the disk is below the reserve, and its outcome
+    /// remembered for [`Store::write_failure`].
+    fn write<T>(
+        &self,
+        check_room: bool,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let reserve = self.reserve_bytes.load(Ordering::Relaxed);
+        let result = match self.free_bytes() {
+            Some(free) if check_room && free < reserve => Err(StoreError::DiskFull {
+                path: self.path.clone(),
+                free,
+                reserve,
+            }),
+            _ => f(),
+        };
+        let mut failure = self.write_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => *failure = None,
+            Err(e) => *failure = Some(e.to_string()),
+        }
+        result
     }
 
     pub fn size_on_disk(&self) -> u64 {
@@ -437,38 +505,43 @@ impl<R: Record> TypedTree<'_, R> {
 
     /// Writes `record` under `key` and flushes it to disk before returning.
     pub fn put(&self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
-        self.tree
-            .insert(key.as_ref(), Self::encode(record)?)
-            .map_err(self.err("write"))?;
-        self.store.flush()
+        let raw = Self::encode(record)?;
+        self.store.write(true, || {
+            self.tree
+                .insert(key.as_ref(), raw)
+                .map_err(self.err("write"))?;
+            self.store.flush()
+        })
     }
 
     /// Writes `record` without waiting for the disk: for data that may be lost in a crash.
     pub fn put_lazy(&self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
-        self.tree
-            .insert(key.as_ref(), Self::encode(record)?)
-            .map(|_| ())
-            .map_err(self.err("write"))
+        let raw = Self::encode(record)?;
+        self.store.write(true, || {
+            self.tree
+                .insert(key.as_ref(), raw)
+                .map(|_| ())
+                .map_err(self.err("write"))
+        })
     }
 
     /// Writes `record` under `key` only if the key is absent, atomically, and flushes before
     /// returning; false (nothing written) when the key was already there.
     pub fn insert_new(&self, key: impl AsRef<[u8]>, record: &R) -> Result<bool, StoreError> {
-        let swapped = self
-            .tree
-            .compare_and_swap(
-                key.as_ref(),
-                None as Option<&[u8]>,
-                Some(Self::encode(record)?),
-            )
-            .map_err(self.err("write"))?;
-        match swapped {
-            Ok(()) => {
-                self.store.flush()?;
-                Ok(true)
+        let raw = Self::encode(record)?;
+        self.store.write(true, || {
+            let swapped = self
+                .tree
+                .compare_and_swap(key.as_ref(), None as Option<&[u8]>, Some(raw))
+                .map_err(self.err("write"))?;
+            match swapped {
+                Ok(()) => {
+                    self.store.flush()?;
+                    Ok(true)
+                }
+                Err(_) => Ok(false),
             }
-            Err(_) => Ok(false),
-        }
+        })
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<R>, StoreError> {
@@ -480,14 +553,17 @@ impl<R: Record> TypedTree<'_, R> {
     }
 
     /// Removes `key` and flushes before returning; true if it was there.
+    /// Removals free space: they are not held to the reserve.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
-        let existed = self
-            .tree
-            .remove(key.as_ref())
-            .map_err(self.err("remove"))?
-            .is_some();
-        self.store.flush()?;
-        Ok(existed)
+        self.store.write(false, || {
+            let existed = self
+                .tree
+                .remove(key.as_ref())
+                .map_err(self.err("remove"))?
+                .is_some();
+            self.store.flush()?;
+            Ok(existed)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -537,17 +613,22 @@ impl<R: Record> TypedTree<'_, R> {
 
     /// Applies every write and removal in `batch` atomically (all or none, also across a
     /// crash) and flushes before returning.
+    /// A batch that only removes is not held to the reserve (it frees space).
     pub fn apply(&self, batch: Batch<R>) -> Result<(), StoreError> {
-        self.tree
-            .apply_batch(batch.inner)
-            .map_err(self.err("write batch"))?;
-        self.store.flush()
+        self.store.write(batch.writes > 0, || {
+            self.tree
+                .apply_batch(batch.inner)
+                .map_err(self.err("write batch"))?;
+            self.store.flush()
+        })
     }
 }
 
 /// Writes and removals for one tree that land together or not at all ([`TypedTree::apply`]).
 pub struct Batch<R> {
     inner: sled::Batch,
+    /// Puts in it (removals only free space).
+    writes: usize,
     _record: PhantomData<fn() -> R>,
 }
 
@@ -555,6 +636,7 @@ impl<R> Default for Batch<R> {
     fn default() -> Self {
         Self {
             inner: sled::Batch::default(),
+            writes: 0,
             _record: PhantomData,
         }
     }
@@ -564,6 +646,7 @@ impl<R: Record> Batch<R> {
     pub fn put(&mut self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
         self.inner
             .insert(key.as_ref(), TypedTree::<R>::encode(record)?);
+        self.writes += 1;
         Ok(())
     }
 
@@ -606,6 +689,54 @@ mod tests {
                 _ => Err(format!("no upgrade from schema {from}")),
             }
         }
+    }
+
+    #[test]
+    fn below_the_reserve_writes_are_refused_in_one_line_and_resume_with_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        let note = Note { text: "x".into() };
+        tree.put(b"a", &note).unwrap();
+        store.set_reserve(u64::MAX);
+        let refused = tree.put(b"b", &note).unwrap_err();
+        let line = refused.to_string();
+        assert!(
+            matches!(refused, StoreError::DiskFull { .. })
+                && line.contains("daemon.min_free_disk_mb")
+                && !line.contains('\n'),
+            "{line}"
+        );
+        assert_eq!(store.write_failure(), Some(line));
+        let mut batch = Batch::default();
+        batch.put(b"c", &note).unwrap();
+        assert!(
+            tree.apply(batch).is_err(),
+            "a batch that writes is held too"
+        );
+        // Removing frees space: allowed.
+        assert!(tree.remove(b"a").unwrap());
+        let mut removals = Batch::<Note>::default();
+        removals.remove(b"zz");
+        tree.apply(removals).unwrap();
+        assert_eq!(store.write_failure(), None, "a write went through");
+        store.set_reserve(0);
+        tree.put(b"b", &note).unwrap();
+        assert_eq!(tree.get(b"b").unwrap(), Some(note));
+        assert!(store.free_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn sled_io_errors_read_as_the_os_says_them() {
+        let error = StoreError::Sled {
+            path: "/var/lib/edgevoice/db".into(),
+            context: "write",
+            source: sled::Error::Io(std::io::Error::from_raw_os_error(28)),
+        };
+        assert_eq!(
+            error.to_string(),
+            "store in /var/lib/edgevoice/db: write: No space left on device (os error 28)"
+        );
     }
 
     #[test]

@@ -233,10 +233,13 @@ impl DurableOutbox {
         Ok(store.tree::<OutboxRecord>()?)
     }
 
-    /// Runs a store write; a failure poisons the outbox until it is reopened.
+    /// Runs a store write; a failure poisons the outbox until it is reopened, except a write
+    /// the store refused up front for want of disk space (nothing reached the disk).
     fn write<T>(&mut self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, OutboxError> {
         f().map_err(|e| {
-            self.poisoned = true;
+            if !matches!(e, StoreError::DiskFull { .. }) {
+                self.poisoned = true;
+            }
             OutboxError::Store(e)
         })
     }
@@ -481,6 +484,29 @@ mod tests {
             ]
         );
         assert_eq!(ob.status(t0).queued_bytes, 13);
+    }
+
+    #[test]
+    fn a_write_refused_for_disk_space_leaves_the_outbox_usable_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ob = open(&store, t0);
+        ob.append(&store, Stream::Calls, b"1", t0).unwrap();
+        store.set_reserve(u64::MAX);
+        let refused = ob.append(&store, Stream::Calls, b"2", t0).unwrap_err();
+        assert!(
+            matches!(refused, OutboxError::Store(StoreError::DiskFull { .. })),
+            "{refused}"
+        );
+        store.set_reserve(0);
+        let appended = ob.append(&store, Stream::Calls, b"3", t0).unwrap();
+        assert_eq!(
+            appended.id,
+            id(Stream::Calls, 2),
+            "the refused one took no sequence"
+        );
+        assert_eq!(ob.queued(&store).unwrap().len(), 2);
     }
 
     #[test]
