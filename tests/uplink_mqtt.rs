@@ -765,3 +765,67 @@ fn slow_tls_with_client_certificates_and_a_wrong_ca_is_one_clear_error() {
     sub.stop();
     broker.stop();
 }
+
+/// A broker that wants a user name and password: the configured ones get in; a wrong password
+/// is one clear line (log and status) that names the keys to fix, not a silent retry loop.
+#[test]
+fn slow_broker_credentials_are_used_and_a_wrong_password_is_one_clear_error() {
+    let site_dir = tempfile::tempdir().unwrap();
+    let passwords = site_dir.path().join("passwords");
+    let out = Command::new("mosquitto_passwd")
+        .args(["-c", "-b", passwords.to_str().unwrap(), "site-7", "s3cret"])
+        .output()
+        .expect("mosquitto_passwd");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut broker = Broker::new(site_dir.path(), None);
+    broker.extra_conf = format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    );
+    broker.start();
+    let credentials =
+        |password: &str| format!("username = \"site-7\"\npassword = \"{password}\"\n");
+
+    let app = Appliance::start(TestSite::new(&uplink_config(
+        broker.port,
+        &credentials("s3cret"),
+    )));
+    peers::poll_until(Duration::from_secs(10), || {
+        app.status()["uplink"]
+            .as_str()
+            .filter(|l| l.starts_with("connected"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("not connected: {}\n{}", app.status(), broker.log()));
+    drop(app);
+
+    let app = Appliance::start(TestSite::new(&uplink_config(
+        broker.port,
+        &credentials("wrong"),
+    )));
+    let line = peers::poll_until(Duration::from_secs(10), || {
+        app.status()["uplink_detail"]["last_error"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .expect("an error in status");
+    assert!(
+        line.contains("refused the connection") && line.contains("uplink.username/password"),
+        "{line}"
+    );
+    eprintln!("wrong password: {line}");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = app.daemon.log();
+    assert_eq!(
+        log.matches("uplink.username/password").count(),
+        1,
+        "logged once, not per retry:\n{log}"
+    );
+    assert!(
+        broker.log().contains("not authorised")
+            || broker.log().contains("bad user name or password"),
+        "{}",
+        broker.log()
+    );
+    broker.stop();
+}
