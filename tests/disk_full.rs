@@ -110,14 +110,28 @@ fn start(site: &TestSite, tmpfs: &PrivateTmpfs) -> (TestDaemon, u16) {
     (daemon, port)
 }
 
-fn calls(port: u16, n: u32) {
+fn calls(port: u16, n: u32, each: Duration) {
     let r = Sipp::run_uac(
         &SippUac::new(&format!("127.0.0.1:{port}"))
             .calls(n)
             .max_concurrent(1)
-            .call_duration(Duration::from_millis(200)),
+            .call_duration(each),
     );
     assert_eq!((r.successful, r.failed), (u64::from(n), 0), "{}", r.screen);
+}
+
+fn newest_call(site: &TestSite) -> serde_json::Value {
+    json(&site.cli(&["calls", "--json"]).stdout)[0].clone()
+}
+
+/// Seconds of audio in a two-channel 16-bit 8 kHz recording (PCMU), from its size.
+fn recorded_secs(tmpfs: &PrivateTmpfs, path: &str) -> f64 {
+    let size: f64 = tmpfs
+        .run(&["stat", "-c", "%s", path])
+        .trim()
+        .parse()
+        .unwrap();
+    (size - 44.0) / (8000.0 * 2.0 * 2.0)
 }
 
 #[test]
@@ -130,7 +144,7 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
     let mut broker = mqtt::Broker::new(broker_dir.path(), None);
     // The broker stays down until the end: everything goes through the outbox on the full disk.
     let site = TestSite::new(&format!(
-        "min_free_disk_mb = 8\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+        "min_free_disk_mb = 8\n[call]\nrecord = true\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
         broker.port
     ));
     let state = site.state_dir();
@@ -138,14 +152,22 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
     let (daemon, port) = start(&site, &tmpfs);
     let device = status(&site)["device_id"].as_str().unwrap().to_owned();
 
-    // Room: two calls, written.
-    calls(port, 2);
+    // Room: two calls, written and recorded.
+    calls(port, 2, Duration::from_millis(200));
     peers::poll_until(Duration::from_secs(10), || {
         (ended_calls(&site) == 2).then_some(())
     })
     .expect("two records");
+    assert!(
+        newest_call(&site)["recording"].is_string(),
+        "{}",
+        newest_call(&site)
+    );
 
-    // Below the reserve: 4 MiB left of the 8 kept free.
+    // Below the reserve (4 MiB left of the 8 kept free) during an 8 s call: its recording
+    // stops at the next check (every 5 s), as a complete file; the next call is not recorded.
+    let long_call = std::thread::spawn(move || calls(port, 1, Duration::from_secs(8)));
+    std::thread::sleep(Duration::from_millis(1500));
     let filler = state.join("filler");
     let fill = tmpfs.available(&state) - (4 << 20);
     tmpfs.run(&[
@@ -154,7 +176,8 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
         &fill.to_string(),
         filler.to_str().unwrap(),
     ]);
-    calls(port, 2);
+    long_call.join().expect("the long call");
+    calls(port, 1, Duration::from_millis(200));
     let full = peers::poll_until(Duration::from_secs(10), || {
         let s = status(&site);
         (s["unsaved_call_records"] == 2).then_some(s)
@@ -193,6 +216,23 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
     })
     .unwrap_or_else(|| panic!("never recovered: {}\n{}", status(&site), daemon.log()));
     assert_eq!(ended_calls(&site), 4, "{recovered}");
+    let listed = json(&site.cli(&["calls", "--json"]).stdout);
+    let (short, long) = (&listed[0], &listed[1]);
+    assert!(short["recording"].is_null(), "not recorded: {short}");
+    let path = long["recording"]
+        .as_str()
+        .expect("the long call's recording");
+    let secs = recorded_secs(&tmpfs, path);
+    eprintln!("the 8 s call's recording stopped after {secs:.1} s");
+    assert!(
+        (1.0..7.5).contains(&secs),
+        "the recording stopped once the disk was below the reserve: {secs:.1} s of an 8 s call"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("recording stopped") && log.contains("call not recorded"),
+        "{log}"
+    );
 
     // Upstream gets all four records and their summaries, once the broker is there.
     broker.start();

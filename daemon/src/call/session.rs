@@ -216,13 +216,25 @@ async fn run_answered(
     bridge: Option<Bridge>,
     agent: Option<CallSpeech>,
 ) {
-    let recording = config.call.record.then(|| {
-        config
-            .daemon
-            .state_dir
-            .join("recordings")
-            .join(format!("{}.wav", rec.id))
-    });
+    // Recordings share the store's disk and its reserve: a call is not recorded (and a
+    // recording stops) below it, so audio files never take the room the records need.
+    let recording = config
+        .call
+        .record
+        .then(|| {
+            config
+                .daemon
+                .state_dir
+                .join("recordings")
+                .join(format!("{}.wav", rec.id))
+        })
+        .filter(|_| match ctx.store().check_room() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("call not recorded: {e}");
+                false
+            }
+        });
     let mut media = match MediaRun::new(config, negotiated, sockets, recording, agent) {
         Ok(mut m) => {
             if bridge.is_some() {
@@ -555,7 +567,12 @@ struct MediaRun {
     agent: Option<AgentRun>,
     /// What the agent asked for, handled by the call loop.
     directive: Option<Directive>,
+    /// Recorded frames since the disk's room was last checked.
+    frames_since_room_check: u32,
 }
+
+/// A recording checks the disk's room every this many 20 ms frames (5 s).
+const RECORDING_ROOM_CHECK_FRAMES: u32 = 250;
 
 impl MediaRun {
     fn new(
@@ -617,6 +634,7 @@ impl MediaRun {
             bridge: None,
             agent,
             directive: None,
+            frames_since_room_check: 0,
         })
     }
 
@@ -650,7 +668,7 @@ impl MediaRun {
         loop {
             self.feed_dtmf();
             self.flush_transmits().await;
-            if let Some(ending) = self.drain_events(rec) {
+            if let Some(ending) = self.drain_events(ctx, rec) {
                 return ending;
             }
             let directive = self
@@ -1006,7 +1024,7 @@ impl MediaRun {
         }
     }
 
-    fn drain_events(&mut self, rec: &mut CallRecord) -> Option<Ending> {
+    fn drain_events(&mut self, ctx: &DaemonContext, rec: &mut CallRecord) -> Option<Ending> {
         while let Some(event) = self.session.poll_event() {
             match event {
                 MediaEvent::AudioFrame {
@@ -1028,6 +1046,19 @@ impl MediaRun {
                         if let Err(e) = r.handle_event(&event) {
                             tracing::warn!("recording stopped: {e}");
                             self.recorder = None;
+                        }
+                    }
+                    self.frames_since_room_check += 1;
+                    if self.recorder.is_some()
+                        && self.frames_since_room_check >= RECORDING_ROOM_CHECK_FRAMES
+                    {
+                        self.frames_since_room_check = 0;
+                        if let Err(e) = ctx.store().check_room() {
+                            // Keep what was recorded: a complete file, ending here.
+                            tracing::warn!("recording stopped: {e}");
+                            if let Some(path) = self.finish_recording() {
+                                rec.recording = Some(path);
+                            }
                         }
                     }
                 }

@@ -314,6 +314,20 @@ impl Store {
             .clone()
     }
 
+    /// `Err(DiskFull)` when the store's filesystem is below the reserve: for the store's own
+    /// writes and for whatever else the daemon writes there (call recordings).
+    pub fn check_room(&self) -> Result<(), StoreError> {
+        let reserve = self.reserve_bytes.load(Ordering::Relaxed);
+        match self.free_bytes() {
+            Some(free) if free < reserve => Err(StoreError::DiskFull {
+                path: self.path.clone(),
+                free,
+                reserve,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a write: refused up front when the disk is below the reserve, and its outcome
     /// remembered for [`Store::write_failure`].
     fn write<T>(
@@ -321,14 +335,9 @@ impl Store {
         check_room: bool,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let reserve = self.reserve_bytes.load(Ordering::Relaxed);
-        let result = match self.free_bytes() {
-            Some(free) if check_room && free < reserve => Err(StoreError::DiskFull {
-                path: self.path.clone(),
-                free,
-                reserve,
-            }),
-            _ => f(),
+        let result = match check_room {
+            true => self.check_room().and_then(|()| f()),
+            false => f(),
         };
         let mut failure = self.write_failure.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
