@@ -275,3 +275,93 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
     sub.stop_with(Signal::SIGTERM, Duration::from_secs(2));
     broker.stop();
 }
+
+/// With no reserve (`min_free_disk_mb = 0`) the disk can fill under sled itself; sled then
+/// refuses every write until it is reopened. The daemon goes on answering calls, holds their
+/// records, and once the disk has room stops by itself (exit 1, so systemd's Restart=on-failure
+/// starts it again), leaving the held records in a file the next start writes into the store
+/// and sends upstream.
+#[test]
+fn slow_a_store_that_failed_a_write_is_reopened_by_a_restart_and_loses_no_record() {
+    assert!(
+        mqtt::is_root(),
+        "this test mounts a private tmpfs: run the suite as root (make test does)"
+    );
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = mqtt::Broker::new(broker_dir.path(), None);
+    broker.start();
+    let out = broker_dir.path().join("calls.log");
+    let mut sub = broker.subscribe_v5("store-reopen", "edgevoice/+/+/events/calls", "%p", &out);
+    let site = TestSite::new(&format!(
+        "min_free_disk_mb = 0\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+        broker.port
+    ));
+    let state = site.state_dir();
+    let tmpfs = PrivateTmpfs::mount(&state, 32);
+    let (daemon, port) = start(&site, &tmpfs);
+    calls(port, 1, Duration::from_millis(200));
+    peers::poll_until(Duration::from_secs(10), || {
+        (ended_calls(&site) == 1).then_some(())
+    })
+    .expect("one record");
+
+    // Every byte taken: sled's own write fails.
+    let filler = state.join("filler");
+    let all = tmpfs.available(&state);
+    tmpfs.run(&[
+        "fallocate",
+        "-l",
+        &all.to_string(),
+        filler.to_str().unwrap(),
+    ]);
+    // Which write hits the full disk first is sled's business (a record may still fit in a
+    // page it has); from then on every record is held.
+    calls(port, 2, Duration::from_millis(200));
+    let failing = peers::poll_until(Duration::from_secs(10), || {
+        let s = status(&site);
+        (s["unsaved_call_records"].as_u64() >= Some(1)).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("records not held: {}\n{}", status(&site), daemon.log()));
+    let held = failing["unsaved_call_records"].as_u64().unwrap();
+    assert!(
+        failing["store_write_failure"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device (os error 28)")),
+        "{failing}"
+    );
+
+    // Room again: the daemon stops itself to reopen the store, the held records in a file.
+    tmpfs.run(&["rm", filler.to_str().unwrap()]);
+    let (code, log) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("stopping to restart")
+            && log.contains(&format!("{held} call records the store refused are in"))
+            && log.contains("stopped to reopen the store"),
+        "{log}"
+    );
+
+    // Started again (systemd would): all three records are in the store and upstream.
+    let (daemon, _) = start(&site, &tmpfs);
+    assert_eq!(ended_calls(&site), 3, "{}", daemon.log());
+    assert!(
+        daemon.log().contains(&format!(
+            "{held} call records the last run could not write are now in the store"
+        )),
+        "{}",
+        daemon.log()
+    );
+    let ids = || -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["payload"]["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    peers::poll_until(Duration::from_secs(20), || (ids().len() == 3).then_some(()))
+        .unwrap_or_else(|| panic!("upstream has {:?}\n{}", ids(), daemon.log()));
+    drop(daemon);
+    sub.stop_with(Signal::SIGTERM, Duration::from_secs(2));
+    broker.stop();
+}

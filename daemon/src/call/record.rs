@@ -1,7 +1,7 @@
 //! The call record: every call, answered or not, leaves one in the store. It is written when
 //! the INVITE arrives (durably), updated on answer, and completed when the call ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
@@ -289,6 +289,62 @@ pub fn purge_ended_before(store: &Store, cutoff_ms: u64) -> Result<Purged, Store
     })
 }
 
+/// Where records still waiting for a broken store go when the daemon restarts to reopen it
+/// (one JSON record per line, in the state dir); the next start writes them into the store.
+pub const UNSAVED_FILE: &str = "unsaved-calls.jsonl";
+
+/// Appends `records` to the state dir's [`UNSAVED_FILE`], durably.
+pub fn write_unsaved_file(state_dir: &Path, records: &[CallRecord]) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    let path = state_dir.join(UNSAVED_FILE);
+    let mut text = String::new();
+    for record in records {
+        text.push_str(&serde_json::to_string(record).map_err(std::io::Error::other)?);
+        text.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// Writes the records a previous run left in [`UNSAVED_FILE`] into the store and removes the
+/// file; returns them (to send upstream). A line that is not a record is logged and skipped; if
+/// the store refuses one, the file stays for the next start.
+pub fn import_unsaved_file(store: &Store, state_dir: &Path) -> Result<Vec<CallRecord>, String> {
+    let path = state_dir.join(UNSAVED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut imported = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match serde_json::from_str::<CallRecord>(line) {
+            Ok(record) => {
+                save(store, &record)
+                    .map_err(|e| format!("{}: kept for the next start: {e}", path.display()))?;
+                imported.push(record);
+            }
+            Err(e) => tracing::error!(
+                "{} line {}: not a call record, skipped: {e}",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    Ok(imported)
+}
+
 /// Calls left without an end by a daemon that died: marked `interrupted` at start-up, so the
 /// record says what happened instead of looking live forever. Returns the closed records (to
 /// send upstream like any ended call).
@@ -312,6 +368,31 @@ mod tests {
 
     fn record(n: u64) -> CallRecord {
         CallRecord::new_inbound(Ulid::from_parts(n, 1), "c", "a", "b", "r")
+    }
+
+    #[test]
+    fn records_left_in_the_unsaved_file_are_written_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = record(1);
+        first.end(EndReason::Hangup, Some(Party::Caller));
+        let second = {
+            let mut r = record(2);
+            r.end(EndReason::MediaTimeout, None);
+            r
+        };
+        write_unsaved_file(dir.path(), std::slice::from_ref(&first)).unwrap();
+        write_unsaved_file(dir.path(), std::slice::from_ref(&second)).unwrap();
+        let path = dir.path().join(UNSAVED_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{not a record\n");
+        std::fs::write(&path, text).unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let imported = import_unsaved_file(&store, dir.path()).unwrap();
+        assert_eq!(imported, [first.clone(), second.clone()]);
+        assert_eq!(get(&store, &first.id).unwrap(), Some(first));
+        assert_eq!(get(&store, &second.id).unwrap(), Some(second));
+        assert!(!path.exists(), "imported, so removed");
+        assert_eq!(import_unsaved_file(&store, dir.path()).unwrap(), []);
     }
 
     #[test]

@@ -641,6 +641,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("stopped to reopen the store after it failed a write ({0}); the service manager starts it again (systemd: Restart=on-failure)")]
+    StoreReopen(String),
 }
 
 impl StartError {
@@ -682,6 +684,23 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
             .min_free_disk_mb
             .saturating_mul(1 << 20),
     );
+    // Records a previous run could not write (its store refused them) go in first.
+    let recovered =
+        match crate::call::record::import_unsaved_file(&store, &loaded.config.daemon.state_dir) {
+            Ok(records) => {
+                if !records.is_empty() {
+                    tracing::info!(
+                        "{} call records the last run could not write are now in the store",
+                        records.len()
+                    );
+                }
+                records
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Vec::new()
+            }
+        };
     let interrupted = match crate::call::record::close_interrupted(&store) {
         Ok(closed) => {
             if !closed.is_empty() {
@@ -754,7 +773,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     // Interrupted calls are ended calls too: upstream hears how they ended. (A crash in the
     // moment between closing them above and this append leaves them in the local store only.)
     if let Some(uplink) = ctx.uplink() {
-        for record in &interrupted {
+        for record in recovered.iter().chain(&interrupted) {
             crate::call::send_ended_call_upstream(uplink, record).await;
         }
     }
@@ -842,6 +861,15 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let signal_name = loop {
+        // sled writes nothing more after a failed write of its own; once the disk has room
+        // again the daemon stops (draining calls) so its restart reopens the store.
+        if ctx.store.is_broken() && ctx.store.has_room() {
+            tracing::error!(
+                "the store failed a write ({}) and takes none until it is reopened; the disk has room again: stopping to restart",
+                ctx.store.write_failure().unwrap_or_default()
+            );
+            break STORE_REOPEN;
+        }
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
@@ -922,12 +950,23 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     crate::call::write_unsaved_records(&ctx).await;
     let unsaved = ctx.unsaved_records.take_all();
     if !unsaved.is_empty() {
-        let ids: Vec<&str> = unsaved.iter().map(|r| r.id.as_str()).collect();
-        tracing::error!(
-            "{} call records are lost: the store refused them until the end ({})",
-            ids.len(),
-            ids.join(", ")
-        );
+        let state_dir = ctx.config().config.daemon.state_dir;
+        match crate::call::record::write_unsaved_file(&state_dir, &unsaved) {
+            Ok(path) => tracing::warn!(
+                "{} call records the store refused are in {} for the next start",
+                unsaved.len(),
+                path.display()
+            ),
+            Err(e) => {
+                let ids: Vec<&str> = unsaved.iter().map(|r| r.id.as_str()).collect();
+                tracing::error!(
+                    "{} call records are lost: the store refused them and {} cannot be written ({e}): {}",
+                    ids.len(),
+                    crate::call::record::UNSAVED_FILE,
+                    ids.join(", ")
+                );
+            }
+        }
     }
     ctx.events.finish().await;
     if let Some(uplink) = ctx.uplink() {
@@ -940,5 +979,13 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         tracing::error!("final store flush failed: {e}");
     }
     tracing::info!("edgevoiced stopped");
+    if signal_name == STORE_REOPEN {
+        return Err(StartError::StoreReopen(
+            ctx.store.write_failure().unwrap_or_default(),
+        ));
+    }
     Ok(())
 }
+
+/// The stop cause when the store must be reopened (see the main loop).
+const STORE_REOPEN: &str = "store-reopen";

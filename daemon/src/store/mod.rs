@@ -137,11 +137,26 @@ pub enum StoreError {
 
 const MIB: u64 = 1 << 20;
 
-/// sled's I/O errors print as Rust debug text; an operator wants the OS's words.
+/// sled's I/O errors print as Rust debug text, and the error sled keeps after a failed write
+/// is a copy whose text *is* that debug text; an operator wants the OS's words.
 fn sled_reason(error: &sled::Error) -> String {
-    match error {
-        sled::Error::Io(io) => io.to_string(),
-        other => other.to_string(),
+    let sled::Error::Io(io) = error else {
+        return error.to_string();
+    };
+    if io.raw_os_error().is_some() {
+        return io.to_string();
+    }
+    // `Os { code: 28, kind: StorageFull, message: "No space left on device" }`
+    let text = io.to_string();
+    let field = |name: &str| {
+        let start = text.find(name)? + name.len();
+        Some(&text[start..])
+    };
+    let code = field("code: ").and_then(|t| t.split(',').next());
+    let message = field("message: \"").and_then(|t| t.split('"').next());
+    match (message, code) {
+        (Some(message), Some(code)) => format!("{message} (os error {code})"),
+        _ => text,
     }
 }
 
@@ -183,6 +198,9 @@ pub struct Store {
     reserve_bytes: AtomicU64,
     /// The last write's failure, until a write succeeds again.
     write_failure: Mutex<Option<String>>,
+    /// sled failed a write itself (I/O error, corruption): it refuses every write from then on
+    /// until the database is reopened.
+    broken: std::sync::atomic::AtomicBool,
     _lock: InstanceLock,
 }
 
@@ -255,6 +273,7 @@ impl Store {
             instance,
             reserve_bytes: AtomicU64::new(0),
             write_failure: Mutex::new(None),
+            broken: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -328,6 +347,15 @@ impl Store {
         }
     }
 
+    /// Whether the filesystem has room for the daemon to go on writing: at least the reserve,
+    /// and never less than a few MiB (with the reserve at 0).
+    pub fn has_room(&self) -> bool {
+        const FLOOR: u64 = 4 * MIB;
+        let reserve = self.reserve_bytes.load(Ordering::Relaxed);
+        self.free_bytes()
+            .is_some_and(|free| free >= reserve.max(FLOOR))
+    }
+
     /// Runs a write: refused up front when the disk is below the reserve, and its outcome
     /// remembered for [`Store::write_failure`].
     fn write<T>(
@@ -342,9 +370,27 @@ impl Store {
         let mut failure = self.write_failure.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(_) => *failure = None,
-            Err(e) => *failure = Some(e.to_string()),
+            Err(e) => {
+                if let StoreError::Sled { source, .. } = e {
+                    if matches!(
+                        source,
+                        sled::Error::Io(_)
+                            | sled::Error::Corruption { .. }
+                            | sled::Error::ReportableBug(_)
+                    ) {
+                        self.broken.store(true, Ordering::Release);
+                    }
+                }
+                *failure = Some(e.to_string());
+            }
         }
         result
+    }
+
+    /// Whether sled failed a write of its own: nothing will be written until the store is
+    /// reopened (the daemon restarts for that once the disk has room).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     pub fn size_on_disk(&self) -> u64 {
@@ -737,15 +783,20 @@ mod tests {
 
     #[test]
     fn sled_io_errors_read_as_the_os_says_them() {
-        let error = StoreError::Sled {
-            path: "/var/lib/edgevoice/db".into(),
-            context: "write",
-            source: sled::Error::Io(std::io::Error::from_raw_os_error(28)),
-        };
-        assert_eq!(
-            error.to_string(),
-            "store in /var/lib/edgevoice/db: write: No space left on device (os error 28)"
-        );
+        let full = std::io::Error::from_raw_os_error(28);
+        // sled's copy of the error it keeps after a failed write: the original's debug text.
+        let kept = std::io::Error::new(full.kind(), format!("{full:?}"));
+        for source in [sled::Error::Io(full), sled::Error::Io(kept)] {
+            let error = StoreError::Sled {
+                path: "/var/lib/edgevoice/db".into(),
+                context: "write",
+                source,
+            };
+            assert_eq!(
+                error.to_string(),
+                "store in /var/lib/edgevoice/db: write: No space left on device (os error 28)"
+            );
+        }
     }
 
     #[test]
