@@ -1,5 +1,7 @@
-//! The call record: every call, answered or not, leaves one in the store. It is written when
-//! the INVITE arrives (durably), updated on answer, and completed when the call ends.
+//! The call record: every call, answered or not, leaves one in the store. It is written (durably)
+//! as the INVITE arrives, updated on answer and as the call goes, and completed when the call
+//! ends; each call's writes go through a writer of their own (call/session.rs), so the disk
+//! never holds up answering or the media clock.
 
 use std::path::{Path, PathBuf};
 

@@ -89,9 +89,13 @@ pub async fn run_inbound(
 ) {
     let id = ctx.store().new_id();
     let span = tracing::info_span!("call", id = %id, call_id = %call.call_id);
-    inbound(ctx, ports, call, signals, commands, id)
-        .instrument(span)
-        .await;
+    async {
+        let records = RecordWriter::start(&ctx);
+        inbound(ctx, ports, call, signals, commands, id, &records).await;
+        records.finish().await;
+    }
+    .instrument(span)
+    .await;
     drop(guard);
 }
 
@@ -102,6 +106,7 @@ async fn inbound(
     mut signals: mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
     id: ulid::Ulid,
+    records: &RecordWriter,
 ) {
     let config = ctx.config().config;
     let mut rec = CallRecord::new_inbound(
@@ -121,18 +126,18 @@ async fn inbound(
             Ok(speech) => Some(speech),
             Err(reason) => {
                 tracing::warn!("call refused (503): {reason}");
-                refuse(&ctx, &commands, &mut rec, 503, reason).await;
+                refuse(records, &commands, &mut rec, 503, reason).await;
                 return;
             }
         }
     } else {
         None
     };
-    save(&ctx, &rec).await;
+    records.save(&rec);
     let Some(sockets) = ports.allocate().await else {
         let reason = "no free RTP port pair".to_owned();
         tracing::warn!("{reason}; widen rtp.port_min..port_max");
-        refuse(&ctx, &commands, &mut rec, 503, reason).await;
+        refuse(records, &commands, &mut rec, 503, reason).await;
         return;
     };
     let local_ip = local_media_ip(&config, call.source);
@@ -150,7 +155,7 @@ async fn inbound(
                 _ => 488,
             };
             tracing::info!(code, "offer refused: {e}");
-            refuse(&ctx, &commands, &mut rec, code, e.to_string()).await;
+            refuse(records, &commands, &mut rec, code, e.to_string()).await;
             return;
         }
     };
@@ -168,12 +173,12 @@ async fn inbound(
                     Some(CallSignal::Cancelled) | None => {
                         tracing::info!("caller hung up while ringing (CANCEL)");
                         rec.end(EndReason::Cancelled, Some(Party::Caller));
-                        save(&ctx, &rec).await;
+                        records.save(&rec);
                         return;
                     }
                     Some(CallSignal::Terminated(why)) => {
                         rec.end(EndReason::Failed { error: why }, None);
-                        save(&ctx, &rec).await;
+                        records.save(&rec);
                         return;
                     }
                     Some(other) => tracing::debug!(?other, "signal while ringing"),
@@ -188,7 +193,7 @@ async fn inbound(
         .await;
     rec.codec = Some(answer.negotiated.codec);
     rec.answer_at_ms = Some(crate::store::now_ms());
-    save(&ctx, &rec).await;
+    records.save(&rec);
     tracing::info!(codec = %answer.negotiated.codec, remote_rtp = %answer.negotiated.remote_rtp, local_rtp = local.rtp_port, "answered");
     run_answered(
         &ctx,
@@ -199,6 +204,7 @@ async fn inbound(
         (signals, commands),
         None,
         agent,
+        records,
     )
     .await;
 }
@@ -215,6 +221,7 @@ async fn run_answered(
     (mut signals, commands): (mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
     agent: Option<CallSpeech>,
+    records: &RecordWriter,
 ) {
     // Recordings share the store's disk and its reserve: a call is not recorded (and a
     // recording stops) below it, so audio files never take the room the records need.
@@ -247,7 +254,7 @@ async fn run_answered(
             tracing::error!("media engine refused the negotiated stream: {e}");
             let _ = commands.send(CallCommand::Hangup).await;
             rec.end(EndReason::Failed { error: e }, Some(Party::Appliance));
-            save(ctx, &rec).await;
+            records.save(&rec);
             return;
         }
     };
@@ -265,7 +272,7 @@ async fn run_answered(
             &mut signals,
             &commands,
             &mut control_rx,
-            &mut rec,
+            (&mut rec, records),
         )
         .await;
     ctx.live_calls().remove(&rec.id);
@@ -278,7 +285,7 @@ async fn run_answered(
         rec.recording = Some(path);
     }
     rec.end(ending.reason, ending.by);
-    save(ctx, &rec).await;
+    records.save(&rec);
     tracing::info!(reason = ?rec.end_reason, by = ?rec.hung_up_by, duration_ms = ?rec.duration_ms(), "call ended");
 }
 
@@ -303,9 +310,13 @@ pub async fn run_outbound(
 ) {
     let id = ctx.store().new_id();
     let span = tracing::info_span!("call", id = %id, to = %req.to);
-    outbound(ctx, ports, ua, req, id, outcome)
-        .instrument(span)
-        .await;
+    async {
+        let records = RecordWriter::start(&ctx);
+        outbound(ctx, ports, ua, req, id, outcome, &records).await;
+        records.finish().await;
+    }
+    .instrument(span)
+    .await;
     drop(guard);
 }
 
@@ -316,12 +327,13 @@ async fn outbound(
     req: DialRequest,
     id: ulid::Ulid,
     outcome: tokio::sync::oneshot::Sender<(String, DialOutcome)>,
+    records: &RecordWriter,
 ) {
     let config = ctx.config().config;
     let from = format!("sip:{}@{}", config.sip.caller_id, ua.local_addr);
     let mut rec = CallRecord::new_inbound(id, "", &from, &req.to, &req.to);
     rec.direction = super::record::CallDirection::Outbound;
-    save(&ctx, &rec).await;
+    records.save(&rec);
     let finish = |rec: &mut CallRecord, o: &DialOutcome| {
         let (code, reason) = match o {
             DialOutcome::Busy { code } => (*code, "busy".to_owned()),
@@ -339,7 +351,7 @@ async fn outbound(
             reason: "no free RTP port pair".into(),
         };
         finish(&mut rec, &o);
-        save(&ctx, &rec).await;
+        records.save(&rec);
         let _ = outcome.send((rec.id.clone(), o));
         return;
     };
@@ -371,7 +383,7 @@ async fn outbound(
     tracing::info!(outcome = ?result, "outbound call");
     let Some(call) = answered else {
         finish(&mut rec, &result);
-        save(&ctx, &rec).await;
+        records.save(&rec);
         let _ = outcome.send((rec.id.clone(), result));
         return;
     };
@@ -385,7 +397,7 @@ async fn outbound(
                 reason: e.to_string(),
             };
             finish(&mut rec, &o);
-            save(&ctx, &rec).await;
+            records.save(&rec);
             let _ = outcome.send((rec.id.clone(), o));
             return;
         }
@@ -393,7 +405,7 @@ async fn outbound(
     rec.dial_outcome = Some(DialOutcome::Answered);
     rec.codec = Some(negotiated.codec);
     rec.answer_at_ms = Some(crate::store::now_ms());
-    save(&ctx, &rec).await;
+    records.save(&rec);
     let _ = outcome.send((rec.id.clone(), DialOutcome::Answered));
     run_answered(
         &ctx,
@@ -404,13 +416,14 @@ async fn outbound(
         (call.signals, call.commands),
         req.bridge,
         None,
+        records,
     )
     .await;
 }
 
 /// Refuses an inbound call before answering, and records why.
 async fn refuse(
-    ctx: &Arc<DaemonContext>,
+    records: &RecordWriter,
     commands: &mpsc::Sender<CallCommand>,
     rec: &mut CallRecord,
     code: u16,
@@ -423,7 +436,7 @@ async fn refuse(
         })
         .await;
     rec.end(EndReason::Rejected { code, reason }, Some(Party::Appliance));
-    save(ctx, rec).await;
+    records.save(rec);
 }
 
 /// A voice agent call's share of the engines, or why there is none (the caller gets 503).
@@ -435,7 +448,49 @@ fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<CallSpeech, String> {
     }
 }
 
-async fn save(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
+/// Saves one call's record off the call's own loop, so a slow disk (an fsync can take seconds
+/// on a busy one) never holds up answering, the media clock or signalling. Snapshots are
+/// written in order by a task of their own; of those waiting only the newest is written (each
+/// is the whole record). [`RecordWriter::finish`] waits for the last one.
+struct RecordWriter {
+    tx: mpsc::UnboundedSender<CallRecord>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordWriter {
+    fn start(ctx: &Arc<DaemonContext>) -> RecordWriter {
+        let (tx, mut rx) = mpsc::unbounded_channel::<CallRecord>();
+        let ctx = ctx.clone();
+        let task = tokio::spawn(
+            async move {
+                while let Some(mut rec) = rx.recv().await {
+                    while let Ok(newer) = rx.try_recv() {
+                        rec = newer;
+                    }
+                    save_now(&ctx, &rec).await;
+                }
+            }
+            .in_current_span(),
+        );
+        RecordWriter { tx, task }
+    }
+
+    fn save(&self, rec: &CallRecord) {
+        // The task ends only after `finish` drops the sender: this cannot fail before then.
+        let _ = self.tx.send(rec.clone());
+    }
+
+    /// Waits until every snapshot handed over is written (and an ended record queued
+    /// upstream).
+    async fn finish(self) {
+        drop(self.tx);
+        if let Err(e) = self.task.await {
+            tracing::error!("call record writer failed: {e}");
+        }
+    }
+}
+
+async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     // Counted before the store write, so whoever sees the ended record sees it counted.
     if rec.end_reason.is_some() {
         ctx.metrics().observe_call(rec);
@@ -569,7 +624,14 @@ struct MediaRun {
     directive: Option<Directive>,
     /// Recorded frames since the disk's room was last checked.
     frames_since_room_check: u32,
+    /// The last words are on the wire: BYE goes once this passes.
+    hang_up_at: Option<Instant>,
 }
+
+/// After the last audio before hanging up, this much silence goes out before the BYE: the
+/// far end's jitter buffer (up to ~200 ms) still holds the end of "Goodbye", and a BYE right
+/// after the last packet would cut it off.
+const FINAL_AUDIO_TAIL: Duration = Duration::from_millis(400);
 
 /// A recording checks the disk's room every this many 20 ms frames (5 s).
 const RECORDING_ROOM_CHECK_FRAMES: u32 = 250;
@@ -635,6 +697,7 @@ impl MediaRun {
             agent,
             directive: None,
             frames_since_room_check: 0,
+            hang_up_at: None,
         })
     }
 
@@ -645,7 +708,8 @@ impl MediaRun {
         signals: &mut mpsc::Receiver<CallSignal>,
         commands: &mpsc::Sender<CallCommand>,
         control: &mut mpsc::Receiver<CallControl>,
-        rec: &mut CallRecord,
+        // The call's record and where its snapshots go.
+        (rec, records): (&mut CallRecord, &RecordWriter),
     ) -> Ending {
         let started = Instant::now();
         let mut transfer: Option<PendingTransfer> = None;
@@ -671,17 +735,21 @@ impl MediaRun {
             if let Some(ending) = self.drain_events(ctx, rec) {
                 return ending;
             }
+            if self.hang_up_at.is_some_and(|at| Instant::now() >= at) {
+                return Ending {
+                    reason: EndReason::Hangup,
+                    by: Some(Party::Appliance),
+                    send_bye: true,
+                };
+            }
             let directive = self
                 .directive
                 .take()
                 .or_else(|| self.agent.as_mut().and_then(AgentRun::take_directive));
             match directive {
                 Some(Directive::Hangup) => {
-                    return Ending {
-                        reason: EndReason::Hangup,
-                        by: Some(Party::Appliance),
-                        send_bye: true,
-                    };
+                    self.hang_up_at
+                        .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
                 }
                 Some(Directive::Transfer(target)) if transfer.is_none() => {
                     let (otx, orx) = tokio::sync::oneshot::channel();
@@ -700,7 +768,7 @@ impl MediaRun {
                 if let Some(a) = self.agent.as_mut() {
                     a.dirty = false;
                 }
-                save(ctx, rec).await;
+                records.save(rec);
             }
             // Operators see a live call through the store: keep what changed there.
             let now_seen = (
@@ -709,7 +777,7 @@ impl MediaRun {
                 rec.transfer.clone(),
             );
             if now_seen != last_saved {
-                save(ctx, rec).await;
+                records.save(rec);
                 last_saved = now_seen;
             }
             // Without a timer the engine is closed; wake at least once a second anyway.
@@ -1074,11 +1142,8 @@ impl MediaRun {
                         self.prompt_done = true;
                         tracing::debug!("prompt played");
                         if self.after_prompt == AfterPrompt::Hangup {
-                            return Some(Ending {
-                                reason: EndReason::Hangup,
-                                by: Some(Party::Appliance),
-                                send_bye: true,
-                            });
+                            self.hang_up_at
+                                .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
                         }
                     }
                 }
