@@ -717,6 +717,9 @@ async fn drive_dialog(
     let mut confirmed = already_confirmed;
     let mut early_commands: Vec<CallCommand> = Vec::new();
     let mut pending_update: Option<TransactionHandle> = None;
+    // False once the call task dropped its sender; commands it gave before the INVITE reached
+    // `Calling` are still applied then (a refusal must reach the caller).
+    let mut commands_open = true;
     loop {
         tokio::select! {
             state = states.recv() => {
@@ -789,8 +792,14 @@ async fn drive_dialog(
                     _ => {}
                 }
             }
-            cmd = commands.recv() => {
-                let Some(cmd) = cmd else { break };
+            cmd = commands.recv(), if commands_open => {
+                let Some(cmd) = cmd else {
+                    if early_commands.is_empty() {
+                        break;
+                    }
+                    commands_open = false;
+                    continue;
+                };
                 let hangup = cmd == CallCommand::Hangup;
                 if let CallCommand::Transfer { target } = &cmd {
                     // REFER in its own task: the transferee's NOTIFYs and BYE may arrive before
