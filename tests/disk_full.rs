@@ -134,19 +134,28 @@ fn recorded_secs(tmpfs: &PrivateTmpfs, path: &str) -> f64 {
     (size - 44.0) / (8000.0 * 2.0 * 2.0)
 }
 
-#[test]
-fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_there_is_room() {
+fn require_root() {
     assert!(
         mqtt::is_root(),
         "this test mounts a private tmpfs: run the suite as root (make test does)"
     );
+}
+
+/// A site whose uplink goes to `broker`; `extra` starts with [daemon] keys.
+fn uplinked_site(broker: &mqtt::Broker, extra: &str) -> TestSite {
+    TestSite::new(&format!(
+        "{extra}[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+        broker.port
+    ))
+}
+
+#[test]
+fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_there_is_room() {
+    require_root();
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = mqtt::Broker::new(broker_dir.path(), None);
     // The broker stays down until the end: everything goes through the outbox on the full disk.
-    let site = TestSite::new(&format!(
-        "min_free_disk_mb = 8\n[call]\nrecord = true\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
-        broker.port
-    ));
+    let site = uplinked_site(&broker, "min_free_disk_mb = 8\n[call]\nrecord = true\n");
     let state = site.state_dir();
     let tmpfs = PrivateTmpfs::mount(&state, 32);
     let (daemon, port) = start(&site, &tmpfs);
@@ -283,19 +292,13 @@ fn slow_a_full_disk_keeps_calls_answered_says_why_and_writes_their_records_once_
 /// and sends upstream.
 #[test]
 fn slow_a_store_that_failed_a_write_is_reopened_by_a_restart_and_loses_no_record() {
-    assert!(
-        mqtt::is_root(),
-        "this test mounts a private tmpfs: run the suite as root (make test does)"
-    );
+    require_root();
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = mqtt::Broker::new(broker_dir.path(), None);
     broker.start();
     let out = broker_dir.path().join("calls.log");
     let mut sub = broker.subscribe_v5("store-reopen", "edgevoice/+/+/events/calls", "%p", &out);
-    let site = TestSite::new(&format!(
-        "min_free_disk_mb = 0\n[uplink]\nenabled = true\nbroker_host = \"127.0.0.1\"\nbroker_port = {}\nsite_id = \"s1\"\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
-        broker.port
-    ));
+    let site = uplinked_site(&broker, "min_free_disk_mb = 0\n");
     let state = site.state_dir();
     let tmpfs = PrivateTmpfs::mount(&state, 32);
     let (daemon, port) = start(&site, &tmpfs);
