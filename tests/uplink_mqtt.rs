@@ -454,7 +454,12 @@ fn slow_broker_restarts_and_daemon_kills_several_times_over_lose_nothing_and_dup
         broker.port,
         "drain_rate_per_sec = 400\ndrain_burst = 16\nmax_in_flight = 16\n",
     ));
-    let device = prefill_records(&site.state_dir(), BACKLOG);
+    let device = mqtt::queue_in_outbox(
+        &site.state_dir(),
+        "s1",
+        edgevoice::uplink::Stream::Calls,
+        call_records(BACKLOG),
+    );
     let mut app = Appliance::start(site);
     app.wait_queued(BACKLOG + 1); // and the `started` event
     broker.start();
@@ -529,22 +534,9 @@ fn slow_broker_restarts_and_daemon_kills_several_times_over_lose_nothing_and_dup
     broker.stop();
 }
 
-/// Queues `n` call records in the outbox of the (stopped) daemon whose state dir is `state`,
-/// through the library, as the daemon itself appends; returns the device id.
-fn prefill_records(state: &Path, n: u64) -> String {
-    use edgevoice::uplink::{DurableOutbox, Identity, OutboxConfig, Stream};
-    let store = edgevoice::store::Store::open(state).expect("open the daemon's store");
-    let device = store.instance().device_id.clone();
-    let identity = Identity::new("s1", &device).expect("identity");
-    let mut outbox = DurableOutbox::open(
-        &store,
-        OutboxConfig::default(),
-        identity,
-        Instant::now(),
-        edgevoice::store::now_ms(),
-    )
-    .expect("outbox");
-    for i in 0..n {
+/// `n` ended call records, as a daemon queues them.
+fn call_records(n: u64) -> impl Iterator<Item = Vec<u8>> {
+    (0..n).map(|i| {
         let id = ulid::Ulid::from_parts(1_795_330_000_000 + i, u128::from(i));
         let mut record = edgevoice::call::record::CallRecord::new_inbound(
             id,
@@ -554,12 +546,8 @@ fn prefill_records(state: &Path, n: u64) -> String {
             "127.0.0.1:5062",
         );
         record.end(edgevoice::call::record::EndReason::Hangup, None);
-        let json = serde_json::to_vec(&record).expect("record JSON");
-        outbox
-            .append(&store, Stream::Calls, &json, Instant::now())
-            .expect("append");
-    }
-    device
+        serde_json::to_vec(&record).expect("record JSON")
+    })
 }
 
 /// MQTT 5 only: a PUBACK whose reason code refuses the message (here mosquitto's ACL:

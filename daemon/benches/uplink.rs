@@ -27,9 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgevoice::call::record::{CallRecord, EndReason, Party, RtpSummary};
-use edgevoice::store::Store;
 use edgevoice::telephony::codec::Codec;
-use edgevoice::uplink::{DurableOutbox, Identity, OutboxConfig, Stream};
+use edgevoice::uplink::Stream;
 use mqtt::Broker;
 use nix::sys::signal::Signal;
 use peers::{poll_until, PeerProcess, Sipp, SippUac};
@@ -212,27 +211,6 @@ impl Daemon {
     }
 }
 
-/// Queues `n` call records in the outbox of the daemon whose state dir is `state`; returns
-/// the device id (the daemon's identity, from the store).
-fn prefill(state: &Path, n: usize) -> String {
-    let store = Store::open(state).expect("open the daemon's store");
-    let device = store.instance().device_id.clone();
-    let identity = Identity::new(SITE, &device).expect("identity");
-    let config = OutboxConfig {
-        max_messages: n + 1,
-        ..OutboxConfig::default()
-    };
-    let now = Instant::now();
-    let wall_ms = (unix_now() * 1000.0) as u64;
-    let mut outbox = DurableOutbox::open(&store, config, identity, now, wall_ms).expect("outbox");
-    for i in 0..n {
-        outbox
-            .append(&store, Stream::Calls, &call_record(i), now)
-            .expect("append");
-    }
-    device
-}
-
 struct Drain {
     n: usize,
     /// First to last arrival.
@@ -278,7 +256,12 @@ fn drain(root: &Path, name: &str, n: usize, rate: u32, burst: usize) -> Drain {
             "drain_rate_per_sec = {rate}\ndrain_burst = {burst}\nreconnect_min_ms = 1000\nreconnect_max_secs = 2\n"
         ),
     );
-    let device = prefill(&dir.join("state"), n);
+    let device = mqtt::queue_in_outbox(
+        &dir.join("state"),
+        SITE,
+        Stream::Calls,
+        (0..n).map(call_record),
+    );
     let daemon = Daemon::start(&dir, config);
     // The prefilled records and the daemon's own `started` event.
     let queued = poll_until(Duration::from_secs(10), || {

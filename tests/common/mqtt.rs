@@ -104,3 +104,31 @@ impl Broker {
         self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
     }
 }
+
+/// Queues `payloads` on `stream` in the outbox of the (stopped) daemon whose state dir is
+/// `state`, for uplink site `site`, through the library, exactly as the daemon appends; returns
+/// the device id (the daemon's identity, from the store).
+pub fn queue_in_outbox(
+    state: &Path,
+    site: &str,
+    stream: edgevoice::uplink::Stream,
+    payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> String {
+    use edgevoice::uplink::{DurableOutbox, Identity, OutboxConfig};
+    let payloads: Vec<Vec<u8>> = payloads.into_iter().collect();
+    let store = edgevoice::store::Store::open(state).expect("open the daemon's store");
+    let device = store.instance().device_id.clone();
+    let identity = Identity::new(site, &device).expect("identity");
+    let defaults = OutboxConfig::default();
+    let config = OutboxConfig {
+        max_messages: defaults.max_messages.max(payloads.len() + 1),
+        ..defaults
+    };
+    let now = std::time::Instant::now();
+    let mut outbox = DurableOutbox::open(&store, config, identity, now, edgevoice::store::now_ms())
+        .expect("outbox");
+    for payload in &payloads {
+        outbox.append(&store, stream, payload, now).expect("append");
+    }
+    device
+}

@@ -42,9 +42,8 @@ pub async fn send_ended_call_upstream(
 }
 
 /// Keeps an ended call's record the store refused, to write it later
-/// ([`write_unsaved_records`]).
-pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) {
-    let id = record.id.clone();
+/// ([`write_unsaved_records`]); returns how many are waiting.
+pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) -> usize {
     if let Some(dropped) = ctx.unsaved_records().hold(record) {
         tracing::error!(
             "call record {} lost: more than {} records are waiting for the store",
@@ -52,11 +51,7 @@ pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) {
             record::MAX_UNSAVED
         );
     }
-    tracing::warn!(
-        call = %id,
-        waiting = ctx.unsaved_records().len(),
-        "call record kept in memory until the store takes writes again"
-    );
+    ctx.unsaved_records().len()
 }
 
 /// Writes the records the store refused earlier, oldest first, and sends each upstream;

@@ -498,23 +498,24 @@ async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     let (owner, saved) = (ctx.clone(), rec.clone());
     // The store fsyncs: keep it off the runtime's workers.
     let result = tokio::task::spawn_blocking(move || record::save(owner.store(), &saved)).await;
-    let saved = match result {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::error!("call record not saved: {e}");
-            false
-        }
-        Err(e) => {
-            tracing::error!("call record task failed: {e}");
-            false
-        }
+    let failure = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("the write task failed: {e}")),
     };
-    if rec.end_reason.is_none() {
+    if let Some(e) = failure {
+        if rec.end_reason.is_none() {
+            tracing::error!("call record not saved: {e}");
+        } else {
+            // Written (and sent upstream) once the store takes writes again.
+            let waiting = super::hold_unsaved_record(ctx, rec.clone());
+            tracing::error!(
+                "call record not saved, kept in memory until the store takes writes ({waiting} waiting): {e}"
+            );
+        }
         return;
     }
-    if !saved {
-        // Written (and sent upstream) once the store takes writes again.
-        super::hold_unsaved_record(ctx, rec.clone());
+    if rec.end_reason.is_none() {
         return;
     }
     // A finished record goes upstream (durably queued; the uplink delivers it when it can).

@@ -73,11 +73,7 @@ pub fn connectivity_changes(before: &Connectivity, now: &Connectivity) -> Vec<Si
             .registrations
             .iter()
             .find(|r| r.account == reg.account);
-        let changed = match prev {
-            Some(p) => p.registered != reg.registered,
-            None => !reg.registered && reg.failures > 0,
-        };
-        if changed {
+        if is_news(prev.map(|p| p.registered), reg.registered, reg.failures > 0) {
             events.push(SiteEventKind::Registration {
                 account: reg.account.clone(),
                 registrar: reg.registrar.clone(),
@@ -91,11 +87,7 @@ pub fn connectivity_changes(before: &Connectivity, now: &Connectivity) -> Vec<Si
             .trunks
             .iter()
             .find(|t| t.trunk == trunk.trunk && t.target == trunk.target);
-        let changed = match prev {
-            Some(p) => p.up != trunk.up,
-            None => !trunk.up && !trunk.last.is_empty(),
-        };
-        if changed {
+        if is_news(prev.map(|p| p.up), trunk.up, !trunk.last.is_empty()) {
             events.push(SiteEventKind::Trunk {
                 trunk: trunk.trunk.clone(),
                 target: trunk.target.clone(),
@@ -105,6 +97,14 @@ pub fn connectivity_changes(before: &Connectivity, now: &Connectivity) -> Vec<Si
         }
     }
     events
+}
+
+/// Up or down is news when it flipped; seen for the first time, only when down after trying.
+fn is_news(before: Option<bool>, up: bool, tried: bool) -> bool {
+    match before {
+        Some(was_up) => was_up != up,
+        None => !up && tried,
+    }
 }
 
 /// The registrations and trunks as `edgevoice status` shows them.

@@ -337,6 +337,9 @@ impl Store {
     /// writes and for whatever else the daemon writes there (call recordings).
     pub fn check_room(&self) -> Result<(), StoreError> {
         let reserve = self.reserve_bytes.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
         match self.free_bytes() {
             Some(free) if free < reserve => Err(StoreError::DiskFull {
                 path: self.path.clone(),

@@ -856,6 +856,11 @@ impl Outbox {
         expiry.into_iter().chain(permit).chain(held).min()
     }
 
+    /// Messages queued (in flight or not); [`Self::status`] without building the report.
+    pub fn queued_messages(&self) -> usize {
+        self.queued_messages
+    }
+
     pub fn status(&self, now: Instant) -> OutboxStatus {
         let now_ms = self.clock.ms(now);
         let age = |e: &Entry| now_ms.saturating_sub(e.appended_at_ms);

@@ -755,10 +755,7 @@ async fn run(
                 }
                 let (wake_at, queued) = {
                     let outbox = shared.outbox.lock().unwrap_or_else(|p| p.into_inner());
-                    (
-                        outbox.poll_timeout(),
-                        outbox.status(Instant::now()).queued_messages,
-                    )
+                    (outbox.poll_timeout(), outbox.outbox().queued_messages())
                 };
                 if let Some(deadline) = flush_until {
                     if queued == 0 || Instant::now() >= deadline {
