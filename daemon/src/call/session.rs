@@ -119,8 +119,8 @@ async fn inbound(
     rec.trunk = Some(call.trunk.clone());
     tracing::info!(from = %call.from, to = %call.to, source = %call.source, trunk = %call.trunk, "inbound call");
 
-    // Admission first: a refused caller gets the 503 at once, not after the store's fsync
-    // (seen: more than 10 s on a busy disk); its record is saved once, ended.
+    // Admission first: a refused caller's record is saved once, already ended. (No save holds
+    // up the 503 or the answer: the record writer does them beside the call.)
     let agent = if config.call.handler == CallHandler::Agent {
         match admit_agent(&ctx) {
             Ok(speech) => Some(speech),

@@ -160,6 +160,13 @@ pub struct DaemonConfig {
     pub min_free_disk_mb: u64,
 }
 
+impl DaemonConfig {
+    /// `min_free_disk_mb` in bytes, as the store takes it.
+    pub fn min_free_disk_bytes(&self) -> u64 {
+        self.min_free_disk_mb.saturating_mul(1 << 20)
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {

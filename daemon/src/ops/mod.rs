@@ -599,8 +599,7 @@ impl DaemonContext {
             tracing::warn!("{change}");
         }
         let merged = running.config.merged_for_reload(&fresh.config);
-        self.store
-            .set_reserve(merged.daemon.min_free_disk_mb.saturating_mul(1 << 20));
+        self.store.set_reserve(merged.daemon.min_free_disk_bytes());
         if merged.daemon.log_level != running.config.daemon.log_level {
             if let Some(log) = &self.log {
                 if let Err(e) = log.set_level(&merged.daemon.log_level) {
@@ -677,13 +676,7 @@ pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartErr
 
 async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
     let store = Store::open(&loaded.config.daemon.state_dir)?;
-    store.set_reserve(
-        loaded
-            .config
-            .daemon
-            .min_free_disk_mb
-            .saturating_mul(1 << 20),
-    );
+    store.set_reserve(loaded.config.daemon.min_free_disk_bytes());
     // Records a previous run could not write (its store refused them) go in first.
     let recovered =
         match crate::call::record::import_unsaved_file(&store, &loaded.config.daemon.state_dir) {
