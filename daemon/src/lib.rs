@@ -9,6 +9,7 @@ pub mod agent;
 pub mod call;
 pub mod config;
 pub mod control;
+pub mod fault;
 pub mod models;
 pub mod ops;
 pub mod speech;

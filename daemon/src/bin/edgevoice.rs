@@ -123,6 +123,12 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Audit { limit, json } => {
+            if *limit > edgevoice::control::MAX_LISTING {
+                anyhow::bail!(
+                    "--limit {limit}: at most {} audit records at a time",
+                    edgevoice::control::MAX_LISTING
+                );
+            }
             let records = listing::<AuditRecord>(&args, "audit.list", *limit)?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
@@ -132,7 +138,7 @@ fn run(args: CliArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CliCommand::Calls { limit, json } => {
-            let records = listing::<CallRecord>(&args, "calls.list", *limit)?;
+            let records = calls_listing(&args, *limit)?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -352,6 +358,38 @@ fn listing<R: edgevoice::store::Record>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The newest `limit` calls: through the daemon page by page (it returns at most
+/// [`edgevoice::control::MAX_LISTING`] a request), or from the store when it is stopped.
+fn calls_listing(args: &CliArgs, limit: usize) -> Result<Vec<serde_json::Value>> {
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    let mut before: Option<String> = None;
+    while records.len() < limit {
+        let page = (limit - records.len()).min(edgevoice::control::MAX_LISTING);
+        let request = serde_json::json!({ "limit": page, "before": before });
+        let got: Vec<serde_json::Value> = match daemon_call(args, "calls.list", request) {
+            Ok(v) => serde_json::from_value(v)?,
+            Err(e) if is_not_running(&e) && records.is_empty() => {
+                return Ok(open_store_offline(args)?
+                    .tree::<CallRecord>()?
+                    .newest_json(limit));
+            }
+            Err(e) => return Err(e),
+        };
+        let last_id = got
+            .last()
+            .and_then(|r| r.get("id"))
+            .and_then(|id| id.as_str())
+            .map(str::to_owned);
+        let full = got.len() == page;
+        records.extend(got);
+        match (full, last_id) {
+            (true, Some(id)) => before = Some(id),
+            _ => break,
+        }
+    }
+    Ok(records)
 }
 
 fn open_store_offline(args: &CliArgs) -> Result<Store> {

@@ -14,30 +14,21 @@ use crate::ops::DaemonContext;
 use crate::telephony::rtp_ports::RtpPorts;
 use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
 
-/// Queues an ended call upstream: its whole record on `calls`, then its summary on
-/// `summaries` (both durably; the uplink delivers them when it can). Failures are logged:
-/// the record itself is already in the local store.
-pub async fn send_ended_call_upstream(
-    uplink: &crate::uplink::UplinkHandle,
-    record: &record::CallRecord,
-) {
-    if let Err(e) = uplink
-        .append_json(crate::uplink::Stream::Calls, record)
-        .await
-    {
-        tracing::error!("call {} not queued for the uplink: {e}", record.id);
+/// The store's word on where ended calls' records go: owed upstream with the uplink on.
+pub fn upstream_of(ctx: &DaemonContext) -> record::Upstream {
+    match ctx.uplink() {
+        Some(_) => record::Upstream::Send,
+        None => record::Upstream::LocalOnly,
     }
-    let Some(summary) = summary::summarize(record) else {
-        return;
-    };
-    if let Err(e) = uplink
-        .append_json(crate::uplink::Stream::Summaries, &summary)
-        .await
-    {
-        tracing::error!(
-            "summary of call {} not queued for the uplink: {e}",
-            record.id
-        );
+}
+
+/// Has the uplink queue what ended calls owe upstream (they were written owing it, so a
+/// failure here loses nothing: it is tried again with the next call, and at the next start).
+pub async fn queue_owed_upstream(ctx: &DaemonContext) {
+    if let Some(uplink) = ctx.uplink() {
+        if let Err(e) = uplink.take_owed().await {
+            tracing::error!("ended calls not queued for the uplink yet (they stay owed): {e}");
+        }
     }
 }
 
@@ -62,11 +53,12 @@ pub async fn write_unsaved_records(ctx: &Arc<DaemonContext>) {
         return;
     }
     let owner = ctx.clone();
+    let upstream = upstream_of(ctx);
     let outcome = tokio::task::spawn_blocking(move || {
         let mut held = held.into_iter();
         let mut written = Vec::new();
         for rec in held.by_ref() {
-            match record::save(owner.store(), &rec) {
+            match record::save_owing(owner.store(), &rec, upstream) {
                 Ok(()) => written.push(rec),
                 Err(_) => return (written, Some(rec), held.collect::<Vec<_>>()),
             }
@@ -87,10 +79,8 @@ pub async fn write_unsaved_records(ctx: &Arc<DaemonContext>) {
             "call records written now that the store takes writes again"
         );
     }
-    if let Some(uplink) = ctx.uplink() {
-        for rec in &written {
-            send_ended_call_upstream(uplink, rec).await;
-        }
+    if !written.is_empty() {
+        queue_owed_upstream(ctx).await;
     }
 }
 

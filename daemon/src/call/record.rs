@@ -236,6 +236,60 @@ pub fn save(store: &Store, record: &CallRecord) -> Result<(), StoreError> {
     store.tree::<CallRecord>()?.put(record.key(), record)
 }
 
+/// Where an upstream debt goes: `send_upstream` for ended calls when the uplink is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Send,
+    LocalOnly,
+}
+
+/// Writes the record durably; an ended one with [`Upstream::Send`] together with what it owes
+/// upstream (its record on `calls`, its summary on `summaries`) in the same atomic write, so a
+/// crash after this returns loses neither: the uplink queues them at its next chance, also
+/// after a restart ([`crate::uplink::DurableOutbox::take_owed`]).
+pub fn save_owing(
+    store: &Store,
+    record: &CallRecord,
+    upstream: Upstream,
+) -> Result<(), StoreError> {
+    if upstream == Upstream::LocalOnly || record.end_reason.is_none() {
+        return save(store, record);
+    }
+    let mut writes = store::Writes::default();
+    writes.put(record.key(), record)?;
+    crate::uplink::owe(
+        &mut writes,
+        &owed_key(&record.id),
+        &upstream_messages(record)?,
+    )?;
+    store.apply(writes)
+}
+
+/// The key of what a call owes upstream: one debt per call, replaced if it is saved ended again
+/// before the uplink took it.
+fn owed_key(call_id: &str) -> String {
+    format!("call/{call_id}")
+}
+
+/// An ended call's messages upstream: its whole record on `calls`, then its summary (when it
+/// has one) on `summaries`.
+pub fn upstream_messages(
+    record: &CallRecord,
+) -> Result<Vec<(crate::uplink::Stream, Vec<u8>)>, StoreError> {
+    use crate::uplink::Stream;
+    let json = |tree, value: serde_json::Result<Vec<u8>>| {
+        value.map_err(|source| StoreError::Encode { tree, source })
+    };
+    let mut messages = vec![(Stream::Calls, json("calls", serde_json::to_vec(record))?)];
+    if let Some(summary) = super::summary::summarize(record) {
+        messages.push((
+            Stream::Summaries,
+            json("summaries", serde_json::to_vec(&summary))?,
+        ));
+    }
+    Ok(messages)
+}
+
 /// A call by its id (the ULID shown by `edgevoice calls`).
 pub fn get(store: &Store, id: &str) -> Result<Option<CallRecord>, StoreError> {
     let key = match id.parse::<Ulid>() {
@@ -317,7 +371,11 @@ pub fn write_unsaved_file(state_dir: &Path, records: &[CallRecord]) -> std::io::
 /// Writes the records a previous run left in [`UNSAVED_FILE`] into the store and removes the
 /// file; returns them (to send upstream). A line that is not a record is logged and skipped; if
 /// the store refuses one, the file stays for the next start.
-pub fn import_unsaved_file(store: &Store, state_dir: &Path) -> Result<Vec<CallRecord>, String> {
+pub fn import_unsaved_file(
+    store: &Store,
+    state_dir: &Path,
+    upstream: Upstream,
+) -> Result<Vec<CallRecord>, String> {
     let path = state_dir.join(UNSAVED_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -332,7 +390,7 @@ pub fn import_unsaved_file(store: &Store, state_dir: &Path) -> Result<Vec<CallRe
     {
         match serde_json::from_str::<CallRecord>(line) {
             Ok(record) => {
-                save(store, &record)
+                save_owing(store, &record, upstream)
                     .map_err(|e| format!("{}: kept for the next start: {e}", path.display()))?;
                 imported.push(record);
             }
@@ -348,16 +406,16 @@ pub fn import_unsaved_file(store: &Store, state_dir: &Path) -> Result<Vec<CallRe
 }
 
 /// Calls left without an end by a daemon that died: marked `interrupted` at start-up, so the
-/// record says what happened instead of looking live forever. Returns the closed records (to
-/// send upstream like any ended call).
-pub fn close_interrupted(store: &Store) -> Result<Vec<CallRecord>, StoreError> {
+/// record says what happened instead of looking live forever; each owes upstream like any
+/// ended call (in the same write). Returns the closed records.
+pub fn close_interrupted(store: &Store, upstream: Upstream) -> Result<Vec<CallRecord>, StoreError> {
     let tree = store.tree::<CallRecord>()?;
     let mut closed = Vec::new();
     for item in tree.newest(10_000) {
-        let Ok((key, mut rec)) = item else { continue };
+        let Ok((_, mut rec)) = item else { continue };
         if rec.end_at_ms.is_none() {
             rec.end(EndReason::Interrupted, None);
-            tree.put(&key, &rec)?;
+            save_owing(store, &rec, upstream)?;
             closed.push(rec);
         }
     }
@@ -389,12 +447,15 @@ mod tests {
         text.push_str("{not a record\n");
         std::fs::write(&path, text).unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
-        let imported = import_unsaved_file(&store, dir.path()).unwrap();
+        let imported = import_unsaved_file(&store, dir.path(), Upstream::LocalOnly).unwrap();
         assert_eq!(imported, [first.clone(), second.clone()]);
         assert_eq!(get(&store, &first.id).unwrap(), Some(first));
         assert_eq!(get(&store, &second.id).unwrap(), Some(second));
         assert!(!path.exists(), "imported, so removed");
-        assert_eq!(import_unsaved_file(&store, dir.path()).unwrap(), []);
+        assert_eq!(
+            import_unsaved_file(&store, dir.path(), Upstream::LocalOnly).unwrap(),
+            []
+        );
     }
 
     #[test]
@@ -469,7 +530,12 @@ mod tests {
         save(&store, &live).unwrap();
 
         assert_eq!(get(&store, &done.id).unwrap().unwrap(), done);
-        assert_eq!(close_interrupted(&store).unwrap().len(), 1);
+        assert_eq!(
+            close_interrupted(&store, Upstream::LocalOnly)
+                .unwrap()
+                .len(),
+            1
+        );
         let live = get(&store, &live.id).unwrap().unwrap();
         assert_eq!(live.end_reason, Some(EndReason::Interrupted));
         assert_eq!(get(&store, "not-a-ulid").unwrap(), None);

@@ -495,9 +495,16 @@ async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     if rec.end_reason.is_some() {
         ctx.metrics().observe_call(rec);
     }
+    if rec.end_reason.is_some() {
+        crate::fault::crash_point("before_ended_call_saved");
+    }
     let (owner, saved) = (ctx.clone(), rec.clone());
-    // The store fsyncs: keep it off the runtime's workers.
-    let result = tokio::task::spawn_blocking(move || record::save(owner.store(), &saved)).await;
+    let upstream = super::upstream_of(ctx);
+    // The store fsyncs: keep it off the runtime's workers. An ended record is saved with what
+    // it owes upstream, as one write.
+    let result =
+        tokio::task::spawn_blocking(move || record::save_owing(owner.store(), &saved, upstream))
+            .await;
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
@@ -518,10 +525,9 @@ async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     if rec.end_reason.is_none() {
         return;
     }
-    // A finished record goes upstream (durably queued; the uplink delivers it when it can).
-    if let Some(uplink) = ctx.uplink() {
-        super::send_ended_call_upstream(uplink, rec).await;
-    }
+    // A finished record goes upstream (it is owed durably; the uplink delivers it when it can).
+    crate::fault::crash_point("ended_call_saved");
+    super::queue_owed_upstream(ctx).await;
 }
 
 /// The address to put in SDP: the configured public one, the listen IP, or the local

@@ -62,6 +62,7 @@ enum Command {
     ConfigReload,
     CallsList {
         limit: usize,
+        before: Option<String>,
     },
     CallGet {
         id: String,
@@ -158,6 +159,9 @@ struct CallDtmfArgs {
 struct CallsListArgs {
     #[serde(default = "default_audit_limit")]
     limit: usize,
+    /// Only calls older than this call id (the last of the previous page).
+    #[serde(default)]
+    before: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +179,20 @@ struct AuditListArgs {
 
 fn default_audit_limit() -> usize {
     20
+}
+
+/// The most records one listing request returns; more are refused with a word on paging
+/// rather than cut silently.
+pub const MAX_LISTING: usize = 1000;
+
+fn listing_limit(command: &str, limit: usize, paging: &str) -> Result<usize, String> {
+    match limit {
+        0 => Err(format!("bad arguments for `{command}`: limit must be at least 1")),
+        l if l > MAX_LISTING => Err(format!(
+            "bad arguments for `{command}`: limit {l} is over the {MAX_LISTING} one request returns; {paging}"
+        )),
+        l => Ok(l),
+    }
 }
 
 const COMMANDS: &[&str] = &[
@@ -247,14 +265,19 @@ impl Command {
                 let a: AuditListArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `audit.list`: {e}"))?;
                 Ok(Command::AuditList {
-                    limit: a.limit.min(1000),
+                    limit: listing_limit("audit.list", a.limit, "ask for fewer")?,
                 })
             }
             "calls.list" => {
                 let a: CallsListArgs = serde_json::from_value(args)
                     .map_err(|e| format!("bad arguments for `calls.list`: {e}"))?;
                 Ok(Command::CallsList {
-                    limit: a.limit.min(1000),
+                    limit: listing_limit(
+                        "calls.list",
+                        a.limit,
+                        "page with `before` set to the last call id of the previous page",
+                    )?,
+                    before: a.before,
                 })
             }
             "call.get" => {
@@ -402,13 +425,24 @@ impl Dispatcher {
                     .map_err(|e| e.to_string())?
                     .newest_json(*limit),
             )),
-            Command::CallsList { limit } => Ok(serde_json::Value::Array(
-                self.ctx
-                    .store()
-                    .tree::<crate::call::record::CallRecord>()
-                    .map_err(|e| e.to_string())?
-                    .newest_json(*limit),
-            )),
+            Command::CallsList { limit, before } => {
+                let before = match before {
+                    Some(id) => Some(
+                        id.parse::<ulid::Ulid>()
+                            .map_err(|_| format!("`before`: {id:?} is not a call id"))?
+                            .to_bytes()
+                            .to_vec(),
+                    ),
+                    None => None,
+                };
+                Ok(serde_json::Value::Array(
+                    self.ctx
+                        .store()
+                        .tree::<crate::call::record::CallRecord>()
+                        .map_err(|e| e.to_string())?
+                        .newest_json_before(before.as_deref(), *limit),
+                ))
+            }
             Command::CallGet { id } => match crate::call::record::get(self.ctx.store(), id) {
                 Ok(Some(rec)) => to_json(serde_json::to_value(rec)),
                 Ok(None) => Err(format!(
@@ -567,22 +601,40 @@ impl Dispatcher {
                 None
             },
         };
+        let event = crate::ops::events::SiteEvent {
+            at_ms: record.at_ms,
+            kind: crate::ops::events::SiteEventKind::Command {
+                channel: record.channel.clone(),
+                who: record.who.clone(),
+                command: record.command.clone(),
+                outcome: record.outcome.clone(),
+                request_id: record.request_id.clone(),
+            },
+        };
+        // With the uplink on, the audit record and its event upstream are one write: a crash
+        // after it loses neither.
         let store = self.ctx.store();
-        let result = store
-            .tree::<AuditRecord>()
-            .and_then(|t| t.put(store.new_id().to_bytes(), &record));
-        if let Err(e) = result {
-            tracing::error!("audit record not written: {e}");
+        let id = store.new_id();
+        let owes_event = self.ctx.uplink().is_some();
+        let written = (|| {
+            let mut writes = store::Writes::default();
+            writes.put(id.to_bytes(), &record)?;
+            if owes_event {
+                crate::ops::events::owe(&mut writes, &id.to_string(), &event)?;
+            }
+            store.apply(writes)
+        })();
+        match written {
+            Ok(()) if owes_event => {
+                crate::fault::crash_point("audit_saved");
+                self.ctx.events().queue_owed();
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!("audit record not written: {e}");
+                self.ctx.events().emit(event.kind);
+            }
         }
-        self.ctx
-            .events()
-            .emit(crate::ops::events::SiteEventKind::Command {
-                channel: record.channel,
-                who: record.who,
-                command: record.command,
-                outcome: record.outcome,
-                request_id: record.request_id,
-            });
     }
 }
 
@@ -592,6 +644,27 @@ mod tests {
 
     fn req(command: &str, args: serde_json::Value) -> Request {
         Request::new(command, args)
+    }
+
+    #[test]
+    fn a_listing_over_one_page_is_refused_with_how_to_page_not_cut() {
+        let err =
+            Command::parse(&req("calls.list", serde_json::json!({"limit": 5000}))).unwrap_err();
+        assert!(
+            err.contains("limit 5000") && err.contains("`before`"),
+            "{err}"
+        );
+        assert!(Command::parse(&req("audit.list", serde_json::json!({"limit": 1001}))).is_err());
+        assert_eq!(
+            Command::parse(&req(
+                "calls.list",
+                serde_json::json!({"limit": 1000, "before": "01J0000000000000000000000A"})
+            )),
+            Ok(Command::CallsList {
+                limit: 1000,
+                before: Some("01J0000000000000000000000A".into())
+            })
+        );
     }
 
     #[test]

@@ -123,11 +123,35 @@ impl Connectivity {
     }
 }
 
+/// Adds to `writes` that `event` is owed upstream (key: the record it comes with, e.g. an
+/// audit record's id); [`EventSink::queue_owed`] then has it queued in order with the rest.
+pub fn owe(
+    writes: &mut crate::store::Writes,
+    key: &str,
+    event: &SiteEvent,
+) -> Result<(), crate::store::StoreError> {
+    let payload = serde_json::to_vec(event).map_err(|source| crate::store::StoreError::Encode {
+        tree: "events",
+        source,
+    })?;
+    crate::uplink::owe(
+        writes,
+        &format!("event/{key}"),
+        &[(Stream::Events, payload)],
+    )
+}
+
+enum Queued {
+    Event(SiteEvent),
+    /// Events were written as owed upstream ([`owe`]): queue what is owed, here, in order.
+    Owed,
+}
+
 /// Queues site events upstream in the order they were emitted, without making the emitter
 /// (often synchronous: the audit path, the status loop) wait for the store.
 #[derive(Default)]
 pub struct EventSink {
-    tx: Mutex<Option<mpsc::UnboundedSender<SiteEvent>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -135,10 +159,16 @@ impl EventSink {
     /// Starts forwarding to the uplink (call from inside the runtime). Without it, events
     /// are dropped: they are in the log and the audit tree either way.
     pub fn start(&self, uplink: UplinkHandle) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<SiteEvent>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         let forwarder = tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                if let Err(e) = uplink.append_json(Stream::Events, &event).await {
+            while let Some(queued) = rx.recv().await {
+                let result = match queued {
+                    Queued::Event(event) => {
+                        uplink.append_json(Stream::Events, &event).await.map(|_| ())
+                    }
+                    Queued::Owed => uplink.take_owed().await.map(|_| ()),
+                };
+                if let Err(e) = result {
                     tracing::warn!("site event not queued for the uplink: {e}");
                 }
             }
@@ -148,11 +178,21 @@ impl EventSink {
     }
 
     pub fn emit(&self, kind: SiteEventKind) {
+        self.send(Queued::Event(SiteEvent {
+            at_ms: crate::store::now_ms(),
+            kind,
+        }));
+    }
+
+    /// Events were written as owed upstream ([`owe`]): have them queued after those emitted
+    /// before.
+    pub fn queue_owed(&self) {
+        self.send(Queued::Owed);
+    }
+
+    fn send(&self, queued: Queued) {
         if let Some(tx) = &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = tx.send(SiteEvent {
-                at_ms: crate::store::now_ms(),
-                kind,
-            });
+            let _ = tx.send(queued);
         }
     }
 

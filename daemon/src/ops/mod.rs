@@ -678,23 +678,25 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     let store = Store::open(&loaded.config.daemon.state_dir)?;
     store.set_reserve(loaded.config.daemon.min_free_disk_bytes());
     // Records a previous run could not write (its store refused them) go in first.
-    let recovered =
-        match crate::call::record::import_unsaved_file(&store, &loaded.config.daemon.state_dir) {
-            Ok(records) => {
-                if !records.is_empty() {
-                    tracing::info!(
-                        "{} call records the last run could not write are now in the store",
-                        records.len()
-                    );
-                }
-                records
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                Vec::new()
-            }
-        };
-    let interrupted = match crate::call::record::close_interrupted(&store) {
+    // Ended calls owe upstream in the same write that ends them; the uplink queues what is
+    // owed when it starts.
+    let upstream = match loaded.config.uplink.enabled {
+        true => crate::call::record::Upstream::Send,
+        false => crate::call::record::Upstream::LocalOnly,
+    };
+    match crate::call::record::import_unsaved_file(
+        &store,
+        &loaded.config.daemon.state_dir,
+        upstream,
+    ) {
+        Ok(records) if !records.is_empty() => tracing::info!(
+            "{} call records the last run could not write are now in the store",
+            records.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("{e}"),
+    }
+    let interrupted = match crate::call::record::close_interrupted(&store, upstream) {
         Ok(closed) => {
             if !closed.is_empty() {
                 tracing::warn!(
@@ -761,13 +763,6 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 tracing::error!("uplink not started: {e}");
                 let _ = ctx.uplink_error.set(e.to_string());
             }
-        }
-    }
-    // Interrupted calls are ended calls too: upstream hears how they ended. (A crash in the
-    // moment between closing them above and this append leaves them in the local store only.)
-    if let Some(uplink) = ctx.uplink() {
-        for record in recovered.iter().chain(&interrupted) {
-            crate::call::send_ended_call_upstream(uplink, record).await;
         }
     }
     if ctx.config().config.call.handler == crate::config::CallHandler::Agent {

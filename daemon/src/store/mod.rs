@@ -43,6 +43,9 @@ pub enum TreeName {
     Campaigns,
     Leads,
     Outbox,
+    /// Messages a store write owes upstream, written in the same atomic write and moved into
+    /// the outbox (atomically) once the uplink takes them: a crash between the two loses none.
+    OwedUpstream,
     Audit,
     /// Request ids of remote commands already seen, until they expire (replay protection).
     CommandIds,
@@ -50,13 +53,14 @@ pub enum TreeName {
 }
 
 impl TreeName {
-    pub const ALL: [TreeName; 9] = [
+    pub const ALL: [TreeName; 10] = [
         TreeName::Calls,
         TreeName::Transcripts,
         TreeName::Summaries,
         TreeName::Campaigns,
         TreeName::Leads,
         TreeName::Outbox,
+        TreeName::OwedUpstream,
         TreeName::Audit,
         TreeName::CommandIds,
         TreeName::Meta,
@@ -70,6 +74,7 @@ impl TreeName {
             TreeName::Campaigns => "campaigns",
             TreeName::Leads => "leads",
             TreeName::Outbox => "outbox",
+            TreeName::OwedUpstream => "owed_upstream",
             TreeName::Audit => "audit",
             TreeName::CommandIds => "command_ids",
             TreeName::Meta => "meta",
@@ -417,6 +422,46 @@ impl Store {
         }
     }
 
+    /// Applies every write and removal in `writes`, across trees, atomically (all or none,
+    /// also across a crash) and flushes before returning. Writes that only remove are not
+    /// held to the reserve (they free space).
+    pub fn apply(&self, writes: Writes) -> Result<(), StoreError> {
+        if writes.per_tree.is_empty() {
+            return Ok(());
+        }
+        let sled_err = |context| {
+            move |source| StoreError::Sled {
+                path: self.path.clone(),
+                context,
+                source,
+            }
+        };
+        let trees = writes
+            .per_tree
+            .iter()
+            .map(|(name, _)| self.db.open_tree(name.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sled_err("open tree"))?;
+        self.write(writes.puts > 0, || {
+            use sled::transaction::{TransactionError, Transactional as _};
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    for (i, (_, batch)) in writes.per_tree.iter().enumerate() {
+                        tx[i].apply_batch(batch)?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(source) => sled_err("write transaction")(source),
+                    TransactionError::Abort(()) => sled_err("write transaction")(
+                        sled::Error::Unsupported("transaction aborted".to_owned()),
+                    ),
+                })?;
+            self.flush()
+        })
+    }
+
     /// Flushes everything written so far to stable storage.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|source| StoreError::Sled {
@@ -649,7 +694,27 @@ impl<R: Record> TypedTree<'_, R> {
     /// Up to `limit` records newest first as JSON values, an unreadable one as
     /// `{"error": …}` in its place: what listings (CLI, control socket) show.
     pub fn newest_json(&self, limit: usize) -> Vec<serde_json::Value> {
-        self.newest(limit)
+        self.newest_json_before(None, limit)
+    }
+
+    /// [`Self::newest_json`] of the records whose keys sort before `before` (the next page).
+    pub fn newest_json_before(
+        &self,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<serde_json::Value> {
+        let range = match before {
+            Some(key) => self.tree.range(..key.to_vec()),
+            None => self.tree.range::<Vec<u8>, _>(..),
+        };
+        range
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(self.err("scan"))?;
+                Ok((k.to_vec(), Self::decode(&k, &v)?))
+            })
+            .collect::<Vec<Result<(Vec<u8>, R), StoreError>>>()
             .into_iter()
             .map(
                 |item| match item.map(|(_, rec)| serde_json::to_value(rec)) {
@@ -710,6 +775,42 @@ impl<R: Record> Batch<R> {
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.inner.remove(key.as_ref());
+    }
+}
+
+/// Writes and removals across trees that land together or not at all ([`Store::apply`]):
+/// a record and what it owes elsewhere (an outbox message, an audit line) as one fact.
+#[derive(Default)]
+pub struct Writes {
+    per_tree: Vec<(TreeName, sled::Batch)>,
+    puts: usize,
+}
+
+impl Writes {
+    fn batch(&mut self, tree: TreeName) -> &mut sled::Batch {
+        let at = match self.per_tree.iter().position(|(t, _)| *t == tree) {
+            Some(at) => at,
+            None => {
+                self.per_tree.push((tree, sled::Batch::default()));
+                self.per_tree.len() - 1
+            }
+        };
+        &mut self.per_tree[at].1
+    }
+
+    pub fn put<R: Record>(&mut self, key: impl AsRef<[u8]>, record: &R) -> Result<(), StoreError> {
+        let raw = TypedTree::<R>::encode(record)?;
+        self.batch(R::TREE).insert(key.as_ref(), raw);
+        self.puts += 1;
+        Ok(())
+    }
+
+    pub fn remove<R: Record>(&mut self, key: impl AsRef<[u8]>) {
+        self.batch(R::TREE).remove(key.as_ref());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per_tree.is_empty()
     }
 }
 
@@ -940,6 +1041,79 @@ mod tests {
         assert_eq!(texts, ["1", "2"]);
         tree.apply(Batch::default()).unwrap();
         assert_eq!(tree.len(), 2);
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Owed {
+        what: String,
+    }
+    impl Record for Owed {
+        const TREE: TreeName = TreeName::OwedUpstream;
+        const SCHEMA: u32 = 1;
+    }
+
+    #[test]
+    fn writes_across_trees_land_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .tree::<Owed>()
+                .unwrap()
+                .put(b"old", &Owed { what: "x".into() })
+                .unwrap();
+            let mut writes = Writes::default();
+            writes.put(b"n", &Note { text: "1".into() }).unwrap();
+            writes.put(b"o", &Owed { what: "n".into() }).unwrap();
+            writes.remove::<Owed>(b"old");
+            store.apply(writes).unwrap();
+            store.apply(Writes::default()).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let notes = store.tree::<Note>().unwrap();
+        let owed = store.tree::<Owed>().unwrap();
+        assert_eq!(notes.get(b"n").unwrap(), Some(Note { text: "1".into() }));
+        assert_eq!(owed.get(b"o").unwrap(), Some(Owed { what: "n".into() }));
+        assert_eq!(owed.get(b"old").unwrap(), None);
+    }
+
+    #[test]
+    fn writes_across_trees_are_refused_whole_below_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_reserve(u64::MAX);
+        let mut writes = Writes::default();
+        writes.put(b"n", &Note { text: "1".into() }).unwrap();
+        writes.put(b"o", &Owed { what: "n".into() }).unwrap();
+        assert!(matches!(
+            store.apply(writes),
+            Err(StoreError::DiskFull { .. })
+        ));
+        assert!(store.tree::<Note>().unwrap().is_empty());
+        assert!(store.tree::<Owed>().unwrap().is_empty());
+        // Removals free space: allowed below the reserve.
+        let mut removals = Writes::default();
+        removals.remove::<Owed>(b"o");
+        store.apply(removals).unwrap();
+    }
+
+    #[test]
+    fn listings_page_by_key_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree::<Note>().unwrap();
+        for k in [b"a", b"b", b"c", b"d"] {
+            let text = String::from_utf8(k.to_vec()).unwrap();
+            tree.put(k, &Note { text }).unwrap();
+        }
+        let texts = |v: Vec<serde_json::Value>| -> Vec<String> {
+            v.iter()
+                .map(|n| n["text"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(texts(tree.newest_json(2)), ["d", "c"]);
+        assert_eq!(texts(tree.newest_json_before(Some(b"c"), 2)), ["b", "a"]);
+        assert!(tree.newest_json_before(Some(b"a"), 2).is_empty());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::outbox::{
     AppendError, Appended, MessageId, Outbox, OutboxConfig, OutboxConfigError, OutboxStatus,
     Sequence, Stream,
 };
-use crate::store::{Batch, Record, Store, StoreError, TreeName, TypedTree};
+use crate::store::{Batch, Record, Store, StoreError, TreeName, TypedTree, Writes};
 
 /// Who this device is upstream; part of every idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +162,45 @@ impl StoredPayload {
     }
 }
 
+/// Messages a store write owes upstream, under the key [`owe`] was given: kept in the
+/// `owed_upstream` tree until [`DurableOutbox::take_owed`] moves them into the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwedMessages {
+    messages: Vec<OwedMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OwedMessage {
+    stream: Stream,
+    payload: StoredPayload,
+}
+
+impl Record for OwedMessages {
+    const TREE: TreeName = TreeName::OwedUpstream;
+    const SCHEMA: u32 = 1;
+}
+
+/// Adds to `writes` that `messages` (in order) are owed upstream under `key`: written with
+/// the record they come from, they are one durable fact with it, and the uplink queues them
+/// ([`DurableOutbox::take_owed`]) at its next chance, also after a crash. A later `owe` under
+/// the same key, before they were taken, replaces them.
+pub fn owe(
+    writes: &mut Writes,
+    key: &str,
+    messages: &[(Stream, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let owed = OwedMessages {
+        messages: messages
+            .iter()
+            .map(|(stream, payload)| OwedMessage {
+                stream: *stream,
+                payload: StoredPayload::new(payload),
+            })
+            .collect(),
+    };
+    writes.put(key.as_bytes(), &owed)
+}
+
 fn message_key(id: MessageId) -> String {
     format!("m/{}/{:020}", id.stream, id.sequence.0)
 }
@@ -253,14 +292,25 @@ impl DurableOutbox {
         payload: &[u8],
         now: Instant,
     ) -> Result<Appended, OutboxError> {
-        let tree = self.tree(store)?;
+        self.append_with(store, stream, payload, Writes::default(), now)
+    }
+
+    /// [`Self::append`] with `also` written in the same atomic store write.
+    fn append_with(
+        &mut self,
+        store: &Store,
+        stream: Stream,
+        payload: &[u8],
+        mut also: Writes,
+        now: Instant,
+    ) -> Result<Appended, OutboxError> {
+        self.tree(store)?;
         let plan = self
             .outbox
             .prepare_append(stream, payload.len() as u64, now)?;
         let id = plan.id();
-        let mut batch = Batch::default();
         for victim in plan.evicted() {
-            batch.remove(message_key(*victim));
+            also.remove::<OutboxRecord>(message_key(*victim));
         }
         let message = OutboxRecord::Message(StoredMessage {
             key: self.identity.key(id),
@@ -269,12 +319,12 @@ impl DurableOutbox {
             appended_at_ms: plan.appended_at_ms(),
             payload: StoredPayload::new(payload),
         });
-        batch.put(message_key(id), &message)?;
+        also.put(message_key(id), &message)?;
         let ledger = OutboxRecord::Stream(StreamLedger {
             next_sequence: id.sequence.0 + 1,
         });
-        batch.put(stream_key(stream), &ledger)?;
-        self.write(|| tree.apply(batch))?;
+        also.put(stream_key(stream), &ledger)?;
+        self.write(|| store.apply(also))?;
         let appended = self.outbox.commit_append(plan);
         if !appended.evicted.is_empty() {
             let evicted: Vec<String> = appended.evicted.iter().map(|v| v.to_string()).collect();
@@ -283,6 +333,59 @@ impl DurableOutbox {
                 for_message = %id,
                 "uplink outbox full: evicted queued messages to make room"
             );
+        }
+        Ok(appended)
+    }
+
+    /// Moves what store writes owe upstream ([`owe`]) into the outbox, oldest first. Each
+    /// message moves in one atomic write (appended, and taken off what is owed), so a crash
+    /// at any point neither loses one nor queues one twice. A message the outbox refuses by
+    /// its policy (too large, full) is dropped with a log line, as a direct append would be;
+    /// a store failure stops the move (what is left stays owed for the next try). Returns how
+    /// many messages were appended.
+    pub fn take_owed(&mut self, store: &Store, now: Instant) -> Result<usize, OutboxError> {
+        self.tree(store)?;
+        let owed = store.tree::<OwedMessages>()?;
+        let entries: Vec<(Vec<u8>, OwedMessages)> = owed.iter().collect::<Result<_, _>>()?;
+        let mut appended = 0;
+        for (key, mut entry) in entries {
+            let what = crate::store::display_key(&key);
+            while !entry.messages.is_empty() {
+                let message = entry.messages.remove(0);
+                let mut rest = Writes::default();
+                if entry.messages.is_empty() {
+                    rest.remove::<OwedMessages>(&key);
+                } else {
+                    rest.put(&key, &entry)?;
+                }
+                let payload =
+                    message
+                        .payload
+                        .into_bytes()
+                        .map_err(|reason| OutboxError::Corrupt {
+                            key: what.clone(),
+                            reason,
+                        })?;
+                match self.append_with(store, message.stream, &payload, rest, now) {
+                    Ok(_) => {
+                        appended += 1;
+                        if !entry.messages.is_empty() {
+                            crate::fault::crash_point("owed_partly_queued");
+                        }
+                    }
+                    Err(OutboxError::Append(e)) => {
+                        tracing::error!("{what}: not queued for the uplink: {e}");
+                        let mut rest = Writes::default();
+                        if entry.messages.is_empty() {
+                            rest.remove::<OwedMessages>(&key);
+                        } else {
+                            rest.put(&key, &entry)?;
+                        }
+                        self.write(|| store.apply(rest))?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(appended)
     }
@@ -448,6 +551,97 @@ mod tests {
             stream,
             sequence: Sequence(sequence),
         }
+    }
+
+    fn owe_in_store(store: &Store, key: &str, messages: &[(Stream, Vec<u8>)]) {
+        let mut writes = Writes::default();
+        owe(&mut writes, key, messages).unwrap();
+        store.apply(writes).unwrap();
+    }
+
+    #[test]
+    fn owed_messages_move_into_the_outbox_once_in_order_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            owe_in_store(
+                &store,
+                "call/1",
+                &[
+                    (Stream::Calls, b"record 1".to_vec()),
+                    (Stream::Summaries, b"summary 1".to_vec()),
+                ],
+            );
+            // The daemon dies here: nothing was queued yet, the debt is on disk.
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut ob = open(&store, t0);
+        owe_in_store(&store, "call/2", &[(Stream::Calls, b"record 2".to_vec())]);
+        assert_eq!(ob.take_owed(&store, t0).unwrap(), 3);
+        assert_eq!(ob.take_owed(&store, t0).unwrap(), 0, "taken once only");
+        assert!(store.tree::<OwedMessages>().unwrap().is_empty());
+        drop(ob);
+        let ob = open(&store, t0);
+        let queued: Vec<(MessageId, Vec<u8>)> = ob
+            .queued(&store)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.payload))
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                (id(Stream::Calls, 1), b"record 1".to_vec()),
+                (id(Stream::Calls, 2), b"record 2".to_vec()),
+                (id(Stream::Summaries, 1), b"summary 1".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_owed_message_the_outbox_refuses_is_dropped_and_the_rest_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let store = Store::open(dir.path()).unwrap();
+        let small = OutboxConfig {
+            max_bytes: 16,
+            ..config()
+        };
+        let mut ob = DurableOutbox::open(&store, small, identity("site-a"), t0, WALL).unwrap();
+        owe_in_store(
+            &store,
+            "call/1",
+            &[
+                (Stream::Calls, vec![b'x'; 64]),
+                (Stream::Summaries, b"fits".to_vec()),
+            ],
+        );
+        assert_eq!(ob.take_owed(&store, t0).unwrap(), 1);
+        assert!(store.tree::<OwedMessages>().unwrap().is_empty());
+        let queued = ob.queued(&store).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].id, id(Stream::Summaries, 1));
+    }
+
+    #[test]
+    fn owed_messages_wait_while_the_store_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ob = open(&store, t0);
+        owe_in_store(&store, "call/1", &[(Stream::Calls, b"r".to_vec())]);
+        store.set_reserve(u64::MAX);
+        assert!(matches!(
+            ob.take_owed(&store, t0),
+            Err(OutboxError::Store(StoreError::DiskFull { .. }))
+        ));
+        store.set_reserve(0);
+        assert_eq!(
+            ob.take_owed(&store, t0).unwrap(),
+            1,
+            "not poisoned, still owed"
+        );
     }
 
     #[test]

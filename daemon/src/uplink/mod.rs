@@ -24,7 +24,8 @@ pub use backoff::{
     ConnectionPhase, Reconnect, ReconnectConfig, ReconnectConfigError, ReconnectStatus,
 };
 pub use durable::{
-    DurableOutbox, Identity, IdentityError, OutboxError, OutgoingPublish, QueuedMessage,
+    owe, DurableOutbox, Identity, IdentityError, OutboxError, OutgoingPublish, OwedMessages,
+    QueuedMessage,
 };
 pub use outbox::{
     AppendError, AppendPlan, Appended, MessageId, Outbox, OutboxConfig, OutboxConfigError,

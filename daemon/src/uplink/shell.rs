@@ -219,6 +219,24 @@ impl UplinkHandle {
         Ok(appended.id)
     }
 
+    /// Queues what store writes owe upstream ([`crate::uplink::owe`]); returns once it is in
+    /// the outbox (flushed), or left owed for the next call when the store refused. An `Err` is
+    /// one line for the log.
+    pub async fn take_owed(&self) -> Result<usize, String> {
+        let shared = self.shared.clone();
+        let taken = tokio::task::spawn_blocking(move || {
+            let mut outbox = shared.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            outbox.take_owed(shared.owner.store(), Instant::now())
+        })
+        .await
+        .map_err(|e| format!("the uplink's queueing task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        if taken > 0 {
+            self.shared.wake.notify_one();
+        }
+        Ok(taken)
+    }
+
     /// [`Self::append`] of `value` as JSON; the error is one line for the log.
     pub async fn append_json(
         &self,
@@ -300,6 +318,14 @@ pub fn start(
         Instant::now(),
         crate::store::now_ms(),
     )?;
+    // What earlier runs' store writes still owe upstream (a crash came between a call's end
+    // and its queueing, or the store refused the move): queued before anything new.
+    let mut outbox = outbox;
+    match outbox.take_owed(owner.store(), Instant::now()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} messages owed upstream by the last run are queued now"),
+        Err(e) => tracing::error!("messages owed upstream stay owed for now: {e}"),
+    }
     let reconnect_config = ReconnectConfig {
         initial_delay: Duration::from_millis(u64::from(config.reconnect_min_ms)),
         max_delay: Duration::from_secs(u64::from(config.reconnect_max_secs)),
