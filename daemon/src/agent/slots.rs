@@ -5,24 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::config::{valid_slot_name, SlotKind};
 use crate::speech::ChatMessage;
-
-/// What a slot holds; each kind has its own grammar rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SlotKind {
-    /// Free words ("John Smith", "next Monday"), at most 48 characters.
-    #[default]
-    Text,
-    /// A whole number.
-    Number,
-    /// A string of digits (a phone or reference number), spaces and a leading + allowed.
-    Digits,
-    /// Yes or no.
-    YesNo,
-}
 
 /// One value to extract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +22,6 @@ pub struct SlotSpec {
 pub enum SlotError {
     #[error("the model's output is not the expected JSON object ({0}); was it cut by a budget?")]
     NotJson(String),
-}
-
-/// True when `name` can be a slot (and so a JSON key and grammar literal without escaping).
-pub fn valid_slot_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 32
 }
 
 fn rule(kind: SlotKind) -> &'static str {

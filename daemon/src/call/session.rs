@@ -147,7 +147,11 @@ async fn inbound(
         session_id: u64::from(rand_u32()),
         session_version: 1,
     };
-    let answer = match sdp::answer(&call.offer, &config.sip.codec_preferences(), &local) {
+    let answer = match sdp::answer(
+        &call.offer,
+        &crate::telephony::codec::preferences(&config.sip),
+        &local,
+    ) {
         Ok(a) => a,
         Err(e) => {
             let code = match e {
@@ -368,7 +372,7 @@ async fn outbound(
         session_id: u64::from(rand_u32()),
         session_version: 1,
     };
-    let preferences = config.sip.codec_preferences();
+    let preferences = crate::telephony::codec::preferences(&config.sip);
     let offer = sdp::offer(&preferences, &local);
     let (result, answered) = ua
         .place_call(crate::telephony::sip::user_agent::OutboundRequest {
@@ -1036,7 +1040,11 @@ impl MediaRun {
             session_id: 1,
             session_version: 2,
         };
-        match sdp::answer(offer, &config.sip.codec_preferences(), &local) {
+        match sdp::answer(
+            offer,
+            &crate::telephony::codec::preferences(&config.sip),
+            &local,
+        ) {
             Ok(a) => {
                 tracing::info!(direction = ?a.negotiated.direction, codec = %a.negotiated.codec, "re-INVITE applied");
                 match self.session.update_negotiated(Instant::now(), a.negotiated) {

@@ -23,6 +23,29 @@ pub enum AgentAction {
     Collect,
 }
 
+/// What a slot holds; each kind has its own grammar rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    /// Free words ("John Smith", "next Monday"), at most 48 characters.
+    #[default]
+    Text,
+    /// A whole number.
+    Number,
+    /// A string of digits (a phone or reference number), spaces and a leading + allowed.
+    Digits,
+    /// Yes or no.
+    YesNo,
+}
+
+/// True when `name` can be a slot (and so a JSON key and grammar literal without escaping).
+pub fn valid_slot_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 32
+}
+
 /// One value a `collect` intent asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,7 +57,7 @@ pub struct SlotConfig {
     /// What the agent asks when it is missing ("May I have your name?").
     pub ask: String,
     /// text, number, digits (phone numbers), yes_no.
-    pub kind: crate::agent::slots::SlotKind,
+    pub kind: SlotKind,
 }
 
 impl Default for SlotConfig {
@@ -43,7 +66,7 @@ impl Default for SlotConfig {
             name: String::new(),
             description: String::new(),
             ask: String::new(),
-            kind: crate::agent::slots::SlotKind::Text,
+            kind: SlotKind::Text,
         }
     }
 }
@@ -275,7 +298,7 @@ fn check_slots(intent: &IntentConfig, problem: &mut impl FnMut(&str, String)) {
     }
     let mut seen = std::collections::HashSet::new();
     for slot in &intent.slots {
-        if !crate::agent::slots::valid_slot_name(&slot.name) {
+        if !valid_slot_name(&slot.name) {
             problem(
                 "agent.intents",
                 format!(

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SlotConfig, SpeechConfig,
+    valid_slot_name, AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SlotConfig,
+    SlotKind, SpeechConfig,
 };
 pub use validate::ConfigIssue;
 
@@ -327,15 +328,10 @@ pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
-impl SipConfig {
-    /// The codec preference list; valid after [`parse`] succeeded.
-    pub fn codec_preferences(&self) -> Vec<crate::telephony::codec::Codec> {
-        self.codecs
-            .iter()
-            .filter_map(|c| crate::telephony::codec::Codec::from_config_name(c))
-            .collect()
-    }
+/// The codecs `sip.codecs` may name (lower case; telephony::codec maps each to its codec).
+pub const CODEC_NAMES: [&str; 3] = ["pcmu", "pcma", "g722"];
 
+impl SipConfig {
     pub fn public_ip(&self) -> Option<std::net::IpAddr> {
         self.public_address.parse().ok()
     }

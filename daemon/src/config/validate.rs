@@ -230,9 +230,9 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
-    let known: Vec<&str> = crate::telephony::codec::Codec::ALL
+    let known: Vec<String> = super::CODEC_NAMES
         .iter()
-        .map(|c| c.sdp_name())
+        .map(|c| c.to_ascii_uppercase())
         .collect();
     if sip.codecs.is_empty() {
         problem(
@@ -240,20 +240,21 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             format!("must list at least one codec of {}", known.join(", ")),
         );
     }
-    let mut seen = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for c in &sip.codecs {
-        match crate::telephony::codec::Codec::from_config_name(c) {
-            None => problem(
+        let name = c.to_ascii_lowercase();
+        match super::CODEC_NAMES.contains(&name.as_str()) {
+            false => problem(
                 "sip.codecs",
                 format!(
                     "\"{c}\" is not a supported codec; use some of \"pcmu\", \"pcma\", \"g722\""
                 ),
             ),
-            Some(codec) if seen.contains(&codec) => problem(
+            true if seen.contains(&name) => problem(
                 "sip.codecs",
                 format!("\"{c}\" is listed twice; list each codec once"),
             ),
-            Some(codec) => seen.push(codec),
+            true => seen.push(name),
         }
     }
     if sip.caller_id.is_empty()

@@ -61,6 +61,14 @@ impl Codec {
     }
 }
 
+/// The codec preference list of `sip.codecs` (names the config checked), in order.
+pub fn preferences(sip: &crate::config::SipConfig) -> Vec<Codec> {
+    sip.codecs
+        .iter()
+        .filter_map(|c| Codec::from_config_name(c))
+        .collect()
+}
+
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.sdp_name())
@@ -106,6 +114,14 @@ pub struct Negotiated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_codec_name_the_config_takes_is_a_codec_and_every_codec_has_one() {
+        for name in crate::config::CODEC_NAMES {
+            assert!(Codec::from_config_name(name).is_some(), "{name}");
+        }
+        assert_eq!(crate::config::CODEC_NAMES.len(), Codec::ALL.len());
+    }
 
     #[test]
     fn codecs_match_by_name_and_clock_rate_case_insensitively() {
