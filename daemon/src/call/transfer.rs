@@ -325,6 +325,18 @@ impl Transfer {
                     });
                 }
             }
+            (S::Referring, TransferEvent::ReferProgress { code, done }) => {
+                // The transferee's NOTIFYs can overtake its answer to the REFER: it is acting
+                // on it, so it accepted.
+                self.record.state = S::ReferAccepted;
+                self.deadline = Some(now + TRANSFER_GRACE);
+                self.out.push_back(TransferOutput::Settled(Ok(())));
+                self.handle_event(now, TransferEvent::ReferProgress { code, done });
+            }
+            (S::ReferAccepted | S::Transferred, TransferEvent::ReferAnswered { code }) => {
+                // The answer after the NOTIFYs (or the BYE) that overtook it.
+                self.record.refer_code.get_or_insert(code);
+            }
             (S::ReferAccepted, TransferEvent::ReferProgress { code, done }) => {
                 self.record.notify_code = Some(code);
                 if !done {
@@ -341,9 +353,11 @@ impl Transfer {
                     ));
                 }
             }
-            (S::ReferAccepted, TransferEvent::CallerHungUp) => {
+            (S::Referring | S::ReferAccepted, TransferEvent::CallerHungUp) => {
                 // A transferee usually leaves as soon as its new call is up, often before its
-                // final NOTIFY reaches us.
+                // final NOTIFY reaches us, sometimes before its answer to the REFER: presumed
+                // complete (the REFER's answer takes a round trip; a caller who really hangs
+                // up within it cannot be told apart).
                 self.deadline = None;
                 self.record.state = S::Transferred;
                 self.leave_transferred(Party::Caller, false);
@@ -375,10 +389,7 @@ impl Transfer {
             (S::Bridged, TransferEvent::BridgeEnded) => {
                 self.leave(EndReason::Hangup, Party::Appliance, true);
             }
-            (S::Referring | S::Bridged, TransferEvent::CallerHungUp) => {
-                if self.record.state == S::Referring {
-                    self.record.state = S::Cancelled;
-                }
+            (S::Bridged, TransferEvent::CallerHungUp) => {
                 self.leave(EndReason::Hangup, Party::Caller, false);
             }
             (S::Referring | S::Bridging, TransferEvent::CallEnded) => {
@@ -546,6 +557,49 @@ mod tests {
             }]
         ));
         assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn notifies_or_a_bye_that_overtake_the_refers_answer_count_as_accepted() {
+        let t0 = Instant::now();
+        let mut t = Transfer::new("sip:desk@pbx", TransferRequester::Agent, RING);
+        t.handle_event(
+            t0,
+            TransferEvent::ReferProgress {
+                code: 100,
+                done: false,
+            },
+        );
+        assert_eq!(drain(&mut t), [TransferOutput::Settled(Ok(()))]);
+        assert_eq!(t.state(), TransferState::ReferAccepted);
+        t.handle_event(t0, TransferEvent::ReferAnswered { code: 202 });
+        assert_eq!(t.record().refer_code, Some(202));
+        t.handle_event(
+            t0,
+            TransferEvent::ReferProgress {
+                code: 200,
+                done: true,
+            },
+        );
+        assert!(matches!(
+            drain(&mut t)[..],
+            [TransferOutput::Leave {
+                reason: EndReason::Transferred { .. },
+                ..
+            }]
+        ));
+
+        let mut t = Transfer::new("sip:desk@pbx", TransferRequester::Agent, RING);
+        t.handle_event(t0, TransferEvent::CallerHungUp);
+        assert!(matches!(
+            drain(&mut t)[..],
+            [TransferOutput::Leave {
+                reason: EndReason::Transferred { .. },
+                by: Party::Caller,
+                send_bye: false
+            }]
+        ));
+        assert_eq!(t.state(), TransferState::Transferred);
     }
 
     #[test]
