@@ -160,7 +160,7 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
         end_reason: end_reason.kind().to_owned(),
         hung_up_by: record.hung_up_by,
         outcome,
-        reason_for_call: spoken.first().map(|said| (*said).to_owned()),
+        reason_for_call: spoken.first().copied().map(str::to_owned),
         caller_turns: count(given),
         actions,
         intents,

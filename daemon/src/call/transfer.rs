@@ -335,7 +335,9 @@ impl Transfer {
             }
             (S::ReferAccepted | S::Transferred, TransferEvent::ReferAnswered { code }) => {
                 // The answer after the NOTIFYs (or the BYE) that overtook it.
-                self.record.refer_code.get_or_insert(code);
+                if self.record.refer_code.is_none() {
+                    self.record.refer_code = Some(code);
+                }
             }
             (S::ReferAccepted, TransferEvent::ReferProgress { code, done }) => {
                 self.record.notify_code = Some(code);
