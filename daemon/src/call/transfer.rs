@@ -131,6 +131,8 @@ impl fmt::Display for TransferRecord {
                 write!(f, "REFER to {target} accepted ({code})")?
             }
             Some(code) => write!(f, "REFER to {target} refused ({code})")?,
+            // Its NOTIFYs overtook its answer.
+            None if self.notify_code.is_some() => write!(f, "REFER to {target} accepted")?,
             None => write!(f, "REFER to {target} sent")?,
         }
         if let Some(code) = self.notify_code {
@@ -574,6 +576,10 @@ mod tests {
         );
         assert_eq!(drain(&mut t), [TransferOutput::Settled(Ok(()))]);
         assert_eq!(t.state(), TransferState::ReferAccepted);
+        assert_eq!(
+            t.record().to_string(),
+            "REFER to sip:desk@pbx accepted; transferee reports 100"
+        );
         t.handle_event(t0, TransferEvent::ReferAnswered { code: 202 });
         assert_eq!(t.record().refer_code, Some(202));
         t.handle_event(
