@@ -369,6 +369,68 @@ fn slow_a_collect_intent_takes_the_caller_s_name_and_confirms_it_and_the_summary
 }
 
 #[test]
+fn slow_a_bridge_nobody_answers_in_time_brings_the_caller_back_to_the_agent_for_a_message() {
+    let _g = serial();
+    // The human's phone rings; nobody answers.
+    let human = Baresip::start(
+        BaresipOptions::new("human")
+            .auto_answer(false)
+            .record(false),
+    );
+    let agent = Agent::start(&format!(
+        "transfer_ring_secs = 5\n[agent]\nhuman_target = \"{}\"\n",
+        human.uri()
+    ));
+    // call_transfer off: the caller refuses REFER (501), so the appliance calls the human.
+    let caller = Baresip::start(
+        BaresipOptions::new("caller")
+            .call_transfer(false)
+            .record(true),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    std::thread::sleep(Duration::from_millis(1500));
+    caller.send_dtmf("0", Duration::from_millis(300));
+    human.wait_event("CALL_INCOMING", Duration::from_secs(30));
+    let rang = std::time::Instant::now();
+    human.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    let rang = rang.elapsed();
+    eprintln!("the human's phone rang {rang:?}");
+    assert!(
+        rang < Duration::from_secs(7),
+        "transfer_ring_secs = 5, yet it rang {rang:?}"
+    );
+    // Back with the agent: the take_message prompt, then the caller leaves.
+    std::thread::sleep(Duration::from_secs(6));
+    caller.hangup();
+    let call = agent.last_call();
+    assert_eq!(call["transfer"]["state"], "failed", "{call}");
+    assert_eq!(call["transfer"]["refer_code"], 501, "{call}");
+    assert!(
+        call["transfer"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer within 5 s"),
+        "{call}"
+    );
+    let turn = &call["turns"][0];
+    assert_eq!(turn["dtmf"], "0", "{turn}");
+    assert!(
+        turn["agent"]
+            .as_str()
+            .unwrap_or("")
+            .contains("leave your message"),
+        "{turn}"
+    );
+    assert_ne!(call["end_reason"]["kind"], "transferred", "{call}");
+    let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
+    let said = transcribe(&heard.to_mono(), heard.rate);
+    eprintln!("caller heard: {said}");
+    assert!(contains_all(&said, &["message"]), "{said}");
+    let _ = agent.stop();
+}
+
+#[test]
 fn slow_asking_for_a_person_and_pressing_zero_both_transfer_to_the_human() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();

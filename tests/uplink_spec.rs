@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{cli_bin, repo_root, text, TestDaemon, TestSite};
+use edgevoice::agent::{CallerInput, TurnAction};
 use edgevoice::call::record::{
     AgentTurn, CallRecord, EndReason, Party, RtpSummary, TurnLatency, TurnWord,
 };
+use edgevoice::call::transfer::{BridgeRecord, TransferRecord, TransferRequester, TransferState};
 use edgevoice::control::remote;
 use edgevoice::telephony::codec::Codec;
 use edgevoice::telephony::sip::DialOutcome;
@@ -603,10 +605,10 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
             record.turns = vec![AgentTurn {
                 turn: edgevoice::agent::conversation::TurnRecord {
                     turn: 1,
-                    caller: "what are your opening hours".into(),
+                    input: CallerInput::Speech("what are your opening hours".into()),
                     agent: "nine to five".into(),
                     intent: "hours".into(),
-                    action: "collect".into(),
+                    action: TurnAction::Collect,
                     interrupted: false,
                     errors: vec![],
                     slots: [("name".to_owned(), "John Smith".to_owned())].into(),
@@ -628,6 +630,37 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
             let v = event(Stream::Calls, 7, serde_json::to_value(&record).unwrap());
             assert_valid(&schema, &format!("{codec:?} {outcome:?}"), &v);
         }
+    }
+    // A key press turn, and a transfer in every state (the bridge leg inside it).
+    for state in [
+        TransferState::Referring,
+        TransferState::ReferAccepted,
+        TransferState::Transferred,
+        TransferState::Bridging,
+        TransferState::Bridged,
+        TransferState::Failed,
+        TransferState::Cancelled,
+    ] {
+        let mut record = call_record(EndReason::Hangup);
+        let mut key = AgentTurn::default();
+        key.turn.turn = 1;
+        key.turn.input = CallerInput::Dtmf('0');
+        key.turn.intent = "dtmf:0".into();
+        key.turn.action = TurnAction::Transfer;
+        record.turns = vec![key];
+        let mut transfer = TransferRecord::new("sip:desk@x", TransferRequester::Agent);
+        transfer.state = state;
+        transfer.refer_code = Some(501);
+        transfer.notify_code = Some(180);
+        transfer.bridge = Some(BridgeRecord {
+            dial_outcome: Some(DialOutcome::NoAnswer { code: 487 }),
+            ring_ms: Some(20_000),
+        });
+        transfer.error = Some("sip:desk@x did not answer within 20 s".into());
+        record.transfer = Some(transfer);
+        let v = event(Stream::Calls, 8, serde_json::to_value(&record).unwrap());
+        assert_valid(&schema, &format!("transfer {state:?}"), &v);
+        assert_eq!(v["payload"]["turns"][0]["dtmf"], "0");
     }
     // Strict enough to catch drift: a live record, a field the schema does not know, a
     // stream's key that does not match.
@@ -690,11 +723,11 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
 fn call_summaries_of_every_outcome_match_the_schema() {
     use edgevoice::call::summary::{summarize, Outcome};
     let schema = validator("event-envelope.schema.json");
-    let turn = |caller: &str, intent: &str, action: &str| AgentTurn {
+    let turn = |caller: &str, intent: &str, action: TurnAction| AgentTurn {
         turn: edgevoice::agent::conversation::TurnRecord {
-            caller: caller.into(),
+            input: CallerInput::Speech(caller.into()),
             intent: intent.into(),
-            action: action.into(),
+            action,
             ..Default::default()
         },
         latency: TurnLatency {
@@ -718,11 +751,24 @@ fn call_summaries_of_every_outcome_match_the_schema() {
         r.turns = turns;
         r
     };
-    let mut collected = turn("book me in, John Smith", "booking", "collect");
+    let mut collected = turn("book me in, John Smith", "booking", TurnAction::Collect);
     collected.turn.slots = [("name".to_owned(), "John Smith".to_owned())].into();
     collected.turn.interrupted = true;
     collected.turn.errors = vec!["synthesis: timed out".into()];
+    let bridged = |state: TransferState| {
+        let mut r = answered(
+            EndReason::Hangup,
+            vec![turn("a person please", "human", TurnAction::Transfer)],
+        );
+        let mut t = TransferRecord::new("sip:desk@x", TransferRequester::Agent);
+        t.refer_code = Some(501);
+        t.state = state;
+        r.transfer = Some(t);
+        r
+    };
     let cases = [
+        (bridged(TransferState::Bridged), Outcome::Transferred),
+        (bridged(TransferState::Failed), Outcome::Handled),
         (
             call_record(EndReason::Rejected {
                 code: 503,
@@ -737,7 +783,10 @@ fn call_summaries_of_every_outcome_match_the_schema() {
         (
             answered(
                 EndReason::Hangup,
-                vec![turn("what are your hours", "hours", "fact"), collected],
+                vec![
+                    turn("what are your hours", "hours", TurnAction::Fact),
+                    collected,
+                ],
             ),
             Outcome::Handled,
         ),
@@ -746,7 +795,7 @@ fn call_summaries_of_every_outcome_match_the_schema() {
                 EndReason::Transferred {
                     target: "sip:desk@x".into(),
                 },
-                vec![turn("a person please", "human", "transfer")],
+                vec![turn("a person please", "human", TurnAction::Transfer)],
             ),
             Outcome::Transferred,
         ),
@@ -754,14 +803,17 @@ fn call_summaries_of_every_outcome_match_the_schema() {
             answered(
                 EndReason::Hangup,
                 vec![
-                    turn("leave a message", "message", "take_message"),
-                    turn("call me back", "", "message"),
+                    turn("leave a message", "message", TurnAction::TakeMessage),
+                    turn("call me back", "", TurnAction::Message),
                 ],
             ),
             Outcome::MessageTaken,
         ),
         (
-            answered(EndReason::Hangup, vec![turn("hmm", "none", "escalate")]),
+            answered(
+                EndReason::Hangup,
+                vec![turn("hmm", "none", TurnAction::Escalate)],
+            ),
             Outcome::Escalated,
         ),
     ];

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::slots::SlotSpec;
 use super::{AgentSpec, Guarded};
-use crate::config::{AgentAction, BargeIn};
+use crate::config::{AgentAction, BargeIn, WhenTransferFails};
 use crate::speech::ChatMessage;
 
 /// Fixed prompts, rendered once at start-up.
@@ -94,7 +94,8 @@ pub enum Input {
     },
     /// Everything queued for the caller has been played.
     PlayoutDrained,
-    /// The shell could not transfer the call (REFER refused and no bridge).
+    /// The shell could not transfer the call (REFER refused and the bridge failed or was not
+    /// answered in time): `agent.when_transfer_fails` says what comes next.
     TransferFailed {
         error: String,
     },
@@ -146,17 +147,149 @@ pub enum Action {
     RecordTurn(TurnRecord),
 }
 
+/// What the agent did with a caller turn (the turn record's `action`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnAction {
+    /// Said the configured fact that answers the question (no model).
+    Fact,
+    /// Answered with the language model. A turn is this until the agent decides otherwise.
+    #[default]
+    Answer,
+    /// Said an intent's fixed reply.
+    Reply,
+    /// Asked for (or took) an intent's slots.
+    Collect,
+    /// Handed the caller to `agent.human_target`.
+    Transfer,
+    /// Said goodbye (or the intent's reply) and hung up.
+    EndCall,
+    /// Asked the caller for a message.
+    TakeMessage,
+    /// This turn is the caller's message.
+    Message,
+    /// Nothing recognised: asked the caller to say it again.
+    Repeat,
+    /// The model failed or said nothing: said the intent's template or the matching fact.
+    Fallback,
+    /// Too many failures in a row: handed to a human, or said goodbye.
+    Escalate,
+}
+
+impl TurnAction {
+    pub const ALL: [TurnAction; 11] = [
+        TurnAction::Fact,
+        TurnAction::Answer,
+        TurnAction::Reply,
+        TurnAction::Collect,
+        TurnAction::Transfer,
+        TurnAction::EndCall,
+        TurnAction::TakeMessage,
+        TurnAction::Message,
+        TurnAction::Repeat,
+        TurnAction::Fallback,
+        TurnAction::Escalate,
+    ];
+
+    /// The serde name: metrics labels and the summary's `actions` keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnAction::Fact => "fact",
+            TurnAction::Answer => "answer",
+            TurnAction::Reply => "reply",
+            TurnAction::Collect => "collect",
+            TurnAction::Transfer => "transfer",
+            TurnAction::EndCall => "end_call",
+            TurnAction::TakeMessage => "take_message",
+            TurnAction::Message => "message",
+            TurnAction::Repeat => "repeat",
+            TurnAction::Fallback => "fallback",
+            TurnAction::Escalate => "escalate",
+        }
+    }
+}
+
+impl From<AgentAction> for TurnAction {
+    fn from(a: AgentAction) -> Self {
+        match a {
+            AgentAction::Answer => TurnAction::Answer,
+            AgentAction::Transfer => TurnAction::Transfer,
+            AgentAction::EndCall => TurnAction::EndCall,
+            AgentAction::TakeMessage => TurnAction::TakeMessage,
+            AgentAction::Reply => TurnAction::Reply,
+            AgentAction::Collect => TurnAction::Collect,
+        }
+    }
+}
+
+/// What the caller gave in a turn: words, or a key. In the record it is `"caller": "words"`
+/// or `"dtmf": "5"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerInput {
+    /// What the caller said (recognised); empty when nothing was.
+    #[serde(rename = "caller")]
+    Speech(String),
+    /// A key press (RFC 4733 or SIP INFO).
+    Dtmf(char),
+}
+
+impl Default for CallerInput {
+    fn default() -> Self {
+        CallerInput::Speech(String::new())
+    }
+}
+
+impl CallerInput {
+    /// The caller's words; empty for a key press.
+    pub fn said(&self) -> &str {
+        match self {
+            CallerInput::Speech(text) => text,
+            CallerInput::Dtmf(_) => "",
+        }
+    }
+
+    /// The caller gave something: words, or a key.
+    pub fn is_given(&self) -> bool {
+        match self {
+            CallerInput::Speech(text) => !text.trim().is_empty(),
+            CallerInput::Dtmf(_) => true,
+        }
+    }
+
+    /// How the model and the logs see it: the words, or `<key 5>`.
+    pub fn text(&self) -> String {
+        match self {
+            CallerInput::Speech(text) => text.clone(),
+            CallerInput::Dtmf(digit) => format!("<key {digit}>"),
+        }
+    }
+}
+
 /// One caller turn and the agent's answer, as stored in the call record.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TurnRecord {
     pub turn: u64,
-    pub caller: String,
+    /// What the caller said (`caller`) or pressed (`dtmf`).
+    #[serde(flatten)]
+    pub input: CallerInput,
     pub agent: String,
     /// The intent matched, "dtmf:<digit>", or "none".
     pub intent: String,
-    /// What the agent did: fact, answer (the model), reply, transfer, end_call, take_message,
-    /// message, repeat, fallback, escalate.
-    pub action: String,
+    /// What the agent did.
+    pub action: TurnAction,
     /// The caller spoke over the reply.
     pub interrupted: bool,
     /// Failures handled in this turn (recognition, model, synthesis), one line each.
@@ -350,7 +483,7 @@ impl Conversation {
                 }
                 match self.spec.guard(
                     &text,
-                    &self.record.caller,
+                    self.record.input.said(),
                     self.reply_words,
                     self.spec.config.max_reply_words as usize,
                 ) {
@@ -439,7 +572,20 @@ impl Conversation {
             Input::TransferFailed { error } => {
                 self.record.errors.push(format!("transfer: {error}"));
                 if self.state == ConversationState::Transferring {
-                    self.end_call(&mut out, Prompt::Goodbye);
+                    match self.spec.config.when_transfer_fails {
+                        WhenTransferFails::Goodbye => self.end_call(&mut out, Prompt::Goodbye),
+                        WhenTransferFails::TakeMessage => {
+                            // Nobody to hand to: the caller is back with the agent, who takes
+                            // their message.
+                            self.filler_at = None;
+                            out.push(Action::Play(Prompt::TakeMessage));
+                            append(&mut self.record.agent, &self.spec.config.take_message);
+                            self.close_turn(&mut out);
+                            self.taking_message = true;
+                            self.state = ConversationState::Speaking;
+                            self.reply_complete = true;
+                        }
+                    }
                 }
             }
         }
@@ -452,7 +598,7 @@ impl Conversation {
             out.push(Action::CancelGeneration { turn: self.turn });
             self.generating = false;
         }
-        if self.turn > 0 && !self.record.caller.is_empty() {
+        if self.turn > 0 && self.record.input.is_given() {
             self.record.interrupted = true;
             self.close_turn(out);
         }
@@ -470,8 +616,8 @@ impl Conversation {
                 self.taking_message = true;
                 return;
             }
-            self.new_turn(&text, "take_message");
-            self.record.action = "message".to_owned();
+            self.new_turn(CallerInput::Speech(text), "take_message");
+            self.record.action = TurnAction::Message;
             self.taking_message = false;
             self.end_call(out, Prompt::MessageTaken);
             return;
@@ -498,8 +644,8 @@ impl Conversation {
             // goodbye): then that intent wins and the collection is dropped.
             if intent.as_ref().is_none_or(|i| i.name == collecting.intent) {
                 let name = collecting.intent.clone();
-                self.new_turn(&caller, &name);
-                self.record.action = "collect".to_owned();
+                self.new_turn(CallerInput::Speech(caller.clone()), &name);
+                self.record.action = TurnAction::Collect;
                 self.request_extraction(now, out);
                 return;
             }
@@ -509,7 +655,7 @@ impl Conversation {
             Some(i) => (i.name.clone(), i.action, i.reply.clone()),
             None => ("none".to_owned(), AgentAction::Answer, String::new()),
         };
-        self.new_turn(&caller, &name);
+        self.new_turn(CallerInput::Speech(caller.clone()), &name);
         self.act(now, action, &reply, out);
     }
 
@@ -535,7 +681,7 @@ impl Conversation {
             out.push(Action::CancelGeneration { turn: self.turn });
             self.generating = false;
         }
-        self.new_turn(&format!("<key {digit}>"), &format!("dtmf:{digit}"));
+        self.new_turn(CallerInput::Dtmf(digit), &format!("dtmf:{digit}"));
         self.act(now, action, &reply, out);
     }
 
@@ -545,16 +691,16 @@ impl Conversation {
             AgentAction::Answer => {
                 // A configured fact answers the question: say it (its audio is rendered at
                 // start-up). Faster than the model by its whole generation, and always right.
-                if let Some(fact) = self.spec.relevant_fact(&self.record.caller) {
+                if let Some(fact) = self.spec.relevant_fact(self.record.input.said()) {
                     let fact = fact.to_owned();
-                    self.record.action = "fact".to_owned();
+                    self.record.action = TurnAction::Fact;
                     self.say_fixed(&fact, out);
                     self.failures = 0;
                     return;
                 }
-                self.record.action = "answer".to_owned();
+                self.record.action = TurnAction::Answer;
                 self.history
-                    .push(ChatMessage::user(self.record.caller.clone()));
+                    .push(ChatMessage::user(self.record.input.text()));
                 let skip = self.history.len().saturating_sub(MAX_HISTORY);
                 out.push(Action::Generate {
                     turn: self.turn,
@@ -569,16 +715,16 @@ impl Conversation {
                     .get_or_insert(now + ms(self.spec.config.filler_after_ms));
             }
             AgentAction::Reply => {
-                self.record.action = "reply".to_owned();
+                self.record.action = TurnAction::Reply;
                 self.say_fixed(reply, out);
                 self.failures = 0;
             }
             AgentAction::Transfer => {
-                self.record.action = "transfer".to_owned();
+                self.record.action = TurnAction::Transfer;
                 self.transfer(reply, out);
             }
             AgentAction::EndCall => {
-                self.record.action = "end_call".to_owned();
+                self.record.action = TurnAction::EndCall;
                 if reply.trim().is_empty() {
                     self.end_call(out, Prompt::Goodbye);
                 } else {
@@ -598,11 +744,11 @@ impl Conversation {
                     .cloned();
                 let Some(intent) = intent.filter(|i| !i.slots.is_empty()) else {
                     // Only intents collect (the config refuses it elsewhere): say the reply.
-                    self.record.action = "reply".to_owned();
+                    self.record.action = TurnAction::Reply;
                     self.say_fixed(reply, out);
                     return;
                 };
-                self.record.action = "collect".to_owned();
+                self.record.action = TurnAction::Collect;
                 self.collecting = Some(Collecting {
                     intent: intent.name,
                     slots: intent.slots,
@@ -614,7 +760,7 @@ impl Conversation {
                 self.request_extraction(now, out);
             }
             AgentAction::TakeMessage => {
-                self.record.action = "take_message".to_owned();
+                self.record.action = TurnAction::TakeMessage;
                 self.filler_at = None;
                 if reply.trim().is_empty() {
                     out.push(Action::Play(Prompt::TakeMessage));
@@ -648,7 +794,7 @@ impl Conversation {
             .collect();
         out.push(Action::Extract {
             turn: self.turn,
-            said: self.record.caller.clone(),
+            said: self.record.input.said().to_owned(),
             slots,
         });
         self.state = ConversationState::Thinking;
@@ -715,7 +861,7 @@ impl Conversation {
         self.record.agent = text.to_owned();
         out.push(Action::Say(text.to_owned()));
         self.history
-            .push(ChatMessage::user(self.record.caller.clone()));
+            .push(ChatMessage::user(self.record.input.text()));
         self.history.push(ChatMessage::assistant(text.to_owned()));
         self.close_turn(out);
         self.state = ConversationState::Speaking;
@@ -746,7 +892,7 @@ impl Conversation {
 
     /// Too many failures in a row: a human if there is one, else a polite goodbye.
     fn escalate(&mut self, out: &mut Vec<Action>) {
-        self.record.action = "escalate".to_owned();
+        self.record.action = TurnAction::Escalate;
         if self.spec.config.human_target.trim().is_empty() {
             self.end_call(out, Prompt::Goodbye);
         } else {
@@ -758,11 +904,8 @@ impl Conversation {
         self.filler_at = None;
         self.no_input_at = None;
         out.push(Action::Play(prompt));
-        if self.turn > 0 && !self.record.caller.is_empty() {
+        if self.turn > 0 && self.record.input.is_given() {
             append(&mut self.record.agent, prompt.text(&self.spec.config));
-            if self.record.action.is_empty() {
-                self.record.action = "end_call".to_owned();
-            }
             self.close_turn(out);
         }
         self.state = ConversationState::Ending;
@@ -777,9 +920,9 @@ impl Conversation {
             // The intent's template, else the fact that answers the question.
             let template = self
                 .spec
-                .match_intent(&self.record.caller)
+                .match_intent(self.record.input.said())
                 .and_then(|i| self.spec.answer_template(Some(i)))
-                .or_else(|| self.spec.relevant_fact(&self.record.caller))
+                .or_else(|| self.spec.relevant_fact(self.record.input.said()))
                 .map(str::to_owned);
             if self.failures > self.spec.config.max_failures {
                 self.escalate(out);
@@ -787,12 +930,12 @@ impl Conversation {
             }
             match template {
                 Some(t) => {
-                    self.record.action = "fallback".to_owned();
+                    self.record.action = TurnAction::Fallback;
                     self.record.agent = t.clone();
                     out.push(Action::Say(t));
                 }
                 None => {
-                    self.record.action = "repeat".to_owned();
+                    self.record.action = TurnAction::Repeat;
                     self.record.agent = self.spec.config.repeat.clone();
                     out.push(Action::Play(Prompt::Repeat));
                 }
@@ -847,11 +990,11 @@ impl Conversation {
         self.no_input_at = Some(now + secs(self.spec.config.no_input_secs));
     }
 
-    fn new_turn(&mut self, caller: &str, intent: &str) {
+    fn new_turn(&mut self, input: CallerInput, intent: &str) {
         self.turn += 1;
         self.record = TurnRecord {
             turn: self.turn,
-            caller: caller.to_owned(),
+            input,
             intent: intent.to_owned(),
             ..TurnRecord::default()
         };
@@ -862,7 +1005,7 @@ impl Conversation {
     fn close_turn(&mut self, out: &mut Vec<Action>) {
         // Recorded as soon as it is decided; later notes on the same turn (an interruption, a
         // failure, the goodbye) record it again.
-        if self.record.turn == self.turn && self.turn > 0 && !self.record.caller.is_empty() {
+        if self.record.turn == self.turn && self.turn > 0 && self.record.input.is_given() {
             out.push(Action::RecordTurn(self.record.clone()));
         }
     }
@@ -1011,7 +1154,7 @@ mod tests {
         let a = extracted(&mut c, t, 1, &[("name", "John Smith")]);
         assert_eq!(a[0], Action::Say("What number can we call you on?".into()));
         assert_eq!(recorded(&a)[0].slots["name"], "John Smith");
-        assert_eq!(recorded(&a)[0].action, "collect");
+        assert_eq!(recorded(&a)[0].action, TurnAction::Collect);
         speak_after(&mut c, t);
         let a = ask(&mut c, t, 2, "It's 0 7 7 0 0 9 0 0 1 2 3");
         assert!(
@@ -1052,7 +1195,7 @@ mod tests {
         speak_after(&mut c, t);
         ask(&mut c, t, 3, "what");
         let a = extracted(&mut c, t, 3, &[]);
-        assert_eq!(recorded(&a)[0].action, "escalate", "{a:?}");
+        assert_eq!(recorded(&a)[0].action, TurnAction::Escalate, "{a:?}");
         assert_eq!(c.state(), ConversationState::Transferring);
 
         // Mid-collection, asking for a person is that intent, not an answer.
@@ -1099,7 +1242,7 @@ mod tests {
         );
         let turns = recorded(&a);
         assert_eq!(turns.len(), 1);
-        assert_eq!(turns[0].caller, "Do you do vaccinations?");
+        assert_eq!(turns[0].input.said(), "Do you do vaccinations?");
         assert_eq!(turns[0].agent, "We are open Monday to Friday.");
         assert_eq!(turns[0].intent, "none");
         c.handle(t, Input::PlayoutDrained);
@@ -1200,7 +1343,7 @@ mod tests {
             "{a:?}"
         );
         assert!(!a.iter().any(|x| matches!(x, Action::Generate { .. })));
-        assert_eq!(recorded(&a)[0].action, "fact");
+        assert_eq!(recorded(&a)[0].action, TurnAction::Fact);
         c.handle(t, Input::PlayoutDrained);
         assert_eq!(c.state(), ConversationState::Listening);
     }
@@ -1241,6 +1384,11 @@ mod tests {
         assert!(a.contains(&Action::Play(Prompt::Transfer)));
         assert_eq!(recorded(&a)[0].intent, "dtmf:0");
         assert_eq!(
+            recorded(&a)[0].input,
+            CallerInput::Dtmf('0'),
+            "a key, not words"
+        );
+        assert_eq!(
             c.handle(t, Input::PlayoutDrained),
             vec![Action::Transfer {
                 target: "sip:human@127.0.0.1:5090".into()
@@ -1248,6 +1396,38 @@ mod tests {
         );
         // Unknown keys do nothing.
         assert!(c.handle(t, Input::Dtmf('7')).is_empty());
+    }
+
+    #[test]
+    fn turn_records_keep_todays_json_with_a_key_press_as_dtmf() {
+        for action in TurnAction::ALL {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+        let spoken = TurnRecord {
+            turn: 1,
+            input: CallerInput::Speech("When are you open?".into()),
+            agent: "Nine to five.".into(),
+            intent: "hours".into(),
+            action: TurnAction::Fact,
+            ..TurnRecord::default()
+        };
+        let json = serde_json::to_value(&spoken).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"turn": 1, "caller": "When are you open?", "agent": "Nine to five.",
+                "intent": "hours", "action": "fact", "interrupted": false, "errors": []})
+        );
+        assert_eq!(serde_json::from_value::<TurnRecord>(json).unwrap(), spoken);
+        let key = TurnRecord {
+            input: CallerInput::Dtmf('0'),
+            intent: "dtmf:0".into(),
+            action: TurnAction::Transfer,
+            ..spoken
+        };
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(json["dtmf"], "0");
+        assert!(json.get("caller").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<TurnRecord>(json).unwrap(), key);
     }
 
     #[test]
@@ -1260,7 +1440,12 @@ mod tests {
         assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
         assert_eq!(c.state(), ConversationState::Ended);
 
-        let mut c = agent("sip:human@127.0.0.1:5090");
+        let config = AgentConfig {
+            human_target: "sip:human@127.0.0.1:5090".to_owned(),
+            when_transfer_fails: WhenTransferFails::Goodbye,
+            ..AgentConfig::default()
+        };
+        let mut c = Conversation::new(AgentSpec::new(&config));
         listening(&mut c, t);
         ask(&mut c, t, 1, "operator");
         c.handle(t, Input::PlayoutDrained);
@@ -1272,6 +1457,43 @@ mod tests {
         );
         assert_eq!(a[0], Action::Play(Prompt::Goodbye));
         assert_eq!(recorded(&a)[0].errors, vec!["transfer: 486".to_owned()]);
+    }
+
+    #[test]
+    fn a_failed_transfer_brings_the_caller_back_to_take_a_message() {
+        let t = Instant::now();
+        let mut c = agent("sip:human@127.0.0.1:5090");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "operator");
+        assert_eq!(
+            c.handle(t, Input::PlayoutDrained),
+            vec![Action::Transfer {
+                target: "sip:human@127.0.0.1:5090".into()
+            }]
+        );
+        let a = c.handle(
+            t,
+            Input::TransferFailed {
+                error: "sip:human did not answer within 20 s".into(),
+            },
+        );
+        assert_eq!(a[0], Action::Play(Prompt::TakeMessage), "{a:?}");
+        let turn = &recorded(&a)[0];
+        assert_eq!(turn.action, TurnAction::Transfer);
+        assert!(turn.errors[0].contains("did not answer"), "{turn:?}");
+        assert!(c.handle(t, Input::PlayoutDrained).is_empty());
+        assert_eq!(c.state(), ConversationState::TakingMessage);
+        c.handle(t, Input::SpeechStarted);
+        c.handle(t, Input::SpeechEnded { utterance: 2 });
+        let a = c.handle(
+            t,
+            Input::Transcript {
+                utterance: 2,
+                text: "Please call me back.".into(),
+            },
+        );
+        assert_eq!(a[0], Action::Play(Prompt::MessageTaken), "{a:?}");
+        assert_eq!(recorded(&a)[0].action, TurnAction::Message);
     }
 
     #[test]
@@ -1323,7 +1545,7 @@ mod tests {
             Action::Say("Flu vaccinations are on weekday mornings.".into())
         );
         let turn = &recorded(&a)[0];
-        assert_eq!(turn.action, "fallback");
+        assert_eq!(turn.action, TurnAction::Fallback);
         assert_eq!(turn.errors, vec!["model: timeout".to_owned()]);
         c.handle(t, Input::PlayoutDrained);
         // No template for this question: ask again.
@@ -1510,8 +1732,8 @@ mod tests {
         );
         assert_eq!(a[0], Action::Play(Prompt::MessageTaken));
         let turn = &recorded(&a)[0];
-        assert_eq!(turn.action, "message");
-        assert_eq!(turn.caller, "Please call Jo back on 555 0100.");
+        assert_eq!(turn.action, TurnAction::Message);
+        assert_eq!(turn.input.said(), "Please call Jo back on 555 0100.");
         assert_eq!(c.handle(t, Input::PlayoutDrained), vec![Action::Hangup]);
     }
 }

@@ -10,7 +10,9 @@ pub mod slots;
 use crate::config::{AgentAction, AgentConfig};
 use crate::speech::text::normalize_words;
 
-pub use conversation::{Action, Conversation, ConversationState, Input, Prompt, TurnRecord};
+pub use conversation::{
+    Action, CallerInput, Conversation, ConversationState, Input, Prompt, TurnAction, TurnRecord,
+};
 
 /// Words that carry no intent ("to", "a", "please"): ignored when matching examples.
 const FILLER_WORDS: &[&str] = &[

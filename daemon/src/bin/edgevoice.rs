@@ -601,7 +601,10 @@ fn print_call(c: &CallRecord) {
             &c.dtmf_sent
         }
     );
-    println!("  transfer      {}", c.transfer.as_deref().unwrap_or("-"));
+    match &c.transfer {
+        Some(t) => println!("  transfer      {} · {t}", t.state.as_str()),
+        None => println!("  transfer      -"),
+    }
     println!(
         "  recording     {}",
         c.recording
@@ -612,12 +615,15 @@ fn print_call(c: &CallRecord) {
     for t in &c.turns {
         let ms = |v: Option<u64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
         println!(
-            "  turn {:<3}     caller: {}\n                agent:  {}\n                intent {} · action {}{}",
+            "  turn {:<3}     {}\n                agent:  {}\n                intent {} · action {}{}",
             t.turn.turn,
-            t.turn.caller,
+            match &t.turn.input {
+                edgevoice::agent::CallerInput::Speech(said) => format!("caller: {said}"),
+                edgevoice::agent::CallerInput::Dtmf(key) => format!("key:    {key}"),
+            },
             t.turn.agent,
             t.turn.intent,
-            t.turn.action,
+            t.turn.action.as_str(),
             if t.turn.interrupted { " · interrupted" } else { "" }
         );
         let l = &t.latency;

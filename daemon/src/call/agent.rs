@@ -1025,7 +1025,7 @@ impl AgentRun {
         let since = |t: Option<Instant>| {
             t.map(|t| t.saturating_duration_since(self.answered).as_millis() as u64)
         };
-        let spoken = !turn.caller.starts_with("<key");
+        let spoken = matches!(turn.input, crate::agent::CallerInput::Speech(_));
         let entry = AgentTurn {
             caller_start_ms: if spoken {
                 since(self.timing.caller_start)
@@ -1052,9 +1052,10 @@ impl AgentRun {
         self.last_spoken_turn = spoken.then_some(entry.turn.turn);
         tracing::info!(
             turn = entry.turn.turn,
-            caller = %entry.turn.caller,
+            caller = %entry.turn.input.text(),
             agent = %entry.turn.agent,
             intent = %entry.turn.intent,
+            action = entry.turn.action.as_str(),
             latency = ?entry.latency,
             "turn"
         );

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod record;
 pub mod session;
 pub mod summary;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

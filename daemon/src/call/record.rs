@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use super::transfer::{TransferRecord, TransferRequester, TransferState};
 use crate::store::{self, Record, Store, StoreError, TreeName};
 use crate::telephony::codec::Codec;
 
@@ -96,7 +97,10 @@ pub struct CallRecord {
     /// Digits received, in order (RFC 4733 or SIP INFO).
     pub dtmf_received: String,
     pub dtmf_sent: String,
-    pub transfer: Option<String>,
+    /// The call's transfer to a human (the last one, when there were several), with the
+    /// appliance's own call to the target when the REFER was refused (that leg has no record
+    /// of its own).
+    pub transfer: Option<TransferRecord>,
     pub recording: Option<PathBuf>,
     /// Outbound calls: how dialling ended.
     #[serde(default)]
@@ -142,7 +146,89 @@ pub struct TurnLatency {
 
 impl Record for CallRecord {
     const TREE: TreeName = TreeName::Calls;
-    const SCHEMA: u32 = 1;
+    /// 2: `transfer` is a [`TransferRecord`] (was a sentence), a key press is `"dtmf": "5"`
+    /// (was `"caller": "<key 5>"`), a turn's `action` is one of [`crate::agent::TurnAction`].
+    const SCHEMA: u32 = 2;
+
+    fn upgrade(from_schema: u32, mut raw: serde_json::Value) -> Result<Self, String> {
+        if from_schema != 1 {
+            return Err(format!("no upgrade from schema {from_schema}"));
+        }
+        upgrade_from_schema_1(&mut raw);
+        serde_json::from_value(raw).map_err(|e| format!("upgrading from schema 1: {e}"))
+    }
+}
+
+/// Schema 1 → 2, on the JSON: the transfer sentence becomes a typed record (as far as the
+/// sentence tells), `"caller": "<key 5>"` becomes `"dtmf": "5"`.
+fn upgrade_from_schema_1(raw: &mut serde_json::Value) {
+    use serde_json::Value;
+    let transferred = raw["end_reason"]["kind"] == "transferred";
+    let agent = raw["turns"].as_array().is_some_and(|t| !t.is_empty());
+    if let Some(text) = raw["transfer"].as_str().map(str::to_owned) {
+        let record = transfer_from_sentence(&text, transferred, agent);
+        if let Some(fields) = raw.as_object_mut() {
+            let typed = serde_json::to_value(record).unwrap_or(Value::Null);
+            fields.insert("transfer".to_owned(), typed);
+        }
+    }
+    let turns = raw.get_mut("turns").and_then(Value::as_array_mut);
+    for turn in turns.into_iter().flatten() {
+        let key = turn["caller"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("<key "))
+            .and_then(|c| c.strip_suffix('>'))
+            .filter(|d| d.chars().count() == 1)
+            .map(str::to_owned);
+        if let (Some(digit), Some(fields)) = (key, turn.as_object_mut()) {
+            fields.remove("caller");
+            fields.insert("dtmf".to_owned(), Value::String(digit));
+        }
+    }
+}
+
+/// What a schema 1 sentence ("REFER to X refused (501); bridged to X (call …)") says.
+fn transfer_from_sentence(text: &str, transferred: bool, agent: bool) -> TransferRecord {
+    let target = text
+        .strip_prefix("REFER to ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    let requested_by = if agent {
+        TransferRequester::Agent
+    } else {
+        TransferRequester::Operator
+    };
+    let mut record = TransferRecord::new(target, requested_by);
+    let code_after = |word: &str| {
+        let rest = &text[text.find(word)? + word.len()..];
+        rest.trim_start()
+            .strip_prefix('(')?
+            .get(..3)?
+            .parse::<u16>()
+            .ok()
+    };
+    record.refer_code = code_after("accepted").or_else(|| code_after("refused"));
+    record.notify_code = code_after("transferee reports");
+    record.state = if transferred {
+        TransferState::Transferred
+    } else if text.contains("bridged to") {
+        TransferState::Bridged
+    } else if text.contains("refused") || text.contains("failed") {
+        record.error = Some(text.to_owned());
+        TransferState::Failed
+    } else if record.refer_code.is_some() {
+        TransferState::ReferAccepted
+    } else {
+        TransferState::Referring
+    };
+    if text.contains("bridge") {
+        record.bridge = Some(super::transfer::BridgeRecord {
+            dial_outcome: (record.state == TransferState::Bridged)
+                .then_some(crate::telephony::sip::DialOutcome::Answered),
+            ring_ms: None,
+        });
+    }
+    record
 }
 
 impl CallRecord {
@@ -368,6 +454,16 @@ pub fn write_unsaved_file(state_dir: &Path, records: &[CallRecord]) -> std::io::
     Ok(path)
 }
 
+/// One line of [`UNSAVED_FILE`]: a record as this build writes it, or as the build before the
+/// typed transfer wrote it (schema 1; an upgrade may leave such a file behind).
+fn parse_unsaved_line(line: &str) -> Result<CallRecord, String> {
+    let raw: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    match serde_json::from_value::<CallRecord>(raw.clone()) {
+        Ok(record) => Ok(record),
+        Err(e) => <CallRecord as Record>::upgrade(1, raw).map_err(|_| e.to_string()),
+    }
+}
+
 /// Writes the records a previous run left in [`UNSAVED_FILE`] into the store and removes the
 /// file; returns them (to send upstream). A line that is not a record is logged and skipped; if
 /// the store refuses one, the file stays for the next start.
@@ -388,7 +484,7 @@ pub fn import_unsaved_file(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        match serde_json::from_str::<CallRecord>(line) {
+        match parse_unsaved_line(line) {
             Ok(record) => {
                 save_owing(store, &record, upstream)
                     .map_err(|e| format!("{}: kept for the next start: {e}", path.display()))?;
@@ -445,10 +541,19 @@ mod tests {
         let path = dir.path().join(UNSAVED_FILE);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{not a record\n");
+        // A line an older build left: schema 1, the transfer as a sentence.
+        let mut older = serde_json::to_value(record(3)).unwrap();
+        older["transfer"] = serde_json::json!("REFER to sip:desk@pbx refused (501)");
+        older["end_at_ms"] = serde_json::json!(5);
+        older["end_reason"] = serde_json::json!({"kind": "hangup"});
+        text.push_str(&format!("{older}\n"));
         std::fs::write(&path, text).unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
         let imported = import_unsaved_file(&store, dir.path(), Upstream::LocalOnly).unwrap();
-        assert_eq!(imported, [first.clone(), second.clone()]);
+        assert_eq!(imported.len(), 3, "{imported:?}");
+        assert_eq!(imported[..2], [first.clone(), second.clone()]);
+        let upgraded = imported[2].transfer.as_ref().expect("the sentence, typed");
+        assert_eq!(upgraded.target, "sip:desk@pbx");
         assert_eq!(get(&store, &first.id).unwrap(), Some(first));
         assert_eq!(get(&store, &second.id).unwrap(), Some(second));
         assert!(!path.exists(), "imported, so removed");
@@ -539,6 +644,34 @@ mod tests {
         let live = get(&store, &live.id).unwrap().unwrap();
         assert_eq!(live.end_reason, Some(EndReason::Interrupted));
         assert_eq!(get(&store, "not-a-ulid").unwrap(), None);
+    }
+
+    #[test]
+    fn schema_1_records_are_read_with_a_typed_transfer_and_key_presses() {
+        let mut rec = record(9);
+        rec.end(EndReason::Hangup, Some(Party::Caller));
+        let mut v1 = serde_json::to_value(&rec).unwrap();
+        v1["transfer"] = serde_json::json!(
+            "REFER to sip:desk@pbx refused (501); bridged to sip:desk@pbx (call 01J)"
+        );
+        v1["turns"] = serde_json::json!([
+            {"turn": 1, "caller": "<key 0>", "agent": "One moment.", "intent": "dtmf:0",
+             "action": "transfer", "interrupted": false, "errors": [],
+             "caller_start_ms": null, "caller_end_ms": null,
+             "latency": {"endpoint_ms": null, "asr_final_ms": null, "llm_first_token_ms": null,
+                         "first_tts_audio_ms": null, "first_reply_rtp_ms": null}}
+        ]);
+        let up = CallRecord::upgrade(1, v1).unwrap();
+        let t = up.transfer.unwrap();
+        assert_eq!(t.target, "sip:desk@pbx");
+        assert_eq!(t.refer_code, Some(501));
+        assert_eq!(t.state, TransferState::Bridged);
+        assert_eq!(t.requested_by, TransferRequester::Agent);
+        assert_eq!(
+            up.turns[0].turn.input,
+            crate::agent::conversation::CallerInput::Dtmf('0')
+        );
+        assert_eq!(up.turns[0].turn.action, crate::agent::TurnAction::Transfer);
     }
 
     #[test]

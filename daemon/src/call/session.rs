@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::agent::{AgentRun, Directive};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
+use super::transfer::{ringback_cycle, Transfer, TransferEvent, TransferOutput, TransferRequester};
 use super::CallControl;
 use crate::config::{AfterPrompt, CallHandler, Config};
 use crate::ops::work::WorkGuard;
@@ -20,6 +21,7 @@ use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, T
 use crate::telephony::rtp_ports::{RtpPorts, RtpSockets};
 use crate::telephony::sdp::{self, LocalMedia, SdpError};
 use crate::telephony::sip::{CallCommand, CallSignal, DialOutcome, InboundCall};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 /// One end of a media bridge between two call legs: audio to the other leg, audio from it.
@@ -52,23 +54,34 @@ pub fn bridge_pair() -> (Bridge, Bridge) {
     )
 }
 
-/// A bridge being set up after a refused REFER: the target, the dial outcome to wait for,
-/// our end of the bridge, and the operator waiting for the result.
-type PendingBridge = (
-    String,
-    tokio::sync::oneshot::Receiver<(String, DialOutcome)>,
-    Bridge,
-    Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-);
+/// The appliance's own call to a transfer's target, ringing: how dialling ends, our end of
+/// the bridge, and the guard that cancels the leg when dropped (the caller hung up, the call
+/// ended, the ring time ran out).
+struct BridgeDial {
+    /// None once received.
+    outcome: Option<tokio::sync::oneshot::Receiver<(String, DialOutcome)>>,
+    ours: Bridge,
+    cancel: DropGuard,
+}
 
-/// How long an accepted blind transfer may take to report its outcome before we leave the call.
-const TRANSFER_GRACE: Duration = Duration::from_secs(5);
+/// Where a call's record snapshots go: the store (through the call's [`RecordWriter`]), or
+/// nowhere for a transfer's bridge leg, which lives in the caller's record.
+trait RecordSink: Sync {
+    fn save(&self, rec: &CallRecord);
+}
 
-/// A REFER we sent: its target, and the operator waiting for its answer.
-type PendingTransfer = (
-    String,
-    Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-);
+impl RecordSink for RecordWriter {
+    fn save(&self, rec: &CallRecord) {
+        RecordWriter::save(self, rec);
+    }
+}
+
+/// A transfer's bridge leg keeps no record of its own (the caller's `transfer.bridge` has it).
+struct NoRecord;
+
+impl RecordSink for NoRecord {
+    fn save(&self, _: &CallRecord) {}
+}
 
 /// How an inbound call ended, as the task saw it.
 struct Ending {
@@ -106,7 +119,7 @@ async fn inbound(
     mut signals: mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
     id: ulid::Ulid,
-    records: &RecordWriter,
+    records: &dyn RecordSink,
 ) {
     let config = ctx.config().config;
     let mut rec = CallRecord::new_inbound(
@@ -225,7 +238,7 @@ async fn run_answered(
     (mut signals, commands): (mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
     agent: Option<CallSpeech>,
-    records: &RecordWriter,
+    records: &dyn RecordSink,
 ) {
     // Recordings share the store's disk and its reserve: a call is not recorded (and a
     // recording stops) below it, so audio files never take the room the records need.
@@ -279,6 +292,7 @@ async fn run_answered(
             (&mut rec, records),
         )
         .await;
+    media.end_transfer(ctx, &mut rec);
     ctx.live_calls().remove(&rec.id);
     media.close().await;
     if ending.send_bye {
@@ -298,8 +312,11 @@ async fn run_answered(
 pub struct DialRequest {
     pub to: String,
     pub ring_timeout: Duration,
-    /// Connect the answered call's audio to another leg instead of media test mode.
+    /// Connect the answered call's audio to another leg instead of media test mode. Such a
+    /// leg (a transfer's bridge) keeps no call record of its own.
     pub bridge: Option<Bridge>,
+    /// Cancelled: stop ringing at once (CANCEL) and give up the call.
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Places an outbound call and, when answered, runs it like an inbound one. `outcome`
@@ -315,9 +332,14 @@ pub async fn run_outbound(
     let id = ctx.store().new_id();
     let span = tracing::info_span!("call", id = %id, to = %req.to);
     async {
-        let records = RecordWriter::start(&ctx);
-        outbound(ctx, ports, ua, req, id, outcome, &records).await;
-        records.finish().await;
+        if req.bridge.is_some() {
+            // A transfer's bridge leg: part of the caller's call, and of its record.
+            outbound(ctx, ports, ua, req, id, outcome, &NoRecord).await;
+        } else {
+            let records = RecordWriter::start(&ctx);
+            outbound(ctx, ports, ua, req, id, outcome, &records).await;
+            records.finish().await;
+        }
     }
     .instrument(span)
     .await;
@@ -331,7 +353,7 @@ async fn outbound(
     req: DialRequest,
     id: ulid::Ulid,
     outcome: tokio::sync::oneshot::Sender<(String, DialOutcome)>,
-    records: &RecordWriter,
+    records: &dyn RecordSink,
 ) {
     let config = ctx.config().config;
     let from = format!("sip:{}@{}", config.sip.caller_id, ua.local_addr);
@@ -382,6 +404,7 @@ async fn outbound(
             assert_identity: config.sip.assert_identity,
             offer,
             ring_timeout: req.ring_timeout,
+            cancel: req.cancel.clone(),
         })
         .await;
     tracing::info!(outcome = ?result, "outbound call");
@@ -427,7 +450,7 @@ async fn outbound(
 
 /// Refuses an inbound call before answering, and records why.
 async fn refuse(
-    records: &RecordWriter,
+    records: &dyn RecordSink,
     commands: &mpsc::Sender<CallCommand>,
     rec: &mut CallRecord,
     code: u16,
@@ -629,6 +652,14 @@ struct MediaRun {
     dtmf_queue: std::collections::VecDeque<char>,
     /// When bridged to another leg: audio goes there instead of media test mode.
     bridge: Option<Bridge>,
+    /// The call's transfer to a human, if one was asked for.
+    transfer: Option<Transfer>,
+    /// The operator waiting for the transfer's outcome.
+    transfer_reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    /// The transfer's bridge leg while it rings.
+    bridge_dial: Option<BridgeDial>,
+    /// The caller hears ringback (the bridge rings).
+    ringback: bool,
     /// The voice agent (else media test mode).
     agent: Option<AgentRun>,
     /// What the agent asked for, handled by the call loop.
@@ -705,6 +736,10 @@ impl MediaRun {
             },
             dtmf_queue: std::collections::VecDeque::new(),
             bridge: None,
+            transfer: None,
+            transfer_reply: None,
+            bridge_dial: None,
+            ringback: false,
             agent,
             directive: None,
             frames_since_room_check: 0,
@@ -720,15 +755,9 @@ impl MediaRun {
         commands: &mpsc::Sender<CallCommand>,
         control: &mut mpsc::Receiver<CallControl>,
         // The call's record and where its snapshots go.
-        (rec, records): (&mut CallRecord, &RecordWriter),
+        (rec, records): (&mut CallRecord, &dyn RecordSink),
     ) -> Ending {
         let started = Instant::now();
-        let mut transfer: Option<PendingTransfer> = None;
-        let mut pending_bridge: Option<PendingBridge> = None;
-        // After an accepted blind transfer our leg is done once the transferee says so, hangs
-        // up, or this passes: a transferee that never sends its final NOTIFY (or BYE) must not
-        // leave the call open forever.
-        let mut transfer_deadline: Option<Instant> = None;
         let mut shutdown = ctx.call_shutdown();
         let mut last_saved = (
             rec.dtmf_received.len(),
@@ -737,11 +766,9 @@ impl MediaRun {
         );
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
-        // The agent's own transfer request: its outcome goes back to the conversation.
-        let mut agent_transfer: Option<tokio::sync::oneshot::Receiver<Result<String, String>>> =
-            None;
         loop {
             self.feed_dtmf();
+            self.feed_ringback();
             self.flush_transmits().await;
             if let Some(ending) = self.drain_events(ctx, rec) {
                 return ending;
@@ -762,16 +789,10 @@ impl MediaRun {
                     self.hang_up_at
                         .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
                 }
-                Some(Directive::Transfer(target)) if transfer.is_none() => {
-                    let (otx, orx) = tokio::sync::oneshot::channel();
+                Some(Directive::Transfer(target)) if !self.transferring() => {
                     tracing::info!(%target, "agent transfers the call");
-                    let _ = commands
-                        .send(CallCommand::Transfer {
-                            target: target.clone(),
-                        })
+                    self.start_transfer(config, commands, rec, target, None)
                         .await;
-                    transfer = Some((target, Some(otx)));
-                    agent_transfer = Some(orx);
                 }
                 Some(Directive::Transfer(_)) | None => {}
             }
@@ -798,6 +819,7 @@ impl MediaRun {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let deadline = self.max_duration.map(|d| started + d);
             let agent_wake = self.agent.as_ref().and_then(AgentRun::poll_timeout);
+            let transfer_wake = self.transfer.as_ref().and_then(Transfer::poll_timeout);
             tokio::select! {
                 event = async {
                     match self.agent.as_mut() {
@@ -823,19 +845,38 @@ impl MediaRun {
                         }
                     }
                 }
-                outcome = async {
-                    match agent_transfer.as_mut() {
+                _ = async {
+                    match transfer_wake {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(t) = self.transfer.as_mut() {
+                        t.handle_timeout(Instant::now());
+                    }
+                    if let Some(ending) = self.apply_transfer(ctx, rec) {
+                        return ending;
+                    }
+                }
+                dialled = async {
+                    match self.bridge_dial.as_mut().and_then(|d| d.outcome.as_mut()) {
                         Some(rx) => rx.await.ok(),
                         None => std::future::pending().await,
                     }
                 } => {
-                    agent_transfer = None;
-                    if let Some(Err(error)) = outcome {
-                        if let Some(agent) = self.agent.as_mut() {
-                            if let Some(d) = agent.on_transfer_failed(error, &mut self.session, rec) {
-                                self.directive = Some(d);
-                            }
-                        }
+                    // Received: never poll that receiver again.
+                    if let Some(d) = self.bridge_dial.as_mut() {
+                        d.outcome = None;
+                    }
+                    let outcome = match dialled {
+                        Some((_, outcome)) => outcome,
+                        None => DialOutcome::Failed { code: None, reason: "the bridge leg ended without an outcome".into() },
+                    };
+                    let ending = self.handle_transfer(ctx, rec, TransferEvent::Dialled(outcome));
+                    // Answered: `Connect` took our end of the bridge; else the leg is gone.
+                    self.bridge_dial = None;
+                    if let Some(ending) = ending {
+                        return ending;
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -854,12 +895,10 @@ impl MediaRun {
                 signal = signals.recv() => match signal {
                     Some(CallSignal::Confirmed) => tracing::debug!("ACK received"),
                     Some(CallSignal::RemoteHangup) => {
-                        // A transferee usually leaves as soon as its new call is up, often
-                        // before its final NOTIFY reaches us.
-                        if let Some((target, _)) = transfer.take() {
-                            let note = rec.transfer.take().unwrap_or_default();
-                            rec.transfer = Some(format!("{note}; caller then hung up (transfer presumed complete)"));
-                            return Ending { reason: EndReason::Transferred { target }, by: Some(Party::Caller), send_bye: false };
+                        if self.transferring() {
+                            if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::CallerHungUp) {
+                                return ending;
+                            }
                         }
                         return Ending { reason: EndReason::Hangup, by: Some(Party::Caller), send_bye: false };
                     }
@@ -878,66 +917,13 @@ impl MediaRun {
                         self.reoffer(config, &offer, commands).await;
                     }
                     Some(CallSignal::TransferAnswered { code }) => {
-                        if let Some((target, reply)) = transfer.as_mut() {
-                            let accepted = (200..300).contains(&code);
-                            let outcome = if accepted {
-                                format!("REFER to {target} accepted ({code})")
-                            } else {
-                                format!("REFER to {target} refused ({code})")
-                            };
-                            tracing::info!("{outcome}");
-                            rec.transfer = Some(outcome.clone());
-                            if accepted {
-                                transfer_deadline = Some(Instant::now() + TRANSFER_GRACE);
-                                if let Some(reply) = reply.take() {
-                                    let _ = reply.send(Ok(outcome));
-                                }
-                            } else {
-                                // The far end will not transfer: call the target ourselves and
-                                // relay the audio between the two legs.
-                                let reply = reply.take();
-                                let target = target.clone();
-                                transfer = None;
-                                match ctx.telephony() {
-                                    Some(tel) => {
-                                        let (mine, theirs) = bridge_pair();
-                                        let (otx, orx) = tokio::sync::oneshot::channel();
-                                        let req = DialRequest {
-                                            to: target.clone(),
-                                            ring_timeout: Duration::from_secs(20),
-                                            bridge: Some(theirs),
-                                        };
-                                        match tel.dial(ctx, req, otx) {
-                                            Ok(()) => pending_bridge = Some((target, orx, mine, reply)),
-                                            Err(e) => {
-                                                let note = format!("{outcome}; bridge to {target} not started: {e}");
-                                                rec.transfer = Some(note.clone());
-                                                if let Some(reply) = reply {
-                                                    let _ = reply.send(Err(note));
-                                                }
-                                            }
-                                        }
-                                    }
-                                    None => {
-                                        if let Some(reply) = reply {
-                                            let _ = reply.send(Err(outcome));
-                                        }
-                                    }
-                                }
-                            }
+                        if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::ReferAnswered { code }) {
+                            return ending;
                         }
                     }
                     Some(CallSignal::TransferProgress { code, done }) => {
-                        if let Some((target, _)) = &transfer {
-                            let outcome = format!("REFER to {target}: transferee reports {code}{}", if done { " (final)" } else { "" });
-                            tracing::info!("{outcome}");
-                            rec.transfer = Some(outcome);
-                            if done && (200..300).contains(&code) {
-                                return Ending { reason: EndReason::Transferred { target: target.clone() }, by: Some(Party::Appliance), send_bye: true };
-                            }
-                            if done {
-                                transfer = None;
-                            }
+                        if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::ReferProgress { code, done }) {
+                            return ending;
                         }
                     }
                     None => return Ending { reason: EndReason::Failed { error: "signalling gone".into() }, by: None, send_bye: false },
@@ -955,48 +941,14 @@ impl MediaRun {
                     }
                     None => {
                         tracing::info!("the bridged leg ended");
+                        self.bridge = None;
+                        if self.transferring() {
+                            if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::BridgeEnded) {
+                                return ending;
+                            }
+                        }
                         return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
                     }
-                },
-                dialled = async {
-                    match pending_bridge.as_mut() {
-                        Some((_, rx, _, _)) => rx.await.ok(),
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some((target, _, mine, reply)) = pending_bridge.take() {
-                        let previous = rec.transfer.clone().unwrap_or_default();
-                        let result = match dialled {
-                            Some((leg, DialOutcome::Answered)) => {
-                                self.session.flush_outgoing();
-                                self.bridge = Some(mine);
-                                Ok(format!("{previous}; bridged to {target} (call {leg})"))
-                            }
-                            Some((_, other)) => Err(format!("{previous}; bridge to {target} failed: {other:?}")),
-                            None => Err(format!("{previous}; bridge to {target} failed")),
-                        };
-                        let note = match &result {
-                            Ok(n) | Err(n) => n.clone(),
-                        };
-                        tracing::info!("{note}");
-                        rec.transfer = Some(note);
-                        if let Some(reply) = reply {
-                            let _ = reply.send(result);
-                        }
-                    }
-                },
-                _ = async {
-                    match transfer_deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some((target, _)) = transfer.take() {
-                        let note = rec.transfer.take().unwrap_or_default();
-                        rec.transfer = Some(format!("{note}; no final NOTIFY within {} s, our leg ended", TRANSFER_GRACE.as_secs()));
-                        return Ending { reason: EndReason::Transferred { target }, by: Some(Party::Appliance), send_bye: true };
-                    }
-                    transfer_deadline = None;
                 },
                 msg = control.recv() => match msg {
                     Some(CallControl::Hangup) => {
@@ -1009,11 +961,10 @@ impl MediaRun {
                         rec.dtmf_sent.push_str(&digits);
                     }
                     Some(CallControl::Transfer { target, reply }) => {
-                        if transfer.is_some() {
+                        if self.transferring() {
                             let _ = reply.send(Err("a transfer is already in progress".into()));
                         } else {
-                            let _ = commands.send(CallCommand::Transfer { target: target.clone() }).await;
-                            transfer = Some((target, Some(reply)));
+                            self.start_transfer(config, commands, rec, target, Some(reply)).await;
                         }
                     }
                     None => {}
@@ -1024,6 +975,178 @@ impl MediaRun {
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
                     return Ending { reason: EndReason::MaxDuration, by: Some(Party::Appliance), send_bye: true };
                 }
+            }
+        }
+    }
+
+    /// A transfer is under way (REFER, bridge ringing or bridged).
+    fn transferring(&self) -> bool {
+        self.transfer.as_ref().is_some_and(Transfer::is_active)
+    }
+
+    /// Sends the REFER and starts the transfer's state machine. `reply`: the operator waiting
+    /// for the outcome (none when the agent asked).
+    async fn start_transfer(
+        &mut self,
+        config: &Config,
+        commands: &mpsc::Sender<CallCommand>,
+        rec: &mut CallRecord,
+        target: String,
+        reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    ) {
+        let requested_by = if reply.is_some() {
+            TransferRequester::Operator
+        } else {
+            TransferRequester::Agent
+        };
+        let ring = Duration::from_secs(u64::from(config.call.transfer_ring_secs));
+        let transfer = Transfer::new(&target, requested_by, ring);
+        rec.transfer = Some(transfer.record().clone());
+        self.transfer = Some(transfer);
+        self.transfer_reply = reply;
+        let _ = commands.send(CallCommand::Transfer { target }).await;
+    }
+
+    fn handle_transfer(
+        &mut self,
+        ctx: &Arc<DaemonContext>,
+        rec: &mut CallRecord,
+        event: TransferEvent,
+    ) -> Option<Ending> {
+        self.transfer.as_mut()?.handle_event(Instant::now(), event);
+        self.apply_transfer(ctx, rec)
+    }
+
+    /// Does what the transfer's state machine asks; the call's ending when our leg is done.
+    fn apply_transfer(&mut self, ctx: &Arc<DaemonContext>, rec: &mut CallRecord) -> Option<Ending> {
+        let mut ending = None;
+        while let Some(output) = self.transfer.as_mut().and_then(Transfer::poll_output) {
+            match output {
+                TransferOutput::Dial {
+                    target,
+                    ring_timeout,
+                } => {
+                    if let Err(e) = self.dial_bridge(ctx, &target, ring_timeout) {
+                        tracing::warn!(%target, "bridge not started: {e}");
+                        let failed = DialOutcome::Failed {
+                            code: None,
+                            reason: format!("not started: {e}"),
+                        };
+                        if let Some(t) = self.transfer.as_mut() {
+                            t.handle_event(Instant::now(), TransferEvent::Dialled(failed));
+                        }
+                    }
+                }
+                TransferOutput::StartRingback => {
+                    self.session.flush_outgoing();
+                    self.ringback = true;
+                }
+                TransferOutput::StopRingback => {
+                    self.ringback = false;
+                    self.session.flush_outgoing();
+                }
+                TransferOutput::Connect => {
+                    if let Some(dial) = self.bridge_dial.take() {
+                        let _ = dial.cancel.disarm();
+                        self.bridge = Some(dial.ours);
+                    }
+                }
+                TransferOutput::CancelDial => {
+                    // Dropping the guard cancels the leg's INVITE at once.
+                    if self.bridge_dial.take().is_some() {
+                        tracing::info!("bridge leg cancelled");
+                    }
+                }
+                TransferOutput::Settled(result) => {
+                    let Some(t) = self.transfer.as_ref() else {
+                        continue;
+                    };
+                    let said = t.record().to_string();
+                    tracing::info!("{said}");
+                    match t.requested_by() {
+                        TransferRequester::Operator => {
+                            if let Some(reply) = self.transfer_reply.take() {
+                                let _ = reply.send(match result {
+                                    Ok(()) => Ok(said),
+                                    Err(_) => Err(said),
+                                });
+                            }
+                        }
+                        TransferRequester::Agent => {
+                            if let (Err(error), Some(agent)) = (result, self.agent.as_mut()) {
+                                if let Some(d) =
+                                    agent.on_transfer_failed(error, &mut self.session, rec)
+                                {
+                                    self.directive = Some(d);
+                                }
+                            }
+                        }
+                    }
+                }
+                TransferOutput::Leave {
+                    reason,
+                    by,
+                    send_bye,
+                } => {
+                    ending.get_or_insert(Ending {
+                        reason,
+                        by: Some(by),
+                        send_bye,
+                    });
+                }
+            }
+        }
+        if let Some(t) = &self.transfer {
+            rec.transfer = Some(t.record().clone());
+        }
+        ending
+    }
+
+    /// Calls the transfer's target on a leg of its own, bridged to this call once answered.
+    /// That leg keeps no call record: it is this call's (`transfer.bridge`).
+    fn dial_bridge(
+        &mut self,
+        ctx: &Arc<DaemonContext>,
+        target: &str,
+        ring_timeout: Duration,
+    ) -> Result<(), String> {
+        let tel = ctx.telephony().ok_or("telephony is not running")?;
+        let (ours, theirs) = bridge_pair();
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        let cancel = CancellationToken::new();
+        let req = DialRequest {
+            to: target.to_owned(),
+            ring_timeout,
+            bridge: Some(theirs),
+            cancel: Some(cancel.clone()),
+        };
+        tel.dial(ctx, req, otx)?;
+        self.bridge_dial = Some(BridgeDial {
+            outcome: Some(orx),
+            ours,
+            cancel: cancel.drop_guard(),
+        });
+        Ok(())
+    }
+
+    /// The call is over: a transfer still under way is cancelled (and a ringing bridge leg
+    /// with it), a bridged leg is released, and the record keeps how it ended.
+    fn end_transfer(&mut self, ctx: &Arc<DaemonContext>, rec: &mut CallRecord) {
+        if let Some(t) = self.transfer.as_mut() {
+            t.handle_event(Instant::now(), TransferEvent::CallEnded);
+        }
+        let _ = self.apply_transfer(ctx, rec);
+        self.bridge_dial = None;
+        self.bridge = None;
+    }
+
+    /// While a bridge rings, the caller hears ringback: a cycle is queued whenever the last is
+    /// nearly played.
+    fn feed_ringback(&mut self) {
+        if self.ringback && self.session.queued_ms() < 200 {
+            if let Err(e) = self.session.queue_audio(&ringback_cycle(8000), 8000) {
+                tracing::debug!("ringback not queued: {e}");
+                self.ringback = false;
             }
         }
     }
@@ -1145,7 +1268,12 @@ impl MediaRun {
                         }
                     }
                 }
-                MediaEvent::PlayoutDrained if self.agent.is_some() && self.bridge.is_none() => {
+                // While a transfer is under way (ringback playing) the agent waits.
+                MediaEvent::PlayoutDrained
+                    if self.agent.is_some()
+                        && self.bridge.is_none()
+                        && !self.transfer.as_ref().is_some_and(Transfer::is_active) =>
+                {
                     if let Some(agent) = self.agent.as_mut() {
                         if let Some(d) = agent.on_playout_drained(&mut self.session, rec) {
                             self.directive = Some(d);

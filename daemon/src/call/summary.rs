@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::record::{CallDirection, CallRecord, EndReason, Party};
+use crate::agent::TurnAction;
 use crate::telephony::codec::Codec;
 
 /// How the conversation ended, from the caller's side; `end_reason` says how the line ended.
@@ -15,7 +16,8 @@ use crate::telephony::codec::Codec;
 pub enum Outcome {
     /// Never answered: refused, cancelled, or (outbound) not picked up.
     NotConnected,
-    /// Handed to a human (blind transfer, or the appliance's own bridge).
+    /// Handed to a human: a blind transfer the caller's side completed, or the appliance's
+    /// own call to the human answered and bridged. A refused or failed transfer is not this.
     Transferred,
     /// The caller left a message.
     MessageTaken,
@@ -68,15 +70,17 @@ pub struct CallSummary {
     pub outcome: Outcome,
     /// The caller's first words the agent heard.
     pub reason_for_call: Option<String>,
+    /// Turns in which the caller said something or pressed a key.
     pub caller_turns: u32,
     /// Turns by what the agent did (fact, answer, reply, transfer, …).
-    pub actions: BTreeMap<String, u32>,
+    pub actions: BTreeMap<TurnAction, u32>,
     /// Intents matched, first occurrence order, without "none".
     pub intents: Vec<String>,
     /// Everything the agent collected from the caller (later turns win).
     pub slots: BTreeMap<String, String>,
     /// The message the caller left.
     pub message: Option<String>,
+    /// Whom the caller was handed to; only when the transfer completed.
     pub transferred_to: Option<String>,
     /// Turns the caller spoke over the reply.
     pub interruptions: u32,
@@ -92,16 +96,18 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
     let ended_at_ms = record.end_at_ms?;
     let end_reason = record.end_reason.as_ref()?;
     let turns = &record.turns;
-    let spoken: Vec<_> = turns
+    let given = turns.iter().filter(|t| t.turn.input.is_given()).count();
+    let spoken: Vec<&str> = turns
         .iter()
-        .filter(|t| !t.turn.caller.trim().is_empty())
+        .map(|t| t.turn.input.said().trim())
+        .filter(|said| !said.is_empty())
         .collect();
 
-    let mut actions: BTreeMap<String, u32> = BTreeMap::new();
+    let mut actions: BTreeMap<TurnAction, u32> = BTreeMap::new();
     let mut intents: Vec<String> = Vec::new();
     let mut slots = BTreeMap::new();
     for t in turns {
-        *actions.entry(t.turn.action.clone()).or_default() += 1;
+        *actions.entry(t.turn.action).or_default() += 1;
         let intent = &t.turn.intent;
         if !intent.is_empty() && intent != "none" && !intents.contains(intent) {
             intents.push(intent.clone());
@@ -111,11 +117,17 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
     let message = turns
         .iter()
         .rev()
-        .find(|t| t.turn.action == "message")
-        .map(|t| t.turn.caller.clone());
+        .find(|t| t.turn.action == TurnAction::Message)
+        .map(|t| t.turn.input.said().to_owned());
+    // Only a transfer that completed: the REFER's transferee reached the target, or the
+    // appliance's own call to it was answered and bridged.
     let transferred_to = match end_reason {
         EndReason::Transferred { target } => Some(target.clone()),
-        _ => record.transfer.clone(),
+        _ => record
+            .transfer
+            .as_ref()
+            .filter(|t| t.state.completed())
+            .map(|t| t.target.clone()),
     };
 
     let outcome = if record.answer_at_ms.is_none() {
@@ -124,7 +136,7 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
         Outcome::Transferred
     } else if message.is_some() {
         Outcome::MessageTaken
-    } else if actions.contains_key("escalate") {
+    } else if actions.contains_key(&TurnAction::Escalate) {
         Outcome::Escalated
     } else if spoken.is_empty() {
         Outcome::NoConversation
@@ -148,8 +160,8 @@ pub fn summarize(record: &CallRecord) -> Option<CallSummary> {
         end_reason: end_reason.kind().to_owned(),
         hung_up_by: record.hung_up_by,
         outcome,
-        reason_for_call: spoken.first().map(|t| t.turn.caller.trim().to_owned()),
-        caller_turns: count(spoken.len()),
+        reason_for_call: spoken.first().copied().map(str::to_owned),
+        caller_turns: count(given),
         actions,
         intents,
         slots,
@@ -217,7 +229,7 @@ fn loss_percent(received: u64, lost: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::TurnRecord;
+    use crate::agent::{CallerInput, TurnRecord};
     use crate::call::record::{AgentTurn, RtpSummary, TurnLatency};
 
     fn answered_call() -> CallRecord {
@@ -233,12 +245,12 @@ mod tests {
         r
     }
 
-    fn turn(caller: &str, intent: &str, action: &str, reply_ms: Option<u64>) -> AgentTurn {
+    fn turn(caller: &str, intent: &str, action: TurnAction, reply_ms: Option<u64>) -> AgentTurn {
         AgentTurn {
             turn: TurnRecord {
-                caller: caller.into(),
+                input: CallerInput::Speech(caller.into()),
                 intent: intent.into(),
-                action: action.into(),
+                action,
                 ..TurnRecord::default()
             },
             latency: TurnLatency {
@@ -281,10 +293,20 @@ mod tests {
     fn an_answered_conversation_is_handled_with_its_reason_intents_and_latency() {
         let mut r = answered_call();
         r.turns = vec![
-            turn("", "none", "repeat", None),
-            turn(" What are your opening hours? ", "hours", "fact", Some(640)),
-            turn("And at weekends?", "hours", "answer", Some(1_100)),
-            turn("Do you have parking?", "parking", "fact", Some(650)),
+            turn("", "none", TurnAction::Repeat, None),
+            turn(
+                " What are your opening hours? ",
+                "hours",
+                TurnAction::Fact,
+                Some(640),
+            ),
+            turn("And at weekends?", "hours", TurnAction::Answer, Some(1_100)),
+            turn(
+                "Do you have parking?",
+                "parking",
+                TurnAction::Fact,
+                Some(650),
+            ),
         ];
         r.turns[2].turn.interrupted = true;
         r.turns[3].turn.errors = vec!["synthesis: timed out".into()];
@@ -305,8 +327,8 @@ mod tests {
         );
         assert_eq!(s.caller_turns, 3, "the empty turn is not a caller turn");
         assert_eq!(s.intents, ["hours", "parking"]);
-        assert_eq!(s.actions.get("fact"), Some(&2));
-        assert_eq!(s.actions.get("repeat"), Some(&1));
+        assert_eq!(s.actions.get(&TurnAction::Fact), Some(&2));
+        assert_eq!(s.actions.get(&TurnAction::Repeat), Some(&1));
         assert_eq!(
             s.reply_latency,
             Some(ReplyLatency {
@@ -355,22 +377,32 @@ mod tests {
             turn(
                 "I'd like to leave a message",
                 "message",
-                "take_message",
+                TurnAction::TakeMessage,
                 Some(700),
             ),
-            turn("Call me back about the invoice", "", "message", None),
+            turn(
+                "Call me back about the invoice",
+                "",
+                TurnAction::Message,
+                None,
+            ),
         ];
         let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Appliance))).unwrap();
         assert_eq!(s.outcome, Outcome::MessageTaken);
         assert_eq!(s.message.as_deref(), Some("Call me back about the invoice"));
 
         let mut r = answered_call();
-        r.turns = vec![turn("mumble", "none", "escalate", Some(900))];
+        r.turns = vec![turn("mumble", "none", TurnAction::Escalate, Some(900))];
         let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Appliance))).unwrap();
         assert_eq!(s.outcome, Outcome::Escalated);
 
         let mut r = answered_call();
-        r.turns = vec![turn("A human please", "human", "transfer", Some(600))];
+        r.turns = vec![turn(
+            "A human please",
+            "human",
+            TurnAction::Transfer,
+            Some(600),
+        )];
         let target = "sip:desk@pbx".to_owned();
         let s = summarize(&ended(
             r,
@@ -384,12 +416,73 @@ mod tests {
         assert_eq!(s.transferred_to, Some(target));
     }
 
+    /// A refused REFER whose bridge failed (or was cancelled) is no transfer; one whose bridge
+    /// was answered is. (Schema 1 kept a sentence in `transfer`, and any sentence made the
+    /// call `transferred`, with the sentence as the target.)
+    #[test]
+    fn a_refused_refer_whose_bridge_failed_is_not_summarised_as_transferred() {
+        use crate::call::transfer::{
+            BridgeRecord, TransferRecord, TransferRequester, TransferState,
+        };
+        use crate::telephony::sip::DialOutcome;
+        let with_transfer = |state: TransferState, dialled: Option<DialOutcome>| {
+            let mut r = answered_call();
+            r.turns = vec![turn(
+                "A human please",
+                "human",
+                TurnAction::Transfer,
+                Some(600),
+            )];
+            let mut t = TransferRecord::new("sip:desk@pbx", TransferRequester::Agent);
+            t.refer_code = Some(501);
+            t.state = state;
+            t.bridge = Some(BridgeRecord {
+                dial_outcome: dialled,
+                ring_ms: Some(20_000),
+            });
+            r.transfer = Some(t);
+            summarize(&ended(r, EndReason::Hangup, Some(Party::Appliance))).unwrap()
+        };
+        let failed = with_transfer(
+            TransferState::Failed,
+            Some(DialOutcome::NoAnswer { code: 487 }),
+        );
+        assert_eq!(failed.outcome, Outcome::Handled, "{failed:?}");
+        assert_eq!(failed.transferred_to, None);
+        let cancelled = with_transfer(TransferState::Cancelled, None);
+        assert_eq!(cancelled.outcome, Outcome::Handled, "{cancelled:?}");
+        assert_eq!(cancelled.transferred_to, None);
+        let bridged = with_transfer(TransferState::Bridged, Some(DialOutcome::Answered));
+        assert_eq!(bridged.outcome, Outcome::Transferred);
+        assert_eq!(bridged.transferred_to.as_deref(), Some("sip:desk@pbx"));
+    }
+
+    #[test]
+    fn key_presses_are_caller_turns_but_not_the_reason_for_the_call() {
+        let mut r = answered_call();
+        let mut key = turn("", "dtmf:0", TurnAction::Transfer, None);
+        key.turn.input = CallerInput::Dtmf('0');
+        r.turns = vec![
+            key,
+            turn("Leave a message", "message", TurnAction::TakeMessage, None),
+        ];
+        let s = summarize(&ended(r, EndReason::Hangup, Some(Party::Caller))).unwrap();
+        assert_eq!(s.caller_turns, 2);
+        assert_eq!(s.reason_for_call.as_deref(), Some("Leave a message"));
+        assert_eq!(s.actions.get(&TurnAction::Transfer), Some(&1));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["actions"],
+            serde_json::json!({"transfer": 1, "take_message": 1})
+        );
+    }
+
     #[test]
     fn slots_from_every_turn_are_kept_later_values_winning() {
         let mut r = answered_call();
-        let mut first = turn("my name is Ann", "booking", "reply", None);
+        let mut first = turn("my name is Ann", "booking", TurnAction::Reply, None);
         first.turn.slots = [("name".to_owned(), "Ann".to_owned())].into();
-        let mut second = turn("Anne, and Tuesday", "booking", "reply", None);
+        let mut second = turn("Anne, and Tuesday", "booking", TurnAction::Reply, None);
         second.turn.slots = [
             ("name".to_owned(), "Anne".to_owned()),
             ("day".to_owned(), "Tuesday".to_owned()),

@@ -83,6 +83,17 @@ pub enum BargeIn {
     Dtmf,
 }
 
+/// What the agent does when a transfer to `human_target` fails (the REFER refused and the
+/// appliance's own call not answered in `call.transfer_ring_secs`, busy or failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenTransferFails {
+    /// Play `take_message` and take the caller's message.
+    TakeMessage,
+    /// Say `goodbye` and hang up.
+    Goodbye,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntentConfig {
@@ -151,6 +162,8 @@ pub struct AgentConfig {
     pub message_taken: String,
     /// SIP URI calls are handed to for a human (REFER, or a bridge when REFER is refused).
     pub human_target: String,
+    /// When the transfer to `human_target` fails: take a message, or say goodbye.
+    pub when_transfer_fails: WhenTransferFails,
     pub barge_in: BargeIn,
     pub barge_in_min_speech_ms: u32,
     /// Silence after speech that ends the caller's turn.
@@ -199,6 +212,7 @@ impl Default for AgentConfig {
                 .to_owned(),
             message_taken: "Thank you, I have taken your message. Goodbye.".to_owned(),
             human_target: String::new(),
+            when_transfer_fails: WhenTransferFails::TakeMessage,
             barge_in: BargeIn::Speech,
             barge_in_min_speech_ms: 300,
             endpoint_silence_ms: 600,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{
     valid_slot_name, AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SlotConfig,
-    SlotKind, SpeechConfig,
+    SlotKind, SpeechConfig, WhenTransferFails,
 };
 pub use validate::ConfigIssue;
 
@@ -358,6 +358,9 @@ pub struct CallConfig {
     pub max_duration_secs: u32,
     /// Ring (180) this long before answering; 0 answers at once.
     pub answer_after_ms: u32,
+    /// A transfer's bridge (the appliance calling the target itself after a refused REFER)
+    /// rings this long at most; then the caller goes back to the agent.
+    pub transfer_ring_secs: u32,
 }
 
 impl Default for CallConfig {
@@ -367,6 +370,7 @@ impl Default for CallConfig {
             record: false,
             max_duration_secs: 3600,
             answer_after_ms: 0,
+            transfer_ring_secs: 20,
         }
     }
 }

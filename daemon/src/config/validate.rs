@@ -391,6 +391,15 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if !(5..=120).contains(&config.call.transfer_ring_secs) {
+        problem(
+            "call.transfer_ring_secs",
+            format!(
+                "{} is out of range; use 5 to 120 seconds",
+                config.call.transfer_ring_secs
+            ),
+        );
+    }
     if config.call.max_duration_secs > 86_400 {
         problem(
             "call.max_duration_secs",

@@ -490,6 +490,7 @@ impl Dispatcher {
                     to: to.clone(),
                     ring_timeout: std::time::Duration::from_secs(*ring_timeout_secs),
                     bridge: None,
+                    cancel: None,
                 };
                 telephony.dial(&self.ctx, req, tx)?;
                 match rx.blocking_recv() {

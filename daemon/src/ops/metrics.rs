@@ -124,7 +124,10 @@ impl Counters {
             *self.calls_rejected.entry(*code).or_default() += 1;
         }
         for turn in &record.turns {
-            *self.turns.entry(turn.turn.action.clone()).or_default() += 1;
+            *self
+                .turns
+                .entry(turn.turn.action.as_str().to_owned())
+                .or_default() += 1;
             self.turns_with_errors += u64::from(!turn.turn.errors.is_empty());
             self.turns_interrupted += u64::from(turn.turn.interrupted);
             for (stage, value) in STAGES.iter().zip(stage_values(&turn.latency)) {
@@ -681,17 +684,22 @@ pub async fn publish_telemetry(ctx: std::sync::Weak<super::DaemonContext>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::TurnRecord;
+    use crate::agent::{CallerInput, TurnAction, TurnRecord};
     use crate::call::record::AgentTurn;
 
-    fn turn(action: &str, latency: TurnLatency, errors: usize, interrupted: bool) -> AgentTurn {
+    fn turn(
+        action: TurnAction,
+        latency: TurnLatency,
+        errors: usize,
+        interrupted: bool,
+    ) -> AgentTurn {
         AgentTurn {
             turn: TurnRecord {
                 turn: 1,
-                caller: "when are you open".into(),
+                input: CallerInput::Speech("when are you open".into()),
                 agent: "nine to five".into(),
                 intent: "none".into(),
-                action: action.into(),
+                action,
                 interrupted,
                 errors: vec!["x".into(); errors],
                 ..TurnRecord::default()
@@ -747,8 +755,8 @@ mod tests {
         c.observe_call(&ended(
             EndReason::Hangup,
             vec![
-                turn("fact", full(640), 0, false),
-                turn("answer", full(700), 1, true),
+                turn(TurnAction::Fact, full(640), 0, false),
+                turn(TurnAction::Answer, full(700), 1, true),
             ],
         ));
         c.observe_call(&ended(
@@ -765,7 +773,7 @@ mod tests {
             "b",
             "x",
         );
-        live.turns = vec![turn("fact", full(1), 0, false)];
+        live.turns = vec![turn(TurnAction::Fact, full(1), 0, false)];
         c.observe_call(&live);
 
         assert_eq!(c.calls_ended["hangup"], 1);
@@ -810,8 +818,8 @@ mod tests {
         c.observe_call(&ended(
             EndReason::Hangup,
             vec![
-                turn("fact", full(640), 0, false),
-                turn("fact", full(1300), 0, false),
+                turn(TurnAction::Fact, full(640), 0, false),
+                turn(TurnAction::Fact, full(1300), 0, false),
             ],
         ));
         let text = render_prometheus(
@@ -893,7 +901,7 @@ mod tests {
     #[test]
     fn telemetry_summarises_stages_with_p50_and_p95() {
         let mut c = Counters::default();
-        let turns = (0..20).map(|i| turn("fact", full(600 + i * 10), 0, false));
+        let turns = (0..20).map(|i| turn(TurnAction::Fact, full(600 + i * 10), 0, false));
         c.observe_call(&ended(EndReason::Hangup, turns.collect()));
         let t = telemetry(&c, &status(), &ProcessStats::default(), 7);
         let endpoint = &t.turn_latency["endpoint"];

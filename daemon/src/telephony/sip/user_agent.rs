@@ -82,6 +82,8 @@ pub struct OutboundRequest {
     pub offer: String,
     /// CANCEL when nobody answers within this.
     pub ring_timeout: Duration,
+    /// CANCEL at once when this is cancelled (the call this one was for has gone).
+    pub cancel: Option<CancellationToken>,
 }
 
 /// An answered outbound call: the peer's SDP answer and the same channels an inbound call has.
@@ -163,10 +165,21 @@ impl UserAgent {
             (state_rx, seen)
         });
         let mut handle = handle;
-        let result = match tokio::time::timeout(req.ring_timeout, &mut handle).await {
-            Ok(r) => r,
-            Err(_) => {
+        let cancelled = async {
+            match &req.cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = &mut handle => r,
+            _ = tokio::time::sleep(req.ring_timeout) => {
                 tracing::info!(to = %req.to, "no answer within {:?}: CANCEL", req.ring_timeout);
+                let _ = dialog.cancel().await;
+                handle.await
+            }
+            _ = cancelled => {
+                tracing::info!(to = %req.to, "call no longer wanted: CANCEL");
                 let _ = dialog.cancel().await;
                 handle.await
             }
