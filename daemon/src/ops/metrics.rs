@@ -109,6 +109,13 @@ pub struct Counters {
     pub turns_interrupted: u64,
     /// Turn latency per stage, from the end of the caller's speech.
     pub turn_latency: BTreeMap<String, Histogram>,
+    /// SIP requests answered with an error before any transaction (malformed, unknown method,
+    /// unsupported extension...), by status.
+    #[serde(default)]
+    pub sip_refused: BTreeMap<u16, u64>,
+    /// SIP messages dropped without an answer, by reason.
+    #[serde(default)]
+    pub sip_dropped: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -161,6 +168,28 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .calls_rejected
             .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A SIP request answered with an error by the screen, before any transaction.
+    pub fn observe_sip_refused(&self, code: u16) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sip_refused
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A SIP message dropped without an answer.
+    pub fn observe_sip_dropped(&self, reason: &str) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sip_dropped
+            .entry(reason.to_owned())
             .or_default() += 1;
     }
 
@@ -317,6 +346,24 @@ pub fn render_prometheus(
                 .iter()
                 .map(|(code, v)| (code.to_string(), v)),
         ),
+    );
+    e.family(
+        "edgevoice_sip_refused_total",
+        "counter",
+        "SIP requests answered with an error before any transaction (malformed, unknown method, unsupported extension), by SIP status.",
+        labelled(
+            "status",
+            counters
+                .sip_refused
+                .iter()
+                .map(|(code, v)| (code.to_string(), v)),
+        ),
+    );
+    e.family(
+        "edgevoice_sip_dropped_total",
+        "counter",
+        "SIP messages dropped without an answer (broken responses, unreadable ACKs, requests without a Via), by reason.",
+        labelled("reason", &counters.sip_dropped),
     );
     e.family(
         "edgevoice_agent_turns_total",

@@ -15,6 +15,9 @@ use std::net::SocketAddr;
 pub enum CallSignal {
     /// The caller's ACK arrived: media may flow both ways.
     Confirmed,
+    /// The caller's ACK to a 200 that carried our offer, the INVITE having none (delayed
+    /// offer): its SDP answer, empty when the ACK had none. Sent just before `Confirmed`.
+    AckAnswer { sdp: String },
     /// The caller cancelled before we answered.
     Cancelled,
     /// The caller hung up (BYE).
@@ -56,6 +59,8 @@ pub struct InboundCall {
     pub to: String,
     pub source: SocketAddr,
     pub trunk: String,
+    /// The INVITE's SDP offer; empty for a delayed offer (we offer in the 200, the caller
+    /// answers in the ACK: [`CallSignal::AckAnswer`]).
     pub offer: String,
 }
 
@@ -172,3 +177,4 @@ mod tests {
     }
 }
 pub mod screen;
+pub mod wire;
