@@ -433,6 +433,74 @@ pub fn screen(raw: &[u8]) -> Screened {
     }
 }
 
+/// A header value with its LWS tidied the way stricter parsers read it: runs of whitespace
+/// made one space, and none around `;`, `=`, `/` and `,` (outside quoted strings and `<>`).
+fn tidy_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    let (mut space, mut after_separator) = (false, false);
+    for c in v.trim().chars() {
+        if quoted {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        let separator = !angle && matches!(c, ';' | '=' | '/' | ',');
+        if space && !separator && !after_separator && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+        after_separator = separator;
+        match c {
+            '"' => quoted = true,
+            '<' => angle = true,
+            '>' => angle = false,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The message with its headers written plainly: continuation lines folded in, no space
+/// before the colon, and the LWS in Via, From, To, Contact and CSeq tidied (RFC 3261 allows
+/// it all; some parsers, rsipstack's among them, trip over it). The start line and the body
+/// are left byte for byte. `None` without a blank line after the headers.
+pub fn with_plain_headers(raw: &[u8]) -> Option<Vec<u8>> {
+    let (head, body) = split_message(raw)?;
+    let head = std::str::from_utf8(head).ok()?;
+    let lines = header_lines(head);
+    let (start, headers) = lines.split_first()?;
+    let mut out = String::with_capacity(raw.len());
+    out.push_str(start);
+    out.push_str("\r\n");
+    for line in headers {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim_end();
+        let value = match canonical_name(name).as_str() {
+            "via" | "from" | "to" | "contact" | "cseq" => tidy_value(value),
+            _ => value.trim().to_owned(),
+        };
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(&value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Some(bytes)
+}
+
 /// The standard reason phrase of the codes the screen and the wire gate answer with.
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {

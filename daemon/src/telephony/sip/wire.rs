@@ -47,6 +47,9 @@ impl DropReason {
 pub enum Gate {
     /// rsipstack parses and handles it.
     Pass,
+    /// rsipstack handles it with its headers written plainly: what it could not parse as
+    /// sent (LWS around `=` in a tag, folded lines...) but RFC 3261 allows.
+    PassRewritten(Vec<u8>),
     /// Answered here with `response`, sent to where the request came from; not handed on.
     Answer {
         code: u16,
@@ -75,6 +78,14 @@ fn rsipstack_takes(raw: &[u8], source: SocketAddr) -> Result<(), String> {
         }
         m => format!("no transaction can be made of it: {m}"),
     })
+}
+
+/// `raw` with plain headers, when rsipstack takes that.
+fn rewritten_for_rsipstack(raw: &[u8], source: SocketAddr) -> Option<Gate> {
+    let plain = screen::with_plain_headers(raw)?;
+    rsipstack_takes(&plain, source)
+        .is_ok()
+        .then_some(Gate::PassRewritten(plain))
 }
 
 /// Decides what happens to one datagram from `source`.
@@ -126,36 +137,46 @@ pub fn gate(raw: &[u8], source: SocketAddr) -> Gate {
         },
         Screened::Response { .. } => match rsipstack_takes(raw, source) {
             Ok(()) => Gate::Pass,
-            Err(e) => Gate::Drop {
+            Err(e) => rewritten_for_rsipstack(raw, source).unwrap_or(Gate::Drop {
                 reason: DropReason::MalformedResponse,
                 detail: e,
-            },
+            }),
         },
         Screened::Request { .. } => match rsipstack_takes(raw, source) {
             Ok(()) => Gate::Pass,
-            Err(e) if is_ack => Gate::Drop {
-                reason: DropReason::MalformedAck,
-                detail: e,
+            Err(e) => match rewritten_for_rsipstack(raw, source) {
+                Some(gate) => gate,
+                None if is_ack => Gate::Drop {
+                    reason: DropReason::MalformedAck,
+                    detail: e,
+                },
+                None => answer(400, e, &[]),
             },
-            Err(e) => answer(400, e, &[]),
         },
     }
 }
 
-/// At most one log line per source a minute; counts what it held back.
+/// At most one log line per source and kind (refused, dropped) a minute; counts what it held
+/// back.
 #[derive(Default)]
 struct LogLimiter {
-    last: HashMap<IpAddr, (Instant, u64)>,
+    last: HashMap<(IpAddr, Kind), (Instant, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Refused,
+    Dropped,
 }
 
 impl LogLimiter {
     /// `Some(n)` when a line may be written now, `n` being the lines held back since the last.
-    fn admit(&mut self, source: IpAddr, now: Instant) -> Option<u64> {
+    fn admit(&mut self, source: IpAddr, kind: Kind, now: Instant) -> Option<u64> {
         const EVERY: Duration = Duration::from_secs(60);
         if self.last.len() > 10_000 {
             self.last.retain(|_, (t, _)| now.duration_since(*t) < EVERY);
         }
-        match self.last.get_mut(&source) {
+        match self.last.get_mut(&(source, kind)) {
             Some((t, held)) if now.duration_since(*t) < EVERY => {
                 *held += 1;
                 None
@@ -167,7 +188,7 @@ impl LogLimiter {
                 Some(n)
             }
             None => {
-                self.last.insert(source, (now, 0));
+                self.last.insert((source, kind), (now, 0));
                 Some(0)
             }
         }
@@ -190,16 +211,21 @@ impl ScreenedUdp {
         }
     }
 
-    fn may_log(&self, source: IpAddr) -> Option<u64> {
+    fn may_log(&self, source: IpAddr, kind: Kind) -> Option<u64> {
         self.limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(source, Instant::now())
+            .admit(source, kind, Instant::now())
     }
 
-    async fn handle(&self, raw: &[u8], source: SocketAddr) -> bool {
+    /// `Some(bytes)` to hand to rsipstack (`None` inside: the datagram as received).
+    async fn handle(&self, raw: &[u8], source: SocketAddr) -> Option<Option<Vec<u8>>> {
         match gate(raw, source) {
-            Gate::Pass => return true,
+            Gate::Pass => return Some(None),
+            Gate::PassRewritten(plain) => {
+                tracing::debug!(%source, "SIP message handed on with its headers written plainly: {}", first_line(raw));
+                return Some(Some(plain));
+            }
             Gate::Answer {
                 code,
                 detail,
@@ -210,7 +236,7 @@ impl ScreenedUdp {
                 }
                 let start = first_line(raw);
                 tracing::debug!(%source, code, "SIP request refused: {detail}: {start}");
-                if let Some(held) = self.may_log(source.ip()) {
+                if let Some(held) = self.may_log(source.ip(), Kind::Refused) {
                     tracing::info!(%source, code, "SIP request refused before any transaction: {detail} ({start}){}", held_note(held));
                 }
                 if let Err(e) = self.socket.send_to(&response, source).await {
@@ -223,12 +249,12 @@ impl ScreenedUdp {
                 }
                 let start = first_line(raw);
                 tracing::debug!(%source, reason = reason.label(), "SIP message dropped: {detail}: {start}");
-                if let Some(held) = self.may_log(source.ip()) {
+                if let Some(held) = self.may_log(source.ip(), Kind::Dropped) {
                     tracing::info!(%source, reason = reason.label(), "SIP message dropped without an answer: {detail} ({start}){}", held_note(held));
                 }
             }
         }
-        false
+        None
     }
 }
 
@@ -245,7 +271,7 @@ fn held_note(held: u64) -> String {
     if held == 0 {
         String::new()
     } else {
-        format!("; {held} more from this source in the last minute not logged")
+        format!("; {held} more of these from this source in the last minute not logged")
     }
 }
 
@@ -254,8 +280,13 @@ impl rsipstack::platform::net::UdpSocket for ScreenedUdp {
     async fn recv_from(&self, buf: &mut [u8]) -> rsipstack::Result<(usize, SocketAddr)> {
         loop {
             let (len, source) = self.socket.recv_from(buf).await?;
-            if self.handle(&buf[..len], source).await {
-                return Ok((len, source));
+            match self.handle(&buf[..len], source).await {
+                Some(None) => return Ok((len, source)),
+                Some(Some(plain)) if plain.len() <= buf.len() => {
+                    buf[..plain.len()].copy_from_slice(&plain);
+                    return Ok((plain.len(), source));
+                }
+                Some(Some(_)) | None => {}
             }
         }
     }
@@ -334,6 +365,28 @@ mod tests {
     }
 
     #[test]
+    fn lws_rsipstack_trips_over_is_written_plainly_before_it_sees_it() {
+        let tortuous = request("OPTIONS", "OPTIONS")
+            .replace(
+                "From: <sip:alice@192.0.2.7>;tag=a1",
+                "from   : \"A \\\"x\\\"\"   <sip:alice@192.0.2.7>\r\n  ;\r\n  tag = a1",
+            )
+            .replace("CSeq: 7 OPTIONS", "cseq: 0007\r\n  OPTIONS");
+        assert!(rsipstack_takes(tortuous.as_bytes(), from()).is_err());
+        let Gate::PassRewritten(plain) = gate(tortuous.as_bytes(), from()) else {
+            panic!("not rewritten: {:?}", gate(tortuous.as_bytes(), from()));
+        };
+        let plain = String::from_utf8(plain).unwrap();
+        assert!(
+            plain.contains("\r\nfrom: \"A \\\"x\\\"\" <sip:alice@192.0.2.7>;tag=a1\r\n"),
+            "{plain}"
+        );
+        assert!(plain.contains("\r\ncseq: 0007 OPTIONS\r\n"), "{plain}");
+        assert!(plain.starts_with("OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n"));
+        assert!(plain.ends_with("Content-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
     fn requests_rsipstack_reads_are_handed_on() {
         assert_eq!(
             gate(request("OPTIONS", "OPTIONS").as_bytes(), from()),
@@ -404,16 +457,19 @@ mod tests {
     }
 
     #[test]
-    fn the_log_limiter_lets_one_line_a_minute_per_source_through() {
+    fn the_log_limiter_lets_one_line_a_minute_per_source_and_kind_through() {
         let mut l = LogLimiter::default();
         let t0 = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!(l.admit(a, t0), Some(0));
-        assert_eq!(l.admit(a, t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.admit(a, t0 + Duration::from_secs(2)), None);
-        assert_eq!(l.admit(b, t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(l.admit(a, t0 + Duration::from_secs(61)), Some(2));
+        let s = Duration::from_secs;
+        assert_eq!(l.admit(a, Kind::Refused, t0), Some(0));
+        assert_eq!(l.admit(a, Kind::Refused, t0 + s(1)), None);
+        assert_eq!(l.admit(a, Kind::Refused, t0 + s(2)), None);
+        // A drop is not hidden behind a refusal, nor one source behind another.
+        assert_eq!(l.admit(a, Kind::Dropped, t0 + s(2)), Some(0));
+        assert_eq!(l.admit(b, Kind::Refused, t0 + s(2)), Some(0));
+        assert_eq!(l.admit(a, Kind::Refused, t0 + s(61)), Some(2));
     }
 
     /// Every RFC 4475 message gets a decision without a panic, and the ones rsipstack cannot
@@ -429,14 +485,17 @@ mod tests {
                 continue;
             }
             let raw = std::fs::read(&path).unwrap();
-            if gate(&raw, from()) == Gate::Pass {
-                assert!(
-                    rsipstack_takes(&raw, from()).is_ok(),
-                    "{} handed to rsipstack, which cannot read it",
-                    path.display()
-                );
-            }
             n += 1;
+            let handed = match gate(&raw, from()) {
+                Gate::Pass => raw,
+                Gate::PassRewritten(plain) => plain,
+                _ => continue,
+            };
+            assert!(
+                rsipstack_takes(&handed, from()).is_ok(),
+                "{} handed to rsipstack, which cannot read it",
+                path.display()
+            );
         }
         assert_eq!(n, 49);
     }
