@@ -1,12 +1,16 @@
 //! SIP signalling. `admission` decides what happens to a new INVITE (pure, testable);
-//! `user_agent` is the async shell on rsipstack that owns transports, transactions and dialogs
-//! and turns them into [`CallSignal`]s for the call task, so nothing outside this module sees
-//! rsipstack's types.
+//! `screen` judges a raw message by RFC 3261/4475 and `wire` applies it to every UDP datagram
+//! before rsipstack's parser sees it (answering, or dropping with a count and a log line, what
+//! rsipstack would lose silently); `user_agent` is the async shell on rsipstack that owns
+//! transports, transactions and dialogs and turns them into [`CallSignal`]s for the call task,
+//! so nothing outside this module sees rsipstack's types.
 
 pub mod admission;
 pub mod keepalive;
 pub mod registration;
+pub mod screen;
 pub mod user_agent;
+pub mod wire;
 
 use std::net::SocketAddr;
 
@@ -176,5 +180,3 @@ mod tests {
         assert_eq!(parse_info_dtmf("text/plain", "5"), None);
     }
 }
-pub mod screen;
-pub mod wire;
