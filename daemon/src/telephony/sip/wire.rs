@@ -2,13 +2,16 @@
 //! line, every datagram its parser refuses: a request with a method it has no name for, a
 //! header it cannot type. A peer then gets no answer at all and retransmits into silence.
 //!
-//! [`gate`] decides for each datagram, before rsipstack sees it (pure, unit-tested): hand it on,
-//! answer it here with a stateless error built from the raw text (the [`screen`] verdict, or
-//! 400 when rsipstack cannot parse what the screen let through), or drop it (a broken
-//! response, an ACK, or a request without a Via to answer along). [`ScreenedUdp`] is the
-//! socket rsipstack reads through: it sends those answers, and every refusal and drop is
-//! counted (`edgevoice_sip_refused_total`, `edgevoice_sip_dropped_total`) and logged, at most
-//! one line per source a minute.
+//! [`gate`] decides for each datagram, before rsipstack sees it (pure, unit-tested): hand it on
+//! (with its headers written plainly when only their LWS trips rsipstack), answer it here with
+//! a stateless error built from the raw text (the [`screen`] verdict, or 400 when rsipstack
+//! cannot parse what the screen let through), or drop it (a broken response, an unreadable
+//! ACK, a request without a Via to answer along). [`ScreenedUdp`] is the socket rsipstack
+//! reads through: it sends those answers to the address the datagram came from (symmetric
+//! response routing, RFC 3581; rsipstack's own answers go there too whenever the top Via
+//! names another host), and counts every refusal and drop (`edgevoice_sip_refused_total`,
+//! `edgevoice_sip_dropped_total`) and logs it, at most one line per source and kind a minute
+//! (each one at debug).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
