@@ -356,7 +356,7 @@ fn an_invite_without_sdp_gets_our_offer_in_the_200_and_media_flows_with_the_ack_
     let media_port = sipp_port + 2;
     let mut capture = Capture::start_udp_ports(&[media_port]);
     let mut uac = SippUac::new(&app.addr())
-        .scenario(&scn)
+        .scenario(scn)
         .call_duration(Duration::from_secs(3));
     uac.local_port = Some(sipp_port);
     let r = Sipp::run_uac(&uac);
@@ -413,7 +413,7 @@ fn an_ack_without_a_usable_answer_to_our_offer_ends_the_call_with_bye() {
             "uac_delayed_offer_bad_ack.xml.tmpl",
             &[("@@ACK_BODY@@", body)],
         );
-        let r = Sipp::run_uac(&SippUac::new(&app.addr()).scenario(&scn));
+        let r = Sipp::run_uac(&SippUac::new(&app.addr()).scenario(scn));
         assert_eq!(
             (r.successful, r.failed),
             (1, 0),
@@ -447,7 +447,7 @@ fn an_offer_with_an_unreadable_codec_line_beside_pcmu_is_answered() {
     assert_ne!(odd, short);
     let scn = dir.path().join("uac_odd_codec_line.xml");
     std::fs::write(&scn, odd).unwrap();
-    let r = Sipp::run_uac(&SippUac::new(&app.addr()).scenario(&scn));
+    let r = Sipp::run_uac(&SippUac::new(&app.addr()).scenario(scn));
     assert_eq!(
         (r.successful, r.failed),
         (1, 0),
