@@ -852,6 +852,23 @@ mod tests {
     }
 
     #[test]
+    fn sip_refusals_and_drops_are_counted_by_status_and_reason() {
+        let m = Metrics::default();
+        m.observe_sip_refused(501);
+        m.observe_sip_refused(501);
+        m.observe_sip_refused(400);
+        m.observe_sip_dropped("malformed_response");
+        let text = render_prometheus(&m.counters(), &status(), &ProcessStats::default());
+        assert!(text.contains("# TYPE edgevoice_sip_refused_total counter\n"));
+        assert!(text.contains("edgevoice_sip_refused_total{status=\"400\"} 1\n"));
+        assert!(text.contains("edgevoice_sip_refused_total{status=\"501\"} 2\n"));
+        assert!(text.contains("edgevoice_sip_dropped_total{reason=\"malformed_response\"} 1\n"));
+        // Nothing counted: the families are left out, as the others are.
+        let empty = render_prometheus(&Counters::default(), &status(), &ProcessStats::default());
+        assert!(!empty.contains("edgevoice_sip_"));
+    }
+
+    #[test]
     fn prometheus_text_has_each_family_once_with_cumulative_buckets() {
         let mut c = Counters::default();
         c.observe_call(&ended(
