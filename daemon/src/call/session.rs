@@ -160,11 +160,19 @@ async fn inbound(
         session_id: u64::from(rand_u32()),
         session_version: 1,
     };
-    let answer = match sdp::answer(
-        &call.offer,
-        &crate::telephony::codec::preferences(&config.sip),
-        &local,
-    ) {
+    // An INVITE without SDP (delayed offer): we offer in the 200, the answer comes in the ACK.
+    let delayed_offer = call.offer.trim().is_empty();
+    let answer = if delayed_offer {
+        Ok(None)
+    } else {
+        sdp::answer(
+            &call.offer,
+            &crate::telephony::codec::preferences(&config.sip),
+            &local,
+        )
+        .map(Some)
+    };
+    let answer = match answer {
         Ok(a) => a,
         Err(e) => {
             let code = match e {
@@ -203,19 +211,35 @@ async fn inbound(
             }
         }
     }
-    let _ = commands
-        .send(CallCommand::Answer {
-            sdp: answer.sdp.clone(),
-        })
-        .await;
-    rec.codec = Some(answer.negotiated.codec);
-    rec.answer_at_ms = Some(crate::store::now_ms());
+    let negotiated = match answer {
+        Some(answer) => {
+            let _ = commands
+                .send(CallCommand::Answer {
+                    sdp: answer.sdp.clone(),
+                })
+                .await;
+            rec.answer_at_ms = Some(crate::store::now_ms());
+            answer.negotiated
+        }
+        None => {
+            rec.answer_at_ms = Some(crate::store::now_ms());
+            match offer_in_200(&config, &local, &mut signals, &commands).await {
+                Ok(negotiated) => negotiated,
+                Err((reason, by)) => {
+                    rec.end(reason, by);
+                    records.save(&rec);
+                    return;
+                }
+            }
+        }
+    };
+    rec.codec = Some(negotiated.codec);
     records.save(&rec);
-    tracing::info!(codec = %answer.negotiated.codec, remote_rtp = %answer.negotiated.remote_rtp, local_rtp = local.rtp_port, "answered");
+    tracing::info!(codec = %negotiated.codec, remote_rtp = %negotiated.remote_rtp, local_rtp = local.rtp_port, delayed_offer, "answered");
     run_answered(
         &ctx,
         &config,
-        answer.negotiated,
+        negotiated,
         sockets,
         rec,
         (signals, commands),
@@ -224,6 +248,48 @@ async fn inbound(
         records,
     )
     .await;
+}
+
+/// Delayed offer (an INVITE without SDP, RFC 3261 §13.2.1, RFC 3264): our offer goes in the
+/// 200 and the caller's answer comes in the ACK. An ACK without a usable answer ends the call
+/// with BYE.
+async fn offer_in_200(
+    config: &Config,
+    local: &LocalMedia,
+    signals: &mut mpsc::Receiver<CallSignal>,
+    commands: &mpsc::Sender<CallCommand>,
+) -> Result<Negotiated, (EndReason, Option<Party>)> {
+    let preferences = crate::telephony::codec::preferences(&config.sip);
+    let offer = sdp::offer(&preferences, local);
+    let _ = commands.send(CallCommand::Answer { sdp: offer }).await;
+    loop {
+        let failed = match signals.recv().await {
+            Some(CallSignal::AckAnswer { sdp: answer }) if answer.trim().is_empty() => {
+                "the ACK carried no SDP answer to our offer".to_owned()
+            }
+            Some(CallSignal::AckAnswer { sdp: answer }) => {
+                match sdp::read_answer(&answer, &preferences) {
+                    Ok(negotiated) => return Ok(negotiated),
+                    Err(e) => format!("the SDP answer in the ACK is unusable: {e}"),
+                }
+            }
+            Some(CallSignal::RemoteHangup) => return Err((EndReason::Hangup, Some(Party::Caller))),
+            Some(CallSignal::Cancelled) => return Err((EndReason::Cancelled, Some(Party::Caller))),
+            Some(CallSignal::Terminated(error)) => return Err((EndReason::Failed { error }, None)),
+            None => {
+                let error = "signalling gone before the ACK".to_owned();
+                return Err((EndReason::Failed { error }, None));
+            }
+            Some(other) => {
+                tracing::debug!(?other, "signal while waiting for the ACK");
+                continue;
+            }
+        };
+        tracing::warn!("delayed offer (INVITE without SDP): {failed}; ending the call with BYE");
+        let _ = commands.send(CallCommand::Hangup).await;
+        let error = format!("delayed offer: {failed}");
+        return Err((EndReason::Failed { error }, Some(Party::Appliance)));
+    }
 }
 
 /// An answered call, inbound or outbound: media until someone hangs up, then the record is
@@ -893,7 +959,7 @@ impl MediaRun {
                     }
                 }
                 signal = signals.recv() => match signal {
-                    Some(CallSignal::Confirmed) => tracing::debug!("ACK received"),
+                    Some(CallSignal::Confirmed | CallSignal::AckAnswer { .. }) => tracing::debug!("ACK received"),
                     Some(CallSignal::RemoteHangup) => {
                         if self.transferring() {
                             if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::CallerHungUp) {

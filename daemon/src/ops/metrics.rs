@@ -109,6 +109,13 @@ pub struct Counters {
     pub turns_interrupted: u64,
     /// Turn latency per stage, from the end of the caller's speech.
     pub turn_latency: BTreeMap<String, Histogram>,
+    /// SIP requests answered with an error before any transaction (malformed, unknown method,
+    /// unsupported extension...), by status.
+    #[serde(default)]
+    pub sip_refused: BTreeMap<u16, u64>,
+    /// SIP messages dropped without an answer, by reason.
+    #[serde(default)]
+    pub sip_dropped: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -164,6 +171,28 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .calls_rejected
             .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A SIP request answered with an error by the screen, before any transaction.
+    pub fn observe_sip_refused(&self, code: u16) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sip_refused
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A SIP message dropped without an answer.
+    pub fn observe_sip_dropped(&self, reason: &str) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sip_dropped
+            .entry(reason.to_owned())
             .or_default() += 1;
     }
 
@@ -320,6 +349,24 @@ pub fn render_prometheus(
                 .iter()
                 .map(|(code, v)| (code.to_string(), v)),
         ),
+    );
+    e.family(
+        "edgevoice_sip_refused_total",
+        "counter",
+        "SIP requests answered with an error before any transaction (malformed, unknown method, unsupported extension), by SIP status.",
+        labelled(
+            "status",
+            counters
+                .sip_refused
+                .iter()
+                .map(|(code, v)| (code.to_string(), v)),
+        ),
+    );
+    e.family(
+        "edgevoice_sip_dropped_total",
+        "counter",
+        "SIP messages dropped without an answer (broken responses, unreadable ACKs, requests without a Via), by reason.",
+        labelled("reason", &counters.sip_dropped),
     );
     e.family(
         "edgevoice_agent_turns_total",
@@ -810,6 +857,23 @@ mod tests {
             agent: "ready".into(),
             speech: None,
         }
+    }
+
+    #[test]
+    fn sip_refusals_and_drops_are_counted_by_status_and_reason() {
+        let m = Metrics::default();
+        m.observe_sip_refused(501);
+        m.observe_sip_refused(501);
+        m.observe_sip_refused(400);
+        m.observe_sip_dropped("malformed_response");
+        let text = render_prometheus(&m.counters(), &status(), &ProcessStats::default());
+        assert!(text.contains("# TYPE edgevoice_sip_refused_total counter\n"));
+        assert!(text.contains("edgevoice_sip_refused_total{status=\"400\"} 1\n"));
+        assert!(text.contains("edgevoice_sip_refused_total{status=\"501\"} 2\n"));
+        assert!(text.contains("edgevoice_sip_dropped_total{reason=\"malformed_response\"} 1\n"));
+        // Nothing counted: the families are left out, as the others are.
+        let empty = render_prometheus(&Counters::default(), &status(), &ProcessStats::default());
+        assert!(!empty.contains("edgevoice_sip_"));
     }
 
     #[test]

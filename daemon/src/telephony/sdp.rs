@@ -109,8 +109,9 @@ fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
     })
 }
 
-/// Parses SDP text. Unknown lines and attributes are ignored; malformed ones that matter
-/// (m=, c=, rtpmap) are errors with the line number.
+/// Parses SDP text. Unknown lines and attributes are ignored, and so are rtpmap lines that
+/// cannot be read (their payload types then count as unknown codecs); malformed m= and c=
+/// lines are errors with the line number.
 pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
     let mut session = SessionDescription {
         origin_address: None,
@@ -185,33 +186,12 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
                     continue;
                 };
                 match (name, attr_value) {
-                    ("rtpmap", Some(v)) => {
-                        let (pt, enc) = v.split_once(char::is_whitespace).ok_or_else(|| {
-                            malformed(format!("rtpmap \"{v}\" lacks an encoding"))
-                        })?;
-                        let payload_type = pt
-                            .trim()
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|p| *p < 128)
-                            .ok_or_else(|| {
-                                malformed(format!("rtpmap payload type \"{pt}\" is not 0–127"))
-                            })?;
-                        let mut enc_parts = enc.trim().split('/');
-                        let encoding = enc_parts.next().unwrap_or_default().to_owned();
-                        let clock_rate =
-                            enc_parts
-                                .next()
-                                .and_then(|r| r.parse().ok())
-                                .ok_or_else(|| {
-                                    malformed(format!("rtpmap \"{v}\" lacks a clock rate"))
-                                })?;
-                        m.rtpmaps.push(RtpMap {
-                            payload_type,
-                            encoding,
-                            clock_rate,
-                        });
-                    }
+                    ("rtpmap", Some(v)) => match parse_rtpmap(v) {
+                        Ok(map) => m.rtpmaps.push(map),
+                        // Be liberal: a codec line we cannot read names a codec we cannot
+                        // choose; the others in the offer may still do.
+                        Err(reason) => tracing::debug!("SDP line {line} ignored: {reason}"),
+                    },
                     ("ptime", Some(v)) => m.ptime = v.trim().parse().ok(),
                     ("rtcp", Some(v)) => {
                         m.rtcp_port = v.split_whitespace().next().and_then(|p| p.parse().ok())
@@ -234,6 +214,30 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         });
     }
     Ok(session)
+}
+
+/// `a=rtpmap:<pt> <encoding>/<clock rate>[/<channels>]`'s value.
+fn parse_rtpmap(v: &str) -> Result<RtpMap, String> {
+    let (pt, enc) = v
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("rtpmap \"{}\" lacks an encoding", truncate(v)))?;
+    let payload_type = pt
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p < 128)
+        .ok_or_else(|| format!("rtpmap payload type \"{}\" is not 0–127", truncate(pt)))?;
+    let mut enc_parts = enc.trim().split('/');
+    let encoding = enc_parts.next().unwrap_or_default().to_owned();
+    let clock_rate = enc_parts
+        .next()
+        .and_then(|r| r.trim().parse().ok())
+        .ok_or_else(|| format!("rtpmap \"{}\" lacks a clock rate", truncate(v)))?;
+    Ok(RtpMap {
+        payload_type,
+        encoding,
+        clock_rate,
+    })
 }
 
 fn truncate(s: &str) -> String {
@@ -661,6 +665,27 @@ m=audio 4000 RTP/AVP 8\r\n";
                 .collect();
             let _ = answer(&text, &[Codec::Pcmu], &local());
         }
+    }
+
+    #[test]
+    fn an_unreadable_codec_line_beside_a_usable_codec_is_ignored() {
+        // The payload type of the broken line is one we would not choose anyway.
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0 96 97 98\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 opus\r\n\
+a=rtpmap:97\r\na=rtpmap:300 x/8000\r\na=rtpmap:98 AMR/8000\r\n";
+        let a = answer(offer, &[Codec::G722, Codec::Pcmu], &local()).unwrap();
+        assert_eq!(a.negotiated.codec, Codec::Pcmu);
+        assert_eq!(a.negotiated.payload_type, 0);
+        // A static payload type whose rtpmap is unreadable keeps its static meaning.
+        let offer = offer.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU");
+        let a = answer(&offer, &[Codec::Pcmu], &local()).unwrap();
+        assert_eq!(a.negotiated.codec, Codec::Pcmu);
+        // Nothing usable left: still no common codec, not a parse error.
+        let offer = offer.replace("RTP/AVP 0 96", "RTP/AVP 96");
+        assert!(matches!(
+            answer(&offer, &[Codec::Pcmu], &local()),
+            Err(SdpError::NoCommonCodec { .. })
+        ));
     }
 
     #[test]

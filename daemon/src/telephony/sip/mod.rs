@@ -1,12 +1,16 @@
 //! SIP signalling. `admission` decides what happens to a new INVITE (pure, testable);
-//! `user_agent` is the async shell on rsipstack that owns transports, transactions and dialogs
-//! and turns them into [`CallSignal`]s for the call task, so nothing outside this module sees
-//! rsipstack's types.
+//! `screen` judges a raw message by RFC 3261/4475 and `wire` applies it to every UDP datagram
+//! before rsipstack's parser sees it (answering, or dropping with a count and a log line, what
+//! rsipstack would lose silently); `user_agent` is the async shell on rsipstack that owns
+//! transports, transactions and dialogs and turns them into [`CallSignal`]s for the call task,
+//! so nothing outside this module sees rsipstack's types.
 
 pub mod admission;
 pub mod keepalive;
 pub mod registration;
+pub mod screen;
 pub mod user_agent;
+pub mod wire;
 
 use std::net::SocketAddr;
 
@@ -15,6 +19,9 @@ use std::net::SocketAddr;
 pub enum CallSignal {
     /// The caller's ACK arrived: media may flow both ways.
     Confirmed,
+    /// The caller's ACK to a 200 that carried our offer, the INVITE having none (delayed
+    /// offer): its SDP answer, empty when the ACK had none. Sent just before `Confirmed`.
+    AckAnswer { sdp: String },
     /// The caller cancelled before we answered.
     Cancelled,
     /// The caller hung up (BYE).
@@ -56,6 +63,8 @@ pub struct InboundCall {
     pub to: String,
     pub source: SocketAddr,
     pub trunk: String,
+    /// The INVITE's SDP offer; empty for a delayed offer (we offer in the 200, the caller
+    /// answers in the ACK: [`CallSignal::AckAnswer`]).
     pub offer: String,
 }
 
@@ -171,4 +180,3 @@ mod tests {
         assert_eq!(parse_info_dtmf("text/plain", "5"), None);
     }
 }
-pub mod screen;

@@ -433,6 +433,228 @@ pub fn screen(raw: &[u8]) -> Screened {
     }
 }
 
+/// A header value with its LWS tidied the way stricter parsers read it: runs of whitespace
+/// made one space, and none around `;`, `=`, `/` and `,` (outside quoted strings and `<>`).
+fn tidy_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    let (mut space, mut after_separator) = (false, false);
+    for c in v.trim().chars() {
+        if quoted {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        let separator = !angle && matches!(c, ';' | '=' | '/' | ',');
+        if space && !separator && !after_separator && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+        after_separator = separator;
+        match c {
+            '"' => quoted = true,
+            '<' => angle = true,
+            '>' => angle = false,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The message with its headers written plainly: continuation lines folded in, no space
+/// before the colon, and the LWS in Via, From, To, Contact and CSeq tidied (RFC 3261 allows
+/// it all; some parsers, rsipstack's among them, trip over it). The start line and the body
+/// are left byte for byte. `None` without a blank line after the headers.
+pub fn with_plain_headers(raw: &[u8]) -> Option<Vec<u8>> {
+    let (head, body) = split_message(raw)?;
+    let head = std::str::from_utf8(head).ok()?;
+    let lines = header_lines(head);
+    let (start, headers) = lines.split_first()?;
+    let mut out = String::with_capacity(raw.len());
+    out.push_str(start);
+    out.push_str("\r\n");
+    for line in headers {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim_end();
+        let value = match canonical_name(name).as_str() {
+            "via" | "from" | "to" | "contact" | "cseq" => tidy_value(value),
+            _ => value.trim().to_owned(),
+        };
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(&value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Some(bytes)
+}
+
+/// The standard reason phrase of the codes the screen and the wire gate answer with.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        483 => "Too Many Hops",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Text safe inside a quoted header value: printable ASCII, no quotes or backslashes.
+fn quotable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .take(120)
+        .collect()
+}
+
+/// The top Via value with what the transport saw: `received` when the sent-by host is not
+/// the source address, `rport=<port>` when the client asked for it (RFC 3261 §18.2.1,
+/// RFC 3581).
+fn stamp_top_via(value: &str, source: std::net::SocketAddr) -> String {
+    let (top, rest) = match value.split_once(',') {
+        Some((top, rest)) => (top, Some(rest)),
+        None => (value, None),
+    };
+    let mut parts = top.split(';');
+    let sent = parts.next().unwrap_or_default().trim();
+    let host = sent
+        .rsplit_once('/')
+        .map_or(sent, |(_, t)| t)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default();
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    let mut params: Vec<String> = Vec::new();
+    for p in parts {
+        let t = p.trim();
+        if t.eq_ignore_ascii_case("rport") {
+            params.push(format!("rport={}", source.port()));
+        } else if !t.to_ascii_lowercase().starts_with("received=") {
+            params.push(t.to_owned());
+        }
+    }
+    if host != source.ip().to_string() {
+        params.push(format!("received={}", source.ip()));
+    }
+    let mut out = sent.to_owned();
+    for p in params {
+        out.push(';');
+        out.push_str(&p);
+    }
+    if let Some(rest) = rest {
+        out.push(',');
+        out.push_str(rest);
+    }
+    out
+}
+
+/// A stateless error response to a raw request (RFC 3261 §8.1.1, §8.2.6): its Via headers (the
+/// top one stamped with what the transport saw), From, To (with a tag), Call-ID and CSeq
+/// copied, then `extra`, a Warning naming `detail`, and no body. `None` when the request has
+/// no Via: nothing could route or match the answer.
+pub fn error_response(
+    raw: &[u8],
+    code: u16,
+    detail: &str,
+    extra: &[(&'static str, String)],
+    source: std::net::SocketAddr,
+) -> Option<Vec<u8>> {
+    let head = split_message(raw).map_or(raw, |(head, _)| head);
+    let head = String::from_utf8_lossy(head);
+    let lines = header_lines(&head);
+    let mut copied: Vec<(&'static str, String)> = Vec::new();
+    let mut seen_via = false;
+    for line in lines.iter().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        let name = match canonical_name(name.trim_end()).as_str() {
+            "via" => {
+                if seen_via {
+                    "Via"
+                } else {
+                    seen_via = true;
+                    copied.push(("Via", stamp_top_via(value, source)));
+                    continue;
+                }
+            }
+            "from" => "From",
+            "to" => "To",
+            "call-id" => "Call-ID",
+            "cseq" => "CSeq",
+            _ => continue,
+        };
+        copied.push((name, value.to_owned()));
+    }
+    if !seen_via {
+        return None;
+    }
+    // A To tag that is the same for every retransmission of the request.
+    let tag = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for (n, v) in &copied {
+            if *n != "To" {
+                v.hash(&mut h);
+            }
+        }
+        format!("ev{:012x}", h.finish() & 0xffff_ffff_ffff)
+    };
+    let mut out = format!("SIP/2.0 {code} {}\r\n", reason_phrase(code));
+    for (name, value) in &copied {
+        let value = if *name == "To" && !value.to_ascii_lowercase().contains(";tag=") {
+            format!("{value};tag={tag}")
+        } else {
+            value.clone()
+        };
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !extra.iter().any(|(n, _)| n.eq_ignore_ascii_case("warning")) {
+        out.push_str(&format!(
+            "Warning: 399 edgevoice \"{}\"\r\n",
+            quotable(detail)
+        ));
+    }
+    out.push_str(&format!(
+        "Server: edgevoice/{}\r\nContent-Length: 0\r\n\r\n",
+        crate::ops::VERSION
+    ));
+    Some(out.into_bytes())
+}
+
 fn trunc(s: &str) -> String {
     s.chars().take(60).collect()
 }

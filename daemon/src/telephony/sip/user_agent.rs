@@ -21,6 +21,7 @@ use super::admission::{self, InviteFacts, Verdict};
 use super::keepalive::{self, TrunkBoard};
 use super::registration::{self, RegistrationBoard};
 use super::screen::{self, Screened};
+use super::wire;
 use super::{parse_info_dtmf, CallCommand, CallSignal, DialOutcome, InboundCall};
 use crate::control::{AuditRecord, Principal};
 use crate::ops::DaemonContext;
@@ -217,7 +218,7 @@ impl UserAgent {
             state_rx,
             signal_tx,
             command_rx,
-            true,
+            DialogStart::OutboundAnswered,
         ));
         (
             DialOutcome::Answered,
@@ -244,13 +245,20 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
     let mut attempts = 0;
     let (udp, local_addr) = loop {
         attempts += 1;
-        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+        let udp_error = |e: String| SipError::Listen {
+            addr: listen,
+            transport: "udp",
+            reason: e,
+        };
+        // rsipstack reads UDP through our screening socket: what its parser would drop
+        // silently is answered or counted there (wire.rs).
+        let socket = tokio::net::UdpSocket::bind(listen)
             .await
-            .map_err(|e| SipError::Listen {
-                addr: listen,
-                transport: "udp",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| udp_error(e.to_string()))?;
+        let screened = wire::ScreenedUdp::new(socket, Arc::downgrade(&ctx));
+        let udp = UdpConnection::from_socket(Arc::new(screened), None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| udp_error(e.to_string()))?;
         let local_addr = udp_local_addr(&udp).unwrap_or(listen);
         // Check the TCP port up front: rsipstack binds it later, where a failure would be silent.
         match std::net::TcpListener::bind(local_addr) {
@@ -444,7 +452,10 @@ impl Shell {
 
     async fn on_transaction(&self, mut tx: Transaction) {
         let method = tx.original.method;
-        if method != rsip::Method::Ack {
+        // UDP datagrams were screened raw on arrival (wire.rs); stream transports are
+        // screened here, on what rsipstack parsed.
+        let screened_on_arrival = matches!(tx.connection, Some(SipConnection::Udp(_)));
+        if method != rsip::Method::Ack && !screened_on_arrival {
             let raw = tx.original.to_string();
             if let Screened::Respond {
                 code,
@@ -453,6 +464,7 @@ impl Shell {
             } = screen::screen(raw.as_bytes())
             {
                 tracing::info!(%method, code, "request refused: {reason}");
+                self.ctx.metrics().observe_sip_refused(code);
                 let headers = headers
                     .into_iter()
                     .map(|(name, value)| rsip::Header::Other(name.to_owned(), value))
@@ -655,8 +667,13 @@ impl Shell {
             }
         });
         let dialogs = self.dialogs.clone();
+        let start = if call.offer.trim().is_empty() {
+            DialogStart::InboundDelayedOffer
+        } else {
+            DialogStart::Inbound
+        };
         tokio::spawn(drive_dialog(
-            dialog, dialogs, state_rx, signal_tx, command_rx, false,
+            dialog, dialogs, state_rx, signal_tx, command_rx, start,
         ));
     }
 
@@ -715,6 +732,17 @@ fn status(code: u16) -> rsip::StatusCode {
     rsip::StatusCode::from(code)
 }
 
+/// How a dialog handed to [`drive_dialog`] began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialogStart {
+    /// An INVITE with an offer: we answer in the 200.
+    Inbound,
+    /// An INVITE without an offer: ours goes in the 200, the caller's answer comes in the ACK.
+    InboundDelayedOffer,
+    /// Our INVITE, already answered and ACKed.
+    OutboundAnswered,
+}
+
 /// Maps one dialog's rsipstack states to [`CallSignal`]s and carries out [`CallCommand`]s.
 async fn drive_dialog(
     dialog: rsipstack::dialog::invite_dialog::InviteDialog,
@@ -722,12 +750,12 @@ async fn drive_dialog(
     mut states: rsipstack::dialog::dialog::DialogStateReceiver,
     signals: mpsc::Sender<CallSignal>,
     mut commands: mpsc::Receiver<CallCommand>,
-    already_confirmed: bool,
+    start: DialogStart,
 ) {
     let id = dialog.id();
     let outbound = dialog.role() == rsipstack::transaction::key::TransactionRole::Client;
     let mut calling = false;
-    let mut confirmed = already_confirmed;
+    let mut confirmed = start == DialogStart::OutboundAnswered;
     let mut early_commands: Vec<CallCommand> = Vec::new();
     let mut pending_update: Option<TransactionHandle> = None;
     // False once the call task dropped its sender; commands it gave before the INVITE reached
@@ -746,6 +774,13 @@ async fn drive_dialog(
                     }
                     DialogState::Confirmed(..) if !confirmed => {
                         confirmed = true;
+                        if start == DialogStart::InboundDelayedOffer {
+                            let sdp = dialog
+                                .last_remote_ack()
+                                .map(|ack| String::from_utf8_lossy(ack.body()).into_owned())
+                                .unwrap_or_default();
+                            let _ = signals.send(CallSignal::AckAnswer { sdp }).await;
+                        }
                         let _ = signals.send(CallSignal::Confirmed).await;
                     }
                     DialogState::Updated(_, req, handle) => {
