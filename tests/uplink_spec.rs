@@ -495,11 +495,6 @@ fn readme_command_examples_validate_and_verify() {
     let (key_line, examples) = readme_command_examples();
     assert!(!examples.is_empty());
     let key = remote::parse_trusted_key(&key_line).expect("README's example key");
-    let policy = remote::Policy {
-        keys: vec![key],
-        max_lifetime_secs: 600,
-        clock_skew_secs: 0,
-    };
     let envelope_schema = validator("command-envelope.schema.json");
     let payload_schema = validator("command-payload.schema.json");
     for (envelope, payload_line) in examples {
@@ -517,6 +512,18 @@ fn readme_command_examples_validate_and_verify() {
         assert_valid(&payload_schema, "README payload", &payload);
         let name = payload["name"].as_str().unwrap();
         let issued_at = payload["issued_at"].as_u64().unwrap();
+        // The appliance it targets (a device of site s1, or every one).
+        let device = match payload["target"]["device"].as_str() {
+            Some(remote::ALL_DEVICES) | None => "01KAKWZ8R3D5F7G9H1J3K5M7N9",
+            Some(d) => d,
+        };
+        let policy = remote::Policy {
+            keys: vec![key.clone()],
+            max_lifetime_secs: 600,
+            clock_skew_secs: 0,
+            site: "s1".into(),
+            device: device.into(),
+        };
         if let Err(r) = policy.verify(name, envelope.as_bytes(), issued_at) {
             panic!("README example does not verify: {}", r.reason);
         }
@@ -1041,7 +1048,8 @@ fn slow_everything_the_daemon_publishes_matches_the_spec() {
     // Commands: published on cmd/{name}, so the capture sees them too.
     let sign = |name: &str, args: &[&str]| {
         let mut a = vec![
-            "command", "sign", "--key", key_path, "--key-id", "ops", "--name", name,
+            "command", "sign", "--key", key_path, "--key-id", "ops", "--site", "s1", "--device",
+            &device, "--name", name,
         ];
         a.extend_from_slice(args);
         edgevoice_cli(&a)

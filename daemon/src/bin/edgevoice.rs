@@ -254,6 +254,9 @@ fn remote_command(cmd: &RemoteCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RemoteCommand::Sign {
+            site,
+            device,
+            all_devices,
             key,
             key_id,
             name,
@@ -285,10 +288,26 @@ fn remote_command(cmd: &RemoteCommand) -> Result<ExitCode> {
             if !remote::valid_id(&request_id) || request_id.starts_with('_') {
                 anyhow::bail!("--request-id {request_id:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '_'");
             }
+            let device = match (device, all_devices) {
+                (Some(d), false) => d.clone(),
+                (None, true) => remote::ALL_DEVICES.to_owned(),
+                _ => anyhow::bail!("give either --device DEVICE or --all-devices"),
+            };
+            for (flag, value) in [("--site", site.as_str()), ("--device", device.as_str())] {
+                if value.is_empty() || value.contains(['/', '+', '#']) {
+                    anyhow::bail!(
+                        "{flag} {value:?}: use the appliance's uplink.site_id / device id (`edgevoice status` shows both)"
+                    );
+                }
+            }
             let issued_at = issued_at.unwrap_or_else(remote::now_secs);
             let payload = remote::CommandPayload {
                 request_id,
                 name: name.clone(),
+                target: Some(remote::Target {
+                    site: site.clone(),
+                    device,
+                }),
                 args,
                 issued_at,
                 expires_at: issued_at.saturating_add(*ttl),

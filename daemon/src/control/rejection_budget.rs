@@ -1,6 +1,8 @@
-//! How many refused *unverified* remote commands (malformed, unsigned, unknown key, bad
-//! signature) get an audit record and a published result: a token bucket. Anyone who can
-//! publish on `cmd/+` can send those; beyond the budget they are dropped silently and only
+//! How many refused remote commands get an audit record and a published result: a token
+//! bucket. Every refusal counts, signed or not (malformed, oversized, unsigned, unknown key,
+//! bad signature, wrong target, expired, replayed, ...): anyone who can publish on `cmd/+` can
+//! send those, a captured signed command included; only a command that passes every check is
+//! "verified" and outside the budget. Beyond the budget refusals are dropped silently and only
 //! counted, and each window of drops is summarised once (audit and log) instead of per
 //! message. Sans-I/O: the caller passes the time in.
 
@@ -17,7 +19,7 @@ pub struct Limits {
     pub burst: u32,
 }
 
-/// What to do with one refused unverified command.
+/// What to do with one refused command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Audit it and publish its rejection.
@@ -78,7 +80,7 @@ impl RejectionBudget {
         }
     }
 
-    /// One refused unverified command at `now`.
+    /// One refused command at `now`.
     pub fn admit(&mut self, now: Instant) -> Admission {
         self.refill(now);
         if self.milli_tokens >= 1000 {
@@ -114,6 +116,60 @@ impl RejectionBudget {
     /// Drops since start.
     pub fn total_dropped(&self) -> u64 {
         self.total_dropped
+    }
+
+    /// True if a refusal at `now` would be answered (takes nothing).
+    pub fn has_token(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.milli_tokens >= 1000
+    }
+}
+
+/// The digests of the last [`RecentCopies::CAPACITY`] messages handled, to recognise a
+/// byte-identical copy (a replay) before it costs a signature check: a copy finds the budget
+/// empty and is dropped on the event loop, so a flood of replays cannot fill the command queue
+/// that genuine commands wait in. Digests are keyed SipHash (a per-process random key), so a
+/// sender cannot make a new message collide with an old one.
+#[derive(Debug)]
+pub struct RecentCopies {
+    keys: std::collections::hash_map::RandomState,
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Default for RecentCopies {
+    fn default() -> Self {
+        Self {
+            keys: std::collections::hash_map::RandomState::new(),
+            set: Default::default(),
+            order: Default::default(),
+        }
+    }
+}
+
+impl RecentCopies {
+    pub const CAPACITY: usize = 4096;
+
+    /// Records `parts` (e.g. topic name and payload); true if the same was recorded before
+    /// (and is still among the last [`Self::CAPACITY`]).
+    pub fn seen_before(&mut self, parts: &[&[u8]]) -> bool {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = self.keys.build_hasher();
+        for part in parts {
+            part.hash(&mut h);
+        }
+        let digest = h.finish();
+        if self.set.contains(&digest) {
+            return true;
+        }
+        if self.order.len() >= Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(digest);
+        self.order.push_back(digest);
+        false
     }
 }
 
@@ -196,6 +252,38 @@ mod tests {
             Admission::Drop { opens_window: true }
         );
         assert_eq!(b.total_dropped(), 6);
+    }
+
+    #[test]
+    fn copies_are_recognised_until_enough_newer_messages_pushed_them_out() {
+        let mut r = RecentCopies::default();
+        assert!(!r.seen_before(&[b"status", b"{1}"]));
+        assert!(r.seen_before(&[b"status", b"{1}"]));
+        // The parts are kept apart: ("status", "x") is not ("statu", "sx").
+        assert!(!r.seen_before(&[b"statu", b"s{1}"]));
+        assert!(!r.seen_before(&[b"drain", b"{1}"]));
+        for i in 0..RecentCopies::CAPACITY {
+            r.seen_before(&[b"n", i.to_string().as_bytes()]);
+        }
+        assert!(!r.seen_before(&[b"status", b"{1}"]), "pushed out");
+        assert_eq!(r.set.len(), RecentCopies::CAPACITY);
+        assert_eq!(r.order.len(), RecentCopies::CAPACITY);
+    }
+
+    #[test]
+    fn has_token_takes_nothing() {
+        let t0 = Instant::now();
+        let mut b = RejectionBudget::new(
+            Limits {
+                per_min: 1,
+                burst: 1,
+            },
+            t0,
+        );
+        assert!(b.has_token(t0));
+        assert!(b.has_token(t0));
+        assert_eq!(b.admit(t0), Admission::Answer);
+        assert!(!b.has_token(t0));
     }
 
     #[test]

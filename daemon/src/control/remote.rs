@@ -6,13 +6,25 @@
 //! ```text
 //! {"payload": "<base64 of the payload JSON bytes>", "key_id": "<trusted key name>",
 //!  "signature": "<base64 Ed25519 signature over exactly those bytes>"}
-//! payload = {"request_id", "name", "args", "issued_at", "expires_at"}   (unix seconds)
+//! payload = {"request_id", "name", "target": {"site", "device"}, "args", "issued_at",
+//!            "expires_at"}   (unix seconds; device "*": every device of the site)
 //! ```
+//!
+//! The target is signed, so a command captured on one device's topic and published on
+//! another's is refused there (`wrong target`); a payload without one (signed before targets
+//! existed) is refused with the fix (`no target`).
 //!
 //! [`Policy::verify`] is sans-I/O: message, topic name and the current time in, a verified
 //! command or a [`Rejection`] saying why out. The replay check ([`remember`]) is the one step
 //! that needs the store; [`RemoteCommands`] puts the two together with the [`Dispatcher`], so
 //! MQTT and the local socket share one implementation of every command.
+//!
+//! Only a command that passes every check (signature, target, time, response topic, not seen
+//! before) is "verified" and runs unlimited; every refusal, signed or not, shares the
+//! unverified budget ([`RejectionBudget`]), because a captured signed command can be replayed
+//! by anyone at no cost. A refusal is never published on `cmd-result/{request_id}` when that
+//! request id has already run here (a replay, or anyone's message claiming the id): the
+//! original result stays the only one on that topic; the refusal is in the audit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,12 +36,12 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::Request;
-use super::rejection_budget::{Admission, Limits, RejectionBudget};
+use super::rejection_budget::{Admission, Limits, RecentCopies, RejectionBudget};
 use super::{Dispatcher, Principal};
 use crate::config::UplinkConfig;
 use crate::ops::DaemonContext;
 use crate::store::{Record, Store, StoreError, TreeName};
-use crate::uplink::{CommandMessage, CommandReply};
+use crate::uplink::{CommandMessage, CommandReply, InboundProblem, Triage};
 
 /// The MQTT channel name in audit records.
 pub const CHANNEL: &str = "mqtt";
@@ -87,12 +99,28 @@ pub fn public_key_line(name: &str, key: &VerifyingKey) -> String {
     format!("{name}:{}", B64.encode(key.as_bytes()))
 }
 
+/// `target.device` for a command meant for every device of `target.site`.
+pub const ALL_DEVICES: &str = "*";
+
+/// Where a signed command may run: one device of one site, or every device ([`ALL_DEVICES`])
+/// of one site. Checked against the appliance's own `uplink.site_id` and device id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub site: String,
+    pub device: String,
+}
+
 /// What is signed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandPayload {
     pub request_id: String,
     pub name: String,
+    /// Required; `Option` only so that a payload signed without one is refused with the fix
+    /// ([`RejectReason::NoTarget`]) rather than as malformed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     #[serde(default)]
     pub args: serde_json::Value,
     /// Unix seconds.
@@ -152,6 +180,15 @@ pub enum RejectReason {
     BadSignature(String),
     #[error("name mismatch: the topic says \"{topic}\", the signed payload \"{payload}\"")]
     NameMismatch { topic: String, payload: String },
+    #[error("no target: the signed payload names no site and device, so it would run on every appliance that trusts the key; re-sign it with `edgevoice command sign --site {site} --device {device}` (or --all-devices for every device of the site)")]
+    NoTarget { site: String, device: String },
+    #[error("wrong target: signed for site \"{target_site}\" device \"{target_device}\", this appliance is site \"{site}\" device \"{device}\"; sign it for this one with `edgevoice command sign --site {site} --device {device}`")]
+    WrongTarget {
+        target_site: String,
+        target_device: String,
+        site: String,
+        device: String,
+    },
     #[error("not yet valid: issued_at {issued_at} is {ahead} s in the future (clock skew allowed: {skew} s); check the signer's clock")]
     NotYetValid {
         issued_at: u64,
@@ -168,6 +205,10 @@ pub enum RejectReason {
     },
     #[error("replayed: request_id \"{0}\" was seen before")]
     Replayed(String),
+    #[error("oversized: the message is {bytes} bytes, a command may have at most {max}; it was acknowledged and dropped unread")]
+    Oversized { bytes: usize, max: usize },
+    #[error("too large to read: the broker delivered a {bytes}-byte message on the command topic, more than the {max} bytes the uplink reads, and would have re-sent it on every connect; the broker session was reset to make it forget that message (commands queued for this device while it was away are lost with it); limit message sizes at the broker (mosquitto: message_size_limit)")]
+    TooLargeToRead { bytes: usize, max: usize },
     #[error("bad response topic: {0}; the command was not run")]
     BadResponseTopic(String),
     #[error("internal: {0}")]
@@ -192,17 +233,22 @@ pub struct Verified {
     pub payload: CommandPayload,
 }
 
-/// What verification checks against: trusted keys and time limits.
+/// What verification checks against: trusted keys, time limits and who this appliance is.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub keys: Vec<TrustedKey>,
     pub max_lifetime_secs: u64,
     pub clock_skew_secs: u64,
+    /// `uplink.site_id`: a command's `target.site` must equal it.
+    pub site: String,
+    /// This appliance's device id: a command's `target.device` must equal it or be `*`.
+    pub device: String,
 }
 
 impl Policy {
-    /// From a validated config (entries that do not parse are skipped; validation refuses them).
-    pub fn from_config(u: &UplinkConfig) -> Policy {
+    /// From a validated config (entries that do not parse are skipped; validation refuses them)
+    /// and the device id.
+    pub fn from_config(u: &UplinkConfig, device: &str) -> Policy {
         Policy {
             keys: u
                 .trusted_keys
@@ -211,6 +257,8 @@ impl Policy {
                 .collect(),
             max_lifetime_secs: u.command_max_lifetime_secs,
             clock_skew_secs: u.command_clock_skew_secs,
+            site: u.site_id.clone(),
+            device: device.to_owned(),
         }
     }
 
@@ -326,7 +374,7 @@ impl Policy {
                 return reject(
                     rejection,
                     RejectReason::Malformed(format!(
-                        "the signed payload is not {{request_id, name, args, issued_at, expires_at}} ({e})"
+                        "the signed payload is not {{request_id, name, target, args, issued_at, expires_at}} ({e})"
                     )),
                 )
             }
@@ -348,6 +396,34 @@ impl Policy {
                     payload: payload.name.chars().take(64).collect(),
                 },
             );
+        }
+        // Escaped and cut: the target is signed but may still be anything.
+        let shown =
+            |s: &str| -> String { s.chars().take(64).flat_map(char::escape_debug).collect() };
+        match &payload.target {
+            None => {
+                return reject(
+                    rejection,
+                    RejectReason::NoTarget {
+                        site: self.site.clone(),
+                        device: self.device.clone(),
+                    },
+                )
+            }
+            Some(t)
+                if t.site != self.site || (t.device != ALL_DEVICES && t.device != self.device) =>
+            {
+                return reject(
+                    rejection,
+                    RejectReason::WrongTarget {
+                        target_site: shown(&t.site),
+                        target_device: shown(&t.device),
+                        site: self.site.clone(),
+                        device: self.device.clone(),
+                    },
+                )
+            }
+            Some(_) => {}
         }
         let skew = self.clock_skew_secs;
         if payload.issued_at > now.saturating_add(skew) {
@@ -393,15 +469,23 @@ impl Policy {
     }
 }
 
-/// A request id seen, kept until its command could no longer be accepted anyway.
+/// A request id that ran here, kept until a day after its command could no longer be
+/// accepted anyway ([`LEDGER_KEEP_AFTER_EXPIRY_SECS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenCommand {
     pub key_id: String,
     pub name: String,
-    /// Unix seconds; the entry may go once this plus the clock skew has passed.
+    /// Unix seconds; the entry may go once this, the clock skew and
+    /// [`LEDGER_KEEP_AFTER_EXPIRY_SECS`] have passed.
     pub expires_at: u64,
     pub seen_at_ms: u64,
 }
+
+/// How long a request id stays in the ledger after its command expired. Not needed to refuse
+/// replays (an expired command is refused anyway), but to know, for a day more (the broker
+/// session's lifetime), that the id already has its result, so that an expired replay's
+/// refusal is not published on top of it.
+pub const LEDGER_KEEP_AFTER_EXPIRY_SECS: u64 = 86_400;
 
 impl Record for SeenCommand {
     const TREE: TreeName = TreeName::CommandIds;
@@ -421,13 +505,37 @@ pub fn remember(store: &Store, verified: &Verified) -> Result<bool, StoreError> 
         .insert_new(verified.payload.request_id.as_bytes(), &seen)
 }
 
-/// Drops ids whose commands would now be refused as expired anyway; returns how many.
+/// True if `request_id` ran here (it is in the ledger). An unreadable ledger says true: the
+/// caller then publishes nothing on that id's topic, the safe side.
+pub fn has_run(store: &Store, request_id: &str) -> bool {
+    match store
+        .tree::<SeenCommand>()
+        .and_then(|t| t.get(request_id.as_bytes()))
+    {
+        Ok(seen) => seen.is_some(),
+        Err(e) => {
+            tracing::warn!("command id ledger not readable: {e}");
+            true
+        }
+    }
+}
+
+/// Drops ids whose commands expired (plus the clock skew) more than
+/// [`LEDGER_KEEP_AFTER_EXPIRY_SECS`] ago; returns how many.
 pub fn prune(store: &Store, now: u64, skew: u64) -> Result<usize, StoreError> {
     let tree = store.tree::<SeenCommand>()?;
     let mut stale = Vec::new();
     for item in tree.iter() {
         match item {
-            Ok((key, seen)) if seen.expires_at.saturating_add(skew) < now => stale.push(key),
+            Ok((key, seen))
+                if seen
+                    .expires_at
+                    .saturating_add(skew)
+                    .saturating_add(LEDGER_KEEP_AFTER_EXPIRY_SECS)
+                    < now =>
+            {
+                stale.push(key)
+            }
             Ok(_) => {}
             // An unreadable entry is kept: dropping it could let a replay through.
             Err(e) => tracing::warn!("command id ledger: {e}"),
@@ -535,6 +643,7 @@ pub struct RemoteCommands {
     dispatcher: Arc<Dispatcher>,
     last_prune: AtomicU64,
     unverified: Mutex<RejectionBudget>,
+    recent: Mutex<RecentCopies>,
 }
 
 fn limits(u: &UplinkConfig) -> Limits {
@@ -552,7 +661,38 @@ impl RemoteCommands {
             dispatcher,
             last_prune: AtomicU64::new(0),
             unverified: Mutex::new(budget),
+            recent: Mutex::new(RecentCopies::default()),
         }
+    }
+
+    /// The cheap look at a message before it is queued (no store, no signature check): a
+    /// byte-identical copy of a message handled recently (a replay) runs in the copies' lane
+    /// while the refusal budget lasts and is dropped here once it is spent (counted with the
+    /// refusals beyond the budget); anything else is handled.
+    pub fn triage_message(&self, message: &CommandMessage, clock: Instant) -> Triage {
+        let copy = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen_before(&[message.name.as_bytes(), &message.payload]);
+        if !copy {
+            return Triage::Handle;
+        }
+        let uplink = self.ctx.config().config.uplink;
+        let mut budget = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
+        budget.set_limits(limits(&uplink), clock);
+        if budget.has_token(clock) {
+            // Handled in full (refused and audited within the budget), in the copies' lane.
+            return Triage::HandleCopy;
+        }
+        if let Admission::Drop { opens_window: true } = budget.admit(clock) {
+            tracing::warn!(
+                "remote commands: more than {} refused commands a minute (burst {}); dropping them without audit record or result for a while (uplink.unverified_commands_per_min); this one: a copy of a message already handled (a replay)",
+                uplink.unverified_commands_per_min,
+                uplink.unverified_commands_burst,
+            );
+        }
+        Triage::Drop
     }
 
     /// Writes the summary of a window of rate-limited drops once it is over.
@@ -592,8 +732,8 @@ impl RemoteCommands {
     ) -> CommandReply {
         let topic_name = message.name.as_str();
         let uplink = self.ctx.config().config.uplink;
-        let policy = Policy::from_config(&uplink);
         let store = self.ctx.store();
+        let policy = Policy::from_config(&uplink, &store.instance().device_id);
         if now.saturating_sub(self.last_prune.load(Ordering::Relaxed)) >= 60 {
             self.last_prune.store(now, Ordering::Relaxed);
             match prune(store, now, policy.clock_skew_secs) {
@@ -633,44 +773,7 @@ impl RemoteCommands {
                 }
             });
         match verified {
-            Err(r) => {
-                if r.verified_key.is_none() {
-                    let admission = {
-                        let mut budget = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
-                        budget.set_limits(limits(&uplink), clock);
-                        budget.admit(clock)
-                    };
-                    if let Admission::Drop { opens_window } = admission {
-                        if opens_window {
-                            tracing::warn!(
-                                "remote commands: more than {} unverified commands a minute (burst {}); dropping them without audit record or result for a while (uplink.unverified_commands_per_min); this one: {}",
-                                uplink.unverified_commands_per_min,
-                                uplink.unverified_commands_burst,
-                                r.reason
-                            );
-                        }
-                        return CommandReply::Dropped;
-                    }
-                }
-                let who = match &r.verified_key {
-                    Some(k) => format!("{CHANNEL}:{k}"),
-                    None => format!("{CHANNEL}:unverified"),
-                };
-                tracing::warn!(command = %topic_name.chars().take(64).collect::<String>(), %who, "remote command refused: {}", r.reason);
-                let principal = Principal {
-                    channel: CHANNEL.into(),
-                    who,
-                };
-                let mut req = Request::new(topic_name, r.args.clone());
-                req.id = r.request_id.clone();
-                self.dispatcher
-                    .audit(&principal, &req, format!("refused: {}", r.reason));
-                CommandReply::Publish {
-                    result: result_json(r.request_id.as_deref(), Err(r.reason.to_string())),
-                    // Unauthenticated input never chooses where the appliance publishes.
-                    route: route.filter(|_| r.verified_key.is_some()),
-                }
-            }
+            Err(r) => self.answer_refusal(topic_name, &r, route, &uplink, clock),
             Ok(v) => {
                 let principal = Principal {
                     channel: CHANNEL.into(),
@@ -696,11 +799,105 @@ impl RemoteCommands {
             }
         }
     }
+
+    /// A refused message: within the unverified budget, audited and answered; beyond it,
+    /// dropped and counted. Every refusal takes from the budget, signed or not: only a
+    /// command that passed every check is unlimited.
+    fn answer_refusal(
+        &self,
+        command: &str,
+        r: &Rejection,
+        route: Option<crate::uplink::ResponseRoute>,
+        uplink: &UplinkConfig,
+        clock: Instant,
+    ) -> CommandReply {
+        let admission = {
+            let mut budget = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
+            budget.set_limits(limits(uplink), clock);
+            budget.admit(clock)
+        };
+        if let Admission::Drop { opens_window } = admission {
+            if opens_window {
+                tracing::warn!(
+                    "remote commands: more than {} refused commands a minute (burst {}); dropping them without audit record or result for a while (uplink.unverified_commands_per_min); this one: {}",
+                    uplink.unverified_commands_per_min,
+                    uplink.unverified_commands_burst,
+                    r.reason
+                );
+            }
+            return CommandReply::Dropped;
+        }
+        let who = match &r.verified_key {
+            Some(k) => format!("{CHANNEL}:{k}"),
+            None => format!("{CHANNEL}:unverified"),
+        };
+        tracing::warn!(command = %command.chars().take(64).collect::<String>(), %who, "remote command refused: {}", r.reason);
+        let principal = Principal {
+            channel: CHANNEL.into(),
+            who,
+        };
+        let mut req = Request::new(command, r.args.clone());
+        req.id = r.request_id.clone();
+        self.dispatcher
+            .audit(&principal, &req, format!("refused: {}", r.reason));
+        // An id that ran here has its result on cmd-result/{id}; a refusal (a replay, an
+        // expired copy, anyone's message claiming the id) must not follow it there.
+        let replayed = matches!(r.reason, RejectReason::Replayed(_))
+            || r.request_id
+                .as_deref()
+                .is_some_and(|id| has_run(self.ctx.store(), id));
+        if replayed {
+            return CommandReply::NoResult;
+        }
+        CommandReply::Publish {
+            result: result_json(r.request_id.as_deref(), Err(r.reason.to_string())),
+            // Unauthenticated input never chooses where the appliance publishes.
+            route: route.filter(|_| r.verified_key.is_some()),
+        }
+    }
+
+    /// A message the uplink did not hand over whole (too big): refused like any unverified
+    /// one, without a request id.
+    pub fn handle_problem(&self, problem: &InboundProblem, clock: Instant) -> CommandReply {
+        let uplink = self.ctx.config().config.uplink;
+        self.summarise_drops(clock);
+        let (command, reason) = match problem {
+            InboundProblem::Oversized { name, bytes, max } => (
+                name.as_str(),
+                RejectReason::Oversized {
+                    bytes: *bytes,
+                    max: *max,
+                },
+            ),
+            InboundProblem::TooLargeToRead { bytes, max } => (
+                "(unread)",
+                RejectReason::TooLargeToRead {
+                    bytes: *bytes,
+                    max: *max,
+                },
+            ),
+        };
+        let rejection = Rejection {
+            reason,
+            request_id: None,
+            verified_key: None,
+            args: serde_json::Value::Null,
+        };
+        self.answer_refusal(command, &rejection, None, &uplink, clock)
+    }
 }
 
 impl crate::uplink::CommandHandler for RemoteCommands {
     fn handle(&self, message: CommandMessage) -> CommandReply {
         self.handle_message(&message, now_secs(), Instant::now())
+    }
+
+    fn refuse(&self, problem: InboundProblem) -> CommandReply {
+        self.handle_problem(&problem, Instant::now())
+    }
+
+    fn triage(&self, message: &CommandMessage) -> Triage {
+        self.triage_message(message, Instant::now())
     }
 
     fn housekeeping(&self) {
@@ -727,6 +924,8 @@ mod tests {
             }],
             max_lifetime_secs: 600,
             clock_skew_secs: 30,
+            site: "s1".into(),
+            device: "dev-a".into(),
         }
     }
 
@@ -734,6 +933,10 @@ mod tests {
         CommandPayload {
             request_id: "r1".into(),
             name: name.into(),
+            target: Some(Target {
+                site: "s1".into(),
+                device: "dev-a".into(),
+            }),
             args: serde_json::json!({}),
             issued_at: NOW - 10,
             expires_at: NOW + 50,
@@ -939,14 +1142,19 @@ mod tests {
             .unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
+            assert!(!has_run(&store, "r1"));
             assert!(remember(&store, &v).unwrap(), "first time");
             assert!(!remember(&store, &v).unwrap(), "replay");
         }
         let store = Store::open(dir.path()).unwrap();
         assert!(!remember(&store, &v).unwrap(), "replay after reopen");
-        // Not yet prunable: it would still be accepted within the skew.
-        assert_eq!(prune(&store, v.payload.expires_at + 30, 30).unwrap(), 0);
-        assert_eq!(prune(&store, v.payload.expires_at + 31, 30).unwrap(), 1);
+        assert!(has_run(&store, "r1"));
+        // Kept a day past the expiry (and skew), so an expired copy still finds it.
+        let gone = v.payload.expires_at + 30 + LEDGER_KEEP_AFTER_EXPIRY_SECS;
+        assert_eq!(prune(&store, v.payload.expires_at + 31, 30).unwrap(), 0);
+        assert_eq!(prune(&store, gone, 30).unwrap(), 0);
+        assert_eq!(prune(&store, gone + 1, 30).unwrap(), 1);
+        assert!(!has_run(&store, "r1"));
         assert!(remember(&store, &v).unwrap());
     }
 
@@ -1026,6 +1234,21 @@ mod tests {
                 route.as_ref().map(|r| r.topic.clone()),
             ),
             CommandReply::Dropped => panic!("dropped"),
+            CommandReply::NoResult => panic!("no result"),
+        }
+    }
+
+    /// A command for `ctx`'s device, valid now.
+    fn live(ctx: &DaemonContext, request_id: &str) -> CommandPayload {
+        CommandPayload {
+            request_id: request_id.into(),
+            target: Some(Target {
+                site: "s1".into(),
+                device: ctx.store().instance().device_id.clone(),
+            }),
+            issued_at: now_secs() - 1,
+            expires_at: now_secs() + 60,
+            ..payload("status")
         }
     }
 
@@ -1044,9 +1267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (remote, ctx) = remote(dir.path(), 20);
         let now = Instant::now();
-        let mut p = payload("status");
-        p.issued_at = now_secs() - 1;
-        p.expires_at = now_secs() + 60;
+        let mut p = live(&ctx, "r1");
         let reply = remote.handle_message(
             &message(signed(&p), Some("edgevoice/s1/replies/ops")),
             now_secs(),
@@ -1107,10 +1328,8 @@ mod tests {
             remote.handle_message(&message(forged.into_bytes(), None), NOW, t0),
             CommandReply::Dropped
         );
-        // Signed commands are never limited by it.
-        let mut p = payload("status");
-        p.issued_at = now_secs() - 1;
-        p.expires_at = now_secs() + 60;
+        // Commands that pass every check are never limited by it.
+        let p = live(&ctx, "r1");
         let (result, _) =
             outcome(&remote.handle_message(&message(signed(&p), None), now_secs(), t0));
         assert_eq!(result["ok"], true, "{result}");
@@ -1136,6 +1355,201 @@ mod tests {
             summaries,
             vec!["rate_limited: 6 unverified commands dropped in 60 s without a result (uplink.unverified_commands_per_min)".to_owned()]
         );
+    }
+
+    #[test]
+    fn a_command_signed_for_another_device_or_site_or_for_none_is_refused_with_the_fix() {
+        let target = |site: &str, device: &str| {
+            let mut p = payload("status");
+            p.target = Some(Target {
+                site: site.into(),
+                device: device.into(),
+            });
+            p
+        };
+        assert!(policy()
+            .verify("status", &signed(&target("s1", "dev-a")), NOW)
+            .is_ok());
+        // Every device of the site.
+        assert!(policy()
+            .verify("status", &signed(&target("s1", ALL_DEVICES)), NOW)
+            .is_ok());
+        for (site, device) in [
+            ("s1", "dev-b"),
+            ("s2", "dev-a"),
+            ("s2", ALL_DEVICES),
+            ("", ""),
+        ] {
+            let r = rejected("status", &signed(&target(site, device)));
+            assert_eq!(r.verified_key.as_deref(), Some("ops"));
+            assert_eq!(
+                r.reason.to_string(),
+                format!("wrong target: signed for site \"{site}\" device \"{device}\", this appliance is site \"s1\" device \"dev-a\"; sign it for this one with `edgevoice command sign --site s1 --device dev-a`")
+            );
+        }
+        // Signed before targets existed: the exact bytes such a signer made.
+        let old = br#"{"request_id":"r1","name":"status","args":{},"issued_at":1799999990,"expires_at":1800000050}"#;
+        let env = Envelope {
+            payload: B64.encode(old),
+            key_id: "ops".into(),
+            signature: B64.encode(key(1).sign(old).to_bytes()),
+        };
+        let r = rejected("status", &serde_json::to_vec(&env).unwrap());
+        assert_eq!(
+            r.reason,
+            RejectReason::NoTarget {
+                site: "s1".into(),
+                device: "dev-a".into()
+            }
+        );
+        assert!(r
+            .reason
+            .to_string()
+            .contains("re-sign it with `edgevoice command sign --site s1 --device dev-a`"));
+        // The target is covered by the signature like everything else.
+        let bytes = serde_json::to_vec(&payload("status")).unwrap();
+        let moved = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("dev-a", "dev-b");
+        let env = Envelope {
+            payload: B64.encode(moved.as_bytes()),
+            key_id: "ops".into(),
+            signature: B64.encode(key(1).sign(&bytes).to_bytes()),
+        };
+        let r = policy()
+            .verify("status", &serde_json::to_vec(&env).unwrap(), NOW)
+            .unwrap_err();
+        assert!(matches!(r.reason, RejectReason::BadSignature(_)), "{r:?}");
+    }
+
+    /// A captured command replayed (before and after it expired): every copy is refused,
+    /// within the shared budget only, and none is published on its request id's topic; the
+    /// same goes for anyone's unsigned message claiming that id. Genuine commands run on.
+    #[test]
+    fn replays_share_the_unverified_budget_and_never_follow_the_original_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 3);
+        let t0 = Instant::now();
+        let original = signed(&live(&ctx, "r1"));
+        let (result, _) =
+            outcome(&remote.handle_message(&message(original.clone(), None), now_secs(), t0));
+        assert_eq!(result["ok"], true, "{result}");
+        // Replayed while valid: refused, audited, no result.
+        let replay = |now: u64| remote.handle_message(&message(original.clone(), None), now, t0);
+        assert_eq!(replay(now_secs()), CommandReply::NoResult);
+        // Replayed after it expired: refused as expired, still no result on r1.
+        let later = now_secs() + 3600;
+        assert_eq!(replay(later), CommandReply::NoResult);
+        // Anyone's unsigned message with that request id.
+        let mut unsigned = live(&ctx, "r1");
+        unsigned.name = "status".into();
+        assert_eq!(
+            remote.handle_message(
+                &message(serde_json::to_vec(&unsigned).unwrap(), None),
+                now_secs(),
+                t0
+            ),
+            CommandReply::NoResult
+        );
+        // The budget (3) is spent: further copies are dropped and counted.
+        for _ in 0..50 {
+            assert_eq!(replay(now_secs()), CommandReply::Dropped);
+            assert_eq!(replay(later), CommandReply::Dropped);
+        }
+        // Before the queue: a byte-identical copy finds the budget spent and is dropped
+        // without a signature check; a new message is handled.
+        let copy = message(original.clone(), None);
+        assert_eq!(
+            remote.triage_message(&copy, t0),
+            Triage::Handle,
+            "first seen"
+        );
+        assert_eq!(remote.triage_message(&copy, t0), Triage::Drop);
+        let dir2 = tempfile::tempdir().unwrap();
+        let (other, _) = super::tests::remote(dir2.path(), 3);
+        assert_eq!(other.triage_message(&copy, t0), Triage::Handle);
+        assert_eq!(
+            other.triage_message(&copy, t0),
+            Triage::HandleCopy,
+            "budget left"
+        );
+        let fresh = message(signed(&live(&ctx, "r2")), None);
+        assert_eq!(remote.triage_message(&fresh, t0), Triage::Handle);
+        // A genuine command still runs at once.
+        let (result, _) = outcome(&remote.handle_message(
+            &message(signed(&live(&ctx, "r2")), None),
+            now_secs(),
+            t0,
+        ));
+        assert_eq!(result["ok"], true, "{result}");
+        let outcomes = audit_outcomes(&ctx);
+        let refused: Vec<&String> = outcomes
+            .iter()
+            .filter(|o| o.starts_with("refused"))
+            .collect();
+        assert_eq!(refused.len(), 3, "{outcomes:?}");
+        assert!(refused.iter().any(|o| o.starts_with("refused: replayed")));
+        assert!(refused.iter().any(|o| o.starts_with("refused: expired")));
+        assert!(refused.iter().any(|o| o.starts_with("refused: unsigned")));
+        // The drops are summarised once the window is over.
+        remote.summarise_drops(t0 + Duration::from_secs(60));
+        assert!(audit_outcomes(&ctx)
+            .iter()
+            .any(|o| o.starts_with("rate_limited: 101 unverified commands dropped")));
+    }
+
+    #[test]
+    fn a_command_for_another_device_is_refused_with_a_result_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 3);
+        let mut p = live(&ctx, "r1");
+        p.target = Some(Target {
+            site: "s1".into(),
+            device: "someone-else".into(),
+        });
+        let (result, route) =
+            outcome(&remote.handle_message(&message(signed(&p), None), now_secs(), Instant::now()));
+        assert_eq!(route, None);
+        assert!(
+            result["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("wrong target: signed for site \"s1\" device \"someone-else\""),
+            "{result}"
+        );
+        assert!(audit_outcomes(&ctx)
+            .iter()
+            .any(|o| o.starts_with("refused: wrong target")));
+        // Not run, so the id is free for the right command.
+        assert!(!has_run(ctx.store(), "r1"));
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_within_the_budget_without_a_request_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ctx) = remote(dir.path(), 1);
+        let t0 = Instant::now();
+        let problem = InboundProblem::Oversized {
+            name: "status".into(),
+            bytes: 1_048_576,
+            max: 262_144,
+        };
+        let (result, route) = outcome(&remote.handle_problem(&problem, t0));
+        assert_eq!(
+            (result["request_id"].clone(), route),
+            (serde_json::Value::Null, None)
+        );
+        assert!(
+            result["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("oversized: the message is 1048576 bytes"),
+            "{result}"
+        );
+        assert_eq!(remote.handle_problem(&problem, t0), CommandReply::Dropped);
+        assert!(audit_outcomes(&ctx)
+            .iter()
+            .any(|o| o.starts_with("refused: oversized")));
     }
 
     #[test]

@@ -112,8 +112,23 @@ pub enum RemoteCommand {
         key_id: String,
     },
     /// Print the signed envelope of one command, to publish on
-    /// edgevoice/SITE/DEVICE/cmd/NAME (e.g. with mosquitto_pub -m).
+    /// edgevoice/SITE/DEVICE/cmd/NAME (e.g. with mosquitto_pub -m). The target (site and
+    /// device) is signed: an appliance refuses a command signed for another.
     Sign {
+        /// The appliance's uplink.site_id.
+        #[arg(long)]
+        site: String,
+        /// The appliance's device id (`edgevoice status` shows it).
+        #[arg(
+            long,
+            required_unless_present = "all_devices",
+            conflicts_with = "all_devices"
+        )]
+        device: Option<String>,
+        /// Sign it for every device of --site instead of one (target device "*"); each device
+        /// runs it once.
+        #[arg(long)]
+        all_devices: bool,
         /// Private key file from `edgevoice command keygen`.
         #[arg(long)]
         key: PathBuf,

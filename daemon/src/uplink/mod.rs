@@ -33,8 +33,9 @@ pub use outbox::{
     StreamStatus, WhenFull,
 };
 pub use shell::{
-    start, CommandHandler, CommandMessage, CommandReply, ResponseRoute, StoreOwner, UplinkHandle,
-    UplinkReport, UplinkStartError, MAX_COMMANDS_RUNNING,
+    start, CommandHandler, CommandMessage, CommandReply, InboundProblem, ResponseRoute, StoreOwner,
+    Triage, UplinkHandle, UplinkReport, UplinkStartError, MAX_COMMANDS_RUNNING, MAX_COMMAND_BYTES,
+    MAX_INCOMING_PACKET_BYTES,
 };
 pub use wire::MqttVersion;
 

@@ -28,6 +28,13 @@
 //!   `edgevoice/{site}/{device}/cmd-result/{request_id}`, or, when the MQTT 5 command named a
 //!   response topic the handler accepted, on that topic instead, with the command's
 //!   correlation data. The route is stored with the result (see [`stored_result`]).
+//! - Inbound size: rumqttc reads packets up to [`MAX_INCOMING_PACKET_BYTES`] (MQTT 5: also the
+//!   maximum packet size we advertise) and acknowledges every QoS 1 message it reads, so the
+//!   broker forgets it; a command above [`MAX_COMMAND_BYTES`] is then dropped here unread,
+//!   counted and refused ([`InboundProblem::Oversized`]). A bigger packet (MQTT 3.1.1 cannot
+//!   tell the broker a maximum) breaks the connection mid-read, and the persistent session
+//!   would bring it back on every connect: the next connect is preceded by one clean-session
+//!   connect that makes the broker forget it ([`InboundProblem::TooLargeToRead`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -51,8 +58,21 @@ pub const MAX_COMMANDS_RUNNING: usize = 4;
 /// Commands running or waiting; beyond this a message is dropped (logged), so a flood of
 /// messages cannot grow memory without bound.
 pub const MAX_COMMANDS_QUEUED: usize = 64;
-/// Largest MQTT packet sent or received (commands carry whole config files).
-const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// Largest MQTT packet sent (a result is at most 128 KiB).
+const MAX_OUTGOING_PACKET_BYTES: usize = 256 * 1024;
+/// Largest command message handed to the [`CommandHandler`] (commands are small; the biggest,
+/// `config.apply`, carries one config file). A bigger one is acknowledged (so the broker
+/// forgets it), dropped unread, counted and refused like an unverified command
+/// ([`InboundProblem::Oversized`]).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Largest MQTT packet the uplink reads (rumqttc's incoming limit; on MQTT 5 also advertised
+/// to the broker as the maximum packet size, so it sends nothing bigger). Well above
+/// [`MAX_COMMAND_BYTES`], so that an oversized command is read and acknowledged rather than
+/// breaking the connection. An MQTT 3.1.1 broker cannot be told any maximum: a bigger packet
+/// ends the connection mid-read, and since the session is persistent the broker would send it
+/// again on every connect; the shell then resets the session once
+/// ([`InboundProblem::TooLargeToRead`]).
+pub const MAX_INCOMING_PACKET_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where an MQTT 5 requester asked for the result: its `response_topic` and
 /// `correlation_data`, as received (the handler decides whether to use them).
@@ -71,6 +91,20 @@ pub struct CommandMessage {
     pub response: Option<ResponseRoute>,
 }
 
+/// A message on `cmd/` that the shell did not hand over whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundProblem {
+    /// More than [`MAX_COMMAND_BYTES`] on `cmd/{name}`: acknowledged and dropped unread.
+    Oversized {
+        name: String,
+        bytes: usize,
+        max: usize,
+    },
+    /// More than [`MAX_INCOMING_PACKET_BYTES`]: the connection broke reading it, and the broker
+    /// session was reset so that the broker forgets it.
+    TooLargeToRead { bytes: usize, max: usize },
+}
+
 /// What to do after a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandReply {
@@ -82,12 +116,57 @@ pub enum CommandReply {
     },
     /// Publish nothing (rate-limited); counted in the uplink report.
     Dropped,
+    /// Refused and audited, but nothing to publish (a replay: its request id already has its
+    /// result).
+    NoResult,
+}
+
+/// What to do with a message before it is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Triage {
+    /// Queue it for [`CommandHandler::handle`].
+    Handle,
+    /// A copy of a message handled before (a replay), still within the refusal budget:
+    /// queue it, but run it in a lane of its own (one at a time), so that copies never take
+    /// the slots genuine commands run in.
+    HandleCopy,
+    /// Drop it now (rate-limited); counted like [`CommandReply::Dropped`].
+    Drop,
+}
+
+/// The queue and the running slots for commands: [`MAX_COMMANDS_QUEUED`] running or waiting,
+/// [`MAX_COMMANDS_RUNNING`] running, and one more slot only for copies ([`Triage::HandleCopy`])
+/// and [`InboundProblem`]s.
+struct CommandLanes {
+    queue: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
+    copy_slot: Arc<tokio::sync::Semaphore>,
+}
+
+impl CommandLanes {
+    fn new() -> Self {
+        Self {
+            queue: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED)),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING)),
+            copy_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
 }
 
 /// Turns one message from `cmd/{name}` into the result to publish (verification, replay
 /// check, audit, execution). Called on a blocking thread.
 pub trait CommandHandler: Send + Sync + 'static {
     fn handle(&self, message: CommandMessage) -> CommandReply;
+    /// Called on the event loop before a message is queued: must be cheap (no store, no
+    /// signature check). Lets a flood of cheap-to-recognise messages (byte-identical replays)
+    /// be dropped before it fills the queue that genuine commands wait in.
+    fn triage(&self, _message: &CommandMessage) -> Triage {
+        Triage::Handle
+    }
+    /// A message the shell dropped ([`InboundProblem`]): audit it (within a budget).
+    fn refuse(&self, _problem: InboundProblem) -> CommandReply {
+        CommandReply::NoResult
+    }
     /// Called every few seconds on a blocking thread while connected, for work that is due
     /// without a message (e.g. closing a rate-limit window in the audit).
     fn housekeeping(&self) {}
@@ -124,6 +203,14 @@ pub struct UplinkReport {
     /// (`uplink.unverified_commands_per_min`).
     #[serde(default)]
     pub commands_rate_limited: u64,
+    /// Command messages dropped unread for their size (more than [`MAX_COMMAND_BYTES`],
+    /// including those too large to read at all).
+    #[serde(default)]
+    pub commands_oversized: u64,
+    /// Broker sessions reset to make the broker forget a message too large to read
+    /// ([`InboundProblem::TooLargeToRead`]).
+    #[serde(default)]
+    pub session_resets: u64,
 }
 
 impl UplinkReport {
@@ -145,6 +232,12 @@ impl UplinkReport {
             s.push_str(&format!(
                 ", {} unverified commands dropped (rate limit)",
                 self.commands_rate_limited
+            ));
+        }
+        if self.commands_oversized > 0 {
+            s.push_str(&format!(
+                ", {} oversized commands dropped",
+                self.commands_oversized
             ));
         }
         s
@@ -173,6 +266,8 @@ struct View {
     last_error: Option<String>,
     connects: u64,
     commands_rate_limited: u64,
+    commands_oversized: u64,
+    session_resets: u64,
 }
 
 /// Producers' and status' way into the uplink. Cheap to clone.
@@ -274,6 +369,8 @@ impl UplinkHandle {
             }
             .to_owned(),
             commands_rate_limited: view.commands_rate_limited,
+            commands_oversized: view.commands_oversized,
+            session_resets: view.session_resets,
         }
     }
 }
@@ -366,7 +463,8 @@ pub fn start(
             will_payload: status_payload("offline", "connection lost"),
             tls: tls.clone(),
             max_in_flight: config.max_in_flight,
-            max_packet_bytes: MAX_PACKET_BYTES,
+            max_incoming_packet_bytes: MAX_INCOMING_PACKET_BYTES,
+            max_outgoing_packet_bytes: MAX_OUTGOING_PACKET_BYTES,
         },
     );
     let shared = Arc::new(Shared {
@@ -576,17 +674,74 @@ fn outgoing_message(
     message(topic, envelope(identity, id, key, payload))
 }
 
-/// Runs one remote command off the event loop and queues its result.
+/// What arrived on `cmd/`: a command for the handler, or a problem to refuse.
+enum Inbound {
+    Command(CommandMessage),
+    Problem(InboundProblem),
+}
+
+impl Inbound {
+    /// What arrived on `cmd/{name}`: the message, or, above [`MAX_COMMAND_BYTES`], only its
+    /// size (the payload is dropped here, before it can wait in the queue).
+    fn from_message(name: &str, payload: Vec<u8>, response: Option<ResponseRoute>) -> Inbound {
+        if payload.len() > MAX_COMMAND_BYTES {
+            return Inbound::Problem(InboundProblem::Oversized {
+                name: name.chars().take(64).collect(),
+                bytes: payload.len(),
+                max: MAX_COMMAND_BYTES,
+            });
+        }
+        Inbound::Command(CommandMessage {
+            name: name.to_owned(),
+            payload,
+            response,
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Inbound::Command(m) => m.name.chars().take(64).collect(),
+            Inbound::Problem(InboundProblem::Oversized { name, .. }) => name.clone(),
+            Inbound::Problem(InboundProblem::TooLargeToRead { .. }) => "(unread)".into(),
+        }
+    }
+}
+
+/// Runs one remote command (or the refusal of a problem) off the event loop and queues its
+/// result.
 fn spawn_command(
     handler: Arc<dyn CommandHandler>,
-    queue: Arc<tokio::sync::Semaphore>,
-    slots: Arc<tokio::sync::Semaphore>,
+    lanes: &CommandLanes,
     handle: UplinkHandle,
-    message: CommandMessage,
+    inbound: Inbound,
 ) {
-    let Ok(queued) = queue.try_acquire_owned() else {
+    if let Inbound::Problem(problem) = &inbound {
+        let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
+        view.commands_oversized += 1;
+        if let InboundProblem::Oversized { name, bytes, max } = problem {
+            tracing::warn!(
+                command = %name,
+                "uplink: a {bytes}-byte command message was acknowledged and dropped unread (at most {max}); limit message sizes at the broker (mosquitto: message_size_limit)"
+            );
+        }
+    }
+    let triage = match &inbound {
+        Inbound::Command(message) => handler.triage(message),
+        // Refusals only: never in the genuine commands' slots.
+        Inbound::Problem(_) => Triage::HandleCopy,
+    };
+    let slots = match triage {
+        Triage::Handle => lanes.slots.clone(),
+        Triage::HandleCopy => lanes.copy_slot.clone(),
+        Triage::Drop => {
+            let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.commands_rate_limited += 1;
+            return;
+        }
+    };
+    let Ok(queued) = lanes.queue.clone().try_acquire_owned() else {
         tracing::warn!(
-            command = %message.name.chars().take(64).collect::<String>(),
+            command = %inbound.name(),
             "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
         );
         return;
@@ -596,7 +751,11 @@ fn spawn_command(
         let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
-        let reply = tokio::task::spawn_blocking(move || handler.handle(message)).await;
+        let reply = tokio::task::spawn_blocking(move || match inbound {
+            Inbound::Command(message) => handler.handle(message),
+            Inbound::Problem(problem) => handler.refuse(problem),
+        })
+        .await;
         match reply {
             Ok(CommandReply::Publish { result, route }) => {
                 let stored = stored_result(result, route.as_ref());
@@ -608,6 +767,7 @@ fn spawn_command(
                 let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
                 view.commands_rate_limited += 1;
             }
+            Ok(CommandReply::NoResult) => {}
             Err(e) => tracing::error!("remote command task failed: {e}"),
         }
     });
@@ -679,8 +839,7 @@ async fn run(
     health: Arc<dyn Fn() -> String + Send + Sync>,
     commands: Option<Arc<dyn CommandHandler>>,
 ) {
-    let command_slots = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING));
-    let command_queue = Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED));
+    let lanes = CommandLanes::new();
     let command_prefix = format!("{base}/cmd/");
     let identity = shared
         .outbox
@@ -689,6 +848,8 @@ async fn run(
         .identity()
         .clone();
     let mut stop = shared.stop.subscribe();
+    // Set when the broker sent a packet too large to read: (its size, our maximum).
+    let mut reset_session: Option<(usize, usize)> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -708,13 +869,49 @@ async fn run(
             }
         }
         set_view(&shared, "connecting", None);
+        if let Some((bytes, max)) = reset_session {
+            match reset_broker_session(&options).await {
+                Ok(()) => {
+                    reset_session = None;
+                    tracing::warn!(
+                        "uplink: the broker session was reset (one clean-session connect) to make the broker forget a {bytes}-byte command message it re-sent on every connect (more than the {max} bytes the uplink reads); commands queued for this device while it was away are lost with it, the outbox is not; limit message sizes at the broker (mosquitto: message_size_limit)"
+                    );
+                    {
+                        let mut view = shared.view.lock().unwrap_or_else(|p| p.into_inner());
+                        view.session_resets += 1;
+                    }
+                    if let Some(handler) = &commands {
+                        spawn_command(
+                            handler.clone(),
+                            &lanes,
+                            UplinkHandle {
+                                shared: shared.clone(),
+                            },
+                            Inbound::Problem(InboundProblem::TooLargeToRead { bytes, max }),
+                        );
+                    }
+                }
+                Err(e) => {
+                    reconnect.handle_connect_failed(Instant::now());
+                    set_view(
+                        &shared,
+                        "offline",
+                        Some(format!(
+                            "broker session reset: {}",
+                            explain(&e, &shared.broker, shared.tls)
+                        )),
+                    );
+                    continue;
+                }
+            }
+        }
         // A fresh event loop per connection: nothing of rumqttc's old pending queue survives.
         let (client, pump, mut events) = wire::connect(&options);
         let connected = loop {
             match events.recv().await {
                 Some(Ok(WireEvent::ConnAck)) => break Ok(()),
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => break Err(explain(&e, &shared.broker, shared.tls)),
+                Some(Err(e)) => break Err(explain(&e.to_string(), &shared.broker, shared.tls)),
                 None => break Err("the MQTT event loop stopped".to_owned()),
             }
         };
@@ -861,19 +1058,26 @@ async fn run(
                             }
                         }
                         Some(Ok(WireEvent::Received { topic, payload, response })) => {
+                            // Already acknowledged by rumqttc (QoS 1), so the broker forgets it
+                            // whatever happens to it here.
                             match (&commands, topic.strip_prefix(&command_prefix)) {
                                 (Some(handler), Some(name)) => spawn_command(
                                     handler.clone(),
-                                    command_queue.clone(),
-                                    command_slots.clone(),
+                                    &lanes,
                                     UplinkHandle { shared: shared.clone() },
-                                    CommandMessage { name: name.to_owned(), payload, response },
+                                    Inbound::from_message(name, payload, response),
                                 ),
                                 _ => tracing::debug!(%topic, "uplink: unexpected message ignored"),
                             }
                         }
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => break 'conn explain(&e, &shared.broker, shared.tls),
+                        Some(Err(wire::WireError::TooLarge { bytes, max })) => {
+                            reset_session = Some((bytes, max));
+                            break 'conn format!(
+                                "the broker sent a {bytes}-byte message, more than the {max} bytes the uplink reads; the broker session is reset at the next connect to make it forget that message; limit message sizes at the broker (mosquitto: message_size_limit)"
+                            );
+                        }
+                        Some(Err(e)) => break 'conn explain(&e.to_string(), &shared.broker, shared.tls),
                         None => break 'conn "the MQTT event loop stopped".to_owned(),
                     },
                     _ = housekeeping.tick() => {
@@ -908,6 +1112,37 @@ async fn run(
         tracing::warn!(in_flight_returned = back, "uplink disconnected: {error}");
         set_view(&shared, "offline", Some(error));
     }
+}
+
+/// One connection with a clean session, closed at once: the broker discards the appliance's
+/// session, and with it the message too large to read that it would otherwise re-send on every
+/// connect (MQTT 3.1.1 cannot tell the broker a maximum packet size). The next, normal connect
+/// starts a new persistent session and subscribes again. What the appliance publishes is not
+/// affected: QoS 1 publishes leave no broker-side state; the outbox re-sends.
+async fn reset_broker_session(options: &wire::Options) -> Result<(), String> {
+    let (client, pump, mut events) = wire::connect(&options.with_clean_session());
+    let result = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(Ok(WireEvent::ConnAck)) => break Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(e.to_string()),
+                None => break Err("the MQTT event loop stopped".to_owned()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no CONNACK within 10 s".to_owned()));
+    if result.is_ok() {
+        let _ = client.disconnect();
+        // The event loop writes the DISCONNECT and then stops (its stream ends or errs).
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(_)) = events.recv().await {}
+        })
+        .await;
+    }
+    pump.abort();
+    result
 }
 
 /// A clean stop: the retained status says "offline" (health "stopped") in our own words, so

@@ -44,7 +44,10 @@ pub(super) struct Settings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The outbox's window; rumqttc's is a little above it, so its packet ids rarely collide.
     pub max_in_flight: u16,
-    pub max_packet_bytes: usize,
+    /// Largest packet read (MQTT 5: also advertised to the broker as the maximum packet size).
+    pub max_incoming_packet_bytes: usize,
+    /// Largest packet sent (MQTT 3.1.1; on MQTT 5 the broker's CONNACK says).
+    pub max_outgoing_packet_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -79,7 +82,7 @@ impl Options {
                     .set_clean_session(false)
                     .set_inflight(inflight)
                     .set_request_channel_capacity(channel)
-                    .set_max_packet_size(s.max_packet_bytes, s.max_packet_bytes)
+                    .set_max_packet_size(s.max_incoming_packet_bytes, s.max_outgoing_packet_bytes)
                     .set_last_will(rumqttc::LastWill::new(
                         &s.will_topic,
                         s.will_payload.clone(),
@@ -111,7 +114,7 @@ impl Options {
                     .set_outgoing_inflight_upper_limit(inflight)
                     .set_request_channel_capacity(channel)
                     .set_max_packet_size(Some(
-                        u32::try_from(s.max_packet_bytes).unwrap_or(u32::MAX),
+                        u32::try_from(s.max_incoming_packet_bytes).unwrap_or(u32::MAX),
                     ))
                     .set_last_will(v5p::LastWill::new(
                         &s.will_topic,
@@ -128,6 +131,34 @@ impl Options {
                 }
                 Options::V5(Box::new(o))
             }
+        }
+    }
+
+    /// The same options with a clean session (3.1.1: clean session on; 5: clean start): the
+    /// broker discards the old session, queued and in-flight messages to the appliance
+    /// included. Only for [`super::InboundProblem::TooLargeToRead`]'s one reset connection.
+    pub fn with_clean_session(&self) -> Options {
+        match self {
+            Options::V311(o) => {
+                let mut o = o.clone();
+                o.set_clean_session(true);
+                Options::V311(o)
+            }
+            Options::V5(o) => {
+                let mut o = o.clone();
+                o.set_clean_start(true);
+                Options::V5(o)
+            }
+        }
+    }
+
+    fn max_incoming(&self) -> usize {
+        match self {
+            Options::V311(o) => o.max_packet_size(),
+            Options::V5(o) => o
+                .max_packet_size()
+                .and_then(|m| usize::try_from(m).ok())
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -177,8 +208,50 @@ pub(super) enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
-/// The raw text of a connection error; the shell turns it into one actionable line.
-pub(super) type WireError = String;
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WireError {
+    /// The broker sent a packet of `bytes` (remaining length), more than the `max` we read:
+    /// rumqttc stops reading mid-packet and the connection is gone.
+    TooLarge { bytes: usize, max: usize },
+    /// The raw text of any other error; the shell turns it into one actionable line.
+    Other(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::TooLarge { bytes, max } => write!(
+                f,
+                "the broker sent a {bytes}-byte packet, more than the {max} bytes the uplink reads"
+            ),
+            WireError::Other(raw) => f.write_str(raw),
+        }
+    }
+}
+
+fn v311_error(e: rumqttc::ConnectionError, max: usize) -> WireError {
+    use rumqttc::mqttbytes::Error;
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            Error::PayloadSizeLimitExceeded(bytes),
+        )) => WireError::TooLarge { bytes, max },
+        e => WireError::Other(e.to_string()),
+    }
+}
+
+fn v5_error(e: rumqttc::v5::ConnectionError) -> WireError {
+    use rumqttc::v5::mqttbytes::Error;
+    match e {
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Deserialization(
+            Error::PayloadSizeLimitExceeded { pkt_size, max },
+        )) => WireError::TooLarge {
+            bytes: pkt_size,
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        },
+        e => WireError::Other(e.to_string()),
+    }
+}
 
 /// A fresh client and event loop. The event loop runs in its own task (`poll` is not
 /// cancel-safe: a write may be half done), never inside a `select!`, and stops at its first
@@ -192,6 +265,7 @@ pub(super) fn connect(
     tokio::sync::mpsc::UnboundedReceiver<Result<WireEvent, WireError>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let max_incoming = options.max_incoming();
     match options {
         Options::V311(o) => {
             let cap = o.request_channel_capacity();
@@ -202,7 +276,7 @@ pub(super) fn connect(
                         .poll()
                         .await
                         .map(map_v311)
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| v311_error(e, max_incoming));
                     let failed = event.is_err();
                     if tx.send(event).is_err() || failed {
                         break;
@@ -216,11 +290,7 @@ pub(super) fn connect(
             let (client, mut eventloop) = rumqttc::v5::AsyncClient::new((**o).clone(), cap);
             let pump = tokio::spawn(async move {
                 loop {
-                    let event = eventloop
-                        .poll()
-                        .await
-                        .map(map_v5)
-                        .map_err(|e| e.to_string());
+                    let event = eventloop.poll().await.map(map_v5).map_err(v5_error);
                     let failed = event.is_err();
                     if tx.send(event).is_err() || failed {
                         break;
