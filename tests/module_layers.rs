@@ -15,9 +15,6 @@ use std::path::{Path, PathBuf};
 /// The layers they break, from the ground floor up: config; speech, telephony, uplink;
 /// agent; call; control; ops.
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    // config::validate parses trusted keys and the MQTT version with control's and uplink's code.
-    ("config", "control"),
-    ("config", "uplink"),
     // speech::service builds the agent's prompts and slot extraction; vad takes its window size.
     ("speech", "agent"),
     // The call task, the dispatcher and the SIP user agent take the whole DaemonContext.
@@ -26,9 +23,6 @@ const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     ("telephony", "ops"),
     // The SIP user agent writes audit records itself.
     ("telephony", "control"),
-    // The uplink names request ids and the version with control's and ops' constants.
-    ("uplink", "control"),
-    ("uplink", "ops"),
 ];
 
 type Edges = BTreeMap<(String, String), Vec<String>>;

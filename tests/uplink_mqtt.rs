@@ -470,15 +470,17 @@ fn slow_a_crash_at_any_point_after_a_call_ends_loses_nothing_upstream() {
         assert_eq!(code, Some(0), "{log}");
         site
     };
+    // Whether each crash's caller had its BYE answered: the answer waits for the ended record,
+    // so a crash before that record is on disk leaves the BYE unanswered.
+    let answered = std::cell::RefCell::new(Vec::new());
     let one_call = |app: &Appliance| {
-        // The record is written beside the BYE's answer: the daemon may die before that answer
-        // leaves, so sipp may count a failed call; the call is in the store either way.
         let r = Sipp::run_uac(
             &SippUac::new(&format!("127.0.0.1:{}", app.sip_port))
                 .calls(1)
                 .call_duration(Duration::from_millis(100)),
         );
         assert_eq!(r.successful + r.failed, 1, "{}", r.screen);
+        answered.borrow_mut().push(r.successful == 1);
     };
     for point in [
         "before_ended_call_saved",
@@ -487,6 +489,11 @@ fn slow_a_crash_at_any_point_after_a_call_ends_loses_nothing_upstream() {
     ] {
         site = Some(crash(site.take().unwrap(), point, &one_call));
     }
+    assert_eq!(
+        answered.borrow()[..2],
+        [false, false],
+        "no 200 OK to a BYE before the call's end is on disk and the call task done"
+    );
     site = Some(crash(
         site.take().unwrap(),
         "audit_saved",
@@ -504,6 +511,23 @@ fn slow_a_crash_at_any_point_after_a_call_ends_loses_nothing_upstream() {
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(stored.len(), 3, "one call per crash: {stored:?}");
+    let ends: Vec<String> = json(&app.site.cli(&["calls", "--json", "--limit", "50"]).stdout)
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|c| {
+            c["end_reason"]["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        ["interrupted", "hangup", "hangup"],
+        "a crash before the ended record: interrupted (and its BYE unanswered); after: as it ended"
+    );
     let arrived = |stream: &str, id_field: &str| -> Vec<(String, String)> {
         sub.events(stream)
             .iter()

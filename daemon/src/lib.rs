@@ -1,9 +1,11 @@
 //! edgevoice: an on-prem AI voice appliance for contact centres.
 //!
-//! Module map (see ARCHITECTURE.md): `config` (TOML → validated config), `store` (sled, typed
-//! trees), `ops` (daemon lifecycle, systemd, logging, CLI definitions), `control` (commands to the
-//! running daemon, local socket), `models` (manifest, install, verify). Telephony, call, speech,
-//! agent and uplink arrive with their issues.
+//! The modules and their layers are mapped in docs/ARCHITECTURE.md: `config` and `store` at
+//! the ground floor; `speech`, `telephony`, `uplink`, `models`; `agent`; `call`; `control`;
+//! `ops` (daemon lifecycle) at the top.
+
+/// This build's version (the package's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod agent;
 pub mod call;

@@ -104,8 +104,12 @@ pub async fn run_inbound(
     let span = tracing::info_span!("call", id = %id, call_id = %call.call_id);
     async {
         let records = RecordWriter::start(&ctx);
-        inbound(ctx, ports, call, signals, commands, id, &records).await;
+        // The signal channel stays open until every record snapshot is on disk: the SIP layer
+        // answers the caller's BYE once it closes, so a 200 OK never precedes the ended record.
+        let mut signals = signals;
+        inbound(ctx, ports, call, &mut signals, commands, id, &records).await;
         records.finish().await;
+        drop(signals);
     }
     .instrument(span)
     .await;
@@ -116,7 +120,7 @@ async fn inbound(
     ctx: Arc<DaemonContext>,
     ports: Arc<RtpPorts>,
     call: InboundCall,
-    mut signals: mpsc::Receiver<CallSignal>,
+    signals: &mut mpsc::Receiver<CallSignal>,
     commands: mpsc::Sender<CallCommand>,
     id: ulid::Ulid,
     records: &dyn RecordSink,
@@ -223,7 +227,7 @@ async fn inbound(
         }
         None => {
             rec.answer_at_ms = Some(crate::store::now_ms());
-            match offer_in_200(&config, &local, &mut signals, &commands).await {
+            match offer_in_200(&config, &local, signals, &commands).await {
                 Ok(negotiated) => negotiated,
                 Err((reason, by)) => {
                     rec.end(reason, by);
@@ -301,7 +305,7 @@ async fn run_answered(
     negotiated: Negotiated,
     sockets: RtpSockets,
     mut rec: CallRecord,
-    (mut signals, commands): (mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
+    (signals, commands): (&mut mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
     agent: Option<CallSpeech>,
     records: &dyn RecordSink,
@@ -352,7 +356,7 @@ async fn run_answered(
         .run(
             ctx,
             config,
-            &mut signals,
+            signals,
             &commands,
             &mut control_rx,
             (&mut rec, records),
@@ -474,7 +478,7 @@ async fn outbound(
         })
         .await;
     tracing::info!(outcome = ?result, "outbound call");
-    let Some(call) = answered else {
+    let Some(mut call) = answered else {
         finish(&mut rec, &result);
         records.save(&rec);
         let _ = outcome.send((rec.id.clone(), result));
@@ -506,7 +510,7 @@ async fn outbound(
         negotiated,
         sockets,
         rec,
-        (call.signals, call.commands),
+        (&mut call.signals, call.commands),
         req.bridge,
         None,
         records,

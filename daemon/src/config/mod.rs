@@ -6,6 +6,7 @@
 //! `config/edgevoice.toml`; a unit test keeps the two equal.
 
 mod agent;
+mod keys;
 mod locate;
 mod validate;
 
@@ -19,6 +20,7 @@ pub use agent::{
     valid_slot_name, AgentAction, AgentConfig, BargeIn, DtmfRuleConfig, IntentConfig, SlotConfig,
     SlotKind, SpeechConfig, WhenTransferFails,
 };
+pub use keys::{parse_trusted_key, valid_id, TrustedKey, NO_REQUEST_ID};
 pub use validate::ConfigIssue;
 
 /// True when `directives` is a valid `daemon.log_level` (a level, or comma-separated
@@ -326,6 +328,24 @@ pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
     s.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// `uplink.mqtt_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    V311,
+    V5,
+}
+
+impl MqttVersion {
+    /// The config spelling: "3.1.1" or "5".
+    pub fn parse(s: &str) -> Option<MqttVersion> {
+        match s {
+            "3.1.1" => Some(MqttVersion::V311),
+            "5" => Some(MqttVersion::V5),
+            _ => None,
+        }
+    }
 }
 
 /// The codecs `sip.codecs` may name (lower case; telephony::codec maps each to its codec).

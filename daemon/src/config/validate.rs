@@ -461,7 +461,7 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
     let mut names = std::collections::HashSet::new();
     for (i, entry) in u.trusted_keys.iter().enumerate() {
         let key = "uplink.trusted_keys";
-        match crate::control::remote::parse_trusted_key(entry) {
+        match super::parse_trusted_key(entry) {
             Ok(k) if !names.insert(k.name.clone()) => problem(
                 key,
                 format!(
@@ -531,7 +531,7 @@ fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String))
             "0 is not a port; use 1883 (plain) or 8883 (TLS)".into(),
         );
     }
-    if crate::uplink::MqttVersion::parse(&u.mqtt_version).is_none() {
+    if super::MqttVersion::parse(&u.mqtt_version).is_none() {
         problem(
             "uplink.mqtt_version",
             format!(

@@ -22,7 +22,7 @@ use logging::LogControl;
 use systemd::Notifier;
 use work::ActiveWork;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::VERSION;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -134,12 +134,18 @@ pub enum Triage {
     Drop,
 }
 
-/// The queue and the running slots for commands: [`MAX_COMMANDS_QUEUED`] running or waiting,
-/// [`MAX_COMMANDS_RUNNING`] running, and one more slot only for copies ([`Triage::HandleCopy`])
-/// and [`InboundProblem`]s.
+/// How many copies ([`Triage::HandleCopy`]) and [`InboundProblem`]s may wait for their lane;
+/// more are dropped (counted as rate-limited).
+const MAX_COPIES_QUEUED: usize = 4;
+
+/// The queues and the running slots for commands: [`MAX_COMMANDS_QUEUED`] running or waiting,
+/// [`MAX_COMMANDS_RUNNING`] running; and apart from them, for copies ([`Triage::HandleCopy`])
+/// and [`InboundProblem`]s, a queue of their own ([`MAX_COPIES_QUEUED`]) and one slot, so a
+/// flood of copies never takes a place a genuine command waits in.
 struct CommandLanes {
     queue: Arc<tokio::sync::Semaphore>,
     slots: Arc<tokio::sync::Semaphore>,
+    copy_queue: Arc<tokio::sync::Semaphore>,
     copy_slot: Arc<tokio::sync::Semaphore>,
 }
 
@@ -148,6 +154,7 @@ impl CommandLanes {
         Self {
             queue: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED)),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING)),
+            copy_queue: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES_QUEUED)),
             copy_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
@@ -565,7 +572,7 @@ fn status_message(base: &str, state: &str, health: &str) -> WireMessage {
 fn status_payload(state: &str, health: &str) -> Vec<u8> {
     serde_json::json!({
         "state": state,
-        "version": crate::ops::VERSION,
+        "version": crate::VERSION,
         "health": health,
         "at_ms": crate::store::now_ms(),
     })
@@ -643,8 +650,8 @@ fn outgoing_message(
             let request_id = result
                 .get("request_id")
                 .and_then(|r| r.as_str())
-                .filter(|r| crate::control::remote::valid_id(r))
-                .unwrap_or(crate::control::remote::NO_REQUEST_ID)
+                .filter(|r| crate::config::valid_id(r))
+                .unwrap_or(crate::config::NO_REQUEST_ID)
                 .to_owned();
             result.insert("key".into(), serde_json::Value::String(key.to_owned()));
             let body = serde_json::to_vec(&result).unwrap_or_default();
@@ -730,20 +737,26 @@ fn spawn_command(
         // Refusals only: never in the genuine commands' slots.
         Inbound::Problem(_) => Triage::HandleCopy,
     };
-    let slots = match triage {
-        Triage::Handle => lanes.slots.clone(),
-        Triage::HandleCopy => lanes.copy_slot.clone(),
+    let (queue, slots) = match triage {
+        Triage::Handle => (&lanes.queue, lanes.slots.clone()),
+        Triage::HandleCopy => (&lanes.copy_queue, lanes.copy_slot.clone()),
         Triage::Drop => {
             let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
             view.commands_rate_limited += 1;
             return;
         }
     };
-    let Ok(queued) = lanes.queue.clone().try_acquire_owned() else {
-        tracing::warn!(
-            command = %inbound.name(),
-            "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
-        );
+    let Ok(queued) = queue.clone().try_acquire_owned() else {
+        if triage == Triage::HandleCopy {
+            // The copies' own lane is full: one more copy is one more for the rate limit.
+            let mut view = handle.shared.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.commands_rate_limited += 1;
+        } else {
+            tracing::warn!(
+                command = %inbound.name(),
+                "remote command dropped: {MAX_COMMANDS_QUEUED} commands already running or waiting"
+            );
+        }
         return;
     };
     tokio::spawn(async move {

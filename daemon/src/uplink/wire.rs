@@ -12,23 +12,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5 as v5p;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 
-/// `uplink.mqtt_version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqttVersion {
-    V311,
-    V5,
-}
-
-impl MqttVersion {
-    /// The config spelling: "3.1.1" or "5".
-    pub fn parse(s: &str) -> Option<MqttVersion> {
-        match s {
-            "3.1.1" => Some(MqttVersion::V311),
-            "5" => Some(MqttVersion::V5),
-            _ => None,
-        }
-    }
-}
+pub use crate::config::MqttVersion;
 
 /// What both protocols' connect options are made from.
 pub(super) struct Settings {

@@ -650,7 +650,7 @@ pub fn error_response(
     }
     out.push_str(&format!(
         "Server: edgevoice/{}\r\nContent-Length: 0\r\n\r\n",
-        crate::ops::VERSION
+        crate::VERSION
     ));
     Some(out.into_bytes())
 }

@@ -315,7 +315,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
     };
 
     let endpoint = EndpointBuilder::new()
-        .with_user_agent(&format!("edgevoice/{}", crate::ops::VERSION))
+        .with_user_agent(&format!("edgevoice/{}", crate::VERSION))
         .with_cancel_token(cancel.clone())
         .with_transport_layer(transport_layer)
         .with_allows(ALLOWED.to_vec())
@@ -371,6 +371,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         spawner,
         local_addr,
         audit_limiter: Mutex::new(HashMap::new()),
+        live: LiveDialogs::default(),
         trusted_registrars,
     };
     let loop_cancel = cancel.clone();
@@ -415,6 +416,72 @@ struct Shell {
     audit_limiter: Mutex<HashMap<IpAddr, Instant>>,
     /// Registrar addresses of register-mode accounts: their INVITEs are accepted.
     trusted_registrars: TrustedRegistrars,
+    /// Inbound calls' signal channels by dialog id, while their dialogs are driven.
+    live: LiveDialogs,
+}
+
+/// How long a caller's BYE waits for its call's end to be on disk before it is answered
+/// anyway (a store that hangs must not leave the caller retransmitting).
+const BYE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Inbound calls' signal channels by dialog id: a caller's BYE tells its call first and is
+/// answered once the call task is done (its ended record written), so a 200 OK to a BYE never
+/// precedes a crash that would record the call as interrupted.
+#[derive(Clone, Default)]
+struct LiveDialogs(Arc<Mutex<HashMap<String, mpsc::Sender<CallSignal>>>>);
+
+impl LiveDialogs {
+    fn insert(&self, id: String, signals: mpsc::Sender<CallSignal>) -> LiveDialogEntry {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), signals);
+        LiveDialogEntry {
+            live: self.clone(),
+            id,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<mpsc::Sender<CallSignal>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Tells the call of `id` the caller hung up and waits (at most [`BYE_ANSWER_WAIT`]) until
+    /// its task has finished, records included.
+    async fn hang_up_and_wait(&self, id: &str) {
+        let Some(signals) = self.get(id) else { return };
+        if signals.send(CallSignal::RemoteHangup).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(BYE_ANSWER_WAIT, signals.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the call did not finish its record within {BYE_ANSWER_WAIT:?} of the caller's BYE; answering it anyway"
+            );
+        }
+    }
+}
+
+/// Removes its dialog from [`LiveDialogs`] when the dialog's driver ends.
+struct LiveDialogEntry {
+    live: LiveDialogs,
+    id: String,
+}
+
+impl Drop for LiveDialogEntry {
+    fn drop(&mut self) {
+        self.live
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 type TrustedRegistrars = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
@@ -480,6 +547,9 @@ impl Shell {
             return;
         }
         if let Some(Dialog::Invite(mut dialog)) = self.dialogs.match_dialog(&tx) {
+            if method == rsip::Method::Bye {
+                self.live.hang_up_and_wait(&dialog.id().to_string()).await;
+            }
             if let Err(e) = dialog.handle(&mut tx).await {
                 tracing::debug!(%method, "in-dialog request: {e}");
             }
@@ -672,9 +742,11 @@ impl Shell {
         } else {
             DialogStart::Inbound
         };
-        tokio::spawn(drive_dialog(
-            dialog, dialogs, state_rx, signal_tx, command_rx, start,
-        ));
+        let live = self.live.insert(dialog.id().to_string(), signal_tx.clone());
+        tokio::spawn(async move {
+            drive_dialog(dialog, dialogs, state_rx, signal_tx, command_rx, start).await;
+            drop(live);
+        });
     }
 
     fn audit_refusal(&self, source: IpAddr, from: &str, reason: &str) {
