@@ -17,12 +17,9 @@ use std::path::{Path, PathBuf};
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     // speech::service builds the agent's prompts and slot extraction; vad takes its window size.
     ("speech", "agent"),
-    // The call task, the dispatcher and the SIP user agent take the whole DaemonContext.
+    // The call task and the dispatcher take the whole DaemonContext.
     ("call", "ops"),
     ("control", "ops"),
-    ("telephony", "ops"),
-    // The SIP user agent writes audit records itself.
-    ("telephony", "control"),
 ];
 
 type Edges = BTreeMap<(String, String), Vec<String>>;

@@ -233,6 +233,55 @@ pub struct DaemonContext {
     unsaved_records: crate::call::record::UnsavedRecords,
 }
 
+impl crate::telephony::sip::SipHost for DaemonContext {
+    fn config(&self) -> config::Config {
+        DaemonContext::config(self).config
+    }
+
+    fn is_draining(&self) -> bool {
+        self.work.is_draining()
+    }
+
+    fn active_calls(&self) -> usize {
+        self.work.active()
+    }
+
+    fn observe_admission_refusal(&self, code: u16) {
+        self.metrics.observe_refusal(code);
+    }
+
+    fn observe_sip_refused(&self, code: u16) {
+        self.metrics.observe_sip_refused(code);
+    }
+
+    fn observe_sip_dropped(&self, reason: &'static str) {
+        self.metrics.observe_sip_dropped(reason);
+    }
+
+    fn audit_refused_invite(self: Arc<Self>, source: std::net::IpAddr, from: &str, reason: &str) {
+        let record = control::AuditRecord {
+            at_ms: crate::store::now_ms(),
+            channel: "sip".into(),
+            who: source.to_string(),
+            command: "INVITE".into(),
+            args: serde_json::json!({ "from": from.chars().take(200).collect::<String>() }),
+            outcome: format!("refused: 403 {reason}"),
+            request_id: None,
+        };
+        let ctx = self;
+        // The store fsyncs: keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let store = ctx.store();
+            if let Err(e) = store
+                .tree::<control::AuditRecord>()
+                .and_then(|t| t.put(store.new_id().to_bytes(), &record))
+            {
+                tracing::error!("audit record not written: {e}");
+            }
+        });
+    }
+}
+
 impl DaemonContext {
     pub fn new(config: LoadedConfig, store: Store, log: Option<LogControl>) -> Self {
         Self {

@@ -14,6 +14,31 @@ pub mod wire;
 
 use std::net::SocketAddr;
 
+/// What the SIP user agent needs of the daemon around it: the running config, the admission
+/// facts, its counters and where its audit lines go. The daemon implements it, so telephony
+/// imports nothing above itself.
+pub trait SipHost: Send + Sync + 'static {
+    /// The running config (a snapshot; a reload replaces it).
+    fn config(&self) -> crate::config::Config;
+    /// New calls are refused (503) while the daemon drains.
+    fn is_draining(&self) -> bool;
+    fn active_calls(&self) -> usize;
+    /// An INVITE refused at admission, by status.
+    fn observe_admission_refusal(&self, code: u16);
+    /// A request answered with an error before any transaction, by status.
+    fn observe_sip_refused(&self, code: u16);
+    /// A message dropped without an answer, by reason.
+    fn observe_sip_dropped(&self, reason: &'static str);
+    /// Writes the audit line of an INVITE refused from outside the trunks (the user agent
+    /// keeps it to one a minute per source).
+    fn audit_refused_invite(
+        self: std::sync::Arc<Self>,
+        source: std::net::IpAddr,
+        from: &str,
+        reason: &str,
+    );
+}
+
 /// What the SIP layer tells a call task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallSignal {

@@ -22,10 +22,8 @@ use super::keepalive::{self, TrunkBoard};
 use super::registration::{self, RegistrationBoard};
 use super::screen::{self, Screened};
 use super::wire;
+use super::SipHost;
 use super::{parse_info_dtmf, CallCommand, CallSignal, DialOutcome, InboundCall};
-use crate::control::{AuditRecord, Principal};
-use crate::ops::DaemonContext;
-use crate::store;
 
 /// Methods we answer; advertised in Allow.
 const ALLOWED: [rsip::Method; 7] = [
@@ -232,8 +230,8 @@ impl UserAgent {
 }
 
 /// Binds UDP and TCP on `sip.listen` and starts serving.
-pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<UserAgent, SipError> {
-    let config = ctx.config().config;
+pub async fn start(host: Arc<dyn SipHost>, spawner: CallSpawner) -> Result<UserAgent, SipError> {
+    let config = host.config();
     let listen = config
         .sip
         .listen_addr()
@@ -255,7 +253,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
         let socket = tokio::net::UdpSocket::bind(listen)
             .await
             .map_err(|e| udp_error(e.to_string()))?;
-        let screened = wire::ScreenedUdp::new(socket, Arc::downgrade(&ctx));
+        let screened = wire::ScreenedUdp::new(socket, Arc::downgrade(&host));
         let udp = UdpConnection::from_socket(Arc::new(screened), None, Some(cancel.child_token()))
             .await
             .map_err(|e| udp_error(e.to_string()))?;
@@ -366,7 +364,7 @@ pub async fn start(ctx: Arc<DaemonContext>, spawner: CallSpawner) -> Result<User
     });
     let dialogs_for_outbound = dialogs.clone();
     let shell = Shell {
-        ctx,
+        host,
         dialogs,
         spawner,
         local_addr,
@@ -408,7 +406,7 @@ fn udp_local_addr(conn: &UdpConnection) -> Option<SocketAddr> {
 }
 
 struct Shell {
-    ctx: Arc<DaemonContext>,
+    host: Arc<dyn SipHost>,
     dialogs: Arc<DialogLayer>,
     spawner: CallSpawner,
     local_addr: SocketAddr,
@@ -531,7 +529,7 @@ impl Shell {
             } = screen::screen(raw.as_bytes())
             {
                 tracing::info!(%method, code, "request refused: {reason}");
-                self.ctx.metrics().observe_sip_refused(code);
+                self.host.observe_sip_refused(code);
                 let headers = headers
                     .into_iter()
                     .map(|(name, value)| rsip::Header::Other(name.to_owned(), value))
@@ -592,7 +590,7 @@ impl Shell {
         if hops == Some(0) {
             return tx.reply(rsip::StatusCode::TooManyHops).await;
         }
-        if self.ctx.work().is_draining() {
+        if self.host.is_draining() {
             return tx.reply(rsip::StatusCode::ServiceUnavailable).await;
         }
         tx.reply_with(
@@ -612,7 +610,7 @@ impl Shell {
             let _ = tx.reply(rsip::StatusCode::BadRequest).await;
             return;
         };
-        let config = self.ctx.config().config;
+        let config = self.host.config();
         // Register-mode accounts first: their registrar may also sit inside a trunk's network.
         // Several accounts can share one registrar: the one the call is for (Request-URI user)
         // comes first, then the rest by name, so attribution never depends on map order.
@@ -648,9 +646,9 @@ impl Shell {
                 .ok()
                 .and_then(|m| m.value().trim().parse::<u32>().ok()),
             trunks: &trunks,
-            active_calls: self.ctx.work().active(),
+            active_calls: self.host.active_calls(),
             max_calls: config.sip.max_calls,
-            draining: self.ctx.work().is_draining(),
+            draining: self.host.is_draining(),
             retry_after_secs: config.sip.retry_after_secs,
         };
         let call_id = req
@@ -675,7 +673,7 @@ impl Shell {
                 tracing::info!(%source, %call_id, code, "INVITE refused: {reason}");
                 // Counted, not recorded as a call: a flood of refused INVITEs must not fill
                 // the disk (403s are audited below).
-                self.ctx.metrics().observe_refusal(code);
+                self.host.observe_admission_refusal(code);
                 if audit {
                     self.audit_refusal(source.ip(), &from, &reason);
                 }
@@ -764,30 +762,7 @@ impl Shell {
             }
             seen.insert(source, now);
         }
-        let principal = Principal {
-            channel: "sip".into(),
-            who: source.to_string(),
-        };
-        let record = AuditRecord {
-            at_ms: store::now_ms(),
-            channel: principal.channel,
-            who: principal.who,
-            command: "INVITE".into(),
-            args: serde_json::json!({ "from": from.chars().take(200).collect::<String>() }),
-            outcome: format!("refused: 403 {reason}"),
-            request_id: None,
-        };
-        let ctx = self.ctx.clone();
-        // The store fsyncs: keep it off the runtime's workers.
-        tokio::task::spawn_blocking(move || {
-            let store = ctx.store();
-            if let Err(e) = store
-                .tree::<AuditRecord>()
-                .and_then(|t| t.put(store.new_id().to_bytes(), &record))
-            {
-                tracing::error!("audit record not written: {e}");
-            }
-        });
+        self.host.clone().audit_refused_invite(source, from, reason);
     }
 }
 

@@ -22,7 +22,7 @@ use rsipstack::sip::SipMessage;
 use rsipstack::transport::SipConnection;
 
 use super::screen::{self, Screened};
-use crate::ops::DaemonContext;
+use super::SipHost;
 
 /// Why a datagram was dropped unanswered (the `reason` label of `edgevoice_sip_dropped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,15 +201,15 @@ impl LogLimiter {
 /// The UDP socket rsipstack reads through: every datagram passes [`gate`] first.
 pub struct ScreenedUdp {
     socket: tokio::net::UdpSocket,
-    ctx: Weak<DaemonContext>,
+    host: Weak<dyn SipHost>,
     limiter: Mutex<LogLimiter>,
 }
 
 impl ScreenedUdp {
-    pub fn new(socket: tokio::net::UdpSocket, ctx: Weak<DaemonContext>) -> Self {
+    pub fn new(socket: tokio::net::UdpSocket, host: Weak<dyn SipHost>) -> Self {
         Self {
             socket,
-            ctx,
+            host,
             limiter: Mutex::new(LogLimiter::default()),
         }
     }
@@ -234,8 +234,8 @@ impl ScreenedUdp {
                 detail,
                 response,
             } => {
-                if let Some(ctx) = self.ctx.upgrade() {
-                    ctx.metrics().observe_sip_refused(code);
+                if let Some(host) = self.host.upgrade() {
+                    host.observe_sip_refused(code);
                 }
                 let start = first_line(raw);
                 tracing::debug!(%source, code, "SIP request refused: {detail}: {start}");
@@ -247,8 +247,8 @@ impl ScreenedUdp {
                 }
             }
             Gate::Drop { reason, detail } => {
-                if let Some(ctx) = self.ctx.upgrade() {
-                    ctx.metrics().observe_sip_dropped(reason.label());
+                if let Some(host) = self.host.upgrade() {
+                    host.observe_sip_dropped(reason.label());
                 }
                 let start = first_line(raw);
                 tracing::debug!(%source, reason = reason.label(), "SIP message dropped: {detail}: {start}");
