@@ -591,8 +591,6 @@ async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
     // Counted before the store write, so whoever sees the ended record sees it counted.
     if rec.end_reason.is_some() {
         ctx.metrics().observe_call(rec);
-    }
-    if rec.end_reason.is_some() {
         crate::fault::crash_point("before_ended_call_saved");
     }
     let (owner, saved) = (ctx.clone(), rec.clone());

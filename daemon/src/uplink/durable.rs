@@ -352,12 +352,15 @@ impl DurableOutbox {
             let what = crate::store::display_key(&key);
             while !entry.messages.is_empty() {
                 let message = entry.messages.remove(0);
-                let mut rest = Writes::default();
-                if entry.messages.is_empty() {
-                    rest.remove::<OwedMessages>(&key);
-                } else {
-                    rest.put(&key, &entry)?;
-                }
+                // What stays owed once this message is off the list: written with its append.
+                let rest = || -> Result<Writes, StoreError> {
+                    let mut rest = Writes::default();
+                    match entry.messages.is_empty() {
+                        true => rest.remove::<OwedMessages>(&key),
+                        false => rest.put(&key, &entry)?,
+                    }
+                    Ok(rest)
+                };
                 let payload =
                     message
                         .payload
@@ -366,7 +369,7 @@ impl DurableOutbox {
                             key: what.clone(),
                             reason,
                         })?;
-                match self.append_with(store, message.stream, &payload, rest, now) {
+                match self.append_with(store, message.stream, &payload, rest()?, now) {
                     Ok(_) => {
                         appended += 1;
                         if !entry.messages.is_empty() {
@@ -375,12 +378,7 @@ impl DurableOutbox {
                     }
                     Err(OutboxError::Append(e)) => {
                         tracing::error!("{what}: not queued for the uplink: {e}");
-                        let mut rest = Writes::default();
-                        if entry.messages.is_empty() {
-                            rest.remove::<OwedMessages>(&key);
-                        } else {
-                            rest.put(&key, &entry)?;
-                        }
+                        let rest = rest()?;
                         self.write(|| store.apply(rest))?;
                     }
                     Err(e) => return Err(e),
