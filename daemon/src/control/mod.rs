@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::DaemonContext;
-use crate::store::{self, Record, TreeName};
+use crate::store::{self, Record, Store, TreeName};
 use protocol::{Request, Response};
 
 /// Who sent a command, for the audit trail.
@@ -614,17 +614,8 @@ impl Dispatcher {
         };
         // With the uplink on, the audit record and its event upstream are one write: a crash
         // after it loses neither.
-        let store = self.ctx.store();
-        let id = store.new_id();
         let owes_event = self.ctx.uplink().is_some();
-        let written = (|| {
-            let mut writes = store::Writes::default();
-            writes.put(id.to_bytes(), &record)?;
-            if owes_event {
-                crate::ops::events::owe(&mut writes, &id.to_string(), &event)?;
-            }
-            store.apply(writes)
-        })();
+        let written = write_audit(self.ctx.store(), &record, owes_event.then_some(&event));
         match written {
             Ok(()) if owes_event => {
                 crate::fault::crash_point("audit_saved");
@@ -637,6 +628,22 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Writes one audit record, and with `event` the site event it owes upstream, as one durable
+/// write: the one place audit records are written.
+pub fn write_audit(
+    store: &Store,
+    record: &AuditRecord,
+    event: Option<&crate::ops::events::SiteEvent>,
+) -> Result<(), store::StoreError> {
+    let id = store.new_id();
+    let mut writes = store::Writes::default();
+    writes.put(id.to_bytes(), record)?;
+    if let Some(event) = event {
+        crate::ops::events::owe(&mut writes, &id.to_string(), event)?;
+    }
+    store.apply(writes)
 }
 
 #[cfg(test)]

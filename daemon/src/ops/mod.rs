@@ -271,11 +271,7 @@ impl crate::telephony::sip::SipHost for DaemonContext {
         let ctx = self;
         // The store fsyncs: keep it off the runtime's workers.
         tokio::task::spawn_blocking(move || {
-            let store = ctx.store();
-            if let Err(e) = store
-                .tree::<control::AuditRecord>()
-                .and_then(|t| t.put(store.new_id().to_bytes(), &record))
-            {
+            if let Err(e) = control::write_audit(ctx.store(), &record, None) {
                 tracing::error!("audit record not written: {e}");
             }
         });

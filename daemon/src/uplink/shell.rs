@@ -1192,35 +1192,17 @@ async fn say_offline_and_disconnect(
     .await;
 }
 
-/// Fault injection for the forced-duplicate test (tests/uplink_mqtt.rs): compiled into debug
-/// builds only, so the release binary (and the .deb) has neither the code nor the variable.
-///
-/// `EDGEVOICE_FAULT_ABORT_BEFORE_DELETE=<stream>/<sequence>` (e.g. `calls/2`): when the
-/// broker's PUBACK for that message arrives, the daemon aborts before the durable delete: the
-/// exact crash window in which the broker has the message and the outbox still holds it.
+/// The forced-duplicate test's crash point (tests/uplink_mqtt.rs, [`crate::fault`]): the
+/// broker's PUBACK for a message arrived and the daemon dies before the durable delete.
 mod fault {
-    #[cfg(debug_assertions)]
     pub(super) fn before_puback_delete(outbox: &super::DurableOutbox, packet_id: u16) {
-        static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        let Some(wanted) = KEY
-            .get_or_init(|| std::env::var("EDGEVOICE_FAULT_ABORT_BEFORE_DELETE").ok())
-            .as_deref()
-        else {
+        if !cfg!(debug_assertions) {
             return;
-        };
-        let Some(id) = outbox.outbox().in_flight_id(packet_id) else {
-            return;
-        };
-        if id.to_string() == wanted {
-            let key = outbox.identity().key(id);
-            eprintln!("fault injection: PUBACK for {key} received; aborting before the delete");
-            std::process::abort();
+        }
+        if let Some(id) = outbox.outbox().in_flight_id(packet_id) {
+            crate::fault::crash_before_puback_delete(&id.to_string(), &outbox.identity().key(id));
         }
     }
-
-    #[cfg(not(debug_assertions))]
-    #[inline(always)]
-    pub(super) fn before_puback_delete(_: &super::DurableOutbox, _: u16) {}
 }
 
 #[cfg(test)]
