@@ -11,7 +11,7 @@
 //! hears the onset) and ends a little after the last one.
 
 /// One VAD window: 512 samples at 16 kHz.
-pub const WINDOW_SAMPLES: usize = 512;
+pub use crate::speech::vad::WINDOW_SAMPLES;
 pub const WINDOW_MS: u32 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,11 +1,15 @@
 //! The voice agent: what it knows (facts, intents, DTMF rules from `[agent]`), the per-call
-//! conversation state machine, endpointing and clause splitting. No I/O here: `call::agent` is
-//! the shell that feeds audio, runs the engines and plays the replies.
+//! conversation state machine, endpointing, clause splitting and the turn engine that ties them
+//! to the speech engines ([`turns`]). No I/O here: `call::agent` is the shell that feeds audio,
+//! runs the engines' jobs and plays the replies.
 
 pub mod conversation;
 pub mod endpoint;
 pub mod sentences;
+#[cfg(test)]
+pub mod sim;
 pub mod slots;
+pub mod turns;
 
 use crate::config::{AgentAction, AgentConfig};
 use crate::speech::text::normalize_words;

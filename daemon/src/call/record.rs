@@ -110,39 +110,7 @@ pub struct CallRecord {
     pub turns: Vec<AgentTurn>,
 }
 
-/// One caller turn of a voice agent call: what was said, what the agent did, how long each
-/// stage took.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AgentTurn {
-    #[serde(flatten)]
-    pub turn: crate::agent::TurnRecord,
-    /// Call time (ms since answer) when the caller's speech began and ended.
-    pub caller_start_ms: Option<u64>,
-    pub caller_end_ms: Option<u64>,
-    /// Recognised words with times relative to the utterance start.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub words: Vec<TurnWord>,
-    pub latency: TurnLatency,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TurnWord {
-    pub text: String,
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub probability: f32,
-}
-
-/// Milliseconds from the end of the caller's speech to each stage of the reply.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TurnLatency {
-    pub endpoint_ms: Option<u64>,
-    pub asr_final_ms: Option<u64>,
-    pub llm_first_token_ms: Option<u64>,
-    pub first_tts_audio_ms: Option<u64>,
-    /// When the first reply audio was handed to the 20 ms RTP clock (sent within one frame).
-    pub first_reply_rtp_ms: Option<u64>,
-}
+pub use crate::agent::turns::{AgentTurn, TurnLatency, TurnWord};
 
 impl Record for CallRecord {
     const TREE: TreeName = TreeName::Calls;

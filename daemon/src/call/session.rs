@@ -848,11 +848,7 @@ impl MediaRun {
                     send_bye: true,
                 };
             }
-            let directive = self
-                .directive
-                .take()
-                .or_else(|| self.agent.as_mut().and_then(AgentRun::take_directive));
-            match directive {
+            match self.directive.take() {
                 Some(Directive::Hangup) => {
                     self.hang_up_at
                         .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
@@ -1308,7 +1304,11 @@ impl MediaRun {
                         // A full queue means the other leg stalls: drop, never block this call.
                         let _ = b.to_peer.try_send((pcm, sample_rate));
                     } else if let Some(agent) = self.agent.as_mut() {
-                        agent.on_caller_audio(&pcm, sample_rate);
+                        if let Some(d) =
+                            agent.on_caller_audio(&pcm, sample_rate, &mut self.session, rec)
+                        {
+                            self.directive.get_or_insert(d);
+                        }
                     } else if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");

@@ -71,6 +71,12 @@ impl Default for SlotConfig {
     }
 }
 
+/// Listening noises that do not interrupt the agent. Not "yes" or "no": said over a question,
+/// those are answers.
+pub const DEFAULT_BACKCHANNELS: &[&str] = &[
+    "mhm", "mm", "hmm", "uh huh", "okay", "ok", "yeah", "right", "i see", "sure",
+];
+
 /// When the caller may interrupt the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,6 +172,13 @@ pub struct AgentConfig {
     pub when_transfer_fails: WhenTransferFails,
     pub barge_in: BargeIn,
     pub barge_in_min_speech_ms: u32,
+    /// Speech over the agent holds its audio; when that speech holds no words (a cough, a
+    /// noise) or only a backchannel, the held reply goes on where it stopped instead of being
+    /// dropped. Off: any speech of `barge_in_min_speech_ms` interrupts at once.
+    pub resume_after_noise: bool,
+    /// What a caller says while listening ("mhm", "okay"): said over the agent, it does not
+    /// interrupt it. Lower-case words; an entry matches the whole of what was said.
+    pub backchannels: Vec<String>,
     /// Silence after speech that ends the caller's turn.
     pub endpoint_silence_ms: u32,
     /// Speech shorter than this is ignored (a cough, a click).
@@ -215,6 +228,11 @@ impl Default for AgentConfig {
             when_transfer_fails: WhenTransferFails::TakeMessage,
             barge_in: BargeIn::Speech,
             barge_in_min_speech_ms: 300,
+            resume_after_noise: true,
+            backchannels: DEFAULT_BACKCHANNELS
+                .iter()
+                .map(|b| (*b).to_owned())
+                .collect(),
             endpoint_silence_ms: 600,
             min_speech_ms: 200,
             vad_threshold_percent: 50,
@@ -408,6 +426,17 @@ pub(super) fn check_agent(
             problem(
                 key,
                 "is empty; the agent needs something to say here".to_owned(),
+            );
+        }
+    }
+    for phrase in &agent.backchannels {
+        let plain = phrase
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == ' ' || c == '\'');
+        if phrase.trim().is_empty() || !plain {
+            problem(
+                "agent.backchannels",
+                format!("\"{phrase}\" must be lower-case words (letters, spaces, apostrophes)"),
             );
         }
     }

@@ -159,6 +159,13 @@ pub(crate) fn require_file<E>(path: &Path, missing: impl FnOnce(PathBuf) -> E) -
     }
 }
 
+/// Voice activity detection: per call (it keeps state between steps), on a thread of its own.
+pub trait VoiceActivity: Send {
+    /// Speech probability (0..=1) of each whole window of [`vad::WINDOW_SAMPLES`] samples
+    /// (16 kHz mono) in `windows`, continuing from the previous call.
+    fn process(&mut self, windows: &[f32]) -> Result<Vec<f32>, AsrError>;
+}
+
 /// Speech recognition: a model loaded once, shared by every call.
 pub trait SpeechRecognizer: Send + Sync {
     /// A per-call state (holds the decoder's buffers; reuse it for every utterance of a call).

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-
 use super::pool::{Priority, QueueFull, WorkerPool};
 use super::{
     AsrError, Budget, ChatMessage, Generation, LlamaEngine, LlamaSession, LlmConfig, LlmError,
@@ -492,10 +490,15 @@ impl Drop for CallSpeech {
     }
 }
 
-/// A generation in flight; set `cancel` to stop it at the next token.
-pub struct GenerationHandle {
-    pub events: mpsc::UnboundedReceiver<LlmEvent>,
-    pub cancel: Arc<AtomicBool>,
+/// Why a job was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum JobRefused {
+    /// The engine's queue is full: the job never ran.
+    #[error(transparent)]
+    Full(#[from] QueueFull),
+    /// The engine is not loaded (its error says why).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CallSpeech {
@@ -512,12 +515,13 @@ impl CallSpeech {
         self.vad = Some(vad);
     }
 
-    /// Queues recognition of one utterance (16 kHz).
+    /// Queues recognition of one utterance (16 kHz); `deliver` gets the result on the
+    /// recognizer's thread.
     pub fn transcribe(
         &self,
         pcm_16k: Vec<f32>,
-    ) -> Result<oneshot::Receiver<Result<Transcript, AsrError>>, QueueFull> {
-        let (tx, rx) = oneshot::channel();
+        deliver: impl FnOnce(Result<Transcript, AsrError>) + Send + 'static,
+    ) -> Result<(), QueueFull> {
         let asr = Arc::clone(&self.service.asr);
         let sessions = Arc::clone(&self.service.asr_sessions);
         self.service.asr_pool.try_submit(
@@ -535,41 +539,39 @@ impl CallSpeech {
                     }
                     r
                 });
-                let _ = tx.send(result);
+                deliver(result);
             }),
-        )?;
-        Ok(rx)
+        )
     }
 
-    /// Queues a reply to `history` in this call's sequence; tokens stream back as generated.
+    /// Queues a reply to `history` in this call's sequence. `on_event` gets each token as it
+    /// is generated, then the outcome, on the model's thread; it (or `cancel`) stops the
+    /// generation at the next token.
     pub fn generate(
         &self,
         history: Vec<ChatMessage>,
         budget: Budget,
-    ) -> Result<GenerationHandle, QueueFull> {
-        let (tx, events) = mpsc::unbounded_channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let llm = match self.service.language_model() {
-            Ok(llm) => llm,
-            Err(why) => {
-                let _ = tx.send(LlmEvent::Failed(why));
-                return Ok(GenerationHandle { events, cancel });
-            }
-        };
+        cancel: Arc<AtomicBool>,
+        mut on_event: impl FnMut(LlmEvent) -> ControlFlow<()> + Send + 'static,
+    ) -> Result<(), JobRefused> {
+        let llm = self
+            .service
+            .language_model()
+            .map_err(JobRefused::Unavailable)?;
         let slot = self.slot;
-        let stop = Arc::clone(&cancel);
         let queued = Instant::now();
         self.service.llm_pool.try_submit(
             Priority::Live,
             Box::new(move || {
-                let result = run_generation(&llm, slot, history, budget, queued, &stop, &tx);
-                let _ = tx.send(match result {
+                let result =
+                    run_generation(&llm, slot, history, budget, queued, &cancel, &mut on_event);
+                let _ = on_event(match result {
                     Ok(g) => LlmEvent::Done(g),
                     Err(e) => LlmEvent::Failed(e.to_string()),
                 });
             }),
         )?;
-        Ok(GenerationHandle { events, cancel })
+        Ok(())
     }
 
     /// Queues slot extraction from `said` in this call's sequence: the model's output held to
@@ -581,43 +583,36 @@ impl CallSpeech {
         said: String,
         slots: Vec<crate::agent::slots::SlotSpec>,
         budget: Budget,
-    ) -> Result<oneshot::Receiver<ExtractionResult>, QueueFull> {
-        let (tx, rx) = oneshot::channel();
-        let llm = match self.service.language_model() {
-            Ok(llm) => llm,
-            Err(why) => {
-                let _ = tx.send(Err(why));
-                return Ok(rx);
-            }
-        };
+        deliver: impl FnOnce(ExtractionResult) + Send + 'static,
+    ) -> Result<(), JobRefused> {
+        let llm = self
+            .service
+            .language_model()
+            .map_err(JobRefused::Unavailable)?;
         let slot = self.slot;
         self.service.llm_pool.try_submit(
             Priority::Live,
-            Box::new(move || {
-                let _ = tx.send(run_extraction(&llm, slot, &said, &slots, budget));
-            }),
+            Box::new(move || deliver(run_extraction(&llm, slot, &said, &slots, budget))),
         )?;
-        Ok(rx)
+        Ok(())
     }
 
-    /// Queues synthesis of one clause. `None` when there is no voice.
+    /// Queues synthesis of one clause; `deliver` gets the audio on the voice's thread.
     pub fn synthesize(
         &self,
         text: String,
-    ) -> Option<Result<oneshot::Receiver<Result<super::Synthesis, TtsError>>, QueueFull>> {
-        let tts = self.service.tts.clone()?;
-        let (tx, rx) = oneshot::channel();
-        Some(
-            self.service
-                .tts_pool
-                .try_submit(
-                    Priority::Live,
-                    Box::new(move || {
-                        let _ = tx.send(tts.synthesize(&text));
-                    }),
-                )
-                .map(|()| rx),
-        )
+        deliver: impl FnOnce(Result<super::Synthesis, TtsError>) + Send + 'static,
+    ) -> Result<(), JobRefused> {
+        let tts = self
+            .service
+            .tts
+            .clone()
+            .ok_or_else(|| JobRefused::Unavailable("no voice".to_owned()))?;
+        self.service.tts_pool.try_submit(
+            Priority::Live,
+            Box::new(move || deliver(tts.synthesize(&text))),
+        )?;
+        Ok(())
     }
 }
 
@@ -659,7 +654,7 @@ fn run_generation(
     budget: Budget,
     queued: Instant,
     cancel: &AtomicBool,
-    tx: &mpsc::UnboundedSender<LlmEvent>,
+    on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
 ) -> Result<Generation, LlmError> {
     // The budget counts from the caller's turn, waiting in the queue included.
     let left = budget.max_time.saturating_sub(queued.elapsed());
@@ -691,8 +686,8 @@ fn run_generation(
         session.fork(0, slot)?;
     }
     let mut on_token = |piece: &str| {
-        let _ = tx.send(LlmEvent::Token(piece.to_owned()));
-        if cancel.load(Ordering::Relaxed) {
+        if on_event(LlmEvent::Token(piece.to_owned())).is_break() || cancel.load(Ordering::Relaxed)
+        {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())

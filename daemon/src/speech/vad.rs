@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use whisper_rs::{WhisperVadContext, WhisperVadContextParams};
 
-use super::{require_file, AsrError};
-use crate::agent::endpoint::WINDOW_SAMPLES;
+use super::{require_file, AsrError, VoiceActivity};
+
+/// Silero's window: 32 ms of 16 kHz audio, one speech probability each.
+pub const WINDOW_SAMPLES: usize = 512;
 
 /// Windows of earlier audio run again before the new ones.
 const CONTEXT_WINDOWS: usize = 6;
@@ -50,6 +52,12 @@ impl SileroVad {
     /// Speech probabilities for the whole 512-sample windows in `windows` (16 kHz mono; its
     /// length must be a multiple of 512).
     pub fn process(&mut self, windows: &[f32]) -> Result<Vec<f32>, AsrError> {
+        VoiceActivity::process(self, windows)
+    }
+}
+
+impl VoiceActivity for SileroVad {
+    fn process(&mut self, windows: &[f32]) -> Result<Vec<f32>, AsrError> {
         let n_new = windows.len() / WINDOW_SAMPLES;
         if n_new == 0 {
             return Ok(Vec::new());
