@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 /// The layers they break, from the ground floor up: config; speech, telephony, uplink;
 /// agent; call; control; ops.
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    // speech::service builds the agent's prompts and slot extraction; vad takes its window size.
-    ("speech", "agent"),
     // The call task and the dispatcher take the whole DaemonContext.
     ("call", "ops"),
     ("control", "ops"),

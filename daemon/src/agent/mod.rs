@@ -5,6 +5,7 @@
 
 pub mod conversation;
 pub mod endpoint;
+pub mod engines;
 pub mod sentences;
 #[cfg(test)]
 pub mod sim;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::record::CallRecord;
 use crate::agent::turns::{EngineResult, Job, JobId, TurnConfig, TurnEngine, TurnOutput};
-use crate::agent::{Conversation, ConversationState};
+use crate::agent::{slots, AgentSpec, Conversation, ConversationState};
 use crate::config::Config;
 use crate::speech::service::{CallSpeech, JobRefused, LlmEvent};
 use crate::speech::{AsrError, SileroVad, TtsError};
@@ -37,6 +37,7 @@ pub enum AgentEvent {
 
 pub struct AgentRun {
     engine: TurnEngine,
+    spec: AgentSpec,
     speech: CallSpeech,
     results_tx: mpsc::Sender<AgentEvent>,
     results: mpsc::Receiver<AgentEvent>,
@@ -51,11 +52,13 @@ pub struct AgentRun {
 }
 
 impl AgentRun {
-    pub fn new(config: &Config, speech: CallSpeech) -> Self {
+    /// `spec` is the agent the engines were loaded for (their system prompt and prompts).
+    pub fn new(config: &Config, spec: AgentSpec, speech: CallSpeech) -> Self {
         let (results_tx, results) = mpsc::channel(RESULTS_DEPTH);
-        let conv = Conversation::new(speech.service().spec().clone());
+        let conv = Conversation::new(spec.clone());
         Self {
             engine: TurnEngine::new(TurnConfig::new(&config.agent), conv),
+            spec,
             speech,
             results_tx,
             results,
@@ -291,10 +294,20 @@ impl AgentRun {
                 budget,
             } => {
                 let tx = self.results_tx.clone();
-                let queued = self.speech.extract(said, slots, budget, move |result| {
-                    let _ = tx
-                        .blocking_send(AgentEvent::Engine(EngineResult::Extracted { id, result }));
-                });
+                let messages = slots::prompt(&said, &slots);
+                let grammar = slots::grammar(&slots);
+                let queued =
+                    self.speech
+                        .complete_constrained(messages, grammar, budget, move |output| {
+                            // Values the caller did not say are dropped (`agent::slots`).
+                            let result = output.and_then(|text| {
+                                slots::extract(&text, &said, &slots).map_err(|e| e.to_string())
+                            });
+                            let _ = tx.blocking_send(AgentEvent::Engine(EngineResult::Extracted {
+                                id,
+                                result,
+                            }));
+                        });
                 match queued {
                     Ok(()) => {}
                     Err(JobRefused::Full(_)) => self.immediate.push_back(EngineResult::Busy { id }),
@@ -337,7 +350,7 @@ impl AgentRun {
                 let result = self
                     .speech
                     .service()
-                    .prompt(prompt)
+                    .phrase(prompt.text(&self.spec.config))
                     .ok_or_else(|| format!("prompt {prompt:?} has no audio"));
                 self.immediate.push_back(EngineResult::Audio { id, result });
             }

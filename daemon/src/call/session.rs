@@ -12,6 +12,7 @@ use super::agent::{AgentRun, Directive};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
 use super::transfer::{ringback_cycle, Transfer, TransferEvent, TransferOutput, TransferRequester};
 use super::CallControl;
+use crate::agent::AgentSpec;
 use crate::config::{AfterPrompt, CallHandler, Config};
 use crate::ops::work::WorkGuard;
 use crate::ops::DaemonContext;
@@ -307,7 +308,7 @@ async fn run_answered(
     mut rec: CallRecord,
     (signals, commands): (&mut mpsc::Receiver<CallSignal>, mpsc::Sender<CallCommand>),
     bridge: Option<Bridge>,
-    agent: Option<CallSpeech>,
+    agent: Option<AgentCall>,
     records: &dyn RecordSink,
 ) {
     // Recordings share the store's disk and its reserve: a call is not recorded (and a
@@ -537,13 +538,18 @@ async fn refuse(
 }
 
 /// A voice agent call's share of the engines, or why there is none (the caller gets 503).
-fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<CallSpeech, String> {
+fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<AgentCall, String> {
     match ctx.speech() {
         None => Err("the voice agent is still loading its models".to_owned()),
         Some(Err(e)) => Err(format!("the voice agent is unavailable: {e}")),
-        Some(Ok(service)) => service.open_call(),
+        Some(Ok(engines)) => engines
+            .open_call()
+            .map(|speech| (engines.spec.clone(), speech)),
     }
 }
+
+/// A call's agent: the configuration its engines were loaded for, and its share of them.
+type AgentCall = (AgentSpec, CallSpeech);
 
 /// Saves one call's record off the call's own loop, so a slow disk (an fsync can take seconds
 /// on a busy one) never holds up answering, the media clock or signalling. Snapshots are
@@ -752,7 +758,7 @@ impl MediaRun {
         negotiated: Negotiated,
         sockets: RtpSockets,
         recording: Option<PathBuf>,
-        agent: Option<CallSpeech>,
+        agent: Option<AgentCall>,
     ) -> Result<Self, String> {
         let now = Instant::now();
         let mut media_config = MediaConfig::new(
@@ -766,7 +772,7 @@ impl MediaRun {
         media_config.wallclock_at_start = std::time::SystemTime::now();
         media_config.record = recording.is_some();
         let mut session = MediaSession::new(media_config, now).map_err(|e| e.to_string())?;
-        let agent = agent.map(|speech| AgentRun::new(config, speech));
+        let agent = agent.map(|(spec, speech)| AgentRun::new(config, spec, speech));
         if agent.is_none() {
             let (pcm, rate) = if config.media_test.prompt.as_os_str().is_empty() {
                 builtin_prompt()

@@ -52,7 +52,7 @@ impl Phase {
 }
 
 /// The voice agent's engines, or why they could not be loaded.
-pub type SpeechEngines = Result<Arc<crate::speech::service::SpeechService>, String>;
+pub type SpeechEngines = Result<Arc<crate::agent::engines::AgentEngines>, String>;
 
 /// What `edgevoice status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,7 +382,7 @@ impl DaemonContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let service = crate::speech::service::SpeechService::load(&config)
+        let service = crate::agent::engines::AgentEngines::load(&config)
             .map_err(|e| format!("the engines did not load ({e}); the running ones are kept"))?;
         // An optional engine the running service has but the new one lost (a voice or model
         // file that verifies but does not load) would quietly degrade every new call: refuse.
@@ -819,7 +819,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 .loading_speech
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            crate::speech::service::SpeechService::load(&config)
+            crate::agent::engines::AgentEngines::load(&config)
         })
         .await;
         let speech = match loaded {

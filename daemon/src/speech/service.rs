@@ -6,7 +6,7 @@
 //! Calls talk to it through [`CallSpeech`] (one per call): it holds the call's LLM sequence and
 //! returns results on tokio channels, so the call task never blocks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,18 @@ use super::{
     WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, TTS_VOICE_FILE,
     VAD_MODEL_FILE, WHISPER_MODEL_FILE,
 };
-use crate::agent::{AgentSpec, Prompt};
 use crate::config::Config;
+
+/// What the agent layer needs of the engines, prepared by it (`agent::AgentSpec::speech_plan`):
+/// the system prompt every call's context starts from, and the texts to render at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpeechPlan {
+    pub system_prompt: String,
+    /// Fixed prompts: without audio for each (the voice, or its cache) the agent cannot run.
+    pub prompts: Vec<String>,
+    /// Said often (facts, fixed replies): pre-rendered when the voice can.
+    pub phrases: Vec<String>,
+}
 
 /// A prompt's audio: mono PCM and its rate.
 pub type PromptAudio = Arc<(Vec<i16>, u32)>;
@@ -103,7 +113,6 @@ const _: () = {
 };
 
 pub struct SpeechService {
-    spec: AgentSpec,
     asr: Arc<WhisperRecognizer>,
     asr_sessions: Arc<Mutex<Vec<WhisperSession>>>,
     asr_pool: WorkerPool,
@@ -115,8 +124,7 @@ pub struct SpeechService {
     tts: Option<Arc<dyn SpeechSynthesizer>>,
     tts_error: Option<String>,
     tts_pool: WorkerPool,
-    prompts: HashMap<Prompt, PromptAudio>,
-    /// Facts and fixed replies, by their exact text.
+    /// Prompts, facts and fixed replies, by their exact text.
     phrases: HashMap<String, PromptAudio>,
     vad_model: PathBuf,
 }
@@ -137,11 +145,10 @@ impl SpeechService {
     /// Loads every engine `config` names (blocking: seconds). Whisper and a voice (or cached
     /// prompts) are required; without the language model the agent answers from intents and
     /// templates only.
-    pub fn load(config: &Config) -> Result<Self, SpeechUnavailable> {
+    pub fn load(config: &Config, plan: &SpeechPlan) -> Result<Self, SpeechUnavailable> {
         let started = Instant::now();
         let models = &config.models.dir;
         let speech = &config.speech;
-        let spec = AgentSpec::new(&config.agent);
         let depth = speech.queue_depth as usize;
 
         let mut wcfg = WhisperConfig::new(models.join(WHISPER_MODEL_FILE));
@@ -153,7 +160,7 @@ impl SpeechService {
         SileroVad::load(&vad_model).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
 
         let slot_count = agent_call_limit(config);
-        let (llm, llm_error) = match load_llm(config, &spec, slot_count) {
+        let (llm, llm_error) = match load_llm(config, &plan.system_prompt, slot_count) {
             Ok(l) => (Some(Arc::new(l)), None),
             Err(e) => {
                 tracing::error!("language model unavailable, the agent answers from intents and templates only: {e}");
@@ -179,13 +186,14 @@ impl SpeechService {
                 }
             };
         let cache_dir = config.daemon.state_dir.join("prompts");
-        let prompts =
-            render_prompts(&spec, tts.as_deref(), &cache_dir).map_err(SpeechUnavailable::Voice)?;
-        let phrases = render_phrases(&spec, tts.as_deref(), &cache_dir);
+        let mut phrases = render_prompts(&plan.prompts, tts.as_deref(), &cache_dir)
+            .map_err(SpeechUnavailable::Voice)?;
+        for (text, audio) in render_phrases(&plan.phrases, tts.as_deref(), &cache_dir) {
+            phrases.entry(text).or_insert(audio);
+        }
 
         let threads = |e: std::io::Error| SpeechUnavailable::Threads(e.to_string());
         let service = Self {
-            spec,
             asr,
             asr_sessions: Arc::new(Mutex::new(Vec::new())),
             asr_pool: WorkerPool::new("asr", 1, depth).map_err(threads)?,
@@ -197,7 +205,6 @@ impl SpeechService {
             tts,
             tts_error,
             tts_pool: WorkerPool::new("tts", 1, depth).map_err(threads)?,
-            prompts,
             phrases,
             vad_model,
         };
@@ -223,10 +230,6 @@ impl SpeechService {
             out.push(("voice", why));
         }
         out
-    }
-
-    pub fn spec(&self) -> &AgentSpec {
-        &self.spec
     }
 
     pub fn status(&self) -> SpeechStatus {
@@ -266,14 +269,9 @@ impl SpeechService {
         self.llm_pool.waiting() + self.llm_pool.running() > 0
     }
 
-    /// Pre-rendered audio for this exact text (a fact or a fixed reply), if any.
+    /// Pre-rendered audio for this exact text (a prompt, a fact or a fixed reply), if any.
     pub fn phrase(&self, text: &str) -> Option<PromptAudio> {
         self.phrases.get(text.trim()).cloned()
-    }
-
-    /// A cached prompt's audio and rate.
-    pub fn prompt(&self, p: Prompt) -> Option<PromptAudio> {
-        self.prompts.get(&p).cloned()
     }
 
     /// Admits a new call, or says why not (SIP 503): every agent sequence taken, or an engine
@@ -316,7 +314,7 @@ impl SpeechService {
     }
 }
 
-fn load_llm(config: &Config, spec: &AgentSpec, slots: usize) -> Result<LlmShared, LlmError> {
+fn load_llm(config: &Config, system_prompt: &str, slots: usize) -> Result<LlmShared, LlmError> {
     let mut lcfg = LlmConfig::new(config.models.dir.join(LLM_MODEL_FILE));
     lcfg.threads = config.speech.llm_threads;
     let engine_box = Box::into_raw(Box::new(LlamaEngine::load(lcfg)?));
@@ -329,7 +327,7 @@ fn load_llm(config: &Config, spec: &AgentSpec, slots: usize) -> Result<LlmShared
         drop(unsafe { Box::from_raw(engine_box) });
     };
     let prepared = (|| {
-        let system = engine.render_system(&spec.system_prompt())?;
+        let system = engine.render_system(system_prompt)?;
         let system_tokens = engine.count_tokens(&system);
         let per_call = config.speech.llm_context_per_call as usize;
         let n_ctx = (system_tokens + slots * per_call + 64) as u32;
@@ -353,30 +351,29 @@ fn load_llm(config: &Config, spec: &AgentSpec, slots: usize) -> Result<LlmShared
     Ok(LlmShared {
         session: ManuallyDrop::new(Mutex::new(session)),
         engine_box,
-        system: spec.system_prompt(),
+        system: system_prompt.to_owned(),
         system_tokens,
         per_call_tokens: per_call,
     })
 }
 
 /// Renders each fixed prompt with the voice, or loads it from the cache a previous start wrote
-/// (keyed by the text, so a changed prompt is rendered again).
+/// (keyed by the text, so a changed prompt is rendered again). Every one must have audio.
 fn render_prompts(
-    spec: &AgentSpec,
+    prompts: &[String],
     tts: Option<&dyn SpeechSynthesizer>,
     cache_dir: &Path,
-) -> Result<HashMap<Prompt, PromptAudio>, String> {
+) -> Result<HashMap<String, PromptAudio>, String> {
     let _ = std::fs::create_dir_all(cache_dir);
     let mut out = HashMap::new();
-    for p in Prompt::ALL {
-        let text = p.text(&spec.config);
+    for text in prompts.iter().map(|t| t.trim()) {
         match render_cached(text, tts, cache_dir) {
             Ok(a) => {
-                out.insert(p, a);
+                out.insert(text.to_owned(), a);
             }
             Err(e) => {
                 return Err(format!(
-                    "prompt {p:?} (\"{text}\") has no audio: {e}; install the voice with `edgevoice models install`"
+                    "prompt \"{text}\" has no audio: {e}; install the voice with `edgevoice models install`"
                 ))
             }
         }
@@ -384,23 +381,15 @@ fn render_prompts(
     Ok(out)
 }
 
-/// Facts and fixed intent/key replies, rendered at start-up like the prompts: the agent says
-/// them often, and with cached audio the reply starts as soon as the caller's words are known.
+/// Facts and fixed replies, rendered at start-up like the prompts: the agent says them often,
+/// and with cached audio the reply starts as soon as the caller's words are known.
 fn render_phrases(
-    spec: &AgentSpec,
+    phrases: &[String],
     tts: Option<&dyn SpeechSynthesizer>,
     cache_dir: &Path,
 ) -> HashMap<String, PromptAudio> {
-    let c = &spec.config;
-    let texts = c
-        .facts
-        .iter()
-        .map(|f| f.trim())
-        .chain(c.intents.iter().map(|i| i.reply.trim()))
-        .chain(c.dtmf.iter().map(|d| d.reply.trim()))
-        .filter(|t| !t.is_empty());
     let mut out = HashMap::new();
-    for text in texts {
+    for text in phrases.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         match render_cached(text, tts, cache_dir) {
             Ok(a) => {
                 out.insert(text.to_owned(), a);
@@ -574,16 +563,16 @@ impl CallSpeech {
         Ok(())
     }
 
-    /// Queues slot extraction from `said` in this call's sequence: the model's output held to
-    /// the slots' grammar, values the caller did not say dropped (`agent::slots`). The
-    /// sequence is cleared afterwards, so the conversation's next reply forks the shared
-    /// system prompt again instead of re-evaluating it.
-    pub fn extract(
+    /// Queues a completion of `messages` in this call's sequence, its output held to
+    /// `grammar` (GBNF); `deliver` gets the text on the model's thread. The sequence is cleared
+    /// afterwards, so the conversation's next reply forks the shared system prompt again
+    /// instead of re-evaluating it.
+    pub fn complete_constrained(
         &self,
-        said: String,
-        slots: Vec<crate::agent::slots::SlotSpec>,
+        messages: Vec<ChatMessage>,
+        grammar: String,
         budget: Budget,
-        deliver: impl FnOnce(ExtractionResult) + Send + 'static,
+        deliver: impl FnOnce(Result<String, String>) + Send + 'static,
     ) -> Result<(), JobRefused> {
         let llm = self
             .service
@@ -592,7 +581,7 @@ impl CallSpeech {
         let slot = self.slot;
         self.service.llm_pool.try_submit(
             Priority::Live,
-            Box::new(move || deliver(run_extraction(&llm, slot, &said, &slots, budget))),
+            Box::new(move || deliver(run_constrained(&llm, slot, &messages, &grammar, budget))),
         )?;
         Ok(())
     }
@@ -616,35 +605,27 @@ impl CallSpeech {
     }
 }
 
-/// Slot values taken from the caller's words, or why extraction failed.
-pub type ExtractionResult = Result<BTreeMap<String, String>, String>;
-
-fn run_extraction(
+fn run_constrained(
     llm: &LlmShared,
     slot: usize,
-    said: &str,
-    slots: &[crate::agent::slots::SlotSpec],
+    messages: &[ChatMessage],
+    grammar: &str,
     budget: Budget,
-) -> ExtractionResult {
-    use crate::agent::slots;
+) -> Result<String, String> {
     let prompt = llm
         .engine()
-        .render_chat(&slots::prompt(said, slots))
+        .render_chat(messages)
         .map_err(|e| e.to_string())?;
     let mut session = llm
         .session
         .lock()
         .map_err(|_| "llama context poisoned by a panic".to_owned())?;
-    let generated = session.generate_seq_constrained(
-        slot,
-        &prompt,
-        Some(&slots::grammar(slots)),
-        budget,
-        &mut |_| ControlFlow::Continue(()),
-    );
+    let generated =
+        session.generate_seq_constrained(slot, &prompt, Some(grammar), budget, &mut |_| {
+            ControlFlow::Continue(())
+        });
     session.release(slot);
-    let g = generated.map_err(|e| e.to_string())?;
-    slots::extract(&g.text, said, slots).map_err(|e| e.to_string())
+    generated.map(|g| g.text).map_err(|e| e.to_string())
 }
 
 fn run_generation(
