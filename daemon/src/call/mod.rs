@@ -5,6 +5,7 @@ pub mod record;
 pub mod session;
 pub mod summary;
 pub mod transfer;
+pub mod work;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

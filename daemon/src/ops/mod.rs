@@ -5,7 +5,6 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;
-pub mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,12 +14,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::call::work::ActiveWork;
 use crate::config::{self, ConfigError, LoadedConfig};
 use crate::control;
 use crate::store::{Store, StoreError};
 use logging::LogControl;
 use systemd::Notifier;
-use work::ActiveWork;
 
 pub use crate::VERSION;
 
