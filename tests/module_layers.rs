@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     // speech::service builds the agent's prompts and slot extraction; vad takes its window size.
     ("speech", "agent"),
-    // The call task and the dispatcher take the whole DaemonContext.
-    ("call", "ops"),
+    // The dispatcher takes the whole DaemonContext.
     ("control", "ops"),
 ];
 

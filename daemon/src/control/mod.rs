@@ -492,7 +492,8 @@ impl Dispatcher {
                     bridge: None,
                     cancel: None,
                 };
-                telephony.dial(&self.ctx, req, tx)?;
+                let calls: Arc<dyn crate::call::CallHost> = self.ctx.clone();
+                telephony.dial(&calls, req, tx)?;
                 match rx.blocking_recv() {
                     Ok((id, outcome)) => {
                         Ok(serde_json::json!({ "id": id, "to": to, "result": outcome }))

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::call::work::ActiveWork;
+use crate::call::SpeechEngines;
 use crate::config::{self, ConfigError, LoadedConfig};
 use crate::control;
 use crate::store::{Store, StoreError};
@@ -49,9 +50,6 @@ impl Phase {
         }
     }
 }
-
-/// The voice agent's engines, or why they could not be loaded.
-pub type SpeechEngines = Result<Arc<crate::speech::service::SpeechService>, String>;
 
 /// What `edgevoice status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +275,48 @@ impl crate::telephony::sip::SipHost for DaemonContext {
     }
 }
 
+impl crate::call::CallHost for DaemonContext {
+    fn config(&self) -> config::Config {
+        DaemonContext::config(self).config
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn uplink(&self) -> Option<&crate::uplink::UplinkHandle> {
+        self.uplink.get()
+    }
+
+    fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
+        &self.unsaved_records
+    }
+
+    fn work(&self) -> &Arc<ActiveWork> {
+        &self.work
+    }
+
+    fn live_calls(&self) -> &crate::call::LiveCalls {
+        &self.live_calls
+    }
+
+    fn speech(&self) -> Option<SpeechEngines> {
+        DaemonContext::speech(self)
+    }
+
+    fn call_shutdown(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.call_shutdown.subscribe()
+    }
+
+    fn observe_call(&self, rec: &crate::call::record::CallRecord) {
+        self.metrics.observe_call(rec);
+    }
+
+    fn telephony(&self) -> Option<&crate::call::Telephony> {
+        self.telephony.get()
+    }
+}
+
 impl DaemonContext {
     pub fn new(config: LoadedConfig, store: Store, log: Option<LogControl>) -> Self {
         Self {
@@ -304,18 +344,9 @@ impl DaemonContext {
         }
     }
 
-    /// Ended calls' records the store refused, waiting to be written.
-    pub fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
-        &self.unsaved_records
-    }
-
     /// Site events for the uplink's `events` stream.
     pub fn events(&self) -> &events::EventSink {
         &self.events
-    }
-
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.metrics
     }
 
     /// The Prometheus text exposition of this daemon now.
@@ -335,11 +366,6 @@ impl DaemonContext {
             &metrics::ProcessStats::current(),
             crate::store::now_ms(),
         )
-    }
-
-    /// Resolves (changes) when live calls must end now.
-    pub fn call_shutdown(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.call_shutdown.subscribe()
     }
 
     pub fn config(&self) -> LoadedConfig {
@@ -928,7 +954,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 }
             }
             _ = status_tick.tick() => {
-                crate::call::write_unsaved_records(&ctx).await;
+                crate::call::write_unsaved_records(ctx.clone()).await;
                 let status = ctx.status();
                 let now = status.summary();
                 if now != last_status {
@@ -979,7 +1005,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
     sip.shutdown();
-    crate::call::write_unsaved_records(&ctx).await;
+    crate::call::write_unsaved_records(ctx.clone()).await;
     let unsaved = ctx.unsaved_records.take_all();
     if !unsaved.is_empty() {
         let state_dir = ctx.config().config.daemon.state_dir;
