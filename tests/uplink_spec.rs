@@ -842,7 +842,7 @@ fn call_summaries_of_every_outcome_match_the_schema() {
 
 #[test]
 fn site_events_of_every_kind_match_the_schema() {
-    use edgevoice::ops::events::{SiteEvent, SiteEventKind};
+    use edgevoice::uplink::events::{SiteEvent, SiteEventKind};
     let schema = validator("event-envelope.schema.json");
     let kinds = [
         SiteEventKind::Started {

@@ -603,9 +603,9 @@ impl Dispatcher {
                 None
             },
         };
-        let event = crate::ops::events::SiteEvent {
+        let event = crate::uplink::events::SiteEvent {
             at_ms: record.at_ms,
-            kind: crate::ops::events::SiteEventKind::Command {
+            kind: crate::uplink::events::SiteEventKind::Command {
                 channel: record.channel.clone(),
                 who: record.who.clone(),
                 command: record.command.clone(),
@@ -636,13 +636,13 @@ impl Dispatcher {
 pub fn write_audit(
     store: &Store,
     record: &AuditRecord,
-    event: Option<&crate::ops::events::SiteEvent>,
+    event: Option<&crate::uplink::events::SiteEvent>,
 ) -> Result<(), store::StoreError> {
     let id = store.new_id();
     let mut writes = store::Writes::default();
     writes.put(id.to_bytes(), record)?;
     if let Some(event) = event {
-        crate::ops::events::owe(&mut writes, &id.to_string(), event)?;
+        crate::uplink::events::owe(&mut writes, &id.to_string(), event)?;
     }
     store.apply(writes)
 }

@@ -1,7 +1,7 @@
 //! The daemon's lifecycle: start-up checks, systemd notification, signals, reload, drain.
 
 pub mod cli;
-pub mod events;
+pub mod connectivity;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;
@@ -19,6 +19,7 @@ use crate::call::SpeechEngines;
 use crate::config::{self, ConfigError, LoadedConfig};
 use crate::control;
 use crate::store::{Store, StoreError};
+use crate::uplink::events::{EventSink, SiteEventKind};
 use logging::LogControl;
 use systemd::Notifier;
 
@@ -226,7 +227,7 @@ pub struct DaemonContext {
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
     metrics: metrics::Metrics,
-    events: events::EventSink,
+    events: EventSink,
     unsaved_records: crate::call::record::UnsavedRecords,
 }
 
@@ -339,13 +340,13 @@ impl DaemonContext {
             speech: RwLock::new(None),
             loading_speech: std::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
-            events: events::EventSink::default(),
+            events: EventSink::default(),
             unsaved_records: crate::call::record::UnsavedRecords::default(),
         }
     }
 
     /// Site events for the uplink's `events` stream.
-    pub fn events(&self) -> &events::EventSink {
+    pub fn events(&self) -> &EventSink {
         &self.events
     }
 
@@ -894,9 +895,9 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     }
     let status = ctx.status();
     let mut last_status = status.summary();
-    let mut last_connectivity = events::Connectivity::of(status);
+    let mut last_connectivity = connectivity::Connectivity::of(status);
     ctx.notifier.ready(&last_status);
-    ctx.events.emit(events::SiteEventKind::Started {
+    ctx.events.emit(SiteEventKind::Started {
         version: VERSION.to_owned(),
         config_source: source.display().to_string(),
         sip_listen: ctx.sip_listen.get().map(|a| a.to_string()),
@@ -942,7 +943,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                         (format!("refused: {first}"), Vec::new())
                     }
                 };
-                ctx.events.emit(events::SiteEventKind::ConfigReloaded {
+                ctx.events.emit(SiteEventKind::ConfigReloaded {
                     source: ctx.config().source.display().to_string(),
                     outcome,
                     restart_required,
@@ -961,8 +962,8 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                     ctx.notifier.status(&now);
                     last_status = now;
                 }
-                let connectivity = events::Connectivity::of(status);
-                for change in events::connectivity_changes(&last_connectivity, &connectivity) {
+                let connectivity = connectivity::Connectivity::of(status);
+                for change in connectivity::connectivity_changes(&last_connectivity, &connectivity) {
                     ctx.events.emit(change);
                 }
                 last_connectivity = connectivity;
@@ -974,7 +975,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     ctx.set_phase(Phase::Draining);
     ctx.work.start_drain();
     let active = ctx.work.active();
-    ctx.events.emit(events::SiteEventKind::Stopping {
+    ctx.events.emit(SiteEventKind::Stopping {
         signal: signal_name.to_owned(),
         active_calls: active,
     });
