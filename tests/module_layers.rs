@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     // speech::service builds the agent's prompts and slot extraction; vad takes its window size.
     ("speech", "agent"),
-    // The dispatcher takes the whole DaemonContext.
-    ("control", "ops"),
 ];
 
 type Edges = BTreeMap<(String, String), Vec<String>>;

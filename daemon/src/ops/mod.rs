@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::call::work::ActiveWork;
 use crate::call::SpeechEngines;
 use crate::config::{self, ConfigError, LoadedConfig};
-use crate::control;
+use crate::control::{self, ApplyOutcome, Phase, ReloadOutcome, Status};
 use crate::store::{Store, StoreError};
 use crate::uplink::events::{EventSink, SiteEventKind};
 use logging::LogControl;
@@ -25,118 +24,10 @@ use systemd::Notifier;
 
 pub use crate::VERSION;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Starting,
-    Ready,
-    Draining,
-}
-
-impl Phase {
-    /// The word `status` and the uplink's health use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining => "draining",
-        }
-    }
-
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            1 => Phase::Ready,
-            2 => Phase::Draining,
-            _ => Phase::Starting,
-        }
-    }
-}
-
-/// What `edgevoice status` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub version: String,
-    pub pid: u32,
-    pub phase: Phase,
-    pub uptime_secs: u64,
-    pub config_source: PathBuf,
-    pub state_dir: PathBuf,
-    pub store_size_bytes: u64,
-    /// Why the store's last write failed (e.g. the disk below `daemon.min_free_disk_mb`),
-    /// while no write has succeeded since.
-    #[serde(default)]
-    pub store_write_failure: Option<String>,
-    /// Ended calls' records waiting in memory for the store to take writes again.
-    #[serde(default)]
-    pub unsaved_call_records: usize,
-    pub device_id: String,
-    pub active_calls: usize,
-    pub max_calls: u32,
-    /// Where SIP is listening (UDP and TCP), once it is.
-    pub sip_listen: Option<String>,
-    /// Register-mode accounts.
-    #[serde(default)]
-    pub registrations: Vec<crate::telephony::sip::registration::RegistrationStatus>,
-    /// Trunks with an OPTIONS keepalive.
-    #[serde(default)]
-    pub trunks: Vec<crate::telephony::sip::keepalive::TrunkHealth>,
-    /// One line: "not configured", or state, broker, queued count and last error.
-    pub uplink: String,
-    /// The same, structured (absent when the uplink is off).
-    #[serde(default)]
-    pub uplink_detail: Option<crate::uplink::UplinkReport>,
-    /// The voice agent's engines: "ready", "loading", "media test mode" or why not.
-    #[serde(default)]
-    pub agent: String,
-    #[serde(default)]
-    pub speech: Option<crate::speech::service::SpeechStatus>,
-}
-
-impl Status {
-    /// The one-line summary for systemd's STATUS=.
-    pub fn summary(&self) -> String {
-        let phase = self.phase.as_str();
-        let calls = if self.active_calls == 1 {
-            "call"
-        } else {
-            "calls"
-        };
-        let store = match &self.store_write_failure {
-            Some(e) => format!(
-                ", STORE WRITES FAILING ({} call records waiting): {e}",
-                self.unsaved_call_records
-            ),
-            None => String::new(),
-        };
-        format!(
-            "{phase}: {} {calls}{store}, uplink {}",
-            self.active_calls, self.uplink
-        )
-    }
-}
-
 impl crate::uplink::StoreOwner for DaemonContext {
     fn store(&self) -> &Store {
         &self.store
     }
-}
-
-/// Result of applying a configuration file to the running daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadOutcome {
-    pub source: PathBuf,
-    /// Keys that changed but need a restart; their running values were kept.
-    pub restart_required: Vec<String>,
-}
-
-/// Result of `config.apply`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyOutcome {
-    pub source: PathBuf,
-    /// The previous file, kept for a manual roll-back.
-    pub last_good: PathBuf,
-    /// Keys that changed but need a restart; their running values were kept.
-    pub restart_required: Vec<String>,
 }
 
 /// `dir/name` → `dir/name{suffix}`.
@@ -282,11 +173,11 @@ impl crate::call::CallHost for DaemonContext {
     }
 
     fn store(&self) -> &Store {
-        &self.store
+        DaemonContext::store(self)
     }
 
     fn uplink(&self) -> Option<&crate::uplink::UplinkHandle> {
-        self.uplink.get()
+        DaemonContext::uplink(self)
     }
 
     fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
@@ -318,6 +209,52 @@ impl crate::call::CallHost for DaemonContext {
     }
 }
 
+impl control::ControlHost for DaemonContext {
+    fn loaded_config(&self) -> LoadedConfig {
+        DaemonContext::config(self)
+    }
+
+    fn status(&self) -> Status {
+        DaemonContext::status(self)
+    }
+
+    fn phase(&self) -> Phase {
+        DaemonContext::phase(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        DaemonContext::metrics_text(self)
+    }
+
+    fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    fn drain(&self) -> usize {
+        DaemonContext::drain(self)
+    }
+
+    fn undrain(&self) -> Result<(), String> {
+        DaemonContext::undrain(self)
+    }
+
+    fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        DaemonContext::reload(self)
+    }
+
+    fn apply_config(&self, text: &str) -> Result<ApplyOutcome, String> {
+        DaemonContext::apply_config(self, text)
+    }
+
+    fn set_log_level(&self, directives: &str) -> Result<String, String> {
+        DaemonContext::set_log_level(self, directives)
+    }
+
+    fn reload_speech(&self) -> Result<String, String> {
+        DaemonContext::reload_speech(self)
+    }
+}
+
 impl DaemonContext {
     pub fn new(config: LoadedConfig, store: Store, log: Option<LogControl>) -> Self {
         Self {
@@ -343,11 +280,6 @@ impl DaemonContext {
             events: EventSink::default(),
             unsaved_records: crate::call::record::UnsavedRecords::default(),
         }
-    }
-
-    /// Site events for the uplink's `events` stream.
-    pub fn events(&self) -> &EventSink {
-        &self.events
     }
 
     /// The Prometheus text exposition of this daemon now.
@@ -444,19 +376,6 @@ impl DaemonContext {
             "ready: loaded in {} ms; {in_use} call(s) in progress finish on the previous engines",
             started.elapsed().as_millis()
         ))
-    }
-
-    pub fn live_calls(&self) -> &crate::call::LiveCalls {
-        &self.live_calls
-    }
-
-    /// SIP and RTP, once started.
-    pub fn telephony(&self) -> Option<&crate::call::Telephony> {
-        self.telephony.get()
-    }
-
-    pub fn work(&self) -> &Arc<ActiveWork> {
-        &self.work
     }
 
     pub fn phase(&self) -> Phase {
