@@ -14,11 +14,7 @@ use std::path::{Path, PathBuf};
 /// `from -> to` edges that take part in a cycle today and are being removed; empty when done.
 /// The layers they break, from the ground floor up: config; speech, telephony, uplink;
 /// agent; call; control; ops.
-const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    // The call task and the dispatcher take the whole DaemonContext.
-    ("call", "ops"),
-    ("control", "ops"),
-];
+const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[];
 
 type Edges = BTreeMap<(String, String), Vec<String>>;
 

@@ -686,7 +686,7 @@ fn call_records_of_every_kind_match_the_schema_and_unfinished_ones_do_not() {
         at_ms: 1_795_330_000_123,
         version: "0.1.0".into(),
         uptime_secs: 60,
-        phase: edgevoice::ops::Phase::Ready,
+        phase: edgevoice::control::Phase::Ready,
         active_calls: 1,
         calls_ended: [("hangup".to_owned(), 2)].into(),
         turns: [("fact".to_owned(), 3)].into(),
@@ -842,7 +842,7 @@ fn call_summaries_of_every_outcome_match_the_schema() {
 
 #[test]
 fn site_events_of_every_kind_match_the_schema() {
-    use edgevoice::ops::events::{SiteEvent, SiteEventKind};
+    use edgevoice::uplink::events::{SiteEvent, SiteEventKind};
     let schema = validator("event-envelope.schema.json");
     let kinds = [
         SiteEventKind::Started {

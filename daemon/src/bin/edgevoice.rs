@@ -10,11 +10,11 @@ use edgevoice::config::{self, LoadedConfig};
 use edgevoice::control::client::{self, ClientError};
 use edgevoice::control::protocol::Request;
 use edgevoice::control::AuditRecord;
+use edgevoice::control::Status;
 use edgevoice::models::{self, Manifest, Outcome, Progress, Source};
 use edgevoice::ops::cli::{
     CallCommand, CliArgs, CliCommand, ConfigCommand, ModelsCommand, RemoteCommand, StoreCommand,
 };
-use edgevoice::ops::Status;
 use edgevoice::store::{Store, StoreInfo};
 
 /// Exit codes: 0 done, 1 failed, 2 invalid config or input.

@@ -5,18 +5,50 @@ pub mod record;
 pub mod session;
 pub mod summary;
 pub mod transfer;
+pub mod work;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::ops::DaemonContext;
+use crate::config::Config;
+use crate::store::Store;
 use crate::telephony::rtp_ports::RtpPorts;
 use crate::telephony::sip::user_agent::{self, CallSpawner, SipError, UserAgent};
+use crate::telephony::sip::SipHost;
+use crate::uplink::UplinkHandle;
+use work::ActiveWork;
+
+/// The voice agent's engines, or why they could not be loaded.
+pub type SpeechEngines = Result<Arc<crate::agent::engines::AgentEngines>, String>;
+
+/// What a call needs of the daemon around it. The daemon implements it, so call imports
+/// nothing above itself.
+pub trait CallHost: Send + Sync + 'static {
+    /// The running config (a snapshot; a reload replaces it).
+    fn config(&self) -> Config;
+    fn store(&self) -> &Store;
+    /// The uplink, when `[uplink] enabled` and it started: ended calls are owed upstream.
+    fn uplink(&self) -> Option<&UplinkHandle>;
+    /// Ended calls' records the store refused, waiting to be written.
+    fn unsaved_records(&self) -> &record::UnsavedRecords;
+    /// Calls in flight: a new call begins here, refused at capacity or while draining.
+    fn work(&self) -> &Arc<ActiveWork>;
+    fn live_calls(&self) -> &LiveCalls;
+    /// The speech engines: None before they are loaded (or with media test mode), Err when
+    /// they failed to load.
+    fn speech(&self) -> Option<SpeechEngines>;
+    /// Changes when live calls must end now (a drain timed out).
+    fn call_shutdown(&self) -> watch::Receiver<bool>;
+    /// Counts an ended call in the metrics.
+    fn observe_call(&self, rec: &record::CallRecord);
+    /// SIP and RTP, once started: a transfer dials its bridge leg there.
+    fn telephony(&self) -> Option<&Telephony>;
+}
 
 /// The store's word on where ended calls' records go: owed upstream with the uplink on.
-pub fn upstream_of(ctx: &DaemonContext) -> record::Upstream {
+pub fn upstream_of(ctx: &Arc<dyn CallHost>) -> record::Upstream {
     match ctx.uplink() {
         Some(_) => record::Upstream::Send,
         None => record::Upstream::LocalOnly,
@@ -25,7 +57,7 @@ pub fn upstream_of(ctx: &DaemonContext) -> record::Upstream {
 
 /// Has the uplink queue what ended calls owe upstream (they were written owing it, so a
 /// failure here loses nothing: it is tried again with the next call, and at the next start).
-pub async fn queue_owed_upstream(ctx: &DaemonContext) {
+pub async fn queue_owed_upstream(ctx: &Arc<dyn CallHost>) {
     if let Some(uplink) = ctx.uplink() {
         if let Err(e) = uplink.take_owed().await {
             tracing::error!("ended calls not queued for the uplink yet (they stay owed): {e}");
@@ -35,7 +67,7 @@ pub async fn queue_owed_upstream(ctx: &DaemonContext) {
 
 /// Keeps an ended call's record the store refused, to write it later
 /// ([`write_unsaved_records`]); returns how many are waiting.
-pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) -> usize {
+pub fn hold_unsaved_record(ctx: &Arc<dyn CallHost>, record: record::CallRecord) -> usize {
     if let Some(dropped) = ctx.unsaved_records().hold(record) {
         tracing::error!(
             "call record {} lost: more than {} records are waiting for the store",
@@ -48,13 +80,13 @@ pub fn hold_unsaved_record(ctx: &DaemonContext, record: record::CallRecord) -> u
 
 /// Writes the records the store refused earlier, oldest first, and sends each upstream;
 /// stops at the first refusal (the rest wait for the next try).
-pub async fn write_unsaved_records(ctx: &Arc<DaemonContext>) {
+pub async fn write_unsaved_records(ctx: Arc<dyn CallHost>) {
     let held = ctx.unsaved_records().take_all();
     if held.is_empty() {
         return;
     }
     let owner = ctx.clone();
-    let upstream = upstream_of(ctx);
+    let upstream = upstream_of(&ctx);
     let outcome = tokio::task::spawn_blocking(move || {
         let mut held = held.into_iter();
         let mut written = Vec::new();
@@ -81,7 +113,7 @@ pub async fn write_unsaved_records(ctx: &Arc<DaemonContext>) {
         );
     }
     if !written.is_empty() {
-        queue_owed_upstream(ctx).await;
+        queue_owed_upstream(&ctx).await;
     }
 }
 
@@ -140,11 +172,11 @@ impl Telephony {
     /// Places an outbound call in the background; `outcome` gets its id and how dialling ended.
     pub fn dial(
         &self,
-        ctx: &Arc<DaemonContext>,
+        ctx: &Arc<dyn CallHost>,
         req: session::DialRequest,
         outcome: oneshot::Sender<(String, crate::telephony::sip::DialOutcome)>,
     ) -> Result<(), String> {
-        let max_calls = ctx.config().config.sip.max_calls as usize;
+        let max_calls = ctx.config().sip.max_calls as usize;
         let guard = ctx
             .work()
             .try_begin(max_calls)
@@ -163,19 +195,21 @@ impl Telephony {
     }
 }
 
-/// Starts the SIP user agent with inbound calls handed to [`session::run_inbound`].
-pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<Telephony, SipError> {
-    let config = ctx.config().config;
+/// Starts the SIP user agent with inbound calls handed to [`session::run_inbound`]; `daemon`
+/// hosts the user agent and the calls.
+pub async fn start_telephony<H: CallHost + SipHost>(daemon: Arc<H>) -> Result<Telephony, SipError> {
+    let ctx: Arc<dyn CallHost> = daemon.clone();
+    let config = ctx.config();
     let bind_ip = config
         .sip
         .listen_addr()
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let ports = RtpPorts::new(bind_ip, config.rtp.port_min, config.rtp.port_max);
-    let spawn_ctx = ctx.clone();
+    let spawn_ctx = ctx;
     let inbound_ports = ports.clone();
     let spawner: CallSpawner = Arc::new(move |call, signals, commands| {
-        let max_calls = spawn_ctx.config().config.sip.max_calls as usize;
+        let max_calls = spawn_ctx.config().sip.max_calls as usize;
         let guard = spawn_ctx
             .work()
             .try_begin(max_calls)
@@ -190,7 +224,7 @@ pub async fn start_telephony(ctx: Arc<DaemonContext>) -> Result<Telephony, SipEr
         ));
         Ok(())
     });
-    let ua = user_agent::start(ctx, spawner).await?;
+    let ua = user_agent::start(daemon, spawner).await?;
     Ok(Telephony {
         ua: Arc::new(ua),
         ports,

@@ -11,11 +11,10 @@ use tokio::sync::mpsc;
 use super::agent::{AgentRun, Directive};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
 use super::transfer::{ringback_cycle, Transfer, TransferEvent, TransferOutput, TransferRequester};
-use super::CallControl;
+use super::work::WorkGuard;
+use super::{CallControl, CallHost};
 use crate::agent::AgentSpec;
 use crate::config::{AfterPrompt, CallHandler, Config};
-use crate::ops::work::WorkGuard;
-use crate::ops::DaemonContext;
 use crate::speech::service::CallSpeech;
 use crate::telephony::codec::Negotiated;
 use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
@@ -94,7 +93,7 @@ struct Ending {
 
 /// Runs one inbound call to its end. `guard` counts it as active work until it returns.
 pub async fn run_inbound(
-    ctx: Arc<DaemonContext>,
+    ctx: Arc<dyn CallHost>,
     ports: Arc<RtpPorts>,
     call: InboundCall,
     signals: mpsc::Receiver<CallSignal>,
@@ -118,7 +117,7 @@ pub async fn run_inbound(
 }
 
 async fn inbound(
-    ctx: Arc<DaemonContext>,
+    ctx: Arc<dyn CallHost>,
     ports: Arc<RtpPorts>,
     call: InboundCall,
     signals: &mut mpsc::Receiver<CallSignal>,
@@ -126,7 +125,7 @@ async fn inbound(
     id: ulid::Ulid,
     records: &dyn RecordSink,
 ) {
-    let config = ctx.config().config;
+    let config = ctx.config();
     let mut rec = CallRecord::new_inbound(
         id,
         &call.call_id,
@@ -301,7 +300,7 @@ async fn offer_in_200(
 /// completed.
 #[allow(clippy::too_many_arguments)] // one call's parts, handed over once
 async fn run_answered(
-    ctx: &Arc<DaemonContext>,
+    ctx: &Arc<dyn CallHost>,
     config: &Config,
     negotiated: Negotiated,
     sockets: RtpSockets,
@@ -393,7 +392,7 @@ pub struct DialRequest {
 /// Places an outbound call and, when answered, runs it like an inbound one. `outcome`
 /// receives the call id and how dialling ended as soon as that is known.
 pub async fn run_outbound(
-    ctx: Arc<DaemonContext>,
+    ctx: Arc<dyn CallHost>,
     ports: Arc<RtpPorts>,
     ua: Arc<crate::telephony::sip::user_agent::UserAgent>,
     req: DialRequest,
@@ -418,7 +417,7 @@ pub async fn run_outbound(
 }
 
 async fn outbound(
-    ctx: Arc<DaemonContext>,
+    ctx: Arc<dyn CallHost>,
     ports: Arc<RtpPorts>,
     ua: Arc<crate::telephony::sip::user_agent::UserAgent>,
     req: DialRequest,
@@ -426,7 +425,7 @@ async fn outbound(
     outcome: tokio::sync::oneshot::Sender<(String, DialOutcome)>,
     records: &dyn RecordSink,
 ) {
-    let config = ctx.config().config;
+    let config = ctx.config();
     let from = format!("sip:{}@{}", config.sip.caller_id, ua.local_addr);
     let mut rec = CallRecord::new_inbound(id, "", &from, &req.to, &req.to);
     rec.direction = super::record::CallDirection::Outbound;
@@ -538,7 +537,7 @@ async fn refuse(
 }
 
 /// A voice agent call's share of the engines, or why there is none (the caller gets 503).
-fn admit_agent(ctx: &Arc<DaemonContext>) -> Result<AgentCall, String> {
+fn admit_agent(ctx: &Arc<dyn CallHost>) -> Result<AgentCall, String> {
     match ctx.speech() {
         None => Err("the voice agent is still loading its models".to_owned()),
         Some(Err(e)) => Err(format!("the voice agent is unavailable: {e}")),
@@ -561,7 +560,7 @@ struct RecordWriter {
 }
 
 impl RecordWriter {
-    fn start(ctx: &Arc<DaemonContext>) -> RecordWriter {
+    fn start(ctx: &Arc<dyn CallHost>) -> RecordWriter {
         let (tx, mut rx) = mpsc::unbounded_channel::<CallRecord>();
         let ctx = ctx.clone();
         let task = tokio::spawn(
@@ -593,10 +592,10 @@ impl RecordWriter {
     }
 }
 
-async fn save_now(ctx: &Arc<DaemonContext>, rec: &CallRecord) {
+async fn save_now(ctx: &Arc<dyn CallHost>, rec: &CallRecord) {
     // Counted before the store write, so whoever sees the ended record sees it counted.
     if rec.end_reason.is_some() {
-        ctx.metrics().observe_call(rec);
+        ctx.observe_call(rec);
         crate::fault::crash_point("before_ended_call_saved");
     }
     let (owner, saved) = (ctx.clone(), rec.clone());
@@ -823,7 +822,7 @@ impl MediaRun {
 
     async fn run(
         &mut self,
-        ctx: &Arc<DaemonContext>,
+        ctx: &Arc<dyn CallHost>,
         config: &Config,
         signals: &mut mpsc::Receiver<CallSignal>,
         commands: &mpsc::Sender<CallCommand>,
@@ -1079,7 +1078,7 @@ impl MediaRun {
 
     fn handle_transfer(
         &mut self,
-        ctx: &Arc<DaemonContext>,
+        ctx: &Arc<dyn CallHost>,
         rec: &mut CallRecord,
         event: TransferEvent,
     ) -> Option<Ending> {
@@ -1088,7 +1087,7 @@ impl MediaRun {
     }
 
     /// Does what the transfer's state machine asks; the call's ending when our leg is done.
-    fn apply_transfer(&mut self, ctx: &Arc<DaemonContext>, rec: &mut CallRecord) -> Option<Ending> {
+    fn apply_transfer(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) -> Option<Ending> {
         let mut ending = None;
         while let Some(output) = self.transfer.as_mut().and_then(Transfer::poll_output) {
             match output {
@@ -1176,7 +1175,7 @@ impl MediaRun {
     /// That leg keeps no call record: it is this call's (`transfer.bridge`).
     fn dial_bridge(
         &mut self,
-        ctx: &Arc<DaemonContext>,
+        ctx: &Arc<dyn CallHost>,
         target: &str,
         ring_timeout: Duration,
     ) -> Result<(), String> {
@@ -1201,7 +1200,7 @@ impl MediaRun {
 
     /// The call is over: a transfer still under way is cancelled (and a ringing bridge leg
     /// with it), a bridged leg is released, and the record keeps how it ended.
-    fn end_transfer(&mut self, ctx: &Arc<DaemonContext>, rec: &mut CallRecord) {
+    fn end_transfer(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) {
         if let Some(t) = self.transfer.as_mut() {
             t.handle_event(Instant::now(), TransferEvent::CallEnded);
         }
@@ -1300,7 +1299,7 @@ impl MediaRun {
         }
     }
 
-    fn drain_events(&mut self, ctx: &DaemonContext, rec: &mut CallRecord) -> Option<Ending> {
+    fn drain_events(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) -> Option<Ending> {
         while let Some(event) = self.session.poll_event() {
             match event {
                 MediaEvent::AudioFrame {

@@ -2,6 +2,7 @@
 //! socket and signed remote commands over MQTT ([`remote`]) go through the same dispatcher.
 
 pub mod client;
+mod host;
 pub mod protocol;
 pub mod rejection_budget;
 pub mod remote;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::DaemonContext;
+use crate::call::CallHost;
 use crate::store::{self, Record, Store, TreeName};
+pub use host::{ApplyOutcome, ControlHost, Phase, ReloadOutcome, Status};
 use protocol::{Request, Response};
 
 /// Who sent a command, for the audit trail.
@@ -378,12 +380,12 @@ fn audited_args(command: &str, args: &serde_json::Value) -> serde_json::Value {
 }
 
 pub struct Dispatcher {
-    ctx: Arc<DaemonContext>,
+    host: Arc<dyn ControlHost>,
 }
 
 impl Dispatcher {
-    pub fn new(ctx: Arc<DaemonContext>) -> Self {
-        Self { ctx }
+    pub fn new(host: Arc<dyn ControlHost>) -> Self {
+        Self { host }
     }
 
     /// Executes one request. Refused and state-changing commands are written to the audit
@@ -415,11 +417,11 @@ impl Dispatcher {
         let to_json =
             |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
         match command {
-            Command::Status => to_json(serde_json::to_value(self.ctx.status())),
-            Command::Metrics => Ok(serde_json::json!({ "text": self.ctx.metrics_text() })),
-            Command::StoreInfo => to_json(serde_json::to_value(self.ctx.store().info())),
+            Command::Status => to_json(serde_json::to_value(self.host.status())),
+            Command::Metrics => Ok(serde_json::json!({ "text": self.host.metrics_text() })),
+            Command::StoreInfo => to_json(serde_json::to_value(self.host.store().info())),
             Command::AuditList { limit } => Ok(serde_json::Value::Array(
-                self.ctx
+                self.host
                     .store()
                     .tree::<AuditRecord>()
                     .map_err(|e| e.to_string())?
@@ -436,14 +438,14 @@ impl Dispatcher {
                     None => None,
                 };
                 Ok(serde_json::Value::Array(
-                    self.ctx
+                    self.host
                         .store()
                         .tree::<crate::call::record::CallRecord>()
                         .map_err(|e| e.to_string())?
                         .newest_json_before(before.as_deref(), *limit),
                 ))
             }
-            Command::CallGet { id } => match crate::call::record::get(self.ctx.store(), id) {
+            Command::CallGet { id } => match crate::call::record::get(self.host.store(), id) {
                 Ok(Some(rec)) => to_json(serde_json::to_value(rec)),
                 Ok(None) => Err(format!(
                     "no call with id {id}; `edgevoice calls` lists them"
@@ -484,7 +486,7 @@ impl Dispatcher {
                 to,
                 ring_timeout_secs,
             } => {
-                let telephony = self.ctx.telephony().ok_or("telephony is not running")?;
+                let telephony = self.host.telephony().ok_or("telephony is not running")?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let req = crate::call::session::DialRequest {
                     to: to.clone(),
@@ -492,7 +494,8 @@ impl Dispatcher {
                     bridge: None,
                     cancel: None,
                 };
-                telephony.dial(&self.ctx, req, tx)?;
+                let calls: Arc<dyn CallHost> = self.host.clone();
+                telephony.dial(&calls, req, tx)?;
                 match rx.blocking_recv() {
                     Ok((id, outcome)) => {
                         Ok(serde_json::json!({ "id": id, "to": to, "result": outcome }))
@@ -501,23 +504,23 @@ impl Dispatcher {
                 }
             }
             Command::LogLevel { level } => {
-                let previous = self.ctx.set_log_level(level)?;
+                let previous = self.host.set_log_level(level)?;
                 Ok(serde_json::json!({ "level": level, "previous": previous }))
             }
             Command::ConfigGet => {
-                let loaded = self.ctx.config();
+                let loaded = self.host.loaded_config();
                 Ok(serde_json::json!({
                     "source": loaded.source,
                     "config": to_json(serde_json::to_value(loaded.config.redacted()))?,
                 }))
             }
             Command::ConfigApply { toml } => {
-                to_json(serde_json::to_value(self.ctx.apply_config(toml)?))
+                to_json(serde_json::to_value(self.host.apply_config(toml)?))
             }
             Command::RetentionPurge { older_than_days } => {
                 let cutoff_ms =
                     store::now_ms().saturating_sub(u64::from(*older_than_days) * 86_400_000);
-                let purged = crate::call::record::purge_ended_before(self.ctx.store(), cutoff_ms)
+                let purged = crate::call::record::purge_ended_before(self.host.store(), cutoff_ms)
                     .map_err(|e| e.to_string())?;
                 tracing::info!(
                     older_than_days,
@@ -533,7 +536,7 @@ impl Dispatcher {
                 }))
             }
             Command::ModelsInstall { name, url, sha256 } => {
-                let config = self.ctx.config().config;
+                let config = self.host.config();
                 let manifest = crate::models::Manifest::load(&config.models.manifest)
                     .map_err(|e| e.to_string())?;
                 let installed = crate::models::install_from_url(
@@ -547,7 +550,7 @@ impl Dispatcher {
                 tracing::info!(model = %name, path = %installed.path.display(), "model installed on command; loading it");
                 // Verified is not yet usable: the engines load from the new file beside the
                 // running ones, and only a load that works replaces them.
-                match self.ctx.reload_speech() {
+                match self.host.reload_speech() {
                     Ok(agent) => Ok(serde_json::json!({
                         "installed": installed,
                         "agent": agent,
@@ -560,14 +563,14 @@ impl Dispatcher {
                 }
             }
             Command::Drain => {
-                let active = self.ctx.drain();
+                let active = self.host.drain();
                 Ok(serde_json::json!({ "phase": "draining", "active_calls": active }))
             }
             Command::Undrain => {
-                self.ctx.undrain()?;
-                Ok(serde_json::json!({ "phase": self.ctx.phase() }))
+                self.host.undrain()?;
+                Ok(serde_json::json!({ "phase": self.host.phase() }))
             }
-            Command::ConfigReload => match self.ctx.reload() {
+            Command::ConfigReload => match self.host.reload() {
                 Ok(outcome) => to_json(serde_json::to_value(outcome)),
                 Err(e) => Err(format!(
                     "config refused, running config kept: {}",
@@ -581,7 +584,7 @@ impl Dispatcher {
         &self,
         id: &str,
     ) -> Result<tokio::sync::mpsc::Sender<crate::call::CallControl>, String> {
-        self.ctx
+        self.host
             .live_calls()
             .get(id)
             .ok_or_else(|| format!("no live call with id {id}; `edgevoice calls` lists calls"))
@@ -602,9 +605,9 @@ impl Dispatcher {
                 None
             },
         };
-        let event = crate::ops::events::SiteEvent {
+        let event = crate::uplink::events::SiteEvent {
             at_ms: record.at_ms,
-            kind: crate::ops::events::SiteEventKind::Command {
+            kind: crate::uplink::events::SiteEventKind::Command {
                 channel: record.channel.clone(),
                 who: record.who.clone(),
                 command: record.command.clone(),
@@ -614,17 +617,17 @@ impl Dispatcher {
         };
         // With the uplink on, the audit record and its event upstream are one write: a crash
         // after it loses neither.
-        let owes_event = self.ctx.uplink().is_some();
-        let written = write_audit(self.ctx.store(), &record, owes_event.then_some(&event));
+        let owes_event = self.host.uplink().is_some();
+        let written = write_audit(self.host.store(), &record, owes_event.then_some(&event));
         match written {
             Ok(()) if owes_event => {
                 crate::fault::crash_point("audit_saved");
-                self.ctx.events().queue_owed();
+                self.host.events().queue_owed();
             }
             Ok(()) => {}
             Err(e) => {
                 tracing::error!("audit record not written: {e}");
-                self.ctx.events().emit(event.kind);
+                self.host.events().emit(event.kind);
             }
         }
     }
@@ -635,13 +638,13 @@ impl Dispatcher {
 pub fn write_audit(
     store: &Store,
     record: &AuditRecord,
-    event: Option<&crate::ops::events::SiteEvent>,
+    event: Option<&crate::uplink::events::SiteEvent>,
 ) -> Result<(), store::StoreError> {
     let id = store.new_id();
     let mut writes = store::Writes::default();
     writes.put(id.to_bytes(), record)?;
     if let Some(event) = event {
-        crate::ops::events::owe(&mut writes, &id.to_string(), event)?;
+        crate::uplink::events::owe(&mut writes, &id.to_string(), event)?;
     }
     store.apply(writes)
 }
@@ -649,6 +652,7 @@ pub fn write_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::DaemonContext;
 
     fn req(command: &str, args: serde_json::Value) -> Request {
         Request::new(command, args)
@@ -746,11 +750,11 @@ mod tests {
         let r = d.handle(&local(), req("drain", serde_json::Value::Null));
         assert!(r.ok, "{r:?}");
         assert_eq!(r.result.unwrap()["phase"], "draining");
-        assert_eq!(ctx.status().phase, crate::ops::Phase::Draining);
+        assert_eq!(ctx.status().phase, Phase::Draining);
         assert!(ctx.work().try_begin(10).is_none(), "new calls refused");
         let r = d.handle(&local(), req("undrain", serde_json::Value::Null));
         assert!(r.ok, "{r:?}");
-        assert_eq!(ctx.status().phase, crate::ops::Phase::Ready);
+        assert_eq!(ctx.status().phase, Phase::Ready);
         assert!(ctx.work().try_begin(10).is_some(), "calls taken again");
     }
 

@@ -37,9 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use super::protocol::Request;
 use super::rejection_budget::{Admission, Limits, RecentCopies, RejectionBudget};
-use super::{Dispatcher, Principal};
+use super::{ControlHost, Dispatcher, Principal};
 use crate::config::UplinkConfig;
-use crate::ops::DaemonContext;
 use crate::store::{Record, Store, StoreError, TreeName};
 use crate::uplink::{CommandMessage, CommandReply, InboundProblem, Triage};
 
@@ -595,7 +594,7 @@ pub fn now_secs() -> u64 {
 
 /// Verifies, checks for replays, audits and runs remote commands through the [`Dispatcher`].
 pub struct RemoteCommands {
-    ctx: Arc<DaemonContext>,
+    host: Arc<dyn ControlHost>,
     dispatcher: Arc<Dispatcher>,
     last_prune: AtomicU64,
     unverified: Mutex<RejectionBudget>,
@@ -610,10 +609,10 @@ fn limits(u: &UplinkConfig) -> Limits {
 }
 
 impl RemoteCommands {
-    pub fn new(ctx: Arc<DaemonContext>, dispatcher: Arc<Dispatcher>) -> Self {
-        let budget = RejectionBudget::new(limits(&ctx.config().config.uplink), Instant::now());
+    pub fn new(host: Arc<dyn ControlHost>, dispatcher: Arc<Dispatcher>) -> Self {
+        let budget = RejectionBudget::new(limits(&host.config().uplink), Instant::now());
         Self {
-            ctx,
+            host,
             dispatcher,
             last_prune: AtomicU64::new(0),
             unverified: Mutex::new(budget),
@@ -634,7 +633,7 @@ impl RemoteCommands {
         if !copy {
             return Triage::Handle;
         }
-        let uplink = self.ctx.config().config.uplink;
+        let uplink = self.host.config().uplink;
         let mut budget = self.unverified.lock().unwrap_or_else(|p| p.into_inner());
         budget.set_limits(limits(&uplink), clock);
         if budget.has_token(clock) {
@@ -687,8 +686,8 @@ impl RemoteCommands {
         clock: Instant,
     ) -> CommandReply {
         let topic_name = message.name.as_str();
-        let uplink = self.ctx.config().config.uplink;
-        let store = self.ctx.store();
+        let uplink = self.host.config().uplink;
+        let store = self.host.store();
         let policy = Policy::from_config(&uplink, &store.instance().device_id);
         if now.saturating_sub(self.last_prune.load(Ordering::Relaxed)) >= 60 {
             self.last_prune.store(now, Ordering::Relaxed);
@@ -801,7 +800,7 @@ impl RemoteCommands {
         let replayed = matches!(r.reason, RejectReason::Replayed(_))
             || r.request_id
                 .as_deref()
-                .is_some_and(|id| has_run(self.ctx.store(), id));
+                .is_some_and(|id| has_run(self.host.store(), id));
         if replayed {
             return CommandReply::NoResult;
         }
@@ -815,7 +814,7 @@ impl RemoteCommands {
     /// A message the uplink did not hand over whole (too big): refused like any unverified
     /// one, without a request id.
     pub fn handle_problem(&self, problem: &InboundProblem, clock: Instant) -> CommandReply {
-        let uplink = self.ctx.config().config.uplink;
+        let uplink = self.host.config().uplink;
         self.summarise_drops(clock);
         let (command, reason) = match problem {
             InboundProblem::Oversized { name, bytes, max } => (
@@ -864,6 +863,7 @@ impl crate::uplink::CommandHandler for RemoteCommands {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::DaemonContext;
     use std::time::Duration;
 
     const NOW: u64 = 1_800_000_000;

@@ -1,144 +1,33 @@
 //! The daemon's lifecycle: start-up checks, systemd notification, signals, reload, drain.
 
 pub mod cli;
-pub mod events;
+pub mod connectivity;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;
-pub mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::call::work::ActiveWork;
+use crate::call::SpeechEngines;
 use crate::config::{self, ConfigError, LoadedConfig};
-use crate::control;
+use crate::control::{self, ApplyOutcome, Phase, ReloadOutcome, Status};
 use crate::store::{Store, StoreError};
+use crate::uplink::events::{EventSink, SiteEventKind};
 use logging::LogControl;
 use systemd::Notifier;
-use work::ActiveWork;
 
 pub use crate::VERSION;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Starting,
-    Ready,
-    Draining,
-}
-
-impl Phase {
-    /// The word `status` and the uplink's health use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining => "draining",
-        }
-    }
-
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            1 => Phase::Ready,
-            2 => Phase::Draining,
-            _ => Phase::Starting,
-        }
-    }
-}
-
-/// The voice agent's engines, or why they could not be loaded.
-pub type SpeechEngines = Result<Arc<crate::agent::engines::AgentEngines>, String>;
-
-/// What `edgevoice status` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub version: String,
-    pub pid: u32,
-    pub phase: Phase,
-    pub uptime_secs: u64,
-    pub config_source: PathBuf,
-    pub state_dir: PathBuf,
-    pub store_size_bytes: u64,
-    /// Why the store's last write failed (e.g. the disk below `daemon.min_free_disk_mb`),
-    /// while no write has succeeded since.
-    #[serde(default)]
-    pub store_write_failure: Option<String>,
-    /// Ended calls' records waiting in memory for the store to take writes again.
-    #[serde(default)]
-    pub unsaved_call_records: usize,
-    pub device_id: String,
-    pub active_calls: usize,
-    pub max_calls: u32,
-    /// Where SIP is listening (UDP and TCP), once it is.
-    pub sip_listen: Option<String>,
-    /// Register-mode accounts.
-    #[serde(default)]
-    pub registrations: Vec<crate::telephony::sip::registration::RegistrationStatus>,
-    /// Trunks with an OPTIONS keepalive.
-    #[serde(default)]
-    pub trunks: Vec<crate::telephony::sip::keepalive::TrunkHealth>,
-    /// One line: "not configured", or state, broker, queued count and last error.
-    pub uplink: String,
-    /// The same, structured (absent when the uplink is off).
-    #[serde(default)]
-    pub uplink_detail: Option<crate::uplink::UplinkReport>,
-    /// The voice agent's engines: "ready", "loading", "media test mode" or why not.
-    #[serde(default)]
-    pub agent: String,
-    #[serde(default)]
-    pub speech: Option<crate::speech::service::SpeechStatus>,
-}
-
-impl Status {
-    /// The one-line summary for systemd's STATUS=.
-    pub fn summary(&self) -> String {
-        let phase = self.phase.as_str();
-        let calls = if self.active_calls == 1 {
-            "call"
-        } else {
-            "calls"
-        };
-        let store = match &self.store_write_failure {
-            Some(e) => format!(
-                ", STORE WRITES FAILING ({} call records waiting): {e}",
-                self.unsaved_call_records
-            ),
-            None => String::new(),
-        };
-        format!(
-            "{phase}: {} {calls}{store}, uplink {}",
-            self.active_calls, self.uplink
-        )
-    }
-}
 
 impl crate::uplink::StoreOwner for DaemonContext {
     fn store(&self) -> &Store {
         &self.store
     }
-}
-
-/// Result of applying a configuration file to the running daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadOutcome {
-    pub source: PathBuf,
-    /// Keys that changed but need a restart; their running values were kept.
-    pub restart_required: Vec<String>,
-}
-
-/// Result of `config.apply`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyOutcome {
-    pub source: PathBuf,
-    /// The previous file, kept for a manual roll-back.
-    pub last_good: PathBuf,
-    /// Keys that changed but need a restart; their running values were kept.
-    pub restart_required: Vec<String>,
 }
 
 /// `dir/name` → `dir/name{suffix}`.
@@ -229,7 +118,7 @@ pub struct DaemonContext {
     /// Flipped once when a drain times out: live calls hang up and record why.
     call_shutdown: tokio::sync::watch::Sender<bool>,
     metrics: metrics::Metrics,
-    events: events::EventSink,
+    events: EventSink,
     unsaved_records: crate::call::record::UnsavedRecords,
 }
 
@@ -278,6 +167,94 @@ impl crate::telephony::sip::SipHost for DaemonContext {
     }
 }
 
+impl crate::call::CallHost for DaemonContext {
+    fn config(&self) -> config::Config {
+        DaemonContext::config(self).config
+    }
+
+    fn store(&self) -> &Store {
+        DaemonContext::store(self)
+    }
+
+    fn uplink(&self) -> Option<&crate::uplink::UplinkHandle> {
+        DaemonContext::uplink(self)
+    }
+
+    fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
+        &self.unsaved_records
+    }
+
+    fn work(&self) -> &Arc<ActiveWork> {
+        &self.work
+    }
+
+    fn live_calls(&self) -> &crate::call::LiveCalls {
+        &self.live_calls
+    }
+
+    fn speech(&self) -> Option<SpeechEngines> {
+        DaemonContext::speech(self)
+    }
+
+    fn call_shutdown(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.call_shutdown.subscribe()
+    }
+
+    fn observe_call(&self, rec: &crate::call::record::CallRecord) {
+        self.metrics.observe_call(rec);
+    }
+
+    fn telephony(&self) -> Option<&crate::call::Telephony> {
+        self.telephony.get()
+    }
+}
+
+impl control::ControlHost for DaemonContext {
+    fn loaded_config(&self) -> LoadedConfig {
+        DaemonContext::config(self)
+    }
+
+    fn status(&self) -> Status {
+        DaemonContext::status(self)
+    }
+
+    fn phase(&self) -> Phase {
+        DaemonContext::phase(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        DaemonContext::metrics_text(self)
+    }
+
+    fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    fn drain(&self) -> usize {
+        DaemonContext::drain(self)
+    }
+
+    fn undrain(&self) -> Result<(), String> {
+        DaemonContext::undrain(self)
+    }
+
+    fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        DaemonContext::reload(self)
+    }
+
+    fn apply_config(&self, text: &str) -> Result<ApplyOutcome, String> {
+        DaemonContext::apply_config(self, text)
+    }
+
+    fn set_log_level(&self, directives: &str) -> Result<String, String> {
+        DaemonContext::set_log_level(self, directives)
+    }
+
+    fn reload_speech(&self) -> Result<String, String> {
+        DaemonContext::reload_speech(self)
+    }
+}
+
 impl DaemonContext {
     pub fn new(config: LoadedConfig, store: Store, log: Option<LogControl>) -> Self {
         Self {
@@ -300,23 +277,9 @@ impl DaemonContext {
             speech: RwLock::new(None),
             loading_speech: std::sync::Mutex::new(()),
             metrics: metrics::Metrics::default(),
-            events: events::EventSink::default(),
+            events: EventSink::default(),
             unsaved_records: crate::call::record::UnsavedRecords::default(),
         }
-    }
-
-    /// Ended calls' records the store refused, waiting to be written.
-    pub fn unsaved_records(&self) -> &crate::call::record::UnsavedRecords {
-        &self.unsaved_records
-    }
-
-    /// Site events for the uplink's `events` stream.
-    pub fn events(&self) -> &events::EventSink {
-        &self.events
-    }
-
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.metrics
     }
 
     /// The Prometheus text exposition of this daemon now.
@@ -336,11 +299,6 @@ impl DaemonContext {
             &metrics::ProcessStats::current(),
             crate::store::now_ms(),
         )
-    }
-
-    /// Resolves (changes) when live calls must end now.
-    pub fn call_shutdown(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.call_shutdown.subscribe()
     }
 
     pub fn config(&self) -> LoadedConfig {
@@ -418,19 +376,6 @@ impl DaemonContext {
             "ready: loaded in {} ms; {in_use} call(s) in progress finish on the previous engines",
             started.elapsed().as_millis()
         ))
-    }
-
-    pub fn live_calls(&self) -> &crate::call::LiveCalls {
-        &self.live_calls
-    }
-
-    /// SIP and RTP, once started.
-    pub fn telephony(&self) -> Option<&crate::call::Telephony> {
-        self.telephony.get()
-    }
-
-    pub fn work(&self) -> &Arc<ActiveWork> {
-        &self.work
     }
 
     pub fn phase(&self) -> Phase {
@@ -869,9 +814,9 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     }
     let status = ctx.status();
     let mut last_status = status.summary();
-    let mut last_connectivity = events::Connectivity::of(status);
+    let mut last_connectivity = connectivity::Connectivity::of(status);
     ctx.notifier.ready(&last_status);
-    ctx.events.emit(events::SiteEventKind::Started {
+    ctx.events.emit(SiteEventKind::Started {
         version: VERSION.to_owned(),
         config_source: source.display().to_string(),
         sip_listen: ctx.sip_listen.get().map(|a| a.to_string()),
@@ -917,7 +862,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                         (format!("refused: {first}"), Vec::new())
                     }
                 };
-                ctx.events.emit(events::SiteEventKind::ConfigReloaded {
+                ctx.events.emit(SiteEventKind::ConfigReloaded {
                     source: ctx.config().source.display().to_string(),
                     outcome,
                     restart_required,
@@ -929,15 +874,15 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
                 }
             }
             _ = status_tick.tick() => {
-                crate::call::write_unsaved_records(&ctx).await;
+                crate::call::write_unsaved_records(ctx.clone()).await;
                 let status = ctx.status();
                 let now = status.summary();
                 if now != last_status {
                     ctx.notifier.status(&now);
                     last_status = now;
                 }
-                let connectivity = events::Connectivity::of(status);
-                for change in events::connectivity_changes(&last_connectivity, &connectivity) {
+                let connectivity = connectivity::Connectivity::of(status);
+                for change in connectivity::connectivity_changes(&last_connectivity, &connectivity) {
                     ctx.events.emit(change);
                 }
                 last_connectivity = connectivity;
@@ -949,7 +894,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
     ctx.set_phase(Phase::Draining);
     ctx.work.start_drain();
     let active = ctx.work.active();
-    ctx.events.emit(events::SiteEventKind::Stopping {
+    ctx.events.emit(SiteEventKind::Stopping {
         signal: signal_name.to_owned(),
         active_calls: active,
     });
@@ -980,7 +925,7 @@ async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), 
         ctx.work.wait_idle(Duration::from_secs(3)).await;
     }
     sip.shutdown();
-    crate::call::write_unsaved_records(&ctx).await;
+    crate::call::write_unsaved_records(ctx.clone()).await;
     let unsaved = ctx.unsaved_records.take_all();
     if !unsaved.is_empty() {
         let state_dir = ctx.config().config.daemon.state_dir;

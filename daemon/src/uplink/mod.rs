@@ -9,9 +9,11 @@
 //! - [`start`] / [`UplinkHandle`]: the MQTT shell (rumqttc, `shell.rs`; MQTT 5 or 3.1.1 behind
 //!   `wire.rs`); it owns the socket and drives them: see the docs on each `handle_*` / `poll_*`
 //!   method.
+//! - [`events`]: site events on the `events` stream, and the sink that queues them in order.
 
 mod backoff;
 mod durable;
+pub mod events;
 #[cfg(test)]
 mod model_tests;
 mod outbox;
