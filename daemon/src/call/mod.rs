@@ -1,6 +1,7 @@
 //! Calls: the durable call record, and the per-call task that drives signalling and media.
 
 pub mod agent;
+pub mod core;
 pub mod record;
 pub mod session;
 pub mod summary;

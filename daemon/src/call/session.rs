@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::agent::{AgentRun, Directive};
+use super::agent::AgentRun;
+use super::core::{CallCore, CallEvent, CallOutput, Ending, Handler};
 use super::record::{self, CallRecord, EndReason, Party, RtpSummary};
-use super::transfer::{ringback_cycle, Transfer, TransferEvent, TransferOutput, TransferRequester};
+use super::transfer::{ringback_cycle, TransferEvent};
 use super::work::WorkGuard;
 use super::{CallControl, CallHost};
 use crate::agent::AgentSpec;
-use crate::config::{AfterPrompt, CallHandler, Config};
+use crate::config::{CallHandler, Config};
 use crate::speech::service::CallSpeech;
 use crate::telephony::codec::Negotiated;
 use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
@@ -81,14 +82,6 @@ struct NoRecord;
 
 impl RecordSink for NoRecord {
     fn save(&self, _: &CallRecord) {}
-}
-
-/// How an inbound call ended, as the task saw it.
-struct Ending {
-    reason: EndReason,
-    by: Option<Party>,
-    /// Whether we still have to send BYE.
-    send_bye: bool,
 }
 
 /// Runs one inbound call to its end. `guard` counts it as active work until it returns.
@@ -329,14 +322,8 @@ async fn run_answered(
                 false
             }
         });
-    let mut media = match MediaRun::new(config, negotiated, sockets, recording, agent) {
-        Ok(mut m) => {
-            if bridge.is_some() {
-                m.session.flush_outgoing();
-                m.bridge = bridge;
-            }
-            m
-        }
+    let mut media = match MediaRun::new(config, negotiated, sockets, recording, agent, bridge) {
+        Ok(m) => m,
         Err(e) => {
             tracing::error!("media engine refused the negotiated stream: {e}");
             let _ = commands.send(CallCommand::Hangup).await;
@@ -349,7 +336,9 @@ async fn run_answered(
     ctx.live_calls().insert(&rec.id, control_tx);
     if let Some(agent) = media.agent.as_mut() {
         if let Some(d) = agent.start(&mut media.session, &mut rec) {
-            media.directive = Some(d);
+            media
+                .core
+                .handle_event(Instant::now(), CallEvent::Directive(d));
         }
     }
     let ending = media
@@ -362,7 +351,7 @@ async fn run_answered(
             (&mut rec, records),
         )
         .await;
-    media.end_transfer(ctx, &mut rec);
+    media.end_transfer(ctx, &commands, &mut rec).await;
     ctx.live_calls().remove(&rec.id);
     media.close().await;
     if ending.send_bye {
@@ -713,20 +702,18 @@ fn load_prompt(path: &std::path::Path) -> Result<(Vec<i16>, u32), String> {
     Ok((mono, spec.sample_rate))
 }
 
-/// The media side of a call: sockets, the sans-I/O media session, media test mode.
+/// The shell of an answered call: its sockets, the sans-I/O media session, the call core
+/// ([`CallCore`]) and the agent's shell. Its loop only moves packets, signals and results
+/// between them and carries out what the cores ask.
 struct MediaRun {
     session: MediaSession,
     sockets: RtpSockets,
-    after_prompt: AfterPrompt,
-    prompt_done: bool,
+    core: CallCore,
     recorder: Option<(Recorder, PathBuf)>,
-    max_duration: Option<Duration>,
     /// Digits an operator asked to send, played one after another.
     dtmf_queue: std::collections::VecDeque<char>,
     /// When bridged to another leg: audio goes there instead of media test mode.
     bridge: Option<Bridge>,
-    /// The call's transfer to a human, if one was asked for.
-    transfer: Option<Transfer>,
     /// The operator waiting for the transfer's outcome.
     transfer_reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
     /// The transfer's bridge leg while it rings.
@@ -735,18 +722,11 @@ struct MediaRun {
     ringback: bool,
     /// The voice agent (else media test mode).
     agent: Option<AgentRun>,
-    /// What the agent asked for, handled by the call loop.
-    directive: Option<Directive>,
     /// Recorded frames since the disk's room was last checked.
     frames_since_room_check: u32,
-    /// The last words are on the wire: BYE goes once this passes.
-    hang_up_at: Option<Instant>,
+    /// How the call ended, once the core says so.
+    ending: Option<Ending>,
 }
-
-/// After the last audio before hanging up, this much silence goes out before the BYE: the
-/// far end's jitter buffer (up to ~200 ms) still holds the end of "Goodbye", and a BYE right
-/// after the last packet would cut it off.
-const FINAL_AUDIO_TAIL: Duration = Duration::from_millis(400);
 
 /// A recording checks the disk's room every this many 20 ms frames (5 s).
 const RECORDING_ROOM_CHECK_FRAMES: u32 = 250;
@@ -758,6 +738,7 @@ impl MediaRun {
         sockets: RtpSockets,
         recording: Option<PathBuf>,
         agent: Option<AgentCall>,
+        bridge: Option<Bridge>,
     ) -> Result<Self, String> {
         let now = Instant::now();
         let mut media_config = MediaConfig::new(
@@ -772,7 +753,14 @@ impl MediaRun {
         media_config.record = recording.is_some();
         let mut session = MediaSession::new(media_config, now).map_err(|e| e.to_string())?;
         let agent = agent.map(|(spec, speech)| AgentRun::new(config, spec, speech));
-        if agent.is_none() {
+        let handler = if bridge.is_some() {
+            Handler::Bridge
+        } else if agent.is_some() {
+            Handler::Agent
+        } else {
+            Handler::MediaTest(config.media_test.after_prompt)
+        };
+        if handler == Handler::MediaTest(config.media_test.after_prompt) {
             let (pcm, rate) = if config.media_test.prompt.as_os_str().is_empty() {
                 builtin_prompt()
             } else {
@@ -797,26 +785,24 @@ impl MediaRun {
                 }
             }
         });
+        let max_duration = match config.call.max_duration_secs {
+            0 => None,
+            s => Some(Duration::from_secs(u64::from(s))),
+        };
+        let ring = Duration::from_secs(u64::from(config.call.transfer_ring_secs));
         Ok(Self {
             session,
             sockets,
-            after_prompt: config.media_test.after_prompt,
-            prompt_done: false,
+            core: CallCore::new(now, handler, max_duration, ring),
             recorder,
-            max_duration: match config.call.max_duration_secs {
-                0 => None,
-                s => Some(Duration::from_secs(u64::from(s))),
-            },
             dtmf_queue: std::collections::VecDeque::new(),
-            bridge: None,
-            transfer: None,
+            bridge,
             transfer_reply: None,
             bridge_dial: None,
             ringback: false,
             agent,
-            directive: None,
             frames_since_room_check: 0,
-            hang_up_at: None,
+            ending: None,
         })
     }
 
@@ -830,7 +816,6 @@ impl MediaRun {
         // The call's record and where its snapshots go.
         (rec, records): (&mut CallRecord, &dyn RecordSink),
     ) -> Ending {
-        let started = Instant::now();
         let mut shutdown = ctx.call_shutdown();
         let mut last_saved = (
             rec.dtmf_received.len(),
@@ -843,27 +828,10 @@ impl MediaRun {
             self.feed_dtmf();
             self.feed_ringback();
             self.flush_transmits().await;
-            if let Some(ending) = self.drain_events(ctx, rec) {
+            self.drain_events(ctx, rec);
+            self.apply_core(ctx, commands, rec).await;
+            if let Some(ending) = self.ending.take() {
                 return ending;
-            }
-            if self.hang_up_at.is_some_and(|at| Instant::now() >= at) {
-                return Ending {
-                    reason: EndReason::Hangup,
-                    by: Some(Party::Appliance),
-                    send_bye: true,
-                };
-            }
-            match self.directive.take() {
-                Some(Directive::Hangup) => {
-                    self.hang_up_at
-                        .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
-                }
-                Some(Directive::Transfer(target)) if !self.transferring() => {
-                    tracing::info!(%target, "agent transfers the call");
-                    self.start_transfer(config, commands, rec, target, None)
-                        .await;
-                }
-                Some(Directive::Transfer(_)) | None => {}
             }
             if self.agent.as_ref().is_some_and(|a| a.dirty) {
                 if let Some(a) = self.agent.as_mut() {
@@ -881,14 +849,17 @@ impl MediaRun {
                 records.save(rec);
                 last_saved = now_seen;
             }
-            // Without a timer the engine is closed; wake at least once a second anyway.
-            let wake = self
-                .session
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            let deadline = self.max_duration.map(|d| started + d);
-            let agent_wake = self.agent.as_ref().and_then(AgentRun::poll_timeout);
-            let transfer_wake = self.transfer.as_ref().and_then(Transfer::poll_timeout);
+            // One timer for the media engine, the turn engine and the call core; without a
+            // timer the media engine is closed: wake at least once a second anyway.
+            let wake = [
+                self.session.poll_timeout(),
+                self.agent.as_ref().and_then(AgentRun::poll_timeout),
+                self.core.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 event = async {
                     match self.agent.as_mut() {
@@ -898,35 +869,11 @@ impl MediaRun {
                 } => {
                     if let (Some(event), Some(agent)) = (event, self.agent.as_mut()) {
                         if let Some(d) = agent.handle_event(event, &mut self.session, rec) {
-                            self.directive = Some(d);
+                            self.core.handle_event(Instant::now(), CallEvent::Directive(d));
                         }
                     }
                 }
-                _ = async {
-                    match agent_wake {
-                        Some(t) => tokio::time::sleep_until(t.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) = agent.handle_timeout(&mut self.session, rec) {
-                            self.directive = Some(d);
-                        }
-                    }
-                }
-                _ = async {
-                    match transfer_wake {
-                        Some(t) => tokio::time::sleep_until(t.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(t) = self.transfer.as_mut() {
-                        t.handle_timeout(Instant::now());
-                    }
-                    if let Some(ending) = self.apply_transfer(ctx, rec) {
-                        return ending;
-                    }
-                }
+                _ = tokio::time::sleep_until(wake.into()) => self.handle_timeouts(rec),
                 dialled = async {
                     match self.bridge_dial.as_mut().and_then(|d| d.outcome.as_mut()) {
                         Some(rx) => rx.await.ok(),
@@ -941,15 +888,12 @@ impl MediaRun {
                         Some((_, outcome)) => outcome,
                         None => DialOutcome::Failed { code: None, reason: "the bridge leg ended without an outcome".into() },
                     };
-                    let ending = self.handle_transfer(ctx, rec, TransferEvent::Dialled(outcome));
-                    // Answered: `Connect` took our end of the bridge; else the leg is gone.
-                    self.bridge_dial = None;
-                    if let Some(ending) = ending {
-                        return ending;
+                    let answered = outcome == DialOutcome::Answered;
+                    self.core.handle_event(Instant::now(), CallEvent::Transfer(TransferEvent::Dialled(outcome)));
+                    // Answered: `Connect` takes our end of the bridge; else the leg is gone.
+                    if !answered {
+                        self.bridge_dial = None;
                     }
-                }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    self.session.handle_timeout(Instant::now());
                 }
                 r = self.sockets.rtp.recv_from(&mut rtp_buf) => {
                     if let Ok((n, from)) = r {
@@ -961,42 +905,7 @@ impl MediaRun {
                         self.session.handle_rtcp(Instant::now(), from, &rtcp_buf[..n]);
                     }
                 }
-                signal = signals.recv() => match signal {
-                    Some(CallSignal::Confirmed | CallSignal::AckAnswer { .. }) => tracing::debug!("ACK received"),
-                    Some(CallSignal::RemoteHangup) => {
-                        if self.transferring() {
-                            if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::CallerHungUp) {
-                                return ending;
-                            }
-                        }
-                        return Ending { reason: EndReason::Hangup, by: Some(Party::Caller), send_bye: false };
-                    }
-                    Some(CallSignal::Cancelled) => return Ending { reason: EndReason::Cancelled, by: Some(Party::Caller), send_bye: false },
-                    Some(CallSignal::Terminated(why)) => return Ending { reason: EndReason::Failed { error: why }, by: None, send_bye: false },
-                    Some(CallSignal::InfoDtmf { digit, .. }) => {
-                        tracing::info!(%digit, "DTMF (SIP INFO)");
-                        rec.dtmf_received.push(digit);
-                        if let Some(agent) = self.agent.as_mut() {
-                            if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
-                                self.directive = Some(d);
-                            }
-                        }
-                    }
-                    Some(CallSignal::Reoffer { sdp: offer }) => {
-                        self.reoffer(config, &offer, commands).await;
-                    }
-                    Some(CallSignal::TransferAnswered { code }) => {
-                        if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::ReferAnswered { code }) {
-                            return ending;
-                        }
-                    }
-                    Some(CallSignal::TransferProgress { code, done }) => {
-                        if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::ReferProgress { code, done }) {
-                            return ending;
-                        }
-                    }
-                    None => return Ending { reason: EndReason::Failed { error: "signalling gone".into() }, by: None, send_bye: false },
-                },
+                signal = signals.recv() => self.on_signal(config, commands, rec, signal).await,
                 chunk = async {
                     match self.bridge.as_mut() {
                         Some(b) => b.from_peer.recv().await,
@@ -1009,89 +918,108 @@ impl MediaRun {
                         }
                     }
                     None => {
-                        tracing::info!("the bridged leg ended");
                         self.bridge = None;
-                        if self.transferring() {
-                            if let Some(ending) = self.handle_transfer(ctx, rec, TransferEvent::BridgeEnded) {
-                                return ending;
-                            }
-                        }
-                        return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
+                        self.core.handle_event(Instant::now(), CallEvent::BridgeLegEnded);
                     }
                 },
                 msg = control.recv() => match msg {
-                    Some(CallControl::Hangup) => {
-                        return Ending { reason: EndReason::Hangup, by: Some(Party::Appliance), send_bye: true };
-                    }
+                    Some(CallControl::Hangup) => self.core.handle_event(Instant::now(), CallEvent::OperatorHangup),
                     Some(CallControl::SendDtmf { digits }) => {
-                        for d in digits.chars() {
-                            self.dtmf_queue.push_back(d);
-                        }
+                        self.dtmf_queue.extend(digits.chars());
                         rec.dtmf_sent.push_str(&digits);
                     }
                     Some(CallControl::Transfer { target, reply }) => {
-                        if self.transferring() {
-                            let _ = reply.send(Err("a transfer is already in progress".into()));
-                        } else {
-                            self.start_transfer(config, commands, rec, target, Some(reply)).await;
+                        match self.core.transfer_for_operator(target) {
+                            Ok(()) => self.transfer_reply = Some(reply),
+                            Err(refused) => {
+                                let _ = reply.send(Err(refused.to_string()));
+                            }
                         }
                     }
                     None => {}
                 },
-                _ = shutdown.changed() => {
-                    return Ending { reason: EndReason::Shutdown, by: Some(Party::Appliance), send_bye: true };
-                }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
-                    return Ending { reason: EndReason::MaxDuration, by: Some(Party::Appliance), send_bye: true };
-                }
+                _ = shutdown.changed() => self.core.handle_event(Instant::now(), CallEvent::Shutdown),
             }
         }
     }
 
-    /// A transfer is under way (REFER, bridge ringing or bridged).
-    fn transferring(&self) -> bool {
-        self.transfer.as_ref().is_some_and(Transfer::is_active)
+    /// Every engine whose deadline passed.
+    fn handle_timeouts(&mut self, rec: &mut CallRecord) {
+        let now = Instant::now();
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
+        if let Some(agent) = self.agent.as_mut() {
+            if agent.poll_timeout().is_some_and(|t| t <= now) {
+                if let Some(d) = agent.handle_timeout(&mut self.session, rec) {
+                    self.core.handle_event(now, CallEvent::Directive(d));
+                }
+            }
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
     }
 
-    /// Sends the REFER and starts the transfer's state machine. `reply`: the operator waiting
-    /// for the outcome (none when the agent asked).
-    async fn start_transfer(
+    async fn on_signal(
         &mut self,
         config: &Config,
         commands: &mpsc::Sender<CallCommand>,
         rec: &mut CallRecord,
-        target: String,
-        reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+        signal: Option<CallSignal>,
     ) {
-        let requested_by = if reply.is_some() {
-            TransferRequester::Operator
-        } else {
-            TransferRequester::Agent
+        let now = Instant::now();
+        let event = match signal {
+            Some(CallSignal::Confirmed | CallSignal::AckAnswer { .. }) => {
+                tracing::debug!("ACK received");
+                return;
+            }
+            Some(CallSignal::RemoteHangup) => CallEvent::CallerHungUp,
+            Some(CallSignal::Cancelled) => CallEvent::Cancelled,
+            Some(CallSignal::Terminated(why)) => CallEvent::Terminated(why),
+            Some(CallSignal::InfoDtmf { digit, .. }) => {
+                tracing::info!(%digit, "DTMF (SIP INFO)");
+                self.on_caller_digit(digit, rec);
+                return;
+            }
+            Some(CallSignal::Reoffer { sdp: offer }) => {
+                self.reoffer(config, &offer, commands).await;
+                return;
+            }
+            Some(CallSignal::TransferAnswered { code }) => {
+                CallEvent::Transfer(TransferEvent::ReferAnswered { code })
+            }
+            Some(CallSignal::TransferProgress { code, done }) => {
+                CallEvent::Transfer(TransferEvent::ReferProgress { code, done })
+            }
+            None => CallEvent::Terminated("signalling gone".into()),
         };
-        let ring = Duration::from_secs(u64::from(config.call.transfer_ring_secs));
-        let transfer = Transfer::new(&target, requested_by, ring);
-        rec.transfer = Some(transfer.record().clone());
-        self.transfer = Some(transfer);
-        self.transfer_reply = reply;
-        let _ = commands.send(CallCommand::Transfer { target }).await;
+        self.core.handle_event(now, event);
     }
 
-    fn handle_transfer(
+    fn on_caller_digit(&mut self, digit: char, rec: &mut CallRecord) {
+        rec.dtmf_received.push(digit);
+        if let Some(agent) = self.agent.as_mut() {
+            if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
+                self.core
+                    .handle_event(Instant::now(), CallEvent::Directive(d));
+            }
+        }
+    }
+
+    /// Carries out what the call core asks; the first ending it names is the call's.
+    async fn apply_core(
         &mut self,
         ctx: &Arc<dyn CallHost>,
+        commands: &mpsc::Sender<CallCommand>,
         rec: &mut CallRecord,
-        event: TransferEvent,
-    ) -> Option<Ending> {
-        self.transfer.as_mut()?.handle_event(Instant::now(), event);
-        self.apply_transfer(ctx, rec)
-    }
-
-    /// Does what the transfer's state machine asks; the call's ending when our leg is done.
-    fn apply_transfer(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) -> Option<Ending> {
-        let mut ending = None;
-        while let Some(output) = self.transfer.as_mut().and_then(Transfer::poll_output) {
+    ) {
+        while let Some(output) = self.core.poll_output() {
             match output {
-                TransferOutput::Dial {
+                CallOutput::Refer { target } => {
+                    let _ = commands.send(CallCommand::Transfer { target }).await;
+                }
+                CallOutput::Dial {
                     target,
                     ring_timeout,
                 } => {
@@ -1101,74 +1029,55 @@ impl MediaRun {
                             code: None,
                             reason: format!("not started: {e}"),
                         };
-                        if let Some(t) = self.transfer.as_mut() {
-                            t.handle_event(Instant::now(), TransferEvent::Dialled(failed));
-                        }
+                        self.core.handle_event(
+                            Instant::now(),
+                            CallEvent::Transfer(TransferEvent::Dialled(failed)),
+                        );
                     }
                 }
-                TransferOutput::StartRingback => {
+                CallOutput::Ringback(on) => {
                     self.session.flush_outgoing();
-                    self.ringback = true;
+                    self.ringback = on;
                 }
-                TransferOutput::StopRingback => {
-                    self.ringback = false;
-                    self.session.flush_outgoing();
-                }
-                TransferOutput::Connect => {
+                CallOutput::Connect => {
                     if let Some(dial) = self.bridge_dial.take() {
                         let _ = dial.cancel.disarm();
                         self.bridge = Some(dial.ours);
                     }
                 }
-                TransferOutput::CancelDial => {
+                CallOutput::CancelDial => {
                     // Dropping the guard cancels the leg's INVITE at once.
                     if self.bridge_dial.take().is_some() {
                         tracing::info!("bridge leg cancelled");
                     }
                 }
-                TransferOutput::Settled(result) => {
-                    let Some(t) = self.transfer.as_ref() else {
-                        continue;
-                    };
-                    let said = t.record().to_string();
-                    tracing::info!("{said}");
-                    match t.requested_by() {
-                        TransferRequester::Operator => {
-                            if let Some(reply) = self.transfer_reply.take() {
-                                let _ = reply.send(match result {
-                                    Ok(()) => Ok(said),
-                                    Err(_) => Err(said),
-                                });
-                            }
-                        }
-                        TransferRequester::Agent => {
-                            if let (Err(error), Some(agent)) = (result, self.agent.as_mut()) {
-                                if let Some(d) =
-                                    agent.on_transfer_failed(error, &mut self.session, rec)
-                                {
-                                    self.directive = Some(d);
-                                }
-                            }
+                CallOutput::AgentPlayoutDrained => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        if let Some(d) = agent.on_playout_drained(&mut self.session, rec) {
+                            self.core
+                                .handle_event(Instant::now(), CallEvent::Directive(d));
                         }
                     }
                 }
-                TransferOutput::Leave {
-                    reason,
-                    by,
-                    send_bye,
-                } => {
-                    ending.get_or_insert(Ending {
-                        reason,
-                        by: Some(by),
-                        send_bye,
-                    });
+                CallOutput::AgentTransferFailed(error) => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        if let Some(d) = agent.on_transfer_failed(error, &mut self.session, rec) {
+                            self.core
+                                .handle_event(Instant::now(), CallEvent::Directive(d));
+                        }
+                    }
+                }
+                CallOutput::OperatorTransferSettled(result) => {
+                    if let Some(reply) = self.transfer_reply.take() {
+                        let _ = reply.send(result);
+                    }
+                }
+                CallOutput::TransferRecord(record) => rec.transfer = Some(record),
+                CallOutput::End(ending) => {
+                    self.ending.get_or_insert(ending);
                 }
             }
         }
-        if let Some(t) = &self.transfer {
-            rec.transfer = Some(t.record().clone());
-        }
-        ending
     }
 
     /// Calls the transfer's target on a leg of its own, bridged to this call once answered.
@@ -1200,11 +1109,14 @@ impl MediaRun {
 
     /// The call is over: a transfer still under way is cancelled (and a ringing bridge leg
     /// with it), a bridged leg is released, and the record keeps how it ended.
-    fn end_transfer(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) {
-        if let Some(t) = self.transfer.as_mut() {
-            t.handle_event(Instant::now(), TransferEvent::CallEnded);
-        }
-        let _ = self.apply_transfer(ctx, rec);
+    async fn end_transfer(
+        &mut self,
+        ctx: &Arc<dyn CallHost>,
+        commands: &mpsc::Sender<CallCommand>,
+        rec: &mut CallRecord,
+    ) {
+        self.core.finish(Instant::now());
+        self.apply_core(ctx, commands, rec).await;
         self.bridge_dial = None;
         self.bridge = None;
     }
@@ -1299,7 +1211,7 @@ impl MediaRun {
         }
     }
 
-    fn drain_events(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) -> Option<Ending> {
+    fn drain_events(&mut self, ctx: &Arc<dyn CallHost>, rec: &mut CallRecord) {
         while let Some(event) = self.session.poll_event() {
             match event {
                 MediaEvent::AudioFrame {
@@ -1312,9 +1224,10 @@ impl MediaRun {
                         if let Some(d) =
                             agent.on_caller_audio(&pcm, sample_rate, &mut self.session, rec)
                         {
-                            self.directive.get_or_insert(d);
+                            self.core
+                                .handle_event(Instant::now(), CallEvent::Directive(d));
                         }
-                    } else if self.prompt_done && self.after_prompt == AfterPrompt::Echo {
+                    } else if self.core.echoing() {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");
                         }
@@ -1341,49 +1254,24 @@ impl MediaRun {
                         }
                     }
                 }
-                // While a transfer is under way (ringback playing) the agent waits.
-                MediaEvent::PlayoutDrained
-                    if self.agent.is_some()
-                        && self.bridge.is_none()
-                        && !self.transfer.as_ref().is_some_and(Transfer::is_active) =>
-                {
-                    if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) = agent.on_playout_drained(&mut self.session, rec) {
-                            self.directive = Some(d);
-                        }
-                    }
-                }
                 MediaEvent::PlayoutDrained => {
-                    if !self.prompt_done && self.bridge.is_none() {
-                        self.prompt_done = true;
-                        tracing::debug!("prompt played");
-                        if self.after_prompt == AfterPrompt::Hangup {
-                            self.hang_up_at
-                                .get_or_insert(Instant::now() + FINAL_AUDIO_TAIL);
-                        }
+                    // A bridged call's queue holds the other leg's audio: not a prompt's end.
+                    if self.bridge.is_none() {
+                        self.core
+                            .handle_event(Instant::now(), CallEvent::PlayoutDrained);
                     }
                 }
                 MediaEvent::Dtmf { digit, duration_ms } => {
                     tracing::info!(%digit, duration_ms, "DTMF (RFC 4733)");
-                    rec.dtmf_received.push(digit);
-                    if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
-                            self.directive = Some(d);
-                        }
-                    }
+                    self.on_caller_digit(digit, rec);
                 }
                 MediaEvent::MediaTimeout => {
-                    tracing::warn!("no RTP for the media timeout; ending the call");
-                    return Some(Ending {
-                        reason: EndReason::MediaTimeout,
-                        by: Some(Party::Appliance),
-                        send_bye: true,
-                    });
+                    self.core
+                        .handle_event(Instant::now(), CallEvent::MediaTimeout);
                 }
                 other => tracing::debug!(event = ?other, "media event"),
             }
         }
-        None
     }
 
     /// Ends the stream (RTCP BYE) and sends what is left.

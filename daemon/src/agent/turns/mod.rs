@@ -1266,15 +1266,18 @@ fn normalise(text: &str) -> String {
         .join(" ")
 }
 
-/// Whisper marks non-speech as "[BLANK_AUDIO]", "(coughs)", "[Music]": not words.
+/// Whisper marks non-speech as "[BLANK_AUDIO]", "(coughs)", "[Music]", "*unintelligible*":
+/// not words.
 pub fn clean_transcript(text: &str) -> String {
     let mut out = String::new();
     let mut depth = 0i32;
+    let mut starred = false;
     for c in text.chars() {
         match c {
             '[' | '(' => depth += 1,
             ']' | ')' => depth = (depth - 1).max(0),
-            _ if depth == 0 => out.push(c),
+            '*' => starred = !starred,
+            _ if depth == 0 && !starred => out.push(c),
             _ => {}
         }
     }

@@ -372,4 +372,6 @@ fn whisper_non_speech_markers_are_not_caller_words() {
         "When are you open?"
     );
     assert_eq!(clean_transcript("Hello [Music] there"), "Hello there");
+    assert_eq!(clean_transcript("*unintelligible*"), "");
+    assert_eq!(clean_transcript("*coughs* Yes."), "Yes.");
 }
