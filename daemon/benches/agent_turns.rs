@@ -10,6 +10,8 @@
 //! (default 16). The daemon runs with the product's default sip.max_calls (16), or more if more
 //! callers are asked for, so admission never stops a step; each call slot holds its own KV
 //! cache, so idle RSS grows with it.
+//! BENCH_AGENT_BASELINE=/path/to/another/edgevoiced runs the same steps with that build first
+//! (an earlier commit's, say) and prints both, for a before/after in one run on one machine.
 //! Prints markdown tables and writes them to target/bench/agent_turns.md.
 
 #[path = "../../tests/common/audio.rs"]
@@ -80,7 +82,7 @@ fn cli(config: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn start_daemon(dir: &Path, max_calls: u32) -> Daemon {
+fn start_daemon(binary: &Path, dir: &Path, max_calls: u32) -> Daemon {
     let config = dir.join("edgevoice.toml");
     std::fs::write(
         &config,
@@ -93,7 +95,7 @@ fn start_daemon(dir: &Path, max_calls: u32) -> Daemon {
         ),
     )
     .expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgevoiced"));
+    let mut cmd = Command::new(binary);
     cmd.arg("--config").arg(&config);
     let proc = PeerProcess::spawn("edgevoiced", &mut cmd, &dir.join("edgevoiced.log"));
     let status = poll_until(Duration::from_secs(90), || {
@@ -198,6 +200,13 @@ fn stage(turns: &[serde_json::Value], key: &str) -> Vec<f64> {
 /// The product's default `sip.max_calls`.
 const DEFAULT_MAX_CALLS: usize = 16;
 
+/// What one build scored: one caller's reply p50/p95, and the most callers under the limit.
+struct Score {
+    p50: f64,
+    p95: f64,
+    callers: usize,
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -207,6 +216,36 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(16)
         .max(1);
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_edgevoiced"));
+    let mut md = String::from(
+        "# Voice agent turns (release edgevoiced, bundled models, baresip callers)\n\n",
+    );
+    let mut scores = Vec::new();
+    if let Some(baseline) = std::env::var_os("BENCH_AGENT_BASELINE").map(PathBuf::from) {
+        md.push_str(&format!("# Baseline: {}\n\n", baseline.display()));
+        let score = measure(&baseline, max_callers, &mut md);
+        scores.push((baseline.display().to_string(), score));
+        md.push_str("# This build\n\n");
+    }
+    let score = measure(&ours, max_callers, &mut md);
+    scores.push(("this build".to_owned(), score));
+    if scores.len() > 1 {
+        md.push_str("\n## Before and after (same machine, same run)\n\n| build | one caller: reply p50 | reply p95 | callers at reply p95 ≤ 1.5 s |\n|---|---|---|---|\n");
+        for (name, s) in &scores {
+            md.push_str(&format!(
+                "| {name} | {:.0} | {:.0} | {} |\n",
+                s.p50, s.p95, s.callers
+            ));
+        }
+    }
+    println!("{md}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("agent_turns.md"), md);
+}
+
+/// Every step with one build of the daemon; its tables go into `md`.
+fn measure(binary: &Path, max_callers: usize, md: &mut String) -> Score {
     let dir = tempfile::tempdir().expect("tmp");
     // BENCH_AGENT_KEEP=1 keeps the daemon's log and state for a look afterwards.
     let dir_path = if std::env::var_os("BENCH_AGENT_KEEP").is_some() {
@@ -216,11 +255,8 @@ fn main() {
     } else {
         dir.path().to_owned()
     };
-    let d = start_daemon(&dir_path, max_callers.max(DEFAULT_MAX_CALLS) as u32);
+    let d = start_daemon(binary, &dir_path, max_callers.max(DEFAULT_MAX_CALLS) as u32);
     let (_, idle_rss) = proc_stat(d.proc.pid());
-    let mut md = String::from(
-        "# Voice agent turns (release edgevoiced, bundled models, baresip callers)\n\n",
-    );
 
     let (turns, cpu, rss) = run_step(&d, &dir_path, 1, 20);
     md.push_str(&format!(
@@ -243,6 +279,8 @@ fn main() {
             pct(&mut v, 1.0)
         ));
     }
+    let mut reply = stage(&turns, "first_reply_rtp_ms");
+    let (p50, p95) = (pct(&mut reply, 0.5), pct(&mut reply, 0.95));
     let replaced = turns
         .iter()
         .filter(|t| t["errors"].to_string().contains("guardrail"))
@@ -273,10 +311,11 @@ fn main() {
         best = n;
     }
     md.push_str(&format!(
-        "\nLargest number of simultaneous callers with reply p95 ≤ {LIMIT_MS:.0} ms: **{best}** (steps stop at the first over it, or at BENCH_AGENT_MAX_CALLERS={max_callers}).\n"
+        "\nLargest number of simultaneous callers with reply p95 ≤ {LIMIT_MS:.0} ms: **{best}** (steps stop at the first over it, or at BENCH_AGENT_MAX_CALLERS={max_callers}).\n\n"
     ));
-    println!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join("agent_turns.md"), md);
+    Score {
+        p50,
+        p95,
+        callers: best,
+    }
 }

@@ -12,8 +12,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::record::CallRecord;
+use crate::agent::engines::AgentEngines;
 use crate::agent::turns::{EngineResult, Job, JobId, TurnConfig, TurnEngine, TurnOutput};
-use crate::agent::{slots, AgentSpec, Conversation, ConversationState};
+use crate::agent::{slots, Conversation, ConversationState};
 use crate::config::Config;
 use crate::speech::service::{CallSpeech, JobRefused, LlmEvent};
 use crate::speech::{AsrError, SileroVad, TtsError};
@@ -37,7 +38,7 @@ pub enum AgentEvent {
 
 pub struct AgentRun {
     engine: TurnEngine,
-    spec: AgentSpec,
+    engines: Arc<AgentEngines>,
     speech: CallSpeech,
     results_tx: mpsc::Sender<AgentEvent>,
     results: mpsc::Receiver<AgentEvent>,
@@ -52,13 +53,14 @@ pub struct AgentRun {
 }
 
 impl AgentRun {
-    /// `spec` is the agent the engines were loaded for (their system prompt and prompts).
-    pub fn new(config: &Config, spec: AgentSpec, speech: CallSpeech) -> Self {
+    /// `engines` are the ones `speech` was taken from, with the agent they were loaded for
+    /// (their system prompt and prompts).
+    pub fn new(config: &Config, engines: Arc<AgentEngines>, speech: CallSpeech) -> Self {
         let (results_tx, results) = mpsc::channel(RESULTS_DEPTH);
-        let conv = Conversation::new(spec.clone());
+        let conv = Conversation::new(engines.spec.clone());
         Self {
             engine: TurnEngine::new(TurnConfig::new(&config.agent), conv),
-            spec,
+            engines,
             speech,
             results_tx,
             results,
@@ -350,7 +352,7 @@ impl AgentRun {
                 let result = self
                     .speech
                     .service()
-                    .phrase(prompt.text(&self.spec.config))
+                    .phrase(prompt.text(&self.engines.spec.config))
                     .ok_or_else(|| format!("prompt {prompt:?} has no audio"));
                 self.immediate.push_back(EngineResult::Audio { id, result });
             }

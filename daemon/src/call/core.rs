@@ -6,7 +6,7 @@
 //! It owns: the handler's end of the call (the media test's prompt, then echo, listen or hang
 //! up; the agent's hang-up with its tail of silence), the transfer ([`Transfer`]: REFER →
 //! accepted / refused → bridge → bridged / failed, back to whoever asked), the maximum
-//! duration and drain, and the typed ending. `session::MediaRun` is its shell.
+//! duration and drain, and the typed ending. `media::MediaRun` is its shell.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod core;
+pub mod media;
 pub mod record;
 pub mod session;
 pub mod summary;

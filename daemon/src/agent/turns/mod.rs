@@ -761,16 +761,24 @@ impl TurnEngine {
         utterance: u64,
         result: Result<Transcript, String>,
     ) {
-        let text = match &result {
-            Ok(t) => clean_transcript(&t.text),
+        let (text, confidence, no_speech) = match &result {
+            Ok(t) => (
+                clean_transcript(&t.text),
+                mean_word_probability(t),
+                t.segments
+                    .iter()
+                    .map(|s| s.no_speech_probability)
+                    .fold(0.0f32, f32::max),
+            ),
             Err(e) => {
                 tracing::warn!(
                     utterance,
                     "recognition of speech over the agent failed: {e}"
                 );
-                String::new()
+                (String::new(), 0.0, 1.0)
             }
         };
+        tracing::info!(utterance, heard = %text, confidence, no_speech, "speech over the agent recognised");
         let listening_noise = text.is_empty() || self.is_backchannel(&text);
         if listening_noise {
             self.utterances.remove(&utterance);
@@ -1248,6 +1256,18 @@ impl TurnEngine {
 
 fn samples_to_duration(samples: u64) -> Duration {
     Duration::from_micros(samples * 1_000_000 / u64::from(ASR_SAMPLE_RATE))
+}
+
+/// whisper's mean probability of the words it wrote (0 when it wrote none).
+fn mean_word_probability(t: &Transcript) -> f32 {
+    let (sum, n) = t
+        .words()
+        .fold((0.0f32, 0usize), |(s, n), w| (s + w.probability, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f32
+    }
 }
 
 /// Lower case, letters, digits and apostrophes, single spaces: "Mhm." and "mhm" are one.
