@@ -4,6 +4,10 @@
 //! the ground floor; `speech`, `telephony`, `uplink`, `models`; `agent`; `call`; `control`;
 //! `ops` (daemon lifecycle) at the top.
 
+// Product functions stay short (clippy.toml: 150 lines); unit tests may run long.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 /// This build's version (the package's).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -372,6 +372,7 @@ fn check_slots(intent: &IntentConfig, problem: &mut impl FnMut(&str, String)) {
     }
 }
 
+#[allow(clippy::too_many_lines)] // every agent key's check
 pub(super) fn check_agent(
     agent: &AgentConfig,
     speech: &SpeechConfig,

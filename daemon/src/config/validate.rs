@@ -102,6 +102,7 @@ fn pem_problem(path: &Path, marker: &str, unreadable_fix: &str) -> Option<String
     }
 }
 
+#[allow(clippy::too_many_lines)] // one flat list of every key's check, in file order
 pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut problem = |key: &str, message: String| issues.push(ConfigIssue::at(text, key, message));
@@ -443,6 +444,7 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
     issues
 }
 
+#[allow(clippy::too_many_lines)] // every uplink key's check
 fn check_uplink(u: &super::UplinkConfig, problem: &mut impl FnMut(&str, String)) {
     let id_ok = |v: &str| {
         !v.is_empty()

@@ -289,6 +289,7 @@ fn labelled<V: ToString>(
 
 /// Prometheus text exposition (format 0.0.4) of the counters, the daemon's status and the
 /// process figures.
+#[allow(clippy::too_many_lines)] // one metric family after another
 pub fn render_prometheus(
     counters: &Counters,
     status: &super::Status,

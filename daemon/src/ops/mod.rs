@@ -664,6 +664,7 @@ pub fn run(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartErr
     runtime.block_on(run_async(loaded, log))
 }
 
+#[allow(clippy::too_many_lines)] // the daemon's start-up in order, each step a few lines
 async fn run_async(loaded: LoadedConfig, log: Option<LogControl>) -> Result<(), StartError> {
     let store = Store::open(&loaded.config.daemon.state_dir)?;
     store.set_reserve(loaded.config.daemon.min_free_disk_bytes());

@@ -844,6 +844,7 @@ async fn with_outbox<T: Send + 'static>(
     .expect("uplink outbox task panicked")
 }
 
+#[allow(clippy::too_many_lines)] // the uplink's one select loop over the broker, the outbox and commands
 async fn run(
     shared: Arc<Shared>,
     options: wire::Options,

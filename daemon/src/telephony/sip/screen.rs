@@ -193,6 +193,7 @@ fn check_via(value: &str) -> Result<(), String> {
 }
 
 /// Screens one raw message (a UDP datagram, or one framed message from a stream).
+#[allow(clippy::too_many_lines)] // RFC 3261 checks in the order a request is read
 pub fn screen(raw: &[u8]) -> Screened {
     let Some((head, body)) = split_message(raw) else {
         return if raw.starts_with(b"SIP/") {

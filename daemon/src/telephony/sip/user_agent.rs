@@ -230,6 +230,7 @@ impl UserAgent {
 }
 
 /// Binds UDP and TCP on `sip.listen` and starts serving.
+#[allow(clippy::too_many_lines)] // rsipstack's endpoint, transports and tasks set up in order
 pub async fn start(host: Arc<dyn SipHost>, spawner: CallSpawner) -> Result<UserAgent, SipError> {
     let config = host.config();
     let listen = config
