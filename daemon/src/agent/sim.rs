@@ -309,6 +309,8 @@ pub struct SimCall {
     voice: ToneVoice,
     prompts: HashMap<Prompt, String>,
     pub delays: Delays,
+    /// Recognition fails from this time (ms since answer) on.
+    pub asr_fails_from_ms: Option<u64>,
     /// Results due later: (due, order, result).
     due: BTreeMap<(Instant, u64), EngineResult>,
     order: u64,
@@ -363,6 +365,7 @@ impl SimCall {
             voice: ToneVoice { ms_per_word: 250 },
             prompts,
             delays: Delays::default(),
+            asr_fails_from_ms: None,
             due: BTreeMap::new(),
             order: 0,
             clauses_asked: 0,
@@ -535,7 +538,10 @@ impl SimCall {
                 self.schedule(self.delays.vad, EngineResult::SpeechDetected(result));
             }
             Job::Recognize { id, pcm, .. } => {
-                let result = self.asr.transcribe(&pcm).map_err(|e| e.to_string());
+                let result = match self.asr_fails_from_ms {
+                    Some(from) if at >= from => Err("the decoder failed".to_owned()),
+                    _ => self.asr.transcribe(&pcm).map_err(|e| e.to_string()),
+                };
                 self.schedule(self.delays.asr, EngineResult::Recognized { id, result });
             }
             Job::Generate {

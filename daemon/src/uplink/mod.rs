@@ -12,8 +12,10 @@
 //! - [`events`]: site events on the `events` stream, and the sink that queues them in order.
 
 mod backoff;
+mod commands;
 mod durable;
 pub mod events;
+mod messages;
 #[cfg(test)]
 mod model_tests;
 mod outbox;
@@ -25,6 +27,10 @@ use serde::{Deserialize, Serialize};
 pub use backoff::{
     ConnectionPhase, Reconnect, ReconnectConfig, ReconnectConfigError, ReconnectStatus,
 };
+pub use commands::{
+    CommandHandler, CommandMessage, CommandReply, InboundProblem, ResponseRoute, Triage,
+    MAX_COMMAND_BYTES, MAX_INCOMING_PACKET_BYTES,
+};
 pub use durable::{
     owe, DurableOutbox, Identity, IdentityError, OutboxError, OutgoingPublish, OwedMessages,
     QueuedMessage,
@@ -35,9 +41,7 @@ pub use outbox::{
     StreamStatus, WhenFull,
 };
 pub use shell::{
-    start, CommandHandler, CommandMessage, CommandReply, InboundProblem, ResponseRoute, StoreOwner,
-    Triage, UplinkHandle, UplinkReport, UplinkStartError, MAX_COMMANDS_RUNNING, MAX_COMMAND_BYTES,
-    MAX_INCOMING_PACKET_BYTES,
+    start, StoreOwner, UplinkHandle, UplinkReport, UplinkStartError, MAX_COMMANDS_RUNNING,
 };
 pub use wire::MqttVersion;
 

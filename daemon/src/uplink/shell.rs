@@ -40,12 +40,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::wire::{self, MqttVersion, Settings, WireEvent, WireMessage};
+use super::commands::{
+    CommandHandler, CommandLanes, CommandMessage, CommandReply, InboundProblem, ResponseRoute,
+    Triage, HOUSEKEEPING_EVERY, MAX_COMMAND_BYTES, MAX_INCOMING_PACKET_BYTES,
+};
+use super::messages::{outgoing_message, status_message, status_payload, stored_result};
+use super::wire::{self, MqttVersion, Settings, WireEvent};
 use super::{
     DurableOutbox, Identity, MessageId, OutboxConfig, OutboxError, OutboxStatus, Reconnect,
     ReconnectConfig, Stream,
@@ -60,128 +63,6 @@ pub const MAX_COMMANDS_RUNNING: usize = 4;
 pub const MAX_COMMANDS_QUEUED: usize = 64;
 /// Largest MQTT packet sent (a result is at most 128 KiB).
 const MAX_OUTGOING_PACKET_BYTES: usize = 256 * 1024;
-/// Largest command message handed to the [`CommandHandler`] (commands are small; the biggest,
-/// `config.apply`, carries one config file). A bigger one is acknowledged (so the broker
-/// forgets it), dropped unread, counted and refused like an unverified command
-/// ([`InboundProblem::Oversized`]).
-pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
-/// Largest MQTT packet the uplink reads (rumqttc's incoming limit; on MQTT 5 also advertised
-/// to the broker as the maximum packet size, so it sends nothing bigger). Well above
-/// [`MAX_COMMAND_BYTES`], so that an oversized command is read and acknowledged rather than
-/// breaking the connection. An MQTT 3.1.1 broker cannot be told any maximum: a bigger packet
-/// ends the connection mid-read, and since the session is persistent the broker would send it
-/// again on every connect; the shell then resets the session once
-/// ([`InboundProblem::TooLargeToRead`]).
-pub const MAX_INCOMING_PACKET_BYTES: usize = 4 * 1024 * 1024;
-
-/// Where an MQTT 5 requester asked for the result: its `response_topic` and
-/// `correlation_data`, as received (the handler decides whether to use them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseRoute {
-    pub topic: String,
-    pub correlation_data: Option<Vec<u8>>,
-}
-
-/// One message received on `cmd/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandMessage {
-    pub name: String,
-    pub payload: Vec<u8>,
-    /// MQTT 5 only.
-    pub response: Option<ResponseRoute>,
-}
-
-/// A message on `cmd/` that the shell did not hand over whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InboundProblem {
-    /// More than [`MAX_COMMAND_BYTES`] on `cmd/{name}`: acknowledged and dropped unread.
-    Oversized {
-        name: String,
-        bytes: usize,
-        max: usize,
-    },
-    /// More than [`MAX_INCOMING_PACKET_BYTES`]: the connection broke reading it, and the broker
-    /// session was reset so that the broker forgets it.
-    TooLargeToRead { bytes: usize, max: usize },
-}
-
-/// What to do after a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandReply {
-    /// Queue `result` (JSON) for publishing; on `route` when set, else on
-    /// `cmd-result/{request_id}`.
-    Publish {
-        result: Vec<u8>,
-        route: Option<ResponseRoute>,
-    },
-    /// Publish nothing (rate-limited); counted in the uplink report.
-    Dropped,
-    /// Refused and audited, but nothing to publish (a replay: its request id already has its
-    /// result).
-    NoResult,
-}
-
-/// What to do with a message before it is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Triage {
-    /// Queue it for [`CommandHandler::handle`].
-    Handle,
-    /// A copy of a message handled before (a replay), still within the refusal budget:
-    /// queue it, but run it in a lane of its own (one at a time), so that copies never take
-    /// the slots genuine commands run in.
-    HandleCopy,
-    /// Drop it now (rate-limited); counted like [`CommandReply::Dropped`].
-    Drop,
-}
-
-/// How many copies ([`Triage::HandleCopy`]) and [`InboundProblem`]s may wait for their lane;
-/// more are dropped (counted as rate-limited).
-const MAX_COPIES_QUEUED: usize = 4;
-
-/// The queues and the running slots for commands: [`MAX_COMMANDS_QUEUED`] running or waiting,
-/// [`MAX_COMMANDS_RUNNING`] running; and apart from them, for copies ([`Triage::HandleCopy`])
-/// and [`InboundProblem`]s, a queue of their own ([`MAX_COPIES_QUEUED`]) and one slot, so a
-/// flood of copies never takes a place a genuine command waits in.
-struct CommandLanes {
-    queue: Arc<tokio::sync::Semaphore>,
-    slots: Arc<tokio::sync::Semaphore>,
-    copy_queue: Arc<tokio::sync::Semaphore>,
-    copy_slot: Arc<tokio::sync::Semaphore>,
-}
-
-impl CommandLanes {
-    fn new() -> Self {
-        Self {
-            queue: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_QUEUED)),
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_RUNNING)),
-            copy_queue: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES_QUEUED)),
-            copy_slot: Arc::new(tokio::sync::Semaphore::new(1)),
-        }
-    }
-}
-
-/// Turns one message from `cmd/{name}` into the result to publish (verification, replay
-/// check, audit, execution). Called on a blocking thread.
-pub trait CommandHandler: Send + Sync + 'static {
-    fn handle(&self, message: CommandMessage) -> CommandReply;
-    /// Called on the event loop before a message is queued: must be cheap (no store, no
-    /// signature check). Lets a flood of cheap-to-recognise messages (byte-identical replays)
-    /// be dropped before it fills the queue that genuine commands wait in.
-    fn triage(&self, _message: &CommandMessage) -> Triage {
-        Triage::Handle
-    }
-    /// A message the shell dropped ([`InboundProblem`]): audit it (within a budget).
-    fn refuse(&self, _problem: InboundProblem) -> CommandReply {
-        CommandReply::NoResult
-    }
-    /// Called every few seconds on a blocking thread while connected, for work that is due
-    /// without a message (e.g. closing a rate-limit window in the audit).
-    fn housekeeping(&self) {}
-}
-
-/// How often [`CommandHandler::housekeeping`] runs.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
-
 /// Whoever owns the store lends it to the uplink's blocking calls.
 pub trait StoreOwner: Send + Sync + 'static {
     fn store(&self) -> &Store;
@@ -556,129 +437,6 @@ fn tls_config(config: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>, Uplink
             .map_err(|e| UplinkStartError::Tls(format!("uplink.client_cert/client_key: {e}")))?
     };
     Ok(Arc::new(client))
-}
-
-/// The retained `{base}/status` message.
-fn status_message(base: &str, state: &str, health: &str) -> WireMessage {
-    WireMessage {
-        topic: format!("{base}/status"),
-        body: status_payload(state, health),
-        retain: true,
-        idempotency_key: None,
-        correlation_data: None,
-    }
-}
-
-fn status_payload(state: &str, health: &str) -> Vec<u8> {
-    serde_json::json!({
-        "state": state,
-        "version": crate::VERSION,
-        "health": health,
-        "at_ms": crate::store::now_ms(),
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The wire payload: an envelope that carries the idempotency key with the producer's payload
-/// (inline JSON when it is JSON, else a string). Built only from stored data, so a re-send is
-/// byte-identical.
-fn envelope(identity: &Identity, id: MessageId, key: &str, payload: &[u8]) -> Vec<u8> {
-    let body = serde_json::from_slice::<serde_json::Value>(payload).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
-    });
-    serde_json::json!({
-        "key": key,
-        "site": identity.site(),
-        "device": identity.device(),
-        "stream": id.stream.as_str(),
-        "seq": id.sequence.0,
-        "payload": body,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The reserved member of a stored command result that holds its response route; removed
-/// before publishing.
-const ROUTE_FIELD: &str = "_route";
-
-/// What the `command_results` stream stores: the handler's result object, plus (MQTT 5) the
-/// route the result must take, so a result queued across a disconnect or restart still goes
-/// where its requester waits.
-fn stored_result(result: Vec<u8>, route: Option<&ResponseRoute>) -> Vec<u8> {
-    let Some(route) = route else {
-        return result;
-    };
-    match serde_json::from_slice::<serde_json::Value>(&result) {
-        Ok(serde_json::Value::Object(mut object)) => {
-            let mut r = serde_json::Map::new();
-            r.insert("topic".into(), route.topic.clone().into());
-            if let Some(data) = &route.correlation_data {
-                r.insert("correlation_data".into(), B64.encode(data).into());
-            }
-            object.insert(ROUTE_FIELD.into(), serde_json::Value::Object(r));
-            serde_json::to_vec(&object).unwrap_or(result)
-        }
-        _ => result,
-    }
-}
-
-/// Topic, body and properties of one outbox message. Command results go to
-/// `cmd-result/{request_id}` (or their stored response topic, with its correlation data) as
-/// the result object with the idempotency key added; telemetry to `telemetry` and everything
-/// else to `events/{stream}`, in the [`envelope`]. Every one carries the key (MQTT 5: also as user property).
-fn outgoing_message(
-    identity: &Identity,
-    base: &str,
-    id: MessageId,
-    key: &str,
-    payload: &[u8],
-) -> WireMessage {
-    let message = |topic, body| WireMessage {
-        topic,
-        body,
-        retain: false,
-        idempotency_key: Some(key.to_owned()),
-        correlation_data: None,
-    };
-    if id.stream == Stream::CommandResults {
-        if let Ok(serde_json::Value::Object(mut result)) =
-            serde_json::from_slice::<serde_json::Value>(payload)
-        {
-            let route = result.remove(ROUTE_FIELD);
-            let request_id = result
-                .get("request_id")
-                .and_then(|r| r.as_str())
-                .filter(|r| crate::config::valid_id(r))
-                .unwrap_or(crate::config::NO_REQUEST_ID)
-                .to_owned();
-            result.insert("key".into(), serde_json::Value::String(key.to_owned()));
-            let body = serde_json::to_vec(&result).unwrap_or_default();
-            let topic = route
-                .as_ref()
-                .and_then(|r| r.get("topic"))
-                .and_then(|t| t.as_str());
-            return match topic {
-                Some(topic) => WireMessage {
-                    correlation_data: route
-                        .as_ref()
-                        .and_then(|r| r.get("correlation_data"))
-                        .and_then(|d| d.as_str())
-                        .and_then(|d| B64.decode(d).ok()),
-                    ..message(topic.to_owned(), body)
-                },
-                None => message(format!("{base}/cmd-result/{request_id}"), body),
-            };
-        }
-    }
-    // Telemetry has its own topic in the tree (.../telemetry), in the same envelope.
-    let topic = if id.stream == Stream::Telemetry {
-        format!("{base}/telemetry")
-    } else {
-        format!("{base}/events/{}", id.stream.as_str())
-    };
-    message(topic, envelope(identity, id, key, payload))
 }
 
 /// What arrived on `cmd/`: a command for the handler, or a problem to refuse.
@@ -1209,6 +967,7 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::messages::*;
     use crate::uplink::Sequence;
 
     #[test]

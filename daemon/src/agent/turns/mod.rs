@@ -753,8 +753,9 @@ impl TurnEngine {
         self.drop_speculation();
     }
 
-    /// The words of speech over the agent: none (a cough, a noise, a failed recognition) or a
-    /// backchannel, and the held reply goes on; words, and they are a turn that interrupts it.
+    /// The words of speech over the agent: none (a cough, a noise) or a backchannel, and the
+    /// held reply goes on; words (or a failed recognition), and they are a turn that
+    /// interrupts it.
     fn on_overlap_transcript(
         &mut self,
         now: Instant,
@@ -779,7 +780,9 @@ impl TurnEngine {
             }
         };
         tracing::info!(utterance, heard = %text, confidence, no_speech, "speech over the agent recognised");
-        let listening_noise = text.is_empty() || self.is_backchannel(&text);
+        // A failed recognition is not taken for noise: the caller may have said something, and
+        // the conversation asks them to say it again.
+        let listening_noise = result.is_ok() && (text.is_empty() || self.is_backchannel(&text));
         if listening_noise {
             self.utterances.remove(&utterance);
             let Some(overlap) = self.overlap.as_mut() else {

@@ -214,6 +214,26 @@ fn words_over_the_reply_are_held_then_interrupt_it_once_they_are_known() {
 }
 
 #[test]
+fn speech_over_the_reply_that_cannot_be_recognised_interrupts_and_the_caller_is_asked_again() {
+    let mut probe = call_with(agent(), &[]);
+    probe.run(8_000);
+    let at = reply_start(&probe) + 1_000;
+    let mut call = call_with(agent(), &[(at, CallerAct::Say { index: 1, ms: 1200 })]);
+    call.asr_fails_from_ms = Some(at);
+    call.run(20_000);
+    assert!(
+        call.first(|s| *s == Seen::Flush).is_some(),
+        "the reply stopped"
+    );
+    assert_eq!(call.engine.false_interruptions(), 0);
+    assert!(
+        call.jobs().contains(&"prompt Repeat"),
+        "the caller is asked to say it again: {:?}",
+        call.jobs()
+    );
+}
+
+#[test]
 fn speculation_started_on_the_pause_is_adopted_when_the_turn_ends_there() {
     let mut call = call_with(agent(), &[]);
     call.run(9_000);
