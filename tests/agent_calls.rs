@@ -716,6 +716,19 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     let (call, heard_text) = agent.call_from("caller2", &mic, Duration::from_secs(12));
     eprintln!("caller heard (no voice): {heard_text:?}");
     let log = agent.stop();
+    for line in log.lines().filter(|l| {
+        [
+            "caller said",
+            " turn ",
+            "speech over the agent",
+            "synthesi",
+            "barge-in",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        eprintln!("{line}");
+    }
     assert!(
         contains_all(&heard_text, &["riverside", "help"]),
         "cached greeting not heard: {heard_text:?}"

@@ -48,6 +48,17 @@ fn reply_packets(call: &SimCall) -> usize {
     call.audio_packets(AFTER_GREETING_MS + 1500, u64::MAX)
 }
 
+/// Every word of the reply went out on the wire, none twice (250 ms a word, 50 packets a
+/// second).
+fn assert_whole_reply_heard(call: &SimCall) {
+    let expected = LONG_REPLY.split_whitespace().count() * 250 / 20;
+    let heard = reply_packets(call);
+    assert!(
+        heard.abs_diff(expected) <= 3,
+        "heard {heard} packets, expected {expected}"
+    );
+}
+
 #[test]
 fn a_question_is_answered_by_the_model_and_the_turn_carries_its_latency() {
     let mut call = call_with(agent(), &[]);
@@ -65,14 +76,7 @@ fn a_question_is_answered_by_the_model_and_the_turn_carries_its_latency() {
     let rtp = l.first_reply_rtp_ms.expect("first reply RTP stamp");
     assert!((600..700).contains(&endpoint), "{l:?}");
     assert!(rtp > endpoint, "{l:?}");
-    // The reply is heard: every word of it (250 ms a word, 50 packets a second).
-    let words = LONG_REPLY.split_whitespace().count();
-    let expected = words * 250 / 20;
-    let heard = reply_packets(&call);
-    assert!(
-        heard.abs_diff(expected) <= 3,
-        "heard {heard} packets, expected {expected}"
-    );
+    assert_whole_reply_heard(&call);
 }
 
 #[test]
@@ -153,14 +157,7 @@ fn a_cough_over_the_reply_holds_it_and_the_reply_goes_on_where_it_stopped() {
         "nothing dropped"
     );
     assert_eq!(call.engine.false_interruptions(), 1);
-    // Every word of the reply was heard, none twice.
-    let words = LONG_REPLY.split_whitespace().count();
-    let expected = words * 250 / 20;
-    let heard = reply_packets(&call);
-    assert!(
-        heard.abs_diff(expected) <= 3,
-        "heard {heard} packets, expected {expected}"
-    );
+    assert_whole_reply_heard(&call);
     assert_eq!(
         call.turns.len(),
         1,
@@ -178,8 +175,7 @@ fn a_backchannel_over_the_reply_does_not_interrupt_it() {
         "nothing dropped"
     );
     assert_eq!(call.engine.false_interruptions(), 1);
-    let expected = LONG_REPLY.split_whitespace().count() * 250 / 20;
-    assert!(reply_packets(&call).abs_diff(expected) <= 3);
+    assert_whole_reply_heard(&call);
     assert_eq!(call.turns.len(), 1, "{:?}", call.turns);
 }
 
