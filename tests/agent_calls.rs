@@ -223,6 +223,13 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The daemon's log lines that name any of `keys`, for the test's output.
+fn print_lines(log: &str, keys: &[&str]) {
+    for line in log.lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+        eprintln!("{line}");
+    }
+}
+
 fn contains_all(haystack: &str, words: &[&str]) -> bool {
     let h = haystack.to_lowercase();
     words.iter().all(|w| h.contains(w))
@@ -503,12 +510,7 @@ fn slow_barge_in_stops_the_greeting_within_200_ms_and_the_question_is_answered()
     // before the daemon stops: its site goes with it).
     let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
     let log = agent.stop();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("speech over the agent recognised"))
-    {
-        eprintln!("{line}");
-    }
+    print_lines(&log, &["speech over the agent recognised"]);
     assert!(
         log.contains("barge-in: playback stopped"),
         "{}",
@@ -584,12 +586,7 @@ fn slow_a_cough_over_the_greeting_holds_it_and_the_greeting_goes_on_where_it_sto
     let rec = audio::Wav::read(call["recording"].as_str().expect("recording"));
     let log = agent.stop();
     eprintln!("caller heard: {heard_text:?}");
-    for line in log
-        .lines()
-        .filter(|l| l.contains("speech over the agent recognised"))
-    {
-        eprintln!("{line}");
-    }
+    print_lines(&log, &["speech over the agent recognised"]);
     // The cough was heard as speech over the agent, held, and found to hold no words.
     assert!(
         log.contains("not an interruption: the agent goes on where it stopped"),
@@ -716,19 +713,16 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     let (call, heard_text) = agent.call_from("caller2", &mic, Duration::from_secs(12));
     eprintln!("caller heard (no voice): {heard_text:?}");
     let log = agent.stop();
-    for line in log.lines().filter(|l| {
-        [
+    print_lines(
+        &log,
+        &[
             "caller said",
             " turn ",
             "speech over the agent",
             "synthesi",
             "barge-in",
-        ]
-        .iter()
-        .any(|k| l.contains(k))
-    }) {
-        eprintln!("{line}");
-    }
+        ],
+    );
     assert!(
         contains_all(&heard_text, &["riverside", "help"]),
         "cached greeting not heard: {heard_text:?}"

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::record::CallRecord;
 use crate::agent::engines::AgentEngines;
 use crate::agent::turns::{EngineResult, Job, JobId, TurnConfig, TurnEngine, TurnOutput};
-use crate::agent::{slots, Conversation, ConversationState};
+use crate::agent::{slots, Conversation};
 use crate::config::Config;
 use crate::speech::service::{CallSpeech, JobRefused, LlmEvent};
 use crate::speech::{AsrError, SileroVad, TtsError};
@@ -48,6 +48,7 @@ pub struct AgentRun {
     cancels: HashMap<JobId, Arc<AtomicBool>>,
     to_asr: Option<Resampler>,
     scratch: Vec<i16>,
+    samples: Vec<f32>,
     /// Turns recorded since the call last saved its record.
     pub dirty: bool,
 }
@@ -68,12 +69,9 @@ impl AgentRun {
             cancels: HashMap::new(),
             to_asr: None,
             scratch: Vec::new(),
+            samples: Vec::new(),
             dirty: false,
         }
-    }
-
-    pub fn state(&self) -> ConversationState {
-        self.engine.state()
     }
 
     /// Starts the conversation (the greeting).
@@ -122,12 +120,10 @@ impl AgentRun {
                 return None;
             }
         }
-        let samples: Vec<f32> = self
-            .scratch
-            .iter()
-            .map(|&s| f32::from(s) / 32768.0)
-            .collect();
-        self.engine.handle_audio(Instant::now(), &samples);
+        self.samples.clear();
+        self.samples
+            .extend(self.scratch.iter().map(|&s| f32::from(s) / 32768.0));
+        self.engine.handle_audio(Instant::now(), &self.samples);
         self.drain(session, rec)
     }
 
@@ -283,10 +279,9 @@ impl AgentRun {
                     Ok(()) => {
                         self.cancels.insert(id, cancel);
                     }
-                    Err(JobRefused::Full(_)) => self.immediate.push_back(EngineResult::Busy { id }),
-                    Err(JobRefused::Unavailable(error)) => self
-                        .immediate
-                        .push_back(EngineResult::GenerationFailed { id, error }),
+                    Err(why) => self.immediate.push_back(refused(id, why, |error| {
+                        EngineResult::GenerationFailed { id, error }
+                    })),
                 }
             }
             Job::Extract {
@@ -310,15 +305,12 @@ impl AgentRun {
                                 result,
                             }));
                         });
-                match queued {
-                    Ok(()) => {}
-                    Err(JobRefused::Full(_)) => self.immediate.push_back(EngineResult::Busy { id }),
-                    Err(JobRefused::Unavailable(error)) => {
-                        self.immediate.push_back(EngineResult::Extracted {
+                if let Err(why) = queued {
+                    self.immediate
+                        .push_back(refused(id, why, |error| EngineResult::Extracted {
                             id,
                             result: Err(error),
-                        })
-                    }
+                        }));
                 }
             }
             Job::Synthesize { id, text } => {
@@ -337,15 +329,12 @@ impl AgentRun {
                     let _ =
                         tx.blocking_send(AgentEvent::Engine(EngineResult::Audio { id, result }));
                 });
-                match queued {
-                    Ok(()) => {}
-                    Err(JobRefused::Full(_)) => self.immediate.push_back(EngineResult::Busy { id }),
-                    Err(JobRefused::Unavailable(error)) => {
-                        self.immediate.push_back(EngineResult::Audio {
+                if let Err(why) = queued {
+                    self.immediate
+                        .push_back(refused(id, why, |error| EngineResult::Audio {
                             id,
                             result: Err(error),
-                        })
-                    }
+                        }));
                 }
             }
             Job::Prompt { id, prompt } => {
@@ -357,5 +346,18 @@ impl AgentRun {
                 self.immediate.push_back(EngineResult::Audio { id, result });
             }
         }
+    }
+}
+
+/// What a job the engines would not take comes back as: busy (the engine's queue is full), or
+/// `failed` with why the engine is not there.
+fn refused(
+    id: JobId,
+    why: JobRefused,
+    failed: impl FnOnce(String) -> EngineResult,
+) -> EngineResult {
+    match why {
+        JobRefused::Full(_) => EngineResult::Busy { id },
+        JobRefused::Unavailable(error) => failed(error),
     }
 }

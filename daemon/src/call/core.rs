@@ -164,10 +164,6 @@ impl CallCore {
         .min()
     }
 
-    pub fn is_ended(&self) -> bool {
-        self.ended
-    }
-
     /// A transfer is under way (REFER, bridge ringing or bridged).
     pub fn transferring(&self) -> bool {
         self.transfer.as_ref().is_some_and(Transfer::is_active)

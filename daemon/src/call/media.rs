@@ -16,6 +16,7 @@ use super::record::{CallRecord, RtpSummary};
 use super::session::{local_media_ip, AgentCall, DialRequest, RecordSink};
 use super::transfer::{ringback_cycle, TransferEvent};
 use super::{CallControl, CallHost};
+use crate::agent::turns::Directive;
 use crate::config::Config;
 use crate::telephony::codec::Negotiated;
 use crate::telephony::media::{MediaConfig, MediaEvent, MediaSession, Recorder, TransmitKind};
@@ -228,10 +229,8 @@ impl MediaRun {
                         None => std::future::pending().await,
                     }
                 } => {
-                    if let (Some(event), Some(agent)) = (event, self.agent.as_mut()) {
-                        if let Some(d) = agent.handle_event(event, &mut self.session, rec) {
-                            self.core.handle_event(Instant::now(), CallEvent::Directive(d));
-                        }
+                    if let Some(event) = event {
+                        self.with_agent(rec, |a, session, rec| a.handle_event(event, session, rec));
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.handle_timeouts(rec),
@@ -310,12 +309,13 @@ impl MediaRun {
         if self.session.poll_timeout().is_some_and(|t| t <= now) {
             self.session.handle_timeout(now);
         }
-        if let Some(agent) = self.agent.as_mut() {
-            if agent.poll_timeout().is_some_and(|t| t <= now) {
-                if let Some(d) = agent.handle_timeout(&mut self.session, rec) {
-                    self.core.handle_event(now, CallEvent::Directive(d));
-                }
-            }
+        if self
+            .agent
+            .as_ref()
+            .and_then(AgentRun::poll_timeout)
+            .is_some_and(|t| t <= now)
+        {
+            self.with_agent(rec, AgentRun::handle_timeout);
         }
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
@@ -360,11 +360,23 @@ impl MediaRun {
 
     fn on_caller_digit(&mut self, digit: char, rec: &mut CallRecord) {
         rec.dtmf_received.push(digit);
-        if let Some(agent) = self.agent.as_mut() {
-            if let Some(d) = agent.on_dtmf(digit, &mut self.session, rec) {
-                self.core
-                    .handle_event(Instant::now(), CallEvent::Directive(d));
-            }
+        self.with_agent(rec, |a, session, rec| a.on_dtmf(digit, session, rec));
+    }
+
+    /// Hands something to the agent, if the call has one; what the agent then asks of the
+    /// call (transfer, hang up) goes to the call core.
+    pub(super) fn with_agent(
+        &mut self,
+        rec: &mut CallRecord,
+        f: impl FnOnce(&mut AgentRun, &mut MediaSession, &mut CallRecord) -> Option<Directive>,
+    ) {
+        if let Some(directive) = self
+            .agent
+            .as_mut()
+            .and_then(|agent| f(agent, &mut self.session, rec))
+        {
+            self.core
+                .handle_event(Instant::now(), CallEvent::Directive(directive));
         }
     }
 
@@ -413,20 +425,12 @@ impl MediaRun {
                     }
                 }
                 CallOutput::AgentPlayoutDrained => {
-                    if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) = agent.on_playout_drained(&mut self.session, rec) {
-                            self.core
-                                .handle_event(Instant::now(), CallEvent::Directive(d));
-                        }
-                    }
+                    self.with_agent(rec, AgentRun::on_playout_drained);
                 }
                 CallOutput::AgentTransferFailed(error) => {
-                    if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) = agent.on_transfer_failed(error, &mut self.session, rec) {
-                            self.core
-                                .handle_event(Instant::now(), CallEvent::Directive(d));
-                        }
-                    }
+                    self.with_agent(rec, |a, session, rec| {
+                        a.on_transfer_failed(error, session, rec)
+                    });
                 }
                 CallOutput::OperatorTransferSettled(result) => {
                     if let Some(reply) = self.transfer_reply.take() {
@@ -581,13 +585,10 @@ impl MediaRun {
                     if let Some(b) = &self.bridge {
                         // A full queue means the other leg stalls: drop, never block this call.
                         let _ = b.to_peer.try_send((pcm, sample_rate));
-                    } else if let Some(agent) = self.agent.as_mut() {
-                        if let Some(d) =
-                            agent.on_caller_audio(&pcm, sample_rate, &mut self.session, rec)
-                        {
-                            self.core
-                                .handle_event(Instant::now(), CallEvent::Directive(d));
-                        }
+                    } else if self.agent.is_some() {
+                        self.with_agent(rec, |a, session, rec| {
+                            a.on_caller_audio(&pcm, sample_rate, session, rec)
+                        });
                     } else if self.core.echoing() {
                         if let Err(e) = self.session.queue_audio(&pcm, sample_rate) {
                             tracing::debug!("echo frame dropped: {e}");

@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::core::CallEvent;
+use super::agent::AgentRun;
 use super::media::{rand_u32, Bridge, MediaRun};
 use super::record::{self, CallRecord, EndReason, Party};
 use super::work::WorkGuard;
@@ -291,13 +291,7 @@ async fn run_answered(
     };
     let (control_tx, mut control_rx) = mpsc::channel(8);
     ctx.live_calls().insert(&rec.id, control_tx);
-    if let Some(agent) = media.agent.as_mut() {
-        if let Some(d) = agent.start(&mut media.session, &mut rec) {
-            media
-                .core
-                .handle_event(Instant::now(), CallEvent::Directive(d));
-        }
-    }
+    media.with_agent(&mut rec, AgentRun::start);
     let ending = media
         .run(
             ctx,

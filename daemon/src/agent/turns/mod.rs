@@ -478,7 +478,7 @@ impl TurnEngine {
     fn on_result(&mut self, now: Instant, result: EngineResult) {
         if let Some(id) = result.job() {
             if self.is_guessed_generation(id) {
-                self.on_guessed_generation(now, result);
+                self.on_guessed_generation(result);
                 return;
             }
         }
@@ -915,7 +915,7 @@ impl TurnEngine {
 
     /// A result of a generation not adopted yet: kept to replay if it is, unless the guess
     /// failed (the turn then starts its own).
-    fn on_guessed_generation(&mut self, _now: Instant, result: EngineResult) {
+    fn on_guessed_generation(&mut self, result: EngineResult) {
         let Some(spec) = self.speculation.as_mut() else {
             return;
         };
