@@ -253,8 +253,9 @@ fn probe_onnxruntime(path: &Path) -> Result<String, TtsError> {
 }
 
 /// Loads ONNX Runtime from `path` once per process (ort's own limit). A later call with another
-/// library keeps the first one (logged).
-fn init_onnxruntime(path: &Path) -> Result<(), TtsError> {
+/// library keeps the first one (logged). Every ONNX model (voice, end of turn, embeddings) goes
+/// through here.
+pub(crate) fn init_onnxruntime(path: &Path) -> Result<(), TtsError> {
     static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
     check_onnxruntime_file(path)?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
