@@ -10,6 +10,7 @@ pub mod sentences;
 #[cfg(test)]
 pub mod sim;
 pub mod slots;
+pub mod spoken;
 pub mod turns;
 
 use crate::config::{AgentAction, AgentConfig};

@@ -1,0 +1,967 @@
+//! What callers say, read by rules: digits and numbers as whisper writes them ("4279", "four
+//! two seven nine", "oh", "double five", "forty two seventy nine", "4,279", groups over pauses,
+//! "no, sorry, it's …"), yes and no, names (also spelled: "B-A-K-E-R") and e-mail addresses
+//! read out. Deterministic and sans-I/O: the language model is only asked for what these
+//! cannot read, and never for a digit.
+
+/// How a digit string may be long (a slot's `min_digits`/`max_digits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigitSpan {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl DigitSpan {
+    pub const ANY: DigitSpan = DigitSpan { min: 1, max: 32 };
+
+    pub fn fits(self, digits: &str) -> bool {
+        let n = digits.chars().filter(char::is_ascii_digit).count();
+        (self.min..=self.max).contains(&n)
+    }
+}
+
+/// One piece of the caller's words, as far as numbers are concerned.
+#[derive(Debug, Clone, PartialEq)]
+enum Atom {
+    /// Digits written as such ("4279", "4,279" → "4279"; a leading + kept).
+    Numeral(String),
+    /// zero … nine (also "oh" and "o" next to other digits).
+    Digit(u8),
+    /// "oh" / "o": zero next to other digits, else nothing.
+    Oh,
+    /// ten … nineteen.
+    Teen(u8),
+    /// twenty … ninety.
+    Tens(u8),
+    Hundred,
+    Thousand,
+    /// "double", "triple".
+    Repeat(usize),
+    /// Words that go between the groups of one number ("um", "dash", a pause).
+    Joiner,
+    /// "and": between groups, or inside a cardinal ("four hundred and twelve").
+    And,
+    /// "to"/"too": two between two digits, else a word.
+    To,
+    /// "sorry", "no", "I mean", "actually": what follows corrects what came before.
+    Correction,
+    /// "start again", "scratch that": forget what came before.
+    Restart,
+    /// Any other word: it ends a number.
+    Word,
+}
+
+fn unit(word: &str) -> Option<u8> {
+    Some(match word {
+        "zero" | "nought" | "naught" => 0,
+        "one" => 1,
+        "two" => 2,
+        "three" => 3,
+        "four" => 4,
+        "five" => 5,
+        "six" => 6,
+        "seven" => 7,
+        "eight" => 8,
+        "nine" => 9,
+        _ => return None,
+    })
+}
+
+fn teen(word: &str) -> Option<u8> {
+    Some(match word {
+        "ten" => 10,
+        "eleven" => 11,
+        "twelve" => 12,
+        "thirteen" => 13,
+        "fourteen" => 14,
+        "fifteen" => 15,
+        "sixteen" => 16,
+        "seventeen" => 17,
+        "eighteen" => 18,
+        "nineteen" => 19,
+        _ => return None,
+    })
+}
+
+fn tens(word: &str) -> Option<u8> {
+    Some(match word {
+        "twenty" => 20,
+        "thirty" => 30,
+        "forty" | "fourty" => 40,
+        "fifty" => 50,
+        "sixty" => 60,
+        "seventy" => 70,
+        "eighty" => 80,
+        "ninety" => 90,
+        _ => return None,
+    })
+}
+
+const JOINERS: &[&str] = &[
+    "um", "uh", "umm", "uhm", "er", "erm", "ah", "hmm", "then", "dash", "hyphen", "space",
+    "comma", "point", "dot", "plus",
+];
+const CORRECTIONS: &[&str] = &["sorry", "no", "actually", "wait", "correction", "rather", "oops"];
+const RESTARTS: &[&str] = &["scratch that", "start again", "start over", "let me start again"];
+
+/// Splits text into lower-case words and numerals; punctuation between words is a joiner (a
+/// pause), punctuation inside a numeral ("4,279", "0770-900") is dropped.
+fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let prev_digit = i > 0 && chars[i - 1].is_ascii_digit();
+        let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_alphanumeric() || c == '\'' || c == '’' {
+            if c == '’' {
+                cur.push('\'');
+            } else {
+                cur.extend(c.to_lowercase());
+            }
+        } else if c == '+' && next_digit && cur.is_empty() {
+            cur.push('+');
+        } else if prev_digit && next_digit && matches!(c, ',' | '-' | '.' | ':' | '/') {
+            // One number written with separators: keep going.
+        } else if c == '-' && i > 0 && chars[i - 1].is_alphabetic() {
+            // "forty-two", "double-one": one phrase, not a pause.
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !c.is_whitespace() {
+                out.push(",".to_owned());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn atoms(text: &str) -> Vec<Atom> {
+    let words = tokens(text);
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].trim_matches('\'');
+        let next = words.get(i + 1).map(String::as_str).unwrap_or("");
+        let pair = format!("{w} {next}");
+        let triple = format!("{pair} {}", words.get(i + 2).map(String::as_str).unwrap_or(""));
+        if RESTARTS.iter().any(|r| triple.starts_with(r)) {
+            let len = RESTARTS
+                .iter()
+                .filter(|r| triple.starts_with(*r))
+                .map(|r| r.split(' ').count())
+                .max()
+                .unwrap_or(1);
+            out.push(Atom::Restart);
+            i += len;
+            continue;
+        }
+        if pair == "i mean" || pair == "that's wrong" || pair == "not quite" {
+            out.push(Atom::Correction);
+            i += 2;
+            continue;
+        }
+        let atom = if w == "," {
+            Atom::Joiner
+        } else if let Some(n) = numeral(w) {
+            Atom::Numeral(n)
+        } else if let Some(d) = unit(w) {
+            Atom::Digit(d)
+        } else if w == "oh" || w == "o" || w == "owe" {
+            Atom::Oh
+        } else if let Some(t) = teen(w) {
+            Atom::Teen(t)
+        } else if let Some(t) = tens(w) {
+            Atom::Tens(t)
+        } else if w == "hundred" {
+            Atom::Hundred
+        } else if w == "thousand" {
+            Atom::Thousand
+        } else if w == "double" {
+            Atom::Repeat(2)
+        } else if w == "triple" {
+            Atom::Repeat(3)
+        } else if w == "and" {
+            Atom::And
+        } else if w == "to" || w == "too" {
+            Atom::To
+        } else if CORRECTIONS.contains(&w) {
+            Atom::Correction
+        } else if JOINERS.contains(&w) {
+            Atom::Joiner
+        } else {
+            Atom::Word
+        };
+        out.push(atom);
+        i += 1;
+    }
+    resolve_ambiguous(&mut out);
+    out
+}
+
+/// "4279", "+44", "42nd" → its digits; None when the word is not a numeral.
+fn numeral(word: &str) -> Option<String> {
+    let body = word
+        .strip_suffix("st")
+        .or_else(|| word.strip_suffix("nd"))
+        .or_else(|| word.strip_suffix("rd"))
+        .or_else(|| word.strip_suffix("th"))
+        .unwrap_or(word);
+    let digits = body.strip_prefix('+').unwrap_or(body);
+    (!digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())).then(|| body.to_owned())
+}
+
+fn is_number_atom(a: &Atom) -> bool {
+    matches!(
+        a,
+        Atom::Numeral(_) | Atom::Digit(_) | Atom::Teen(_) | Atom::Tens(_) | Atom::Repeat(_)
+    )
+}
+
+/// "oh" is zero next to other digits (ignoring pauses and "um"); "to" is two between two.
+fn resolve_ambiguous(atoms: &mut [Atom]) {
+    let near = |atoms: &[Atom], i: usize, step: isize| -> bool {
+        let mut j = i as isize + step;
+        while j >= 0 && (j as usize) < atoms.len() {
+            match &atoms[j as usize] {
+                Atom::Joiner | Atom::And => j += step,
+                a => return is_number_atom(a) || *a == Atom::Oh,
+            }
+        }
+        false
+    };
+    for i in 0..atoms.len() {
+        match atoms[i] {
+            Atom::Oh => {
+                let zero = near(atoms, i, -1) || near(atoms, i, 1);
+                atoms[i] = if zero { Atom::Digit(0) } else { Atom::Word };
+            }
+            Atom::To => {
+                let two = i > 0
+                    && is_number_atom(&atoms[i - 1])
+                    && atoms.get(i + 1).is_some_and(is_number_atom);
+                atoms[i] = if two { Atom::Digit(2) } else { Atom::Word };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One number's worth of atoms, read: digits to concatenate ("four two" → "42") and cardinals
+/// to add ("forty two" → "42", "four hundred and twelve" → "412").
+struct Reader<'a> {
+    atoms: &'a [Atom],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn peek(&self, ahead: usize) -> Option<&Atom> {
+        self.atoms.get(self.at + ahead)
+    }
+
+    /// A value below 100 starting here: a digit, a teen, or tens with an optional unit.
+    fn below_hundred(&mut self) -> Option<u32> {
+        match self.peek(0)? {
+            Atom::Digit(d) => {
+                let d = u32::from(*d);
+                self.at += 1;
+                Some(d)
+            }
+            Atom::Teen(t) => {
+                let t = u32::from(*t);
+                self.at += 1;
+                Some(t)
+            }
+            Atom::Tens(t) => {
+                let t = u32::from(*t);
+                self.at += 1;
+                if let Some(Atom::Digit(d)) = self.peek(0) {
+                    if *d > 0 {
+                        let d = u32::from(*d);
+                        self.at += 1;
+                        return Some(t + d);
+                    }
+                }
+                Some(t)
+            }
+            _ => None,
+        }
+    }
+
+    /// After "hundred"/"thousand": a smaller value to add, straight after or after "and"
+    /// ("nine hundred and five"), never after a pause ("nine hundred, one two three" is two
+    /// groups).
+    fn addend(&mut self, below: u32) -> u32 {
+        let save = self.at;
+        if matches!(self.peek(0), Some(Atom::And)) {
+            self.at += 1;
+        }
+        let value = if below > 100 {
+            self.below_thousand()
+        } else {
+            self.below_hundred()
+        };
+        match value {
+            Some(v) if v < below => v,
+            _ => {
+                self.at = save;
+                0
+            }
+        }
+    }
+
+    fn below_thousand(&mut self) -> Option<u32> {
+        let start = self.at;
+        let base = self.below_hundred()?;
+        if matches!(self.peek(0), Some(Atom::Hundred)) && base > 0 {
+            self.at += 1;
+            return Some(base * 100 + self.addend(100));
+        }
+        self.at = start;
+        self.below_hundred()
+    }
+
+    /// The next group of digits, or None at a word that is not part of a number.
+    fn group(&mut self) -> Option<String> {
+        let atom = self.peek(0)?.clone();
+        match atom {
+            Atom::Numeral(n) => {
+                self.at += 1;
+                // "77 hundred", "2 thousand".
+                if let Ok(v) = n.parse::<u32>() {
+                    if v < 100 && matches!(self.peek(0), Some(Atom::Hundred)) {
+                        self.at += 1;
+                        return Some((v * 100 + self.addend(100)).to_string());
+                    }
+                    if v < 1000 && matches!(self.peek(0), Some(Atom::Thousand)) {
+                        self.at += 1;
+                        return Some((v * 1000 + self.addend(1000)).to_string());
+                    }
+                }
+                Some(n)
+            }
+            Atom::Repeat(times) => {
+                self.at += 1;
+                while matches!(self.peek(0), Some(Atom::Joiner)) {
+                    self.at += 1;
+                }
+                match self.peek(0) {
+                    Some(Atom::Digit(d)) => {
+                        let d = *d;
+                        self.at += 1;
+                        Some(d.to_string().repeat(times))
+                    }
+                    Some(Atom::Numeral(n)) if n.len() == 1 => {
+                        let n = n.clone();
+                        self.at += 1;
+                        Some(n.repeat(times))
+                    }
+                    _ => Some(String::new()),
+                }
+            }
+            Atom::Digit(_) | Atom::Teen(_) | Atom::Tens(_) => {
+                let start = self.at;
+                let value = self.below_thousand()?;
+                if matches!(self.peek(0), Some(Atom::Thousand)) && value > 0 {
+                    self.at += 1;
+                    return Some((value * 1000 + self.addend(1000)).to_string());
+                }
+                Some(value.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The digits the caller said: groups over pauses and "um" joined, whisper's numerals and
+/// number words alike, "double"/"triple" expanded, a correction ("no, sorry, 4278") replacing
+/// what it corrects (all of it when at least as long, else its tail), "start again" forgetting
+/// what came before. Numbers separated by other words are separate runs: all of them together
+/// when that fits `span` (one number said in parts), else the last run that fits, else the
+/// longest. None when no digit was said.
+pub fn digits(text: &str, span: DigitSpan) -> Option<String> {
+    let runs = digit_runs(text);
+    let joined: String = runs.concat();
+    if runs.len() <= 1 || span.fits(&joined) {
+        return runs.into_iter().next().map(|_| joined);
+    }
+    if let Some(run) = runs.iter().rev().find(|r| span.fits(r)) {
+        return Some(run.clone());
+    }
+    runs.into_iter().max_by_key(String::len)
+}
+
+/// The runs of digits in `text`, corrections applied.
+pub fn digit_runs(text: &str) -> Vec<String> {
+    let atoms = atoms(text);
+    let mut runs: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut correcting = false;
+    let mut reader = Reader {
+        atoms: &atoms,
+        at: 0,
+    };
+    let close = |current: &mut String, runs: &mut Vec<String>, correcting: &mut bool| {
+        if current.is_empty() {
+            return;
+        }
+        let run = std::mem::take(current);
+        if *correcting {
+            *correcting = false;
+            if let Some(last) = runs.last_mut() {
+                if run.len() >= last.len() {
+                    *last = run;
+                } else {
+                    let keep = last.len() - run.len();
+                    last.truncate(keep);
+                    last.push_str(&run);
+                }
+                return;
+            }
+        }
+        runs.push(run);
+    };
+    while reader.at < atoms.len() {
+        if let Some(group) = reader.group() {
+            current.push_str(&group);
+            continue;
+        }
+        match atoms[reader.at] {
+            Atom::Joiner | Atom::And => {}
+            Atom::Correction => {
+                close(&mut current, &mut runs, &mut correcting);
+                correcting = !runs.is_empty();
+            }
+            Atom::Restart => {
+                current.clear();
+                runs.clear();
+                correcting = false;
+            }
+            _ => close(&mut current, &mut runs, &mut correcting),
+        }
+        reader.at += 1;
+    }
+    close(&mut current, &mut runs, &mut correcting);
+    runs.retain(|r| r.chars().any(|c| c.is_ascii_digit()));
+    runs
+}
+
+/// A whole number said ("forty two", "42", "a hundred and five"): the digits read as one value.
+pub fn number(text: &str) -> Option<u64> {
+    let text = text.to_lowercase().replace("a hundred", "one hundred");
+    let text = text.replace("a thousand", "one thousand");
+    digits(&text, DigitSpan::ANY).and_then(|d| d.trim_start_matches('+').parse().ok())
+}
+
+/// Yes or no, from how callers say them. None when it is neither (or both).
+pub fn yes_no(text: &str) -> Option<bool> {
+    let words = crate::speech::text::normalize_words(text);
+    let joined = format!(" {} ", words.join(" "));
+    const SURELY_NO: &[&str] = &[
+        " not right ",
+        " not correct ",
+        " not quite ",
+        " wrong ",
+        " incorrect ",
+        " isn't ",
+        " nope ",
+        " nah ",
+        " negative ",
+    ];
+    const YES: &[&str] = &[
+        " yes ",
+        " yeah ",
+        " yep ",
+        " yup ",
+        " correct ",
+        " right ",
+        " sure ",
+        " absolutely ",
+        " exactly ",
+        " affirmative ",
+        " uh huh ",
+        " okay ",
+        " ok ",
+        " perfect ",
+        " indeed ",
+        " certainly ",
+        " please ",
+        " that's it ",
+        " it is ",
+        " that is ",
+    ];
+    let has = |set: &[&str]| set.iter().any(|w| joined.contains(w));
+    if has(SURELY_NO) || words.first().is_some_and(|w| w == "no") {
+        Some(false)
+    } else if has(YES) {
+        Some(true)
+    } else if joined.contains(" no ") || joined.contains(" not ") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Words that are never a name ("yes", "hello", "my"): an answer made of them names nobody.
+const NOT_NAMES: &[&str] = &[
+    "yes", "yeah", "no", "hello", "hi", "um", "uh", "er", "erm", "sorry", "my", "name", "is",
+    "it's", "its", "it", "the", "a", "and", "this", "that", "i'm", "i", "am", "calling", "call",
+    "me", "back", "please", "thanks", "thank", "you", "okay", "ok", "well", "so", "oh", "number",
+    "phone", "on", "of", "from", "here", "speaking", "just", "what", "who", "why", "how", "can",
+    "could", "would", "like", "want", "need", "to", "be", "for", "with", "about", "sure", "right",
+    "mr", "mrs", "ms", "miss", "dr", "doctor",
+];
+
+/// Said before a name: "my name is", "this is", "it's", "I'm", "call me".
+const NAME_CUES: &[&str] = &[
+    "my name is",
+    "name is",
+    "name's",
+    "this is",
+    "it is",
+    "it's",
+    "i'm",
+    "i am",
+    "call me",
+    "speaking is",
+];
+
+/// The caller's name: spelled letters ("B-A-K-E-R") win for the word they spell; else the
+/// words after a cue ("my name is Mary Jones"), else a short answer of name-like words. Up to
+/// three words, capitalised.
+pub fn name(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    let spelled = spelled_letters(text);
+    let mut words = name_words(&lower);
+    if let Some(spelled) = spelled {
+        // "Baker, B-A-K-E-R": the spelling replaces the word it spells (or is the name).
+        let sp = spelled.to_lowercase();
+        if let Some(w) = words.iter_mut().find(|w| similar(w, &sp)) {
+            *w = sp;
+        } else if words.is_empty() || words.len() >= 3 {
+            words = vec![sp];
+        } else {
+            words.push(sp);
+        }
+    }
+    if words.is_empty() {
+        return None;
+    }
+    Some(
+        words
+            .iter()
+            .map(|w| capitalise(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn name_words(lower: &str) -> Vec<String> {
+    let cue_end = NAME_CUES
+        .iter()
+        .filter_map(|c| find_phrase(lower, c).map(|at| at + c.len()))
+        .min();
+    let tail = match cue_end {
+        Some(end) => &lower[end..],
+        None => lower,
+    };
+    let mut out = Vec::new();
+    for raw in tail.split(|c: char| c.is_whitespace()) {
+        let stop = raw.ends_with(['.', ',', '?', '!', ';']);
+        let w: String = raw
+            .chars()
+            .filter(|c| c.is_alphabetic() || *c == '\'' || *c == '-')
+            .collect();
+        let w = w.trim_matches(|c| c == '\'' || c == '-').to_owned();
+        if w.is_empty() {
+            if stop && !out.is_empty() {
+                break;
+            }
+            continue;
+        }
+        if NOT_NAMES.contains(&w.as_str()) || w.len() == 1 || w.contains('-') {
+            if !out.is_empty() {
+                break;
+            }
+            // Before the name: "um, it's"; with no cue only a short answer is a name.
+            if cue_end.is_none() && !matches!(w.as_str(), "um" | "uh" | "er" | "erm" | "oh") {
+                return Vec::new();
+            }
+            continue;
+        }
+        out.push(w);
+        if stop || out.len() == 3 {
+            break;
+        }
+    }
+    if cue_end.is_none() && tail.split_whitespace().count() > 4 {
+        return Vec::new();
+    }
+    out
+}
+
+fn find_phrase(text: &str, phrase: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(phrase) {
+        let start = from + at;
+        let end = start + phrase.len();
+        let before_ok = start == 0 || !text[..start].ends_with(|c: char| c.is_alphanumeric());
+        let after_ok = !text[end..].starts_with(|c: char| c.is_alphanumeric());
+        if before_ok && after_ok {
+            return Some(start);
+        }
+        from = end;
+    }
+    None
+}
+
+/// Spelled letters: "B-A-K-E-R", "B A K E R", "B. A. K. E. R." → "BAKER" (two or more).
+pub fn spelled_letters(text: &str) -> Option<String> {
+    let mut best = String::new();
+    let mut run = String::new();
+    for piece in text.split(|c: char| c.is_whitespace() || matches!(c, '-' | ',' | '.')) {
+        if piece.chars().count() == 1 && piece.chars().all(|c| c.is_ascii_alphabetic()) {
+            run.extend(piece.chars().map(|c| c.to_ascii_uppercase()));
+        } else if !piece.is_empty() {
+            if run.len() > best.len() {
+                best = std::mem::take(&mut run);
+            }
+            run.clear();
+        }
+    }
+    if run.len() > best.len() {
+        best = run;
+    }
+    // A lone "I" or "a" is a word; spelling needs two letters (and not "I a").
+    (best.len() >= 2).then_some(best)
+}
+
+/// A spoken word and a spelling that name the same thing (same first letter, close in length).
+fn similar(word: &str, spelled: &str) -> bool {
+    word == spelled
+        || (word.chars().next() == spelled.chars().next()
+            && word.len().abs_diff(spelled.len()) <= 2
+            && word.len() >= 3)
+}
+
+fn capitalise(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Top-level domains an e-mail address read out is likely to end in.
+const DOMAIN_ENDS: &[&str] = &[
+    "com", "org", "net", "co", "uk", "io", "edu", "gov", "de", "fr", "ie", "info", "biz", "us",
+    "nl", "eu", "me",
+];
+
+/// An e-mail address, written ("jo@example.com") or read out ("john dot smith at gmail dot
+/// com", letters spelled), lower case. None when there is none.
+pub fn email(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    if let Some(written) = lower
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .find(|w| w.contains('@') && w.contains('.'))
+    {
+        return Some(written.to_owned());
+    }
+    let words: Vec<String> = lower
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '@'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let at = words.iter().rposition(|w| w == "at" || w == "@")?;
+    let symbol = |w: &str| match w {
+        "dot" | "." | "period" | "point" => Some("."),
+        "underscore" => Some("_"),
+        "dash" | "hyphen" | "minus" => Some("-"),
+        _ => None,
+    };
+    // The local part: back from "at" over words joined by dots or spelled letters.
+    let mut local: Vec<String> = Vec::new();
+    let mut i = at;
+    while i > 0 {
+        let w = &words[i - 1];
+        if let Some(s) = symbol(w) {
+            local.push(s.to_owned());
+        } else if local.is_empty()
+            || local.last().is_some_and(|l| symbol(l).is_some())
+            || w.len() == 1
+        {
+            if ["is", "email", "address", "it's", "e-mail", "mail", "my"].contains(&w.as_str()) {
+                break;
+            }
+            local.push(w.clone());
+        } else if local.last().is_some_and(|l| l.len() == 1) && w.len() == 1 {
+            local.push(w.clone());
+        } else {
+            break;
+        }
+        i -= 1;
+    }
+    local.reverse();
+    let mut domain: Vec<String> = Vec::new();
+    for w in &words[at + 1..] {
+        if let Some(s) = symbol(w) {
+            domain.push(s.to_owned());
+        } else if domain.is_empty() || domain.last().is_some_and(|l| symbol(l).is_some()) {
+            domain.push(w.clone());
+        } else {
+            break;
+        }
+    }
+    while domain.last().is_some_and(|l| symbol(l).is_some()) {
+        domain.pop();
+    }
+    let ends_well = domain
+        .last()
+        .is_some_and(|l| DOMAIN_ENDS.contains(&l.as_str()));
+    if local.is_empty() || domain.len() < 3 || !ends_well {
+        return None;
+    }
+    Some(format!("{}@{}", local.concat(), domain.concat()))
+}
+
+/// Digits as the agent reads them back: one word each, in groups of three or four with a
+/// pause between ("zero seven seven zero zero, nine zero zero, one two three").
+pub fn read_back_digits(digits: &str) -> String {
+    const WORDS: [&str; 10] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let ds: Vec<&str> = digits
+        .chars()
+        .filter_map(|c| c.to_digit(10).map(|d| WORDS[d as usize]))
+        .collect();
+    let plus = if digits.trim_start().starts_with('+') {
+        "plus "
+    } else {
+        ""
+    };
+    let groups = group_sizes(ds.len());
+    let mut out = Vec::new();
+    let mut at = 0;
+    for g in groups {
+        out.push(ds[at..at + g].join(" "));
+        at += g;
+    }
+    format!("{plus}{}", out.join(", "))
+}
+
+/// Groups of 3 and 4 as even as they come, as people read numbers: 4 → [4], 7 → [3, 4],
+/// 9 → [3, 3, 3], 11 → [3, 4, 4].
+fn group_sizes(n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let groups = n.div_ceil(4);
+    let base = n / groups;
+    let longer = n % groups;
+    (0..groups)
+        .map(|g| base + usize::from(g >= groups - longer))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str) -> Option<String> {
+        digits(text, DigitSpan::ANY)
+    }
+
+    #[test]
+    fn digit_words_numerals_and_whisper_grouping_read_the_same() {
+        for said in [
+            "4279",
+            "4 2 7 9",
+            "Four, two, seven, nine.",
+            "four two seven nine",
+            "It's 42 79.",
+            "4,279",
+            "My order number is 4-2-7-9.",
+            "Forty two, seventy nine.",
+            "forty-two seventy-nine",
+            "Um, four two... seven nine.",
+            "The number is 427 9.",
+        ] {
+            assert_eq!(d(said).as_deref(), Some("4279"), "{said}");
+        }
+    }
+
+    #[test]
+    fn oh_and_zero_keep_their_place() {
+        assert_eq!(d("oh seven seven oh oh").as_deref(), Some("07700"));
+        assert_eq!(d("O 7 7 0 0").as_deref(), Some("07700"));
+        assert_eq!(d("four oh two").as_deref(), Some("402"));
+        assert_eq!(d("Zero, one, two.").as_deref(), Some("012"));
+        assert_eq!(d("Oh, it's 4279").as_deref(), Some("4279"));
+        assert_eq!(d("Oh, hello."), None);
+    }
+
+    #[test]
+    fn double_and_triple_repeat_the_digit() {
+        assert_eq!(d("double five one").as_deref(), Some("551"));
+        assert_eq!(d("seven triple two").as_deref(), Some("7222"));
+        assert_eq!(d("double oh seven").as_deref(), Some("007"));
+        assert_eq!(d("Double 5, 1.").as_deref(), Some("551"));
+        assert_eq!(d("four double-one two").as_deref(), Some("4112"));
+    }
+
+    #[test]
+    fn cardinals_add_up_and_digits_concatenate() {
+        assert_eq!(d("four hundred and twelve").as_deref(), Some("412"));
+        assert_eq!(d("nineteen").as_deref(), Some("19"));
+        assert_eq!(d("twenty").as_deref(), Some("20"));
+        assert_eq!(d("seventy seven hundred").as_deref(), Some("7700"));
+        assert_eq!(d("two thousand and five").as_deref(), Some("2005"));
+        assert_eq!(d("one two three four").as_deref(), Some("1234"));
+        assert_eq!(number("a hundred and five"), Some(105));
+        assert_eq!(number("forty two"), Some(42));
+        assert_eq!(number("I need 3 of them"), Some(3));
+        assert_eq!(number("none"), None);
+    }
+
+    #[test]
+    fn corrections_replace_what_they_correct() {
+        assert_eq!(
+            d("4279, no sorry, it's 4278").as_deref(),
+            Some("4278"),
+            "a full restatement"
+        );
+        assert_eq!(
+            d("four five, sorry, four six").as_deref(),
+            Some("46"),
+            "a group restated"
+        );
+        assert_eq!(
+            d("4111 1111 4 5 sorry 4 6").as_deref(),
+            Some("4111111146"),
+            "the tail restated"
+        );
+        assert_eq!(
+            d("one two three, I mean one two four").as_deref(),
+            Some("124")
+        );
+        assert_eq!(
+            d("one two three, scratch that, nine eight seven").as_deref(),
+            Some("987")
+        );
+    }
+
+    #[test]
+    fn phone_numbers_keep_the_plus_and_join_groups() {
+        assert_eq!(
+            d("+44 7700 900123").as_deref(),
+            Some("+447700900123")
+        );
+        assert_eq!(
+            d("Call me back on 07700 900 123, please.").as_deref(),
+            Some("07700900123")
+        );
+        assert_eq!(
+            d("oh seven seven double oh, nine hundred, one two three").as_deref(),
+            Some("07700900123")
+        );
+    }
+
+    #[test]
+    fn the_run_that_fits_the_expected_length_wins() {
+        let four = DigitSpan { min: 4, max: 4 };
+        assert_eq!(
+            digits("I have 2 orders, the order number is 4279", four).as_deref(),
+            Some("4279")
+        );
+        let phone = DigitSpan { min: 10, max: 13 };
+        assert_eq!(
+            digits("My number is 0 7 7 0 0. It's 9 0 0 1 2 3.", phone).as_deref(),
+            Some("07700900123")
+        );
+        assert_eq!(d("I'd like to check my order"), None);
+    }
+
+    #[test]
+    fn to_is_two_only_between_digits() {
+        assert_eq!(d("four to seven nine").as_deref(), Some("4279"));
+        assert_eq!(d("I want to check 4279").as_deref(), Some("4279"));
+    }
+
+    #[test]
+    fn yes_and_no_in_their_usual_forms() {
+        for yes in ["Yes.", "Yeah, that's right.", "Yep", "Correct.", "That's it.", "Sure."] {
+            assert_eq!(yes_no(yes), Some(true), "{yes}");
+        }
+        for no in [
+            "No.",
+            "Nope.",
+            "No, it's 4278.",
+            "That's not right.",
+            "That's wrong.",
+            "Not quite.",
+        ] {
+            assert_eq!(yes_no(no), Some(false), "{no}");
+        }
+        assert_eq!(yes_no("What are your opening hours?"), None);
+    }
+
+    #[test]
+    fn names_after_a_cue_or_alone_and_spelled() {
+        assert_eq!(name("My name is Mary Jones.").as_deref(), Some("Mary Jones"));
+        assert_eq!(name("It's John Smith").as_deref(), Some("John Smith"));
+        assert_eq!(name("Mary Jones").as_deref(), Some("Mary Jones"));
+        assert_eq!(name("Um, Peter.").as_deref(), Some("Peter"));
+        assert_eq!(
+            name("Tom Baker, B-A-K-E-R.").as_deref(),
+            Some("Tom Baker")
+        );
+        assert_eq!(name("B A K E R").as_deref(), Some("Baker"));
+        assert_eq!(
+            name("It's Anna Backer, B-A-K-E-R").as_deref(),
+            Some("Anna Baker")
+        );
+        assert_eq!(name("Yes please"), None);
+        assert_eq!(
+            name("I would like to know when you are open on Monday"),
+            None
+        );
+    }
+
+    #[test]
+    fn email_addresses_read_out_or_written() {
+        assert_eq!(
+            email("It's john dot smith at gmail dot com").as_deref(),
+            Some("john.smith@gmail.com")
+        );
+        assert_eq!(
+            email("My email is j smith at example dot co dot uk.").as_deref(),
+            Some("jsmith@example.co.uk")
+        );
+        assert_eq!(
+            email("Send it to jo@example.org please").as_deref(),
+            Some("jo@example.org")
+        );
+        assert_eq!(email("I'm at home"), None);
+    }
+
+    #[test]
+    fn digits_are_read_back_one_by_one_in_groups() {
+        assert_eq!(read_back_digits("4279"), "four two seven nine");
+        assert_eq!(
+            read_back_digits("07700900123"),
+            "zero seven seven, zero zero nine zero, zero one two three"
+        );
+        assert_eq!(read_back_digits("123456789"), "one two three, four five six, seven eight nine");
+        assert_eq!(read_back_digits("+44"), "plus four four");
+    }
+}
