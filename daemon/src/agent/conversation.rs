@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::collect::{Collecting, Expecting, Heard, KeyOutcome, Step};
 use super::slots::SlotSpec;
 use super::{AgentSpec, Guarded};
 use crate::config::{AgentAction, BargeIn, WhenTransferFails};
@@ -26,10 +27,14 @@ pub enum Prompt {
     StillThere,
     TakeMessage,
     MessageTaken,
+    InvalidKey,
+    OffTopic,
+    DontKnow,
+    GoOn,
 }
 
 impl Prompt {
-    pub const ALL: [Prompt; 8] = [
+    pub const ALL: [Prompt; 12] = [
         Prompt::Greeting,
         Prompt::OneMoment,
         Prompt::Repeat,
@@ -38,6 +43,10 @@ impl Prompt {
         Prompt::StillThere,
         Prompt::TakeMessage,
         Prompt::MessageTaken,
+        Prompt::InvalidKey,
+        Prompt::OffTopic,
+        Prompt::DontKnow,
+        Prompt::GoOn,
     ];
 
     pub fn text(self, c: &crate::config::AgentConfig) -> &str {
@@ -50,6 +59,10 @@ impl Prompt {
             Prompt::StillThere => &c.still_there,
             Prompt::TakeMessage => &c.take_message,
             Prompt::MessageTaken => &c.message_taken,
+            Prompt::InvalidKey => &c.invalid_key,
+            Prompt::OffTopic => &c.off_topic,
+            Prompt::DontKnow => &c.dont_know,
+            Prompt::GoOn => &c.go_on,
         }
     }
 }
@@ -60,9 +73,12 @@ pub enum Input {
     Start,
     /// The caller started speaking (confirmed by the endpointer: not a cough).
     SpeechStarted,
-    /// The caller's turn ended; the shell holds the audio as utterance `utterance`.
+    /// The caller's turn ended; the shell holds the audio as utterance `utterance`. The
+    /// caller's last speech was at `ended_at` (before now: the endpoint silence and the VAD's
+    /// lag), and the filler's time counts from there, as the caller's silence does.
     SpeechEnded {
         utterance: u64,
+        ended_at: Instant,
     },
     /// Recognition of an utterance finished (text may be empty: nothing intelligible).
     Transcript {
@@ -244,6 +260,8 @@ pub enum CallerInput {
     Speech(String),
     /// A key press (RFC 4733 or SIP INFO).
     Dtmf(char),
+    /// Keys pressed as one answer (a number keyed for a digits slot).
+    Keys(String),
 }
 
 impl Default for CallerInput {
@@ -257,7 +275,7 @@ impl CallerInput {
     pub fn said(&self) -> &str {
         match self {
             CallerInput::Speech(text) => text,
-            CallerInput::Dtmf(_) => "",
+            CallerInput::Dtmf(_) | CallerInput::Keys(_) => "",
         }
     }
 
@@ -266,6 +284,7 @@ impl CallerInput {
         match self {
             CallerInput::Speech(text) => !text.trim().is_empty(),
             CallerInput::Dtmf(_) => true,
+            CallerInput::Keys(keys) => !keys.is_empty(),
         }
     }
 
@@ -274,6 +293,7 @@ impl CallerInput {
         match self {
             CallerInput::Speech(text) => text.clone(),
             CallerInput::Dtmf(digit) => format!("<key {digit}>"),
+            CallerInput::Keys(keys) => format!("<keys {keys}>"),
         }
     }
 }
@@ -338,24 +358,18 @@ pub struct Conversation {
     taking_message: bool,
     /// A `collect` intent in progress.
     collecting: Option<Collecting>,
-}
-
-/// What a `collect` intent has so far.
-#[derive(Debug, Clone)]
-struct Collecting {
-    intent: String,
-    slots: Vec<crate::config::SlotConfig>,
-    reply: String,
-    values: BTreeMap<String, String>,
-    /// The slot asked for last, and how often its answer did not fill it.
-    asked: Option<usize>,
-    misses: u32,
+    /// The model already read this turn's words for free-text slots.
+    model_tried: bool,
+    /// Keys are being pressed for a digits slot: the answer is complete at this time.
+    keys_at: Option<Instant>,
 }
 
 /// Longest history (user + assistant messages) sent to the model.
 const MAX_HISTORY: usize = 8;
 /// "Are you still there?" at most this often before goodbye.
 const MAX_NO_INPUT_PROMPTS: u32 = 2;
+/// A pause this long after keys pressed for a digits slot ends the keyed answer.
+const KEYS_PAUSE: Duration = Duration::from_secs(4);
 
 impl Conversation {
     pub fn new(spec: AgentSpec) -> Self {
@@ -376,6 +390,17 @@ impl Conversation {
             no_input_at: None,
             taking_message: false,
             collecting: None,
+            model_tried: false,
+            keys_at: None,
+        }
+    }
+
+    /// What the agent waits to hear: the turn engine ends the caller's turn by it.
+    pub fn expecting(&self) -> Expecting {
+        match &self.collecting {
+            Some(c) if !matches!(self.state, ConversationState::Ended) => c.expecting(),
+            _ if self.taking_message => Expecting::Message,
+            _ => Expecting::Anything,
         }
     }
 
@@ -389,14 +414,20 @@ impl Conversation {
 
     /// The next timer the shell must wake this machine for.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.filler_at, self.no_input_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.filler_at, self.no_input_at, self.keys_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        if self.keys_at.is_some_and(|t| t <= now) {
+            self.keys_at = None;
+            if let Some(keys) = self.collecting.as_mut().and_then(Collecting::take_keys) {
+                self.on_keyed_answer(now, keys, &mut out);
+            }
+        }
         if self.filler_at.is_some_and(|t| t <= now) {
             self.filler_at = None;
             if self.state == ConversationState::Thinking {
@@ -455,7 +486,10 @@ impl Conversation {
                     self.state = ConversationState::Listening;
                 }
             }
-            Input::SpeechEnded { utterance } => {
+            Input::SpeechEnded {
+                utterance,
+                ended_at,
+            } => {
                 if matches!(
                     self.state,
                     ConversationState::Listening
@@ -469,7 +503,7 @@ impl Conversation {
                     if self.state != ConversationState::TakingMessage {
                         self.state = ConversationState::Thinking;
                     }
-                    self.filler_at = Some(now + ms(self.spec.config.filler_after_ms));
+                    self.filler_at = Some(ended_at.min(now) + ms(self.spec.config.filler_after_ms));
                 }
             }
             Input::Transcript { text, .. } => self.on_transcript(now, text, &mut out),
@@ -569,7 +603,7 @@ impl Conversation {
                 turn,
                 values,
                 error,
-            } => self.on_extracted(turn, values, error, &mut out),
+            } => self.on_extracted(now, turn, values, error, &mut out),
             Input::TransferFailed { error } => {
                 self.record.errors.push(format!("transfer: {error}"));
                 if self.state == ConversationState::Transferring {
@@ -640,14 +674,16 @@ impl Conversation {
         }
         let caller = text;
         let intent = self.spec.match_intent(&caller).cloned();
-        if let Some(collecting) = &self.collecting {
-            // The words answer what was asked, unless they ask for something else (a person,
-            // goodbye): then that intent wins and the collection is dropped.
-            if intent.as_ref().is_none_or(|i| i.name == collecting.intent) {
-                let name = collecting.intent.clone();
+        if let Some(collecting) = self.collecting.as_mut() {
+            // The words answer what was asked, unless they are no answer and ask for something
+            // else (a person, goodbye): then that intent wins and the collection is dropped.
+            let name = collecting.intent.clone();
+            let heard = collecting.hear(&caller);
+            let elsewhere = intent.as_ref().is_some_and(|i| i.name != name);
+            if heard == Heard::Answer || !elsewhere {
                 self.new_turn(CallerInput::Speech(caller.clone()), &name);
                 self.record.action = TurnAction::Collect;
-                self.request_extraction(now, out);
+                self.collect_step(now, out);
                 return;
             }
             self.collecting = None;
@@ -661,16 +697,52 @@ impl Conversation {
     }
 
     fn on_dtmf(&mut self, now: Instant, digit: char, out: &mut Vec<Action>) {
-        let Some((action, reply)) = self.spec.dtmf_rule(digit).map(|(a, r)| (a, r.to_owned()))
-        else {
-            return;
-        };
         if matches!(
             self.state,
             ConversationState::Transferring | ConversationState::Ending
         ) {
             return;
         }
+        let keyed = self.collecting.as_mut().map(|c| c.key(digit));
+        if let Some(outcome) = keyed.filter(|k| *k != KeyOutcome::NotForUs) {
+            self.stop_for_keys(out);
+            match outcome {
+                KeyOutcome::Buffered => {
+                    self.keys_at = Some(now + KEYS_PAUSE);
+                    self.no_input_at = None;
+                }
+                KeyOutcome::Cleared => {
+                    self.keys_at = None;
+                    self.listen(now);
+                }
+                KeyOutcome::Submit(keys) => {
+                    self.keys_at = None;
+                    self.on_keyed_answer(now, keys, out);
+                }
+                KeyOutcome::NotForUs => {}
+            }
+            return;
+        }
+        let Some((action, reply)) = self.spec.dtmf_rule(digit).map(|(a, r)| (a, r.to_owned()))
+        else {
+            // A key with no rule: say what the keys do rather than leave the caller in silence.
+            self.stop_for_keys(out);
+            self.new_turn(CallerInput::Dtmf(digit), &format!("dtmf:{digit}"));
+            self.record.action = TurnAction::Reply;
+            self.record.agent = self.spec.config.invalid_key.clone();
+            out.push(Action::Play(Prompt::InvalidKey));
+            self.close_turn(out);
+            self.state = ConversationState::Speaking;
+            self.reply_complete = true;
+            return;
+        };
+        self.stop_for_keys(out);
+        self.new_turn(CallerInput::Dtmf(digit), &format!("dtmf:{digit}"));
+        self.act(now, action, &reply, out);
+    }
+
+    /// A key interrupts what the agent says (unless barge-in is off) or prepares.
+    fn stop_for_keys(&mut self, out: &mut Vec<Action>) {
         if self.spec.config.barge_in != BargeIn::Off
             && matches!(
                 self.state,
@@ -682,8 +754,24 @@ impl Conversation {
             out.push(Action::CancelGeneration { turn: self.turn });
             self.generating = false;
         }
-        self.new_turn(CallerInput::Dtmf(digit), &format!("dtmf:{digit}"));
-        self.act(now, action, &reply, out);
+    }
+
+    /// Keys pressed for a digits slot (or 1/2 for a read-back) make one answer.
+    fn on_keyed_answer(&mut self, now: Instant, keys: String, out: &mut Vec<Action>) {
+        let Some(c) = self.collecting.as_mut() else {
+            return;
+        };
+        c.hear(&keys);
+        let name = c.intent.clone();
+        let shown = match keys.as_str() {
+            "yes" => "1".to_owned(),
+            "no" => "2".to_owned(),
+            _ => keys,
+        };
+        self.new_turn(CallerInput::Keys(shown), &name);
+        self.record.action = TurnAction::Collect;
+        self.model_tried = true;
+        self.collect_step(now, out);
     }
 
     fn act(&mut self, now: Instant, action: AgentAction, reply: &str, out: &mut Vec<Action>) {
@@ -750,15 +838,10 @@ impl Conversation {
                     return;
                 };
                 self.record.action = TurnAction::Collect;
-                self.collecting = Some(Collecting {
-                    intent: intent.name,
-                    slots: intent.slots,
-                    reply: intent.reply,
-                    values: BTreeMap::new(),
-                    asked: None,
-                    misses: 0,
-                });
-                self.request_extraction(now, out);
+                let mut collecting = Collecting::new(&intent.name, intent.slots, intent.reply);
+                collecting.hear(self.record.input.said());
+                self.collecting = Some(collecting);
+                self.collect_step(now, out);
             }
             AgentAction::TakeMessage => {
                 self.record.action = TurnAction::TakeMessage;
@@ -778,35 +861,50 @@ impl Conversation {
         }
     }
 
-    /// Asks the shell for the slots still missing from what the caller just said.
-    fn request_extraction(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = &self.collecting else {
+    /// The intent's next step: read a value back, ask for the next slot, have the model read
+    /// free text, or say the reply with every value in.
+    fn collect_step(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.collecting.as_mut() else {
             return;
         };
-        let slots = c
-            .slots
-            .iter()
-            .filter(|s| !c.values.contains_key(&s.name))
-            .map(|s| SlotSpec {
-                name: s.name.clone(),
-                description: s.description.clone(),
-                kind: s.kind,
-            })
-            .collect();
-        out.push(Action::Extract {
-            turn: self.turn,
-            said: self.record.input.said().to_owned(),
-            slots,
-        });
-        self.state = ConversationState::Thinking;
-        self.filler_at
-            .get_or_insert(now + ms(self.spec.config.filler_after_ms));
+        let said = self.record.input.said().to_owned();
+        let step = c.next(
+            &said,
+            self.model_tried,
+            self.spec.config.max_failures,
+            &self.spec.config.confirm,
+        );
+        self.record.slots = c.values().clone();
+        match step {
+            Step::Ask(text) => self.say_fixed(&text, out),
+            Step::Extract(slots) => {
+                self.model_tried = true;
+                out.push(Action::Extract {
+                    turn: self.turn,
+                    said,
+                    slots,
+                });
+                self.state = ConversationState::Thinking;
+                self.filler_at
+                    .get_or_insert(now + ms(self.spec.config.filler_after_ms));
+            }
+            Step::Done { reply, values } => {
+                self.record.slots = values;
+                self.collecting = None;
+                self.failures = 0;
+                self.say_fixed(&reply, out);
+            }
+            Step::GiveUp => {
+                self.collecting = None;
+                self.escalate(out);
+            }
+        }
     }
 
-    /// Values came back: ask for the next missing slot (twice at most for one slot, then a
-    /// person or goodbye), or confirm with every value filled in.
+    /// The model read free-text slots from the turn's words.
     fn on_extracted(
         &mut self,
+        now: Instant,
         turn: u64,
         values: BTreeMap<String, String>,
         error: Option<String>,
@@ -821,40 +919,8 @@ impl Conversation {
         if let Some(e) = error {
             self.record.errors.push(format!("extraction: {e}"));
         }
-        for (name, value) in values {
-            if c.slots.iter().any(|s| s.name == name) {
-                c.values.insert(name.clone(), value.clone());
-                self.record.slots.insert(name, value);
-            }
-        }
-        let missing = c.slots.iter().position(|s| !c.values.contains_key(&s.name));
-        let Some(next) = missing else {
-            let mut reply = c.reply.clone();
-            for (name, value) in &c.values {
-                reply = reply.replace(&format!("{{{name}}}"), value);
-            }
-            self.record.slots = c.values.clone();
-            self.collecting = None;
-            self.failures = 0;
-            if reply.trim().is_empty() {
-                reply = "Thank you.".to_owned();
-            }
-            self.say_fixed(&reply, out);
-            return;
-        };
-        if c.asked == Some(next) {
-            c.misses += 1;
-        } else {
-            c.asked = Some(next);
-            c.misses = 0;
-        }
-        if c.misses >= self.spec.config.max_failures {
-            self.collecting = None;
-            self.escalate(out);
-            return;
-        }
-        let ask = c.slots[next].ask.clone();
-        self.say_fixed(&ask, out);
+        c.extracted(values);
+        self.collect_step(now, out);
     }
 
     fn say_fixed(&mut self, text: &str, out: &mut Vec<Action>) {
@@ -1001,6 +1067,7 @@ impl Conversation {
         };
         self.reply_words = 0;
         self.reply_clauses = 0;
+        self.model_tried = false;
     }
 
     fn close_turn(&mut self, out: &mut Vec<Action>) {
@@ -1053,7 +1120,13 @@ mod tests {
     fn ask(c: &mut Conversation, t: Instant, utterance: u64, text: &str) -> Vec<Action> {
         assert!(c.handle(t, Input::SpeechStarted).is_empty());
         assert_eq!(
-            c.handle(t, Input::SpeechEnded { utterance }),
+            c.handle(
+                t,
+                Input::SpeechEnded {
+                    utterance,
+                    ended_at: t,
+                },
+            ),
             vec![Action::Transcribe {
                 utterance,
                 join_previous: false
@@ -1086,6 +1159,8 @@ mod tests {
             description: format!("the {name}"),
             ask: ask.into(),
             kind,
+            confirm: Some(false),
+            ..SlotConfig::default()
         };
         let mut config = AgentConfig {
             human_target: "sip:desk@127.0.0.1".into(),
@@ -1095,10 +1170,11 @@ mod tests {
             name: "booking".into(),
             examples: vec!["book appointment".into()],
             action: AgentAction::Collect,
-            reply: "Thank you {name}, we will call you on {phone} to confirm.".into(),
+            reply: "Thank you {name}, we will call you on {phone} about {day}.".into(),
             slots: vec![
-                slot("name", "May I have your name?", SlotKind::Text),
+                slot("name", "May I have your name?", SlotKind::Name),
                 slot("phone", "What number can we call you on?", SlotKind::Digits),
+                slot("day", "Which day suits you?", SlotKind::Text),
             ],
         });
         Conversation::new(AgentSpec::new(&config))
@@ -1133,47 +1209,43 @@ mod tests {
         let t = Instant::now();
         let mut c = booking_agent();
         listening(&mut c, t);
+        // The name is in the request, read by rule: no model, the phone is asked for at once.
         let a = ask(
             &mut c,
             t,
             1,
             "I'd like to book an appointment, I'm John Smith",
         );
-        match &a[..] {
-            [Action::Extract {
-                turn: 1,
-                said,
-                slots,
-            }] => {
-                assert!(said.contains("John Smith"));
-                let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
-                assert_eq!(names, ["name", "phone"]);
-            }
-            other => panic!("{other:?}"),
-        }
-        // The name was in the request: only the phone is asked for.
-        let a = extracted(&mut c, t, 1, &[("name", "John Smith")]);
         assert_eq!(a[0], Action::Say("What number can we call you on?".into()));
         assert_eq!(recorded(&a)[0].slots["name"], "John Smith");
         assert_eq!(recorded(&a)[0].action, TurnAction::Collect);
         speak_after(&mut c, t);
+        // Digits by rule too; then the free-text day goes to the model (it is not in these
+        // words, so it is asked for).
         let a = ask(&mut c, t, 2, "It's 0 7 7 0 0 9 0 0 1 2 3");
         assert!(
-            matches!(&a[..], [Action::Extract { turn: 2, slots, .. }] if slots.len() == 1 && slots[0].name == "phone"),
+            matches!(&a[..], [Action::Extract { turn: 2, slots, .. }] if slots.len() == 1 && slots[0].name == "day"),
             "{a:?}"
         );
-        let a = extracted(&mut c, t, 2, &[("phone", "07700 900123")]);
+        let a = extracted(&mut c, t, 2, &[]);
+        assert_eq!(a[0], Action::Say("Which day suits you?".into()));
+        assert_eq!(recorded(&a)[0].slots["phone"], "07700900123");
+        speak_after(&mut c, t);
+        let a = ask(&mut c, t, 3, "Next Monday, if you can");
+        assert!(matches!(&a[..], [Action::Extract { turn: 3, .. }]), "{a:?}");
+        let a = extracted(&mut c, t, 3, &[("day", "next Monday")]);
         assert_eq!(
             a[0],
             Action::Say(
-                "Thank you John Smith, we will call you on 07700 900123 to confirm.".into()
+                "Thank you John Smith, we will call you on zero seven seven, zero zero nine zero, zero one two three about next Monday."
+                    .into()
             )
         );
         let done = &recorded(&a)[0];
-        assert_eq!(done.slots.len(), 2, "{done:?}");
+        assert_eq!(done.slots.len(), 3, "{done:?}");
         speak_after(&mut c, t);
         // Collected: the next question is an ordinary one again.
-        let a = ask(&mut c, t, 3, "Do you do vaccinations?");
+        let a = ask(&mut c, t, 4, "Do you do vaccinations?");
         assert!(matches!(&a[..], [Action::Generate { .. }]), "{a:?}");
     }
 
@@ -1182,20 +1254,17 @@ mod tests {
         let t = Instant::now();
         let mut c = booking_agent();
         listening(&mut c, t);
-        ask(&mut c, t, 1, "book an appointment please");
-        let a = extracted(&mut c, t, 1, &[]);
+        let a = ask(&mut c, t, 1, "book an appointment please");
         assert_eq!(a[0], Action::Say("May I have your name?".into()));
         speak_after(&mut c, t);
-        ask(&mut c, t, 2, "hmm");
-        let a = extracted(&mut c, t, 2, &[]);
+        let a = ask(&mut c, t, 2, "hmm");
         assert_eq!(
             a[0],
             Action::Say("May I have your name?".into()),
             "asked again"
         );
         speak_after(&mut c, t);
-        ask(&mut c, t, 3, "what");
-        let a = extracted(&mut c, t, 3, &[]);
+        let a = ask(&mut c, t, 3, "what");
         assert_eq!(recorded(&a)[0].action, TurnAction::Escalate, "{a:?}");
         assert_eq!(c.state(), ConversationState::Transferring);
 
@@ -1203,7 +1272,6 @@ mod tests {
         let mut c = booking_agent();
         listening(&mut c, t);
         ask(&mut c, t, 1, "book an appointment please");
-        extracted(&mut c, t, 1, &[]);
         speak_after(&mut c, t);
         let a = ask(&mut c, t, 2, "can I talk to a person");
         assert!(
@@ -1213,6 +1281,86 @@ mod tests {
         assert_eq!(recorded(&a)[0].intent, "human");
         // A late result for an old turn changes nothing.
         assert!(extracted(&mut c, t, 1, &[("name", "Jo")]).is_empty());
+    }
+
+    #[test]
+    fn a_number_keyed_or_said_is_read_back_and_a_correction_taken() {
+        use crate::agent::slots::SlotKind;
+        use crate::config::{IntentConfig, SlotConfig};
+        let t = Instant::now();
+        let mut config = AgentConfig::default();
+        config.intents.push(IntentConfig {
+            name: "order".into(),
+            examples: vec!["where is my order".into()],
+            action: AgentAction::Collect,
+            reply: "Order {order} ships tomorrow.".into(),
+            slots: vec![SlotConfig {
+                name: "order".into(),
+                description: "the order number".into(),
+                ask: "What is the order number?".into(),
+                kind: SlotKind::Digits,
+                min_digits: Some(4),
+                max_digits: Some(4),
+                ..SlotConfig::default()
+            }],
+        });
+        let mut c = Conversation::new(AgentSpec::new(&config));
+        listening(&mut c, t);
+        let a = ask(&mut c, t, 1, "Where is my order?");
+        assert_eq!(a[0], Action::Say("What is the order number?".into()));
+        assert_eq!(
+            c.expecting(),
+            Expecting::Digits(crate::agent::spoken::DigitSpan { min: 4, max: 4 })
+        );
+        // Keys over the question stop it; the fourth key completes the number.
+        for k in ['4', '2', '7'] {
+            c.handle(t, Input::Dtmf(k));
+        }
+        assert_eq!(c.state(), ConversationState::Listening);
+        let a = c.handle(t, Input::Dtmf('8'));
+        assert_eq!(
+            a[0],
+            Action::Say("I have four two seven eight. Is that right?".into())
+        );
+        assert_eq!(recorded(&a)[0].input, CallerInput::Keys("4278".into()));
+        assert_eq!(c.expecting(), Expecting::YesNo);
+        speak_after(&mut c, t);
+        let a = ask(&mut c, t, 2, "No, it's four two seven nine.");
+        assert_eq!(
+            a[0],
+            Action::Say("I have four two seven nine. Is that right?".into())
+        );
+        speak_after(&mut c, t);
+        let a = ask(&mut c, t, 3, "Yes, that's right.");
+        assert_eq!(
+            a[0],
+            Action::Say("Order four two seven nine ships tomorrow.".into())
+        );
+        assert_eq!(recorded(&a)[0].slots["order"], "4279");
+        // Keys pressed and then a pause: the keyed answer is complete.
+        let mut c = Conversation::new(AgentSpec::new(&config));
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "Where is my order?");
+        speak_after(&mut c, t);
+        c.handle(t, Input::Dtmf('4'));
+        c.handle(t, Input::Dtmf('2'));
+        let pause = c.poll_timeout().expect("a keys timer");
+        let a = c.handle_timeout(pause);
+        assert_eq!(
+            a[0],
+            Action::Say("Sorry, I got 2 digits, and it has 4. What is the order number?".into())
+        );
+    }
+
+    #[test]
+    fn a_key_without_a_rule_gets_a_short_help_prompt() {
+        let t = Instant::now();
+        let mut c = agent("sip:desk@127.0.0.1");
+        listening(&mut c, t);
+        let a = c.handle(t, Input::Dtmf('7'));
+        assert_eq!(a[0], Action::Play(Prompt::InvalidKey));
+        assert_eq!(recorded(&a)[0].input, CallerInput::Dtmf('7'));
+        assert_eq!(c.state(), ConversationState::Speaking);
     }
 
     #[test]
@@ -1284,7 +1432,13 @@ mod tests {
                 }
             )
             .is_empty());
-        let a = c.handle(t, Input::SpeechEnded { utterance: 2 });
+        let a = c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 2,
+                ended_at: t,
+            },
+        );
         assert_eq!(
             a,
             vec![Action::Transcribe {
@@ -1312,7 +1466,13 @@ mod tests {
         let a = c.handle(t, Input::SpeechStarted);
         assert_eq!(a, vec![Action::CancelGeneration { turn: 1 }]);
         assert_eq!(c.state(), ConversationState::Listening);
-        let a = c.handle(t, Input::SpeechEnded { utterance: 2 });
+        let a = c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 2,
+                ended_at: t,
+            },
+        );
         assert_eq!(
             a,
             vec![Action::Transcribe {
@@ -1485,7 +1645,13 @@ mod tests {
         assert!(c.handle(t, Input::PlayoutDrained).is_empty());
         assert_eq!(c.state(), ConversationState::TakingMessage);
         c.handle(t, Input::SpeechStarted);
-        c.handle(t, Input::SpeechEnded { utterance: 2 });
+        c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 2,
+                ended_at: t,
+            },
+        );
         let a = c.handle(
             t,
             Input::Transcript {
@@ -1508,7 +1674,13 @@ mod tests {
             assert_eq!(c.state(), ConversationState::Listening);
         }
         c.handle(t, Input::SpeechStarted);
-        c.handle(t, Input::SpeechEnded { utterance: 3 });
+        c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 3,
+                ended_at: t,
+            },
+        );
         let a = c.handle(
             t,
             Input::RecognitionFailed {
@@ -1567,7 +1739,13 @@ mod tests {
         let mut c = agent("");
         listening(&mut c, t);
         c.handle(t, Input::SpeechStarted);
-        c.handle(t, Input::SpeechEnded { utterance: 1 });
+        c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 1,
+                ended_at: t,
+            },
+        );
         let due = c.poll_timeout().expect("filler timer");
         assert_eq!(due, t + Duration::from_millis(1000));
         c.handle(
@@ -1709,6 +1887,8 @@ mod tests {
     fn take_message_records_the_next_turn_then_says_goodbye() {
         let t = Instant::now();
         let mut config = AgentConfig::default();
+        // A site may take messages whole, without name and number (the default collects them).
+        config.intents.retain(|i| i.name != "message");
         config.intents.push(crate::config::IntentConfig {
             name: "message".into(),
             examples: vec!["leave a message".into()],
@@ -1723,7 +1903,13 @@ mod tests {
         c.handle(t, Input::PlayoutDrained);
         assert_eq!(c.state(), ConversationState::TakingMessage);
         c.handle(t, Input::SpeechStarted);
-        c.handle(t, Input::SpeechEnded { utterance: 2 });
+        c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 2,
+                ended_at: t,
+            },
+        );
         let a = c.handle(
             t,
             Input::Transcript {

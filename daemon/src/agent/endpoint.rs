@@ -110,6 +110,29 @@ impl Endpointer {
         self.cfg.min_speech_ms = ms;
     }
 
+    /// Changes the silence that ends a turn (longer while a number or a message is awaited).
+    pub fn set_endpoint_silence_ms(&mut self, ms: u32) {
+        self.cfg.endpoint_silence_ms = ms;
+    }
+
+    /// Ends the turn at the pause in progress, because what was said is complete (the digits
+    /// asked for, a yes): the span [`EndpointEvent::Paused`] reported. None outside a pause.
+    pub fn end_at_pause(&mut self) -> Option<EndpointEvent> {
+        let State::Speaking { first, last_voiced } = self.state else {
+            return None;
+        };
+        let pad = EndpointConfig::windows(self.cfg.pad_ms);
+        if self.windows < last_voiced + pad + 2 {
+            return None;
+        }
+        self.state = State::Silence;
+        Some(EndpointEvent::SpeechEnded {
+            start_sample: self.start_sample(first),
+            end_sample: self.end_sample(last_voiced),
+            cut: false,
+        })
+    }
+
     /// Forgets any speech in progress (e.g. after the agent took the turn by DTMF).
     pub fn reset(&mut self) {
         self.state = State::Silence;
@@ -358,6 +381,35 @@ mod tests {
         assert!(
             matches!(ev[1].1, EndpointEvent::SpeechEnded { end_sample, .. } if end_sample == 52 * 512)
         );
+    }
+
+    #[test]
+    fn a_complete_answer_ends_at_the_pause_with_the_span_the_pause_reported() {
+        let mut e = Endpointer::new(cfg());
+        let events = run_all(&mut e, &[(0.9, 20), (0.0, 8)]);
+        let paused = events.iter().find_map(|(_, ev)| match ev {
+            EndpointEvent::Paused {
+                start_sample,
+                end_sample,
+            } => Some((*start_sample, *end_sample)),
+            _ => None,
+        });
+        let Some((start, end)) = paused else {
+            panic!("no pause in {events:?}");
+        };
+        assert_eq!(
+            e.end_at_pause(),
+            Some(EndpointEvent::SpeechEnded {
+                start_sample: start,
+                end_sample: end,
+                cut: false
+            })
+        );
+        assert!(!e.in_speech());
+        // Mid-speech there is no pause to end at.
+        let mut e = Endpointer::new(cfg());
+        run(&mut e, &[(0.9, 20)]);
+        assert_eq!(e.end_at_pause(), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! to the speech engines ([`turns`]). No I/O here: `call::agent` is the shell that feeds audio,
 //! runs the engines' jobs and plays the replies.
 
+pub mod collect;
 pub mod conversation;
 pub mod endpoint;
 pub mod engines;

@@ -26,7 +26,7 @@ pub enum SlotError {
 
 fn rule(kind: SlotKind) -> &'static str {
     match kind {
-        SlotKind::Text => "text",
+        SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => "text",
         SlotKind::Number => "number",
         SlotKind::Digits => "digits",
         SlotKind::YesNo => "yesno",
@@ -56,6 +56,23 @@ pub fn grammar(slots: &[SlotSpec]) -> String {
         "yesno ::= \"null\" | \"true\" | \"false\"\n",
     ));
     root
+}
+
+/// The longest output `grammar(slots)` allows, in characters: a token is at least one
+/// character, so a token budget this large can never cut the JSON.
+pub fn max_output_chars(slots: &[SlotSpec]) -> u32 {
+    let value = |kind: SlotKind| match kind {
+        SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => 48 + 2,
+        SlotKind::Number => 10,
+        SlotKind::Digits => 24 + 3,
+        SlotKind::YesNo => 5,
+    };
+    let body: usize = slots
+        .iter()
+        // "name": value, with the optional spaces
+        .map(|s| s.name.len() + 3 + 2 + value(s.kind) + 1)
+        .sum();
+    (body + 2) as u32
 }
 
 /// The chat asking the model to fill the slots from `said`.
@@ -100,7 +117,7 @@ pub fn extract(
                 let digits: String = value.chars().filter(char::is_ascii_digit).collect();
                 !digits.is_empty() && said_digits.contains(&digits)
             }
-            SlotKind::Text => {
+            SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => {
                 let words = crate::speech::text::normalize_words(value);
                 !words.is_empty() && words.iter().all(|w| said_words.contains(w))
             }
@@ -165,6 +182,21 @@ mod tests {
         );
         assert!(g.contains(r#"text ::= "null" | "\"" [^"\\\x7F\x00-\x1F]{1,48} "\"""#));
         assert!(g.contains(r#"yesno ::= "null" | "true" | "false""#));
+    }
+
+    #[test]
+    fn the_budget_fits_the_longest_output_the_grammar_allows() {
+        let longest = format!(
+            r#"{{ "name": "{}", "phone": "+{}", "urgent": false}}"#,
+            "x".repeat(48),
+            "1".repeat(23)
+        );
+        assert!(
+            longest.len() as u32 <= max_output_chars(&slots()),
+            "{} > {}",
+            longest.len(),
+            max_output_chars(&slots())
+        );
     }
 
     #[test]

@@ -98,11 +98,24 @@ fn tens(word: &str) -> Option<u8> {
 }
 
 const JOINERS: &[&str] = &[
-    "um", "uh", "umm", "uhm", "er", "erm", "ah", "hmm", "then", "dash", "hyphen", "space",
-    "comma", "point", "dot", "plus",
+    "um", "uh", "umm", "uhm", "er", "erm", "ah", "hmm", "then", "dash", "hyphen", "space", "comma",
+    "point", "dot", "plus",
 ];
-const CORRECTIONS: &[&str] = &["sorry", "no", "actually", "wait", "correction", "rather", "oops"];
-const RESTARTS: &[&str] = &["scratch that", "start again", "start over", "let me start again"];
+const CORRECTIONS: &[&str] = &[
+    "sorry",
+    "no",
+    "actually",
+    "wait",
+    "correction",
+    "rather",
+    "oops",
+];
+const RESTARTS: &[&str] = &[
+    "scratch that",
+    "start again",
+    "start over",
+    "let me start again",
+];
 
 /// Splits text into lower-case words and numerals; punctuation between words is a joiner (a
 /// pause), punctuation inside a numeral ("4,279", "0770-900") is dropped.
@@ -151,7 +164,10 @@ fn atoms(text: &str) -> Vec<Atom> {
         let w = words[i].trim_matches('\'');
         let next = words.get(i + 1).map(String::as_str).unwrap_or("");
         let pair = format!("{w} {next}");
-        let triple = format!("{pair} {}", words.get(i + 2).map(String::as_str).unwrap_or(""));
+        let triple = format!(
+            "{pair} {}",
+            words.get(i + 2).map(String::as_str).unwrap_or("")
+        );
         if RESTARTS.iter().any(|r| triple.starts_with(r)) {
             let len = RESTARTS
                 .iter()
@@ -367,7 +383,6 @@ impl Reader<'_> {
                 }
             }
             Atom::Digit(_) | Atom::Teen(_) | Atom::Tens(_) => {
-                let start = self.at;
                 let value = self.below_thousand()?;
                 if matches!(self.peek(0), Some(Atom::Thousand)) && value > 0 {
                     self.at += 1;
@@ -511,12 +526,101 @@ pub fn yes_no(text: &str) -> Option<bool> {
 
 /// Words that are never a name ("yes", "hello", "my"): an answer made of them names nobody.
 const NOT_NAMES: &[&str] = &[
-    "yes", "yeah", "no", "hello", "hi", "um", "uh", "er", "erm", "sorry", "my", "name", "is",
-    "it's", "its", "it", "the", "a", "and", "this", "that", "i'm", "i", "am", "calling", "call",
-    "me", "back", "please", "thanks", "thank", "you", "okay", "ok", "well", "so", "oh", "number",
-    "phone", "on", "of", "from", "here", "speaking", "just", "what", "who", "why", "how", "can",
-    "could", "would", "like", "want", "need", "to", "be", "for", "with", "about", "sure", "right",
-    "mr", "mrs", "ms", "miss", "dr", "doctor",
+    "yes",
+    "yeah",
+    "no",
+    "hello",
+    "hi",
+    "um",
+    "uh",
+    "er",
+    "erm",
+    "sorry",
+    "my",
+    "name",
+    "is",
+    "it's",
+    "its",
+    "it",
+    "the",
+    "a",
+    "and",
+    "this",
+    "that",
+    "i'm",
+    "i",
+    "am",
+    "calling",
+    "call",
+    "me",
+    "back",
+    "please",
+    "thanks",
+    "thank",
+    "you",
+    "okay",
+    "ok",
+    "well",
+    "so",
+    "oh",
+    "number",
+    "phone",
+    "on",
+    "of",
+    "from",
+    "here",
+    "speaking",
+    "just",
+    "what",
+    "who",
+    "why",
+    "how",
+    "can",
+    "could",
+    "would",
+    "like",
+    "want",
+    "need",
+    "to",
+    "be",
+    "for",
+    "with",
+    "about",
+    "sure",
+    "right",
+    "mr",
+    "mrs",
+    "ms",
+    "miss",
+    "dr",
+    "doctor",
+    "hmm",
+    "mm",
+    "mhm",
+    "ah",
+    "huh",
+    "eh",
+    "pardon",
+    "nothing",
+    "none",
+    "nobody",
+    "someone",
+    "anyone",
+    "again",
+    "repeat",
+    "there",
+    "good",
+    "morning",
+    "afternoon",
+    "evening",
+    "appointment",
+    "order",
+    "message",
+];
+
+/// What may come between a cue and the name.
+const BEFORE_NAMES: &[&str] = &[
+    "um", "uh", "er", "erm", "oh", "well", "mr", "mrs", "ms", "miss", "dr", "doctor",
 ];
 
 /// Said before a name: "my name is", "this is", "it's", "I'm", "call me".
@@ -537,9 +641,22 @@ const NAME_CUES: &[&str] = &[
 /// words after a cue ("my name is Mary Jones"), else a short answer of name-like words. Up to
 /// three words, capitalised.
 pub fn name(text: &str) -> Option<String> {
+    read_name(text, false)
+}
+
+/// A name only when a cue says it is one ("my name is …", "this is …"): for words not given
+/// in answer to "may I have your name?".
+pub fn name_after_cue(text: &str) -> Option<String> {
+    read_name(text, true)
+}
+
+fn read_name(text: &str, require_cue: bool) -> Option<String> {
     let lower = text.to_lowercase();
     let spelled = spelled_letters(text);
-    let mut words = name_words(&lower);
+    let mut words = name_words(&lower, require_cue);
+    if require_cue && words.is_empty() {
+        return None;
+    }
     if let Some(spelled) = spelled {
         // "Baker, B-A-K-E-R": the spelling replaces the word it spells (or is the name).
         let sp = spelled.to_lowercase();
@@ -563,15 +680,28 @@ pub fn name(text: &str) -> Option<String> {
     )
 }
 
-fn name_words(lower: &str) -> Vec<String> {
-    let cue_end = NAME_CUES
+fn name_words(lower: &str, require_cue: bool) -> Vec<String> {
+    let mut cue_ends: Vec<usize> = NAME_CUES
         .iter()
         .filter_map(|c| find_phrase(lower, c).map(|at| at + c.len()))
-        .min();
-    let tail = match cue_end {
-        Some(end) => &lower[end..],
-        None => lower,
-    };
+        .collect();
+    cue_ends.sort_unstable();
+    // "Can you call me back? My name is Tom": the first cue a name follows.
+    for end in cue_ends {
+        let words = words_of_name(&lower[end..]);
+        if !words.is_empty() {
+            return words;
+        }
+    }
+    if require_cue || lower.split_whitespace().count() > 4 {
+        return Vec::new();
+    }
+    words_of_name(lower)
+}
+
+/// The name at the start of `tail`: up to three name-like words, ended by punctuation or a
+/// word that is not a name.
+fn words_of_name(tail: &str) -> Vec<String> {
     let mut out = Vec::new();
     for raw in tail.split(|c: char| c.is_whitespace()) {
         let stop = raw.ends_with(['.', ',', '?', '!', ';']);
@@ -590,8 +720,9 @@ fn name_words(lower: &str) -> Vec<String> {
             if !out.is_empty() {
                 break;
             }
-            // Before the name: "um, it's"; with no cue only a short answer is a name.
-            if cue_end.is_none() && !matches!(w.as_str(), "um" | "uh" | "er" | "erm" | "oh") {
+            // Before the name only "um" or a title may come ("it's, um, Mrs Patel"): "it's
+            // about my order" names nobody.
+            if !BEFORE_NAMES.contains(&w.as_str()) {
                 return Vec::new();
             }
             continue;
@@ -600,9 +731,6 @@ fn name_words(lower: &str) -> Vec<String> {
         if stop || out.len() == 3 {
             break;
         }
-    }
-    if cue_end.is_none() && tail.split_whitespace().count() > 4 {
-        return Vec::new();
     }
     out
 }
@@ -862,10 +990,7 @@ mod tests {
 
     #[test]
     fn phone_numbers_keep_the_plus_and_join_groups() {
-        assert_eq!(
-            d("+44 7700 900123").as_deref(),
-            Some("+447700900123")
-        );
+        assert_eq!(d("+44 7700 900123").as_deref(), Some("+447700900123"));
         assert_eq!(
             d("Call me back on 07700 900 123, please.").as_deref(),
             Some("07700900123")
@@ -899,7 +1024,14 @@ mod tests {
 
     #[test]
     fn yes_and_no_in_their_usual_forms() {
-        for yes in ["Yes.", "Yeah, that's right.", "Yep", "Correct.", "That's it.", "Sure."] {
+        for yes in [
+            "Yes.",
+            "Yeah, that's right.",
+            "Yep",
+            "Correct.",
+            "That's it.",
+            "Sure.",
+        ] {
             assert_eq!(yes_no(yes), Some(true), "{yes}");
         }
         for no in [
@@ -917,20 +1049,27 @@ mod tests {
 
     #[test]
     fn names_after_a_cue_or_alone_and_spelled() {
-        assert_eq!(name("My name is Mary Jones.").as_deref(), Some("Mary Jones"));
+        assert_eq!(
+            name("My name is Mary Jones.").as_deref(),
+            Some("Mary Jones")
+        );
         assert_eq!(name("It's John Smith").as_deref(), Some("John Smith"));
         assert_eq!(name("Mary Jones").as_deref(), Some("Mary Jones"));
         assert_eq!(name("Um, Peter.").as_deref(), Some("Peter"));
-        assert_eq!(
-            name("Tom Baker, B-A-K-E-R.").as_deref(),
-            Some("Tom Baker")
-        );
+        assert_eq!(name("Tom Baker, B-A-K-E-R.").as_deref(), Some("Tom Baker"));
         assert_eq!(name("B A K E R").as_deref(), Some("Baker"));
         assert_eq!(
             name("It's Anna Backer, B-A-K-E-R").as_deref(),
             Some("Anna Baker")
         );
         assert_eq!(name("Yes please"), None);
+        assert_eq!(name_after_cue("It's about my order"), None);
+        assert_eq!(name_after_cue("Call me back please"), None);
+        assert_eq!(
+            name_after_cue("Hi, this is Mrs Patel, can you call me back?").as_deref(),
+            Some("Patel")
+        );
+        assert_eq!(name_after_cue("Tom Baker"), None);
         assert_eq!(
             name("I would like to know when you are open on Monday"),
             None
@@ -961,7 +1100,10 @@ mod tests {
             read_back_digits("07700900123"),
             "zero seven seven, zero zero nine zero, zero one two three"
         );
-        assert_eq!(read_back_digits("123456789"), "one two three, four five six, seven eight nine");
+        assert_eq!(
+            read_back_digits("123456789"),
+            "one two three, four five six, seven eight nine"
+        );
         assert_eq!(read_back_digits("+44"), "plus four four");
     }
 }

@@ -643,6 +643,7 @@ fn print_call(c: &CallRecord) {
             match &t.turn.input {
                 edgevoice::agent::CallerInput::Speech(said) => format!("caller: {said}"),
                 edgevoice::agent::CallerInput::Dtmf(key) => format!("key:    {key}"),
+                edgevoice::agent::CallerInput::Keys(keys) => format!("keys:   {keys}"),
             },
             t.turn.agent,
             t.turn.intent,

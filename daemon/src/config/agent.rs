@@ -27,15 +27,31 @@ pub enum AgentAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotKind {
-    /// Free words ("John Smith", "next Monday"), at most 48 characters.
+    /// Free words ("next Monday", "the blue one"), at most 48 characters: the language model
+    /// takes them from the caller's words, held to a grammar.
     #[default]
     Text,
-    /// A whole number.
+    /// The caller's name, by rule: after "my name is", "it's", or a short answer; spelled
+    /// letters ("B-A-K-E-R") win.
+    Name,
+    /// A whole number, by rule ("forty two", "42").
     Number,
-    /// A string of digits (a phone or reference number), spaces and a leading + allowed.
+    /// A string of digits (a phone, order or reference number), by rule: spoken digits, "oh",
+    /// "double five", groups over pauses, corrections; key presses too (# ends, * clears).
     Digits,
-    /// Yes or no.
+    /// Yes or no, by rule.
     YesNo,
+    /// An e-mail address read out ("jo dot smith at example dot com"), by rule.
+    Email,
+    /// The caller's next words, whole (a message).
+    Message,
+}
+
+impl SlotKind {
+    /// Read back and confirmed unless the slot says otherwise: what is easily misheard.
+    pub fn confirmed_by_default(self) -> bool {
+        matches!(self, SlotKind::Digits | SlotKind::Name | SlotKind::Email)
+    }
 }
 
 /// True when `name` can be a slot (and so a JSON key and grammar literal without escaping).
@@ -56,8 +72,31 @@ pub struct SlotConfig {
     pub description: String,
     /// What the agent asks when it is missing ("May I have your name?").
     pub ask: String,
-    /// text, number, digits (phone numbers), yes_no.
+    /// text, name, number, digits, yes_no, email, message.
     pub kind: SlotKind,
+    /// Digits slots: how many digits a value has (an order number: 4 and 4; unset: 3 to 20).
+    /// A turn answering one ends as soon as `max_digits` were said or keyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_digits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_digits: Option<u32>,
+    /// Read the value back ("I have four two seven nine. Is that right?") and take a
+    /// correction. Unset: on for digits, name and email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<bool>,
+}
+
+impl SlotConfig {
+    /// Fewest and most digits a digits slot's value has.
+    pub fn digit_range(&self) -> (u32, u32) {
+        let min = self.min_digits.unwrap_or(3);
+        (min, self.max_digits.unwrap_or(min.max(20)))
+    }
+
+    pub fn confirms(&self) -> bool {
+        self.confirm
+            .unwrap_or_else(|| self.kind.confirmed_by_default())
+    }
 }
 
 impl Default for SlotConfig {
@@ -67,6 +106,9 @@ impl Default for SlotConfig {
             description: String::new(),
             ask: String::new(),
             kind: SlotKind::Text,
+            min_digits: None,
+            max_digits: None,
+            confirm: None,
         }
     }
 }
@@ -166,6 +208,17 @@ pub struct AgentConfig {
     pub still_there: String,
     pub take_message: String,
     pub message_taken: String,
+    /// A key with no rule was pressed.
+    pub invalid_key: String,
+    /// Asked for something off the agent's topics (general knowledge, jokes, weather, other
+    /// companies) or to drop its instructions.
+    pub off_topic: String,
+    /// A question on topic that no fact answers.
+    pub dont_know: String,
+    /// The caller stopped mid-thought ("I'd like to, um").
+    pub go_on: String,
+    /// A slot's value read back: `{value}` is replaced.
+    pub confirm: String,
     /// SIP URI calls are handed to for a human (REFER, or a bridge when REFER is refused).
     pub human_target: String,
     /// When the transfer to `human_target` fails: take a message, or say goodbye.
@@ -224,6 +277,17 @@ impl Default for AgentConfig {
             take_message: "Please leave your message after this, and we will call you back."
                 .to_owned(),
             message_taken: "Thank you, I have taken your message. Goodbye.".to_owned(),
+            invalid_key: "Sorry, that key does nothing here. Press 0 to speak to a person, or \
+                          just tell me how I can help."
+                .to_owned(),
+            off_topic: "Sorry, I can only help with questions about the clinic. I can take a \
+                        message, or put you through to a colleague."
+                .to_owned(),
+            dont_know: "I'm sorry, I don't know that. I can take a message, or put you through \
+                        to a colleague."
+                .to_owned(),
+            go_on: "Go on, I'm listening.".to_owned(),
+            confirm: "I have {value}. Is that right?".to_owned(),
             human_target: String::new(),
             when_transfer_fails: WhenTransferFails::TakeMessage,
             barge_in: BargeIn::Speech,
@@ -259,6 +323,43 @@ impl Default for AgentConfig {
                     slots: Vec::new(),
                 },
                 IntentConfig {
+                    name: "callback".to_owned(),
+                    examples: vec![
+                        "call me back".to_owned(),
+                        "callback".to_owned(),
+                        "ring me back".to_owned(),
+                        "call back".to_owned(),
+                    ],
+                    action: AgentAction::Collect,
+                    reply: "Thank you, {name}. We will call you back on {phone} within one \
+                            working day."
+                        .to_owned(),
+                    slots: vec![name_slot(), phone_slot()],
+                },
+                IntentConfig {
+                    name: "message".to_owned(),
+                    examples: vec![
+                        "leave a message".to_owned(),
+                        "take a message".to_owned(),
+                        "pass on a message".to_owned(),
+                    ],
+                    action: AgentAction::Collect,
+                    reply: "Thank you, {name}. I have your message, and we will call you back \
+                            on {phone} within one working day."
+                        .to_owned(),
+                    slots: vec![
+                        name_slot(),
+                        phone_slot(),
+                        SlotConfig {
+                            name: "message".to_owned(),
+                            description: "the caller's message".to_owned(),
+                            ask: "What is your message?".to_owned(),
+                            kind: SlotKind::Message,
+                            ..SlotConfig::default()
+                        },
+                    ],
+                },
+                IntentConfig {
                     name: "goodbye".to_owned(),
                     examples: vec![
                         "that's all".to_owned(),
@@ -277,6 +378,28 @@ impl Default for AgentConfig {
                 reply: String::new(),
             }],
         }
+    }
+}
+
+fn name_slot() -> SlotConfig {
+    SlotConfig {
+        name: "name".to_owned(),
+        description: "the caller's full name".to_owned(),
+        ask: "May I have your name, please?".to_owned(),
+        kind: SlotKind::Name,
+        ..SlotConfig::default()
+    }
+}
+
+fn phone_slot() -> SlotConfig {
+    SlotConfig {
+        name: "phone".to_owned(),
+        description: "the caller's phone number".to_owned(),
+        ask: "What number can we call you back on?".to_owned(),
+        kind: SlotKind::Digits,
+        min_digits: Some(7),
+        max_digits: Some(15),
+        ..SlotConfig::default()
     }
 }
 
@@ -342,6 +465,17 @@ fn check_slots(intent: &IntentConfig, problem: &mut impl FnMut(&str, String)) {
             problem(
                 "agent.intents",
                 format!("intent \"{name}\": slot \"{}\" is listed twice", slot.name),
+            );
+        }
+        let (min_digits, max_digits) = slot.digit_range();
+        let digits_ok = min_digits >= 1 && min_digits <= max_digits && max_digits <= 32;
+        if slot.kind == SlotKind::Digits && !digits_ok {
+            problem(
+                "agent.intents",
+                format!(
+                    "intent \"{name}\": slot \"{}\" needs 1 <= min_digits <= max_digits <= 32 (it has {} and {})",
+                    slot.name, min_digits, max_digits
+                ),
             );
         }
         if slot.ask.trim().is_empty() {
@@ -421,6 +555,10 @@ pub(super) fn check_agent(
         ("agent.goodbye", &agent.goodbye),
         ("agent.transfer", &agent.transfer),
         ("agent.still_there", &agent.still_there),
+        ("agent.invalid_key", &agent.invalid_key),
+        ("agent.off_topic", &agent.off_topic),
+        ("agent.dont_know", &agent.dont_know),
+        ("agent.go_on", &agent.go_on),
         ("agent.persona", &agent.persona),
     ] {
         if text.trim().is_empty() {
@@ -429,6 +567,12 @@ pub(super) fn check_agent(
                 "is empty; the agent needs something to say here".to_owned(),
             );
         }
+    }
+    if !agent.confirm.contains("{value}") {
+        problem(
+            "agent.confirm",
+            "must contain {value} (where the value read back goes)".to_owned(),
+        );
     }
     for phrase in &agent.backchannels {
         let plain = phrase

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::collect::Expecting;
 use super::endpoint::{EndpointConfig, EndpointEvent, Endpointer, WINDOW_SAMPLES};
 use super::sentences::SentenceSplitter;
 use super::slots::SlotSpec;
@@ -32,6 +33,9 @@ use playout::{Playout, Source};
 const VAD_HOP_WINDOWS: usize = 2;
 /// Caller audio kept before the current utterance (for the endpointer's pad).
 const KEEP_SAMPLES: u64 = ASR_SAMPLE_RATE as u64;
+/// While a number or a message is awaited, a pause must be this long (ms) to end the turn
+/// (unless the words already complete the answer).
+const ANSWER_PAUSE_MS: u32 = 1500;
 /// The endpointer's pad after speech (7 windows of 32 ms): speech ended where it begins.
 const END_PAD_SAMPLES: u64 = 7 * WINDOW_SAMPLES as u64;
 
@@ -593,6 +597,14 @@ impl TurnEngine {
     }
 
     fn on_speech_probabilities(&mut self, now: Instant, probabilities: &[f32]) {
+        // A number read out in groups, or a message, has pauses that are not its end.
+        let silence = match self.conv.expecting() {
+            Expecting::Digits(_) | Expecting::Message => {
+                self.cfg.endpoint.endpoint_silence_ms.max(ANSWER_PAUSE_MS)
+            }
+            Expecting::Anything | Expecting::YesNo => self.cfg.endpoint.endpoint_silence_ms,
+        };
+        self.endpointer.set_endpoint_silence_ms(silence);
         let speaking = self.agent_speaking();
         self.endpointer.set_min_speech_ms(if speaking {
             self.cfg.barge_in_min_speech_ms
@@ -664,9 +676,14 @@ impl TurnEngine {
                 ..
             } => {
                 let pcm = self.span_pcm(start_sample, end_sample);
-                let behind = self
-                    .audio_end()
-                    .saturating_sub(end_sample.saturating_sub(END_PAD_SAMPLES));
+                // The VAD's speech ends a little after the voice does (its probability decays
+                // over a window or more): the caller's last speech sample is where the level
+                // falls away for good, which is what the caller (and a capture) hears.
+                let vad_end = end_sample.saturating_sub(END_PAD_SAMPLES);
+                let voice_end = start_sample
+                    + last_voiced_sample(&pcm, (vad_end - start_sample.min(vad_end)) as usize)
+                        as u64;
+                let behind = self.audio_end().saturating_sub(voice_end);
                 self.timing.speech_end = Some(now - samples_to_duration(behind));
                 self.timing.endpoint = Some(now);
                 let utterance = self.next_utterance;
@@ -698,7 +715,14 @@ impl TurnEngine {
                         span: (start_sample, end_sample),
                     },
                 );
-                self.converse(now, Input::SpeechEnded { utterance });
+                let ended_at = self.timing.speech_end.unwrap_or(now);
+                self.converse(
+                    now,
+                    Input::SpeechEnded {
+                        utterance,
+                        ended_at,
+                    },
+                );
             }
         }
     }
@@ -711,8 +735,21 @@ impl TurnEngine {
             }
             Some(Recognition::Guess) => {
                 if let Some(spec) = self.speculation.as_mut().filter(|s| s.recognition == id) {
+                    let complete = result
+                        .as_ref()
+                        .is_ok_and(|t| self.conv.expecting().is_complete(&t.text));
                     spec.transcript = Some(result);
                     self.speculate_generation(now);
+                    // The words at the pause are the whole answer awaited: the turn ends now,
+                    // not after the endpoint silence.
+                    if complete {
+                        if let Some(event) = self.endpointer.end_at_pause() {
+                            tracing::debug!(
+                                "the answer awaited is complete: turn ended at the pause"
+                            );
+                            self.on_endpoint(now, event);
+                        }
+                    }
                 }
             }
             None => {}
@@ -803,7 +840,14 @@ impl TurnEngine {
         self.known_transcripts.insert(utterance, result);
         // What the conversation would have seen had it been told at once.
         self.converse(now, Input::SpeechStarted);
-        self.converse(now, Input::SpeechEnded { utterance });
+        let ended_at = self.timing.speech_end.unwrap_or(now);
+        self.converse(
+            now,
+            Input::SpeechEnded {
+                utterance,
+                ended_at,
+            },
+        );
     }
 
     fn is_backchannel(&self, text: &str) -> bool {
@@ -861,7 +905,13 @@ impl TurnEngine {
         let said = transcript.text.clone();
         let mut probe = self.conv.clone();
         let utterance = self.next_utterance;
-        let _ = probe.handle(now, Input::SpeechEnded { utterance });
+        let _ = probe.handle(
+            now,
+            Input::SpeechEnded {
+                utterance,
+                ended_at: now,
+            },
+        );
         let actions = probe.handle(
             now,
             Input::Transcript {
@@ -1101,9 +1151,10 @@ impl TurnEngine {
                 Action::Extract { turn, said, slots } => {
                     let id = self.job_id();
                     self.extractions.insert(id, turn);
-                    // Small outputs: a few tokens a slot; the reply budget bounds the time.
+                    // Never cut the JSON (a token is at least a character); the reply budget
+                    // bounds the time.
                     let budget = Budget {
-                        max_tokens: 24 * slots.len() as u32 + 8,
+                        max_tokens: super::slots::max_output_chars(&slots) + 8,
                         max_time: Duration::from_millis(u64::from(self.cfg.max_reply_ms)),
                     };
                     self.out.push_back(TurnOutput::Run(Job::Extract {
@@ -1255,6 +1306,29 @@ impl TurnEngine {
         };
         self.out.push_back(TurnOutput::Turn(merged));
     }
+}
+
+/// Where the voice in `pcm[..vad_end]` ends: the end of the last 10 ms frame within 20 dB of
+/// the utterance's loudest frame, searched back from the VAD's end over at most 320 ms.
+fn last_voiced_sample(pcm: &[f32], vad_end: usize) -> usize {
+    const FRAME: usize = 160;
+    const SEARCH: usize = 32 * FRAME;
+    let vad_end = vad_end.min(pcm.len());
+    let rms = |f: &[f32]| (f.iter().map(|s| s * s).sum::<f32>() / f.len().max(1) as f32).sqrt();
+    let peak = pcm[..vad_end].chunks(FRAME).map(rms).fold(0.0f32, f32::max);
+    if peak <= 0.0 {
+        return vad_end;
+    }
+    let floor = peak * 0.1;
+    let mut end = vad_end;
+    let stop = vad_end.saturating_sub(SEARCH);
+    while end >= stop + FRAME {
+        if rms(&pcm[end - FRAME..end]) >= floor {
+            return end;
+        }
+        end -= FRAME;
+    }
+    end
 }
 
 fn samples_to_duration(samples: u64) -> Duration {
