@@ -680,6 +680,58 @@ fn slow_a_cough_over_the_greeting_holds_it_and_the_greeting_goes_on_where_it_sto
 }
 
 #[test]
+fn slow_an_order_number_read_out_in_two_groups_is_read_back_confirmed_and_used() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // The caller pauses 900 ms between the groups: longer than the endpoint silence (600 ms),
+    // so only a turn that knows it awaits four digits keeps them together.
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "order.wav",
+        &[
+            (4500, "Where is my order?"),
+            (3500, "Four two,"),
+            (900, "seven nine."),
+            (4500, "Yes, that's right."),
+        ],
+    );
+    let _ = std::fs::copy(&mic, "/tmp/op/order.wav");
+    let intent = "[[agent.intents]]\nname = \"order\"\nexamples = [\"where is my order\", \"order status\"]\naction = \"collect\"\nreply = \"Order {order} ships tomorrow.\"\n[[agent.intents.slots]]\nname = \"order\"\ndescription = \"the order number\"\nask = \"What is the order number?\"\nkind = \"digits\"\nmin_digits = 4\nmax_digits = 4\n";
+    let agent = Agent::start(intent);
+    let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(8));
+    eprintln!("caller heard: {heard_text:?}");
+    let log = agent.stop();
+    print_lines(&log, &["caller said", " turn "]);
+    let turns = call["turns"].as_array().cloned().unwrap_or_default();
+    let said: Vec<String> = turns
+        .iter()
+        .map(|t| format!("{} -> {} [{}]", t["caller"], t["agent"], t["action"]))
+        .collect();
+    let done = turns
+        .iter()
+        .find(|t| {
+            t["slots"]["order"].is_string()
+                && t["agent"].as_str().is_some_and(|a| a.contains("ships"))
+        })
+        .unwrap_or_else(|| panic!("the order was not completed: {said:#?}"));
+    assert_eq!(done["slots"]["order"], "4279", "{said:#?}");
+    // Exactly one turn carried the number: the pause did not split it.
+    let number_turns = turns
+        .iter()
+        .filter(|t| {
+            t["agent"]
+                .as_str()
+                .is_some_and(|a| a.contains("Is that right"))
+        })
+        .count();
+    assert_eq!(number_turns, 1, "{said:#?}");
+    assert!(
+        contains_all(&heard_text, &["is that right", "ships tomorrow"]),
+        "{heard_text:?}"
+    );
+}
+
+#[test]
 fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();

@@ -126,6 +126,11 @@ impl Collecting {
         &self.values
     }
 
+    /// One of the slots is a message (the intent takes messages).
+    pub fn holds_message(&self) -> bool {
+        self.slots.iter().any(|s| s.kind == SlotKind::Message)
+    }
+
     pub fn expecting(&self) -> Expecting {
         if self.confirming.is_some() {
             return Expecting::YesNo;

@@ -12,6 +12,7 @@ pub mod sentences;
 pub mod sim;
 pub mod slots;
 pub mod spoken;
+pub mod triage;
 pub mod turns;
 
 use crate::config::{AgentAction, AgentConfig};
@@ -323,6 +324,20 @@ impl AgentSpec {
             self.topical.contains(&s) || asked.contains(&s)
         });
         (!on_topic).then_some(words)
+    }
+
+    /// The word belongs to what the agent is configured to talk about.
+    pub fn is_topical(&self, word: &str) -> bool {
+        self.topical.contains(&stem(&word.to_lowercase()))
+    }
+
+    /// Some word of `said` (not filler, not conversation) is one of the agent's topics.
+    pub fn touches_topics(&self, said: &str) -> bool {
+        content_words(said).iter().any(|w| {
+            !WEAK_WORDS.contains(&w.as_str())
+                && !CONVERSATION_WORDS.contains(&w.as_str())
+                && self.topical.contains(&stem(w))
+        })
     }
 
     /// The fact that best answers `question` (shared or related words), if any.

@@ -43,6 +43,9 @@ enum Atom {
     And,
     /// "to"/"too": two between two digits, else a word.
     To,
+    /// A word whisper writes for a digit it misheard ("or"/"for" for four, "won" for one,
+    /// "ate" for eight): that digit next to other digits, else a word.
+    SoundsLike(u8),
     /// "sorry", "no", "I mean", "actually": what follows corrects what came before.
     Correction,
     /// "start again", "scratch that": forget what came before.
@@ -208,6 +211,8 @@ fn atoms(text: &str) -> Vec<Atom> {
             Atom::And
         } else if w == "to" || w == "too" {
             Atom::To
+        } else if let Some(d) = sounds_like_digit(w) {
+            Atom::SoundsLike(d)
         } else if CORRECTIONS.contains(&w) {
             Atom::Correction
         } else if JOINERS.contains(&w) {
@@ -220,6 +225,16 @@ fn atoms(text: &str) -> Vec<Atom> {
     }
     resolve_ambiguous(&mut out);
     out
+}
+
+fn sounds_like_digit(word: &str) -> Option<u8> {
+    Some(match word {
+        "or" | "for" | "fore" => 4,
+        "won" => 1,
+        "ate" => 8,
+        "nein" => 9,
+        _ => return None,
+    })
 }
 
 /// "4279", "+44", "42nd" → its digits; None when the word is not a numeral.
@@ -264,6 +279,13 @@ fn resolve_ambiguous(atoms: &mut [Atom]) {
                     && is_number_atom(&atoms[i - 1])
                     && atoms.get(i + 1).is_some_and(is_number_atom);
                 atoms[i] = if two { Atom::Digit(2) } else { Atom::Word };
+            }
+            Atom::SoundsLike(d) => {
+                // Next to a digit on either side ("or two seven nine"): the digit it sounds
+                // like; "tea or coffee" stays words. (Only digit slots read digits, where "four
+                // or five" is rarer than a misheard "four".)
+                let digit = near(atoms, i, -1) || near(atoms, i, 1);
+                atoms[i] = if digit { Atom::Digit(d) } else { Atom::Word };
             }
             _ => {}
         }
@@ -1014,6 +1036,15 @@ mod tests {
             Some("07700900123")
         );
         assert_eq!(d("I'd like to check my order"), None);
+    }
+
+    #[test]
+    fn misheard_digits_next_to_digits_are_digits() {
+        assert_eq!(d("Or two. 7.9").as_deref(), Some("4279"));
+        assert_eq!(d("for two seven nine").as_deref(), Some("4279"));
+        assert_eq!(d("won two three").as_deref(), Some("123"));
+        assert_eq!(d("I'm calling for my order"), None);
+        assert_eq!(d("tea or coffee"), None);
     }
 
     #[test]
