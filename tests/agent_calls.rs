@@ -695,7 +695,6 @@ fn slow_an_order_number_read_out_in_two_groups_is_read_back_confirmed_and_used()
             (4500, "Yes, that's right."),
         ],
     );
-    let _ = std::fs::copy(&mic, "/tmp/op/order.wav");
     let intent = "[[agent.intents]]\nname = \"order\"\nexamples = [\"where is my order\", \"order status\"]\naction = \"collect\"\nreply = \"Order {order} ships tomorrow.\"\n[[agent.intents.slots]]\nname = \"order\"\ndescription = \"the order number\"\nask = \"What is the order number?\"\nkind = \"digits\"\nmin_digits = 4\nmax_digits = 4\n";
     let agent = Agent::start(intent);
     let (call, heard_text) = agent.call_from("caller", &mic, Duration::from_secs(8));

@@ -43,6 +43,9 @@ enum Atom {
     And,
     /// "to"/"too": two between two digits, else a word.
     To,
+    /// A letter whisper writes for a digit ("A" for eight, "L" for "oh"): that digit between
+    /// two digits, else a word.
+    LetterLike(u8),
     /// A word whisper writes for a digit it misheard ("or"/"for" for four, "won" for one,
     /// "ate" for eight): that digit next to other digits, else a word.
     SoundsLike(u8),
@@ -187,6 +190,13 @@ fn atoms(text: &str) -> Vec<Atom> {
             i += 2;
             continue;
         }
+        // "L7", "A3": whisper glued a misheard digit ("oh", "eight") to the next one.
+        if let Some((letter, digits)) = letter_then_digits(w) {
+            out.push(Atom::Digit(letter));
+            out.push(Atom::Numeral(digits.to_owned()));
+            i += 1;
+            continue;
+        }
         let atom = if w == "," {
             Atom::Joiner
         } else if let Some(n) = numeral(w) {
@@ -213,6 +223,8 @@ fn atoms(text: &str) -> Vec<Atom> {
             Atom::To
         } else if let Some(d) = sounds_like_digit(w) {
             Atom::SoundsLike(d)
+        } else if let Some(d) = letter_for_digit(w) {
+            Atom::LetterLike(d)
         } else if CORRECTIONS.contains(&w) {
             Atom::Correction
         } else if JOINERS.contains(&w) {
@@ -233,8 +245,26 @@ fn sounds_like_digit(word: &str) -> Option<u8> {
         "won" => 1,
         "ate" => 8,
         "nein" => 9,
+        "free" | "tree" => 3,
+        "do" => 2,
         _ => return None,
     })
+}
+
+fn letter_for_digit(word: &str) -> Option<u8> {
+    Some(match word {
+        "a" => 8,
+        "l" => 0,
+        _ => return None,
+    })
+}
+
+/// "l7" → (0, "7"), "a3" → (8, "3").
+fn letter_then_digits(word: &str) -> Option<(u8, &str)> {
+    let mut chars = word.chars();
+    let d = letter_for_digit(&chars.next()?.to_string())?;
+    let rest = &word[1..];
+    (!rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())).then_some((d, rest))
 }
 
 /// "4279", "+44", "42nd" → its digits; None when the word is not a numeral.
@@ -258,36 +288,59 @@ fn is_number_atom(a: &Atom) -> bool {
 
 /// "oh" is zero next to other digits (ignoring pauses and "um"); "to" is two between two.
 fn resolve_ambiguous(atoms: &mut [Atom]) {
-    let near = |atoms: &[Atom], i: usize, step: isize| -> bool {
+    // Whether the neighbour `step` away (past pauses) is, or may be, a digit.
+    fn near(atoms: &[Atom], i: usize, step: isize, maybe: bool) -> bool {
         let mut j = i as isize + step;
         while j >= 0 && (j as usize) < atoms.len() {
             match &atoms[j as usize] {
                 Atom::Joiner | Atom::And => j += step,
-                a => return is_number_atom(a) || *a == Atom::Oh,
+                a => {
+                    return is_number_atom(a)
+                        || (maybe
+                            && matches!(a, Atom::Oh | Atom::SoundsLike(_) | Atom::LetterLike(_)))
+                }
             }
         }
         false
-    };
+    }
+    let original = atoms.to_vec();
+    // First "oh", "to" and sound-alikes next to what is or may be a digit...
     for i in 0..atoms.len() {
-        match atoms[i] {
-            Atom::Oh => {
-                let zero = near(atoms, i, -1) || near(atoms, i, 1);
-                atoms[i] = if zero { Atom::Digit(0) } else { Atom::Word };
-            }
-            Atom::To => {
-                let two = i > 0
+        atoms[i] = match atoms[i] {
+            Atom::Oh if near(atoms, i, -1, true) || near(atoms, i, 1, true) => Atom::Digit(0),
+            Atom::To
+                if i > 0
                     && is_number_atom(&atoms[i - 1])
-                    && atoms.get(i + 1).is_some_and(is_number_atom);
-                atoms[i] = if two { Atom::Digit(2) } else { Atom::Word };
+                    && atoms.get(i + 1).is_some_and(is_number_atom) =>
+            {
+                Atom::Digit(2)
             }
-            Atom::SoundsLike(d) => {
-                // Next to a digit on either side ("or two seven nine"): the digit it sounds
-                // like; "tea or coffee" stays words. (Only digit slots read digits, where "four
-                // or five" is rarer than a misheard "four".)
-                let digit = near(atoms, i, -1) || near(atoms, i, 1);
-                atoms[i] = if digit { Atom::Digit(d) } else { Atom::Word };
+            // "or two seven nine": the digit it sounds like; "tea or coffee" stays words.
+            // (Only digit slots read digits, where "four or five" is rarer than a misheard
+            // "four".)
+            Atom::SoundsLike(d) if near(atoms, i, -1, true) || near(atoms, i, 1, true) => {
+                Atom::Digit(d)
             }
-            _ => {}
+            Atom::Oh | Atom::To | Atom::SoundsLike(_) => Atom::Word,
+            ref other => other.clone(),
+        };
+    }
+    // ...then letters, only between two digits ("7, A, 1")...
+    for i in 0..atoms.len() {
+        if let Atom::LetterLike(d) = atoms[i] {
+            let digit = near(atoms, i, -1, false) && near(atoms, i, 1, false);
+            atoms[i] = if digit { Atom::Digit(d) } else { Atom::Word };
+        }
+    }
+    // ...and what was read as a digit only beside a letter that stayed a word goes back.
+    for i in 0..atoms.len() {
+        let guessed = matches!(original[i], Atom::Oh | Atom::SoundsLike(_));
+        if guessed
+            && matches!(atoms[i], Atom::Digit(_))
+            && !near(atoms, i, -1, false)
+            && !near(atoms, i, 1, false)
+        {
+            atoms[i] = Atom::Word;
         }
     }
 }
@@ -426,13 +479,29 @@ impl Reader<'_> {
 pub fn digits(text: &str, span: DigitSpan) -> Option<String> {
     let runs = digit_runs(text);
     let joined: String = runs.concat();
-    if runs.len() <= 1 || span.fits(&joined) {
-        return runs.into_iter().next().map(|_| joined);
+    let chosen = if runs.len() <= 1 || span.fits(&joined) {
+        runs.into_iter().next().map(|_| joined)
+    } else if let Some(run) = runs.iter().rev().find(|r| span.fits(r)) {
+        Some(run.clone())
+    } else {
+        runs.into_iter().max_by_key(String::len)
+    };
+    chosen.map(|d| without_run_on(d, span))
+}
+
+/// Whisper's decoder runs on by repeating the last digit ("4, 2, 2, 4, 4,"): digits beyond
+/// the most a number has, where the last repeats the one before, are that run-on.
+fn without_run_on(mut digits: String, span: DigitSpan) -> String {
+    let count = |d: &str| d.chars().filter(char::is_ascii_digit).count();
+    while count(&digits) > span.max {
+        let b = digits.as_bytes();
+        if b.len() >= 2 && b[b.len() - 1] == b[b.len() - 2] {
+            digits.pop();
+        } else {
+            break;
+        }
     }
-    if let Some(run) = runs.iter().rev().find(|r| span.fits(r)) {
-        return Some(run.clone());
-    }
-    runs.into_iter().max_by_key(String::len)
+    digits
 }
 
 /// The runs of digits in `text`, corrections applied.
@@ -1045,6 +1114,17 @@ mod tests {
         assert_eq!(d("won two three").as_deref(), Some("123"));
         assert_eq!(d("I'm calling for my order"), None);
         assert_eq!(d("tea or coffee"), None);
+    }
+
+    #[test]
+    fn letters_whisper_writes_for_digits_are_digits_between_digits() {
+        assert_eq!(d("Oh, 7, 5, oh, A, 1, 7.").as_deref(), Some("07508 17".replace(' ', "").as_str()));
+        assert_eq!(d("You can reach me on L7 A3 A9 4 1").as_deref(), Some("0783894 1".replace(' ', "").as_str()));
+        assert_eq!(d("7. Double A. Free.").as_deref(), Some("7883"));
+        assert_eq!(d("I have a question"), None);
+        let four = DigitSpan { min: 4, max: 4 };
+        assert_eq!(digits("4, 2, 2, 4, 4,", four).as_deref(), Some("4224"));
+        assert_eq!(digits("4, 2, 9, 4, 4,", four).as_deref(), Some("4294"));
     }
 
     #[test]

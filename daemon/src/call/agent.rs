@@ -233,9 +233,11 @@ impl AgentRun {
                     let _ = tx.blocking_send(AgentEvent::Vad { vad, result });
                 });
             }
-            Job::Recognize { id, pcm, .. } => {
+            Job::Recognize {
+                id, pcm, listening, ..
+            } => {
                 let tx = self.results_tx.clone();
-                let queued = self.speech.transcribe(pcm, move |result| {
+                let queued = self.speech.transcribe(pcm, listening, move |result| {
                     let result = result.map_err(|e| e.to_string());
                     let _ = tx
                         .blocking_send(AgentEvent::Engine(EngineResult::Recognized { id, result }));

@@ -177,12 +177,34 @@ pub trait SpeechRecognizer: Send + Sync {
     }
 }
 
+/// What the caller is expected to say, so recognition can keep what matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listening {
+    /// Anything.
+    #[default]
+    Speech,
+    /// A number read out (a digits slot is open): every digit must survive, pauses between
+    /// groups included.
+    Digits,
+}
+
 /// A per-call recognition state.
 pub trait AsrSession: Send {
     /// Transcribes one utterance: 16 kHz mono f32 samples. Utterances up to 30 s are decoded
     /// with the encoder sized to the audio; longer audio uses whisper's 30 s windows (cut it by
     /// VAD instead).
     fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError>;
+
+    /// Transcribes an utterance expected to be `listening` (engines without a special mode
+    /// treat every utterance alike).
+    fn transcribe_for(
+        &mut self,
+        pcm_16k: &[f32],
+        listening: Listening,
+    ) -> Result<Transcript, AsrError> {
+        let _ = listening;
+        self.transcribe(pcm_16k)
+    }
 }
 
 /// Synthesized speech.

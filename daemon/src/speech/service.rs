@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::pool::{Priority, QueueFull, WorkerPool};
 use super::{
-    AsrError, Budget, ChatMessage, Generation, LlamaEngine, LlamaSession, LlmConfig, LlmError,
-    PiperConfig, PiperSynthesizer, SileroVad, SpeechSynthesizer, StopReason, Transcript, TtsError,
-    WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, TTS_VOICE_FILE,
+    AsrError, Budget, ChatMessage, Generation, Listening, LlamaEngine, LlamaSession, LlmConfig,
+    LlmError, PiperConfig, PiperSynthesizer, SileroVad, SpeechSynthesizer, StopReason, Transcript,
+    TtsError, WhisperConfig, WhisperRecognizer, WhisperSession, LLM_MODEL_FILE, TTS_VOICE_FILE,
     VAD_MODEL_FILE, WHISPER_MODEL_FILE,
 };
 use crate::config::Config;
@@ -509,6 +509,7 @@ impl CallSpeech {
     pub fn transcribe(
         &self,
         pcm_16k: Vec<f32>,
+        listening: Listening,
         deliver: impl FnOnce(Result<Transcript, AsrError>) + Send + 'static,
     ) -> Result<(), QueueFull> {
         let asr = Arc::clone(&self.service.asr);
@@ -522,7 +523,7 @@ impl CallSpeech {
                     None => asr.new_session(),
                 };
                 let result = session.and_then(|mut s| {
-                    let r = s.transcribe(&pcm_16k);
+                    let r = s.transcribe_for(&pcm_16k, listening);
                     if let Ok(mut pool) = sessions.lock() {
                         pool.push(s);
                     }

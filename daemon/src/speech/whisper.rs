@@ -19,8 +19,8 @@ use whisper_rs::{
 };
 
 use super::{
-    audio_ctx_for, require_file, AsrError, AsrSession, Segment, SpeechRecognizer, Transcript, Word,
-    ASR_SAMPLE_RATE,
+    audio_ctx_for, require_file, AsrError, AsrSession, Listening, Segment, SpeechRecognizer,
+    Transcript, Word, ASR_SAMPLE_RATE,
 };
 
 /// Recognizer settings.
@@ -282,6 +282,17 @@ fn append_continuation(words: &mut Vec<Word>, mut more: Vec<Word>) {
 impl WhisperSession {
     /// Transcribes one utterance of 16 kHz mono f32 audio.
     pub fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
+        self.transcribe_for(pcm_16k, Listening::Speech)
+    }
+
+    /// Transcribes one utterance expected to be `listening`. For digits the sized encoder is
+    /// never smaller than [`DIGITS_MIN_AUDIO_CTX`] and there is no second pass over the tail:
+    /// a number's groups have pauses a continuation takes for unheard speech and says again.
+    pub fn transcribe_for(
+        &mut self,
+        pcm_16k: &[f32],
+        listening: Listening,
+    ) -> Result<Transcript, AsrError> {
         let started = Instant::now();
         let audio = Duration::from_secs_f64(pcm_16k.len() as f64 / f64::from(ASR_SAMPLE_RATE));
         if pcm_16k.is_empty() {
@@ -293,10 +304,10 @@ impl WhisperSession {
                 audio_ctx: 0,
             });
         }
-        let (mut segments, audio_ctx) = self.decode(pcm_16k)?;
+        let (mut segments, audio_ctx) = self.decode(pcm_16k, listening)?;
         // Without timestamp tokens (sized encoder: one segment) the text can end at a pause
         // before the speech does: decode the rest and add it.
-        if audio_ctx < 1500 && segments.len() == 1 {
+        if audio_ctx < 1500 && segments.len() == 1 && listening == Listening::Speech {
             for _ in 0..MAX_CONTINUATIONS {
                 let Some(last) = segments[0].words.last() else {
                     break;
@@ -305,7 +316,7 @@ impl WhisperSession {
                     break;
                 };
                 let offset_ms = from as u64 * 1000 / u64::from(ASR_SAMPLE_RATE);
-                let (more, _) = self.decode(&pcm_16k[from..])?;
+                let (more, _) = self.decode(&pcm_16k[from..], listening)?;
                 let added: Vec<Word> = more
                     .into_iter()
                     .flat_map(|s| s.words)
@@ -352,7 +363,11 @@ impl WhisperSession {
     }
 
     /// One whisper pass over `pcm_16k` (not empty): its segments and the encoder size used.
-    fn decode(&mut self, pcm_16k: &[f32]) -> Result<(Vec<Segment>, u32), AsrError> {
+    fn decode(
+        &mut self,
+        pcm_16k: &[f32],
+        listening: Listening,
+    ) -> Result<(Vec<Segment>, u32), AsrError> {
         let cfg = &self.config;
         let audio = Duration::from_secs_f64(pcm_16k.len() as f64 / f64::from(ASR_SAMPLE_RATE));
         // whisper.cpp refuses less than 1 s ("input is too short"): pad short clips with silence.
@@ -366,10 +381,10 @@ impl WhisperSession {
         } else {
             pcm_16k
         };
-        let audio_ctx = if cfg.sized_audio_ctx {
-            audio_ctx_for(pcm.len())
-        } else {
-            1500
+        let audio_ctx = match (cfg.sized_audio_ctx, listening) {
+            (false, _) => 1500,
+            (true, Listening::Speech) => audio_ctx_for(pcm.len()),
+            (true, Listening::Digits) => audio_ctx_for(pcm.len()).max(DIGITS_MIN_AUDIO_CTX),
         };
 
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
@@ -486,7 +501,18 @@ impl AsrSession for WhisperSession {
     fn transcribe(&mut self, pcm_16k: &[f32]) -> Result<Transcript, AsrError> {
         WhisperSession::transcribe(self, pcm_16k)
     }
+
+    fn transcribe_for(
+        &mut self,
+        pcm_16k: &[f32],
+        listening: Listening,
+    ) -> Result<Transcript, AsrError> {
+        WhisperSession::transcribe_for(self, pcm_16k, listening)
+    }
 }
+
+/// Fewest encoder positions for a number read out (tests/digit_capture.rs measures it).
+pub const DIGITS_MIN_AUDIO_CTX: u32 = 300;
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,9 @@ use super::slots::SlotSpec;
 use super::{Action, CallerInput, Conversation, ConversationState, Input, Prompt, TurnRecord};
 use crate::config::{AgentConfig, BargeIn};
 use crate::speech::service::PromptAudio;
-use crate::speech::{Budget, ChatMessage, Generation, StopReason, Transcript, ASR_SAMPLE_RATE};
+use crate::speech::{
+    Budget, ChatMessage, Generation, Listening, StopReason, Transcript, ASR_SAMPLE_RATE,
+};
 use playout::{Playout, Source};
 
 /// VAD runs on this many new windows at a time (64 ms): barge-in reacts within a step or two.
@@ -131,6 +133,8 @@ pub enum Job {
         id: JobId,
         pcm: Vec<f32>,
         guess: bool,
+        /// What the caller is expected to say (a number while a digits slot is open).
+        listening: Listening,
     },
     /// A reply to `history`, streamed token by token. A `guess` is for an idle model only.
     Generate {
@@ -705,6 +709,7 @@ impl TurnEngine {
                         id,
                         pcm,
                         guess: false,
+                        listening: self.listening(),
                     }));
                     return;
                 }
@@ -878,6 +883,7 @@ impl TurnEngine {
             id,
             pcm,
             guess: true,
+            listening: self.listening(),
         }));
         self.speculation = Some(Speculation {
             recognition: id,
@@ -1173,6 +1179,14 @@ impl TurnEngine {
         }
     }
 
+    /// What the caller is expected to say now, for recognition.
+    fn listening(&self) -> Listening {
+        match self.conv.expecting() {
+            Expecting::Digits(_) => Listening::Digits,
+            _ => Listening::Speech,
+        }
+    }
+
     fn transcribe(&mut self, utterance: u64, join_previous: bool) {
         let Utterance { mut pcm, span } = self.utterances.remove(&utterance).unwrap_or(Utterance {
             pcm: Vec::new(),
@@ -1206,6 +1220,7 @@ impl TurnEngine {
             id,
             pcm,
             guess: false,
+            listening: self.listening(),
         }));
     }
 
