@@ -100,6 +100,12 @@ impl WordPieceTokenizer {
         })
     }
 
+    /// Whether `word` (lower-case) is a whole word of the vocabulary, i.e. a word of the
+    /// language rather than a misspelling the model would cut into pieces.
+    pub fn is_word(&self, word: &str) -> bool {
+        !word.starts_with("##") && self.vocab.contains_key(word)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
     }
@@ -540,6 +546,7 @@ mod tests {
         }
         let t = WordPieceTokenizer::from_file(&path).unwrap();
         assert_eq!(t.vocab_size(), 30522);
+        assert!(t.is_word("massage") && !t.is_word("clinik") && !t.is_word("##ist"));
         assert_eq!(t.encode("hello world"), [101, 7592, 2088, 102]);
         assert_eq!(t.encode("Hello, world!"), [101, 7592, 1010, 2088, 999, 102]);
         assert_eq!(
