@@ -456,7 +456,7 @@ fn intents_by_meaning_beat_words_on_recognizer_errors_and_paraphrases() {
     let keywords = Keywords::from_examples(INTENTS.iter().flat_map(|(_, e)| e.iter().copied()));
     let respelled: Vec<Option<String>> = PHRASINGS
         .iter()
-        .map(|(_, _, said)| keywords.respelled(said, |w| embedder.tokenizer().is_word(w)))
+        .map(|(_, _, said)| keywords.respelled(said, |w| embedder.is_word(w)))
         .collect();
     let started = Instant::now();
     let heard: Vec<Vec<f32>> = PHRASINGS

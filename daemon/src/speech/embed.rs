@@ -440,6 +440,10 @@ impl SentenceEmbedding for SentenceEmbedder {
         let batch: Vec<Vec<i64>> = texts.iter().map(|t| self.tokenizer.encode(t)).collect();
         self.run(&batch)
     }
+
+    fn is_word(&self, word: &str) -> bool {
+        self.tokenizer.is_word(word)
+    }
 }
 
 #[cfg(test)]

@@ -367,6 +367,13 @@ pub trait SentenceEmbedding: Send + Sync {
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         texts.iter().map(|t| self.embed(t)).collect()
     }
+
+    /// Whether `word` (lower-case) is a whole word of the model's vocabulary: a word of the
+    /// language rather than a misspelling (`agent::meaning::Keywords::respelled` asks).
+    fn is_word(&self, word: &str) -> bool {
+        let _ = word;
+        true
+    }
 }
 
 #[cfg(test)]
