@@ -109,6 +109,7 @@ bench: test-deps ggml bench-ref
 	$(CARGO) bench --locked --bench speech
 	$(CARGO) bench --locked --bench agent_turns
 	$(CARGO) bench --locked --bench uplink
+	$(CARGO) bench --locked --bench embed
 	@echo "tables written under target/bench/"
 
 clean:

@@ -7,6 +7,7 @@ pub mod collect;
 pub mod conversation;
 pub mod endpoint;
 pub mod engines;
+pub mod meaning;
 pub mod sentences;
 #[cfg(test)]
 pub mod sim;

@@ -19,6 +19,9 @@ pub enum Role {
     TtsVoice,
     TtsVoiceConfig,
     RuntimeLibrary,
+    /// Sentence embeddings (intents matched by meaning) and their tokenizer.
+    SentenceEmbedding,
+    SentenceEmbeddingTokenizer,
 }
 
 /// One file of the manifest.
@@ -619,6 +622,8 @@ mod tests {
             Role::TtsVoice,
             Role::TtsVoiceConfig,
             Role::RuntimeLibrary,
+            Role::SentenceEmbedding,
+            Role::SentenceEmbeddingTokenizer,
         ] {
             assert!(m.entry(role).is_some(), "{role:?} missing");
         }

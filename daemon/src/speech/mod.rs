@@ -10,6 +10,7 @@
 //! `.cargo/config.toml`); `tests/speech_engines.rs` proves both run in one
 //! process. Piper's ONNX Runtime is loaded at run time from the model bundle (`tts`).
 
+pub mod embed;
 pub mod llm;
 pub mod pool;
 pub mod service;
@@ -22,6 +23,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use embed::{EmbedConfig, SentenceEmbedder};
 pub use llm::{LlamaEngine, LlamaSession, LlmConfig};
 pub use tts::{PiperConfig, PiperSynthesizer};
 pub use vad::SileroVad;
@@ -34,6 +36,9 @@ pub const ASR_SAMPLE_RATE: u32 = 16_000;
 pub const WHISPER_MODEL_FILE: &str = "whisper/ggml-tiny.en-q8_0.bin";
 pub const VAD_MODEL_FILE: &str = "vad/ggml-silero-v6.2.0.bin";
 pub const LLM_MODEL_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Sentence embeddings (all-MiniLM-L6-v2, int8 ONNX) and its tokenizer (`embed`).
+pub const EMBED_MODEL_FILE: &str = "embed/all-MiniLM-L6-v2-int8.onnx";
+pub const EMBED_TOKENIZER_FILE: &str = "embed/all-MiniLM-L6-v2.tokenizer.json";
 /// The Piper voice (its `.onnx.json` config sits next to it).
 pub const TTS_VOICE_FILE: &str = "piper/en_US-joe-medium.onnx";
 /// The ONNX Runtime library Piper runs on (loaded at run time, not linked), in a model bundle.
@@ -354,6 +359,43 @@ pub const MIN_AUDIO_CTX: u64 = 200;
 /// Converts 16-bit PCM to the f32 samples the recognizers take.
 pub fn pcm_i16_to_f32(pcm: &[i16]) -> Vec<f32> {
     pcm.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+/// Sentence embedding errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("sentence embedding model {} not found: install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    ModelMissing(PathBuf),
+    #[error("sentence embedding tokenizer {} not found: it comes with the model; install the models with `edgevoice models install`", .0.display())]
+    TokenizerMissing(PathBuf),
+    #[error("sentence embedding tokenizer {} is not a WordPiece tokenizer.json: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    TokenizerInvalid { path: PathBuf, reason: String },
+    #[error("sentence embeddings need ONNX Runtime: {0}")]
+    OnnxRuntime(TtsError),
+    #[error("could not load the sentence embedding model {}: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("sentence embedding failed: {0}")]
+    Inference(String),
+}
+
+/// Sentence embeddings: a model loaded once, shared by every call. Vectors are unit length, so
+/// their dot product is their cosine similarity.
+pub trait SentenceEmbedding: Send + Sync {
+    /// The embedding of one text (a caller's turn, an intent's example).
+    fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError>;
+
+    /// The embeddings of several texts, in order (one model run where the engine can: an
+    /// agent's intent examples at start-up).
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        texts.iter().map(|t| self.embed(t)).collect()
+    }
+
+    /// Whether `word` (lower-case) is a whole word of the model's vocabulary: a word of the
+    /// language rather than a misspelling (`agent::meaning::Keywords::respelled` asks).
+    fn is_word(&self, word: &str) -> bool {
+        let _ = word;
+        true
+    }
 }
 
 #[cfg(test)]
