@@ -36,14 +36,14 @@ fn site_bundle_installs_verifies_and_a_corrupt_model_is_named_with_its_hash() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).matches("installed  ").count(),
-        6,
+        7,
         "{}",
         text(&out.stdout)
     );
 
     let out = models_cmd(&["verify"], models.path(), &manifest);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).matches("ok ").count(), 6);
+    assert_eq!(text(&out.stdout).matches("ok ").count(), 7);
 
     // Installing again copies nothing.
     let out = models_cmd(
@@ -51,7 +51,7 @@ fn site_bundle_installs_verifies_and_a_corrupt_model_is_named_with_its_hash() {
         models.path(),
         &manifest,
     );
-    assert_eq!(text(&out.stdout).matches("already installed").count(), 6);
+    assert_eq!(text(&out.stdout).matches("already installed").count(), 7);
 
     // Flip one byte of the VAD model: verify names the file and the expected hash, exit 1.
     let vad = models.path().join("vad/ggml-silero-v6.2.0.bin");
@@ -108,7 +108,7 @@ fn missing_file_in_the_mirror_is_named_and_others_still_install() {
         err.contains("d243ee7babe91b651f98b9fcffb3ea732be9e063f041dec8a0b2bc6bed25927c"),
         "{err}"
     );
-    assert!(err.contains("4 of 6 models failed"), "{err}");
+    assert!(err.contains("5 of 7 models failed"), "{err}");
     assert!(text(&out.stdout).contains("installed  silero-vad-v6.2.0"));
     assert!(models
         .path()

@@ -19,6 +19,8 @@ pub enum Role {
     TtsVoice,
     TtsVoiceConfig,
     RuntimeLibrary,
+    /// The semantic end-of-turn model (Smart Turn).
+    TurnDetector,
 }
 
 /// One file of the manifest.
@@ -619,6 +621,7 @@ mod tests {
             Role::TtsVoice,
             Role::TtsVoiceConfig,
             Role::RuntimeLibrary,
+            Role::TurnDetector,
         ] {
             assert!(m.entry(role).is_some(), "{role:?} missing");
         }
