@@ -191,8 +191,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("turn.onnx");
         std::fs::write(&model, b"not a model").unwrap();
-        let err = SmartTurn::load(SmartTurnConfig::new(&model, dir.path().join("none.so")))
-            .unwrap_err();
+        let err =
+            SmartTurn::load(SmartTurnConfig::new(&model, dir.path().join("none.so"))).unwrap_err();
         assert!(
             matches!(err, TurnDetectError::OnnxRuntimeMissing(_)),
             "{err:?}"
