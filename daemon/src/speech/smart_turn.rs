@@ -9,6 +9,11 @@
 //!
 //! The model was trained on 16 kHz speech; phone calls bring 8 kHz G.711 upsampled to 16 kHz.
 //! `tests/speech_turn_detect.rs` measures it on both.
+//!
+//! The CPU model is int8 with dynamic quantization (scales taken from each tensor's min/max at
+//! run time): a difference of one f32 ulp in one feature can move the score by up to ~0.2 on a
+//! borderline turn. Our features match Pipecat's to f32 rounding and give the same scores
+//! (bench `turn_detect`); treat scores near the threshold as a coin toss, not as evidence.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
