@@ -107,6 +107,7 @@ bench: test-deps ggml bench-ref
 	$(CARGO) bench --locked --bench media_calls
 	$(CARGO) bench --locked --bench outbox
 	$(CARGO) bench --locked --bench speech
+	$(CARGO) bench --locked --bench turn_detect
 	$(CARGO) bench --locked --bench agent_turns
 	$(CARGO) bench --locked --bench uplink
 	$(CARGO) bench --locked --bench embed

@@ -8,6 +8,8 @@
 #   - Piper 1.8.0 (piper-tts) on ONNX Runtime 1.24.4, both from PyPI, in a venv;
 #   - sentence embeddings: Hugging Face `tokenizers` and ONNX Runtime 1.24.4 (Python, PyPI) in
 #     a venv, run by embed_ref.py on the same MiniLM files (daemon/benches/embed.rs).
+#   - Pipecat 1.14.0's Smart Turn v3 feature code (pipecat-ai, without its dependencies) with
+#     numpy and ONNX Runtime 1.24.4, in a venv (run by bench/reference/smart_turn_ref.py).
 # Both C++ builds use GGML_NATIVE=OFF like our ggml (target/ggml-prefix), so the comparison is
 # engine against engine, not instruction set against instruction set.
 #
@@ -27,6 +29,8 @@ PIPER_TTS_VERSION="1.8.0"
 ONNXRUNTIME_PY_VERSION="1.24.4"
 TOKENIZERS_PY_VERSION="0.23.3"
 NUMPY_PY_VERSION="2.4.6"
+PIPECAT_VERSION="1.14.0"
+NUMPY_VERSION="2.4.6"
 LLAMA_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
 LLAMA_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 
@@ -115,9 +119,26 @@ build_embed() {
     echo "$want" >"$stamp"
 }
 
-# `build.sh embed` builds only the parts named.
+build_smart_turn() {
+    local venv="$out/smart-turn-venv" stamp="$out/smart-turn.stamp"
+    local want="pipecat-ai $PIPECAT_VERSION numpy $NUMPY_VERSION onnxruntime $ONNXRUNTIME_PY_VERSION"
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    rm -f "$out/smart-turn.error"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { fail smart-turn "python3 -m venv failed (python3-venv missing?)"; return 1; }
+    # pipecat-ai without its dependencies: only its numpy feature code is used.
+    "$venv/bin/pip" install -q --no-deps "pipecat-ai==$PIPECAT_VERSION" >"$out/smart-turn-install.log" 2>&1 \
+        && "$venv/bin/pip" install -q "numpy==$NUMPY_VERSION" \
+            "onnxruntime==$ONNXRUNTIME_PY_VERSION" >>"$out/smart-turn-install.log" 2>&1 \
+        || { fail smart-turn "pip install failed, see $out/smart-turn-install.log"; return 1; }
+    echo "$want" >"$stamp"
+}
+
+# `build.sh embed smart_turn` builds only the parts named.
 status=0
-for part in ${*:-whisper llama piper embed}; do
+for part in ${*:-whisper llama piper embed smart_turn}; do
     "build_$part" || status=1
 done
 # A missing reference is reported, not fatal: the bench says which figures fell back.

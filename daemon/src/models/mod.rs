@@ -22,6 +22,8 @@ pub enum Role {
     /// Sentence embeddings (intents matched by meaning) and their tokenizer.
     SentenceEmbedding,
     SentenceEmbeddingTokenizer,
+    /// The semantic end-of-turn model (Smart Turn).
+    TurnDetector,
 }
 
 /// One file of the manifest.
@@ -624,6 +626,7 @@ mod tests {
             Role::RuntimeLibrary,
             Role::SentenceEmbedding,
             Role::SentenceEmbeddingTokenizer,
+            Role::TurnDetector,
         ] {
             assert!(m.entry(role).is_some(), "{role:?} missing");
         }

@@ -12,8 +12,10 @@
 
 pub mod embed;
 pub mod llm;
+pub mod mel;
 pub mod pool;
 pub mod service;
+pub mod smart_turn;
 pub mod text;
 pub mod tts;
 pub mod vad;
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 pub use embed::{EmbedConfig, SentenceEmbedder};
 pub use llm::{LlamaEngine, LlamaSession, LlmConfig};
+pub use smart_turn::{SmartTurn, SmartTurnConfig};
 pub use tts::{PiperConfig, PiperSynthesizer};
 pub use vad::SileroVad;
 pub use whisper::{WhisperConfig, WhisperRecognizer, WhisperSession};
@@ -41,6 +44,8 @@ pub const EMBED_MODEL_FILE: &str = "embed/all-MiniLM-L6-v2-int8.onnx";
 pub const EMBED_TOKENIZER_FILE: &str = "embed/all-MiniLM-L6-v2.tokenizer.json";
 /// The Piper voice (its `.onnx.json` config sits next to it).
 pub const TTS_VOICE_FILE: &str = "piper/en_US-joe-medium.onnx";
+/// Smart Turn v3.2: whether the caller's turn sounds complete (ONNX, on the same runtime as Piper).
+pub const TURN_MODEL_FILE: &str = "turn/smart-turn-v3.2-cpu.onnx";
 /// The ONNX Runtime library Piper runs on (loaded at run time, not linked), in a model bundle.
 pub const ONNXRUNTIME_FILE: &str = "onnxruntime/libonnxruntime.so.1.24.4";
 /// The same library as the .deb installs it.
@@ -154,6 +159,23 @@ pub enum TtsError {
     Synthesis(String),
 }
 
+/// End-of-turn detection errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnDetectError {
+    #[error("end-of-turn model {} not found: install the models with `edgevoice models install` (or point models.dir at them)", .0.display())]
+    ModelMissing(PathBuf),
+    #[error("ONNX Runtime library {} not found: end-of-turn detection needs it; the edgevoice package installs it under /usr/lib/edgevoice, `edgevoice models install` into models.dir (or set speech.onnxruntime)", .0.display())]
+    OnnxRuntimeMissing(PathBuf),
+    #[error("could not load the ONNX Runtime library {} for end-of-turn detection: {reason} (it must be ONNX Runtime 1.24 or newer, readable by the daemon's user; re-install it with `edgevoice models install`)", path.display())]
+    OnnxRuntimeLoad { path: PathBuf, reason: String },
+    #[error("could not load the end-of-turn model {}: {reason} (re-install it with `edgevoice models install`; `edgevoice models verify` checks the files)", path.display())]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("end-of-turn detection was given unusable input: {0}")]
+    InvalidAudio(String),
+    #[error("end-of-turn inference failed: {0}")]
+    Inference(String),
+}
+
 /// Checks that a model file exists (before handing its path to C code that would only say
 /// "failed to load").
 pub(crate) fn require_file<E>(path: &Path, missing: impl FnOnce(PathBuf) -> E) -> Result<(), E> {
@@ -169,6 +191,14 @@ pub trait VoiceActivity: Send {
     /// Speech probability (0..=1) of each whole window of [`vad::WINDOW_SAMPLES`] samples
     /// (16 kHz mono) in `windows`, continuing from the previous call.
     fn process(&mut self, windows: &[f32]) -> Result<Vec<f32>, AsrError>;
+}
+
+/// Semantic end of turn: does the caller's turn sound finished? A model loaded once, shared by
+/// every call; blocking CPU work (tens of ms), run it off the async runtime.
+pub trait TurnCompletion: Send + Sync {
+    /// The probability (0..=1) that the turn in `pcm_16k` (16 kHz mono f32, the turn so far;
+    /// only its last 8 s are heard) is complete.
+    fn completion(&self, pcm_16k: &[f32]) -> Result<f32, TurnDetectError>;
 }
 
 /// Speech recognition: a model loaded once, shared by every call.

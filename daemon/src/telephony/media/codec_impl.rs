@@ -14,7 +14,7 @@ pub(crate) fn samples_per_ts(codec: Codec) -> usize {
     (codec.sample_rate() / codec.rtp_clock_rate()) as usize
 }
 
-pub(crate) enum AudioEncoder {
+pub enum AudioEncoder {
     Pcmu(PcmuEncoder),
     Pcma(PcmaEncoder),
     // Boxed: the ADPCM state is a few hundred bytes, the G.711 ones are empty.
@@ -22,7 +22,7 @@ pub(crate) enum AudioEncoder {
 }
 
 impl AudioEncoder {
-    pub(crate) fn new(codec: Codec) -> Self {
+    pub fn new(codec: Codec) -> Self {
         match codec {
             Codec::Pcmu => AudioEncoder::Pcmu(PcmuEncoder::new()),
             Codec::Pcma => AudioEncoder::Pcma(PcmaEncoder::new()),
@@ -31,7 +31,7 @@ impl AudioEncoder {
     }
 
     /// Appends the encoding of `pcm` (at the codec's sample rate) to `out`.
-    pub(crate) fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
+    pub fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
         let start = out.len();
         let enc: &mut dyn audio_codec::Encoder = match self {
             AudioEncoder::Pcmu(e) => e,
@@ -46,14 +46,14 @@ impl AudioEncoder {
     }
 }
 
-pub(crate) enum AudioDecoder {
+pub enum AudioDecoder {
     Pcmu(PcmuDecoder),
     Pcma(PcmaDecoder),
     G722(Box<G722Decoder>),
 }
 
 impl AudioDecoder {
-    pub(crate) fn new(codec: Codec) -> Self {
+    pub fn new(codec: Codec) -> Self {
         match codec {
             Codec::Pcmu => AudioDecoder::Pcmu(PcmuDecoder::new()),
             Codec::Pcma => AudioDecoder::Pcma(PcmaDecoder::new()),
@@ -63,7 +63,7 @@ impl AudioDecoder {
 
     /// Appends the decoding of `payload` to `out`. Any octet string is a valid payload for
     /// these codecs, so this is total.
-    pub(crate) fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
+    pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
         let start = out.len();
         let dec: &mut dyn audio_codec::Decoder = match self {
             AudioDecoder::Pcmu(d) => d,

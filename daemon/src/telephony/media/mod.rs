@@ -49,6 +49,8 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+// Public for tests and benches that put audio through the telephone path the calls use.
+pub use codec_impl::{AudioDecoder, AudioEncoder};
 pub use recorder::Recorder;
 pub use resample::{Resampler, ASR_SAMPLE_RATE, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 pub use session::MediaSession;
