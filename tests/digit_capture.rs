@@ -16,9 +16,8 @@ use std::process::Command;
 
 use edgevoice::agent::spoken::{self, DigitSpan};
 use edgevoice::speech::{
-    pcm_i16_to_f32, AsrSession, Listening, PiperConfig, PiperSynthesizer, SpeechRecognizer,
-    SpeechSynthesizer, WhisperConfig, WhisperRecognizer, ONNXRUNTIME_FILE, TTS_VOICE_FILE,
-    WHISPER_MODEL_FILE,
+    pcm_i16_to_f32, Listening, PiperConfig, PiperSynthesizer, SpeechRecognizer, SpeechSynthesizer,
+    WhisperConfig, WhisperRecognizer, ONNXRUNTIME_FILE, TTS_VOICE_FILE, WHISPER_MODEL_FILE,
 };
 
 const DIGIT_WORDS: [&str; 10] = [

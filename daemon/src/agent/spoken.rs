@@ -1118,8 +1118,14 @@ mod tests {
 
     #[test]
     fn letters_whisper_writes_for_digits_are_digits_between_digits() {
-        assert_eq!(d("Oh, 7, 5, oh, A, 1, 7.").as_deref(), Some("07508 17".replace(' ', "").as_str()));
-        assert_eq!(d("You can reach me on L7 A3 A9 4 1").as_deref(), Some("0783894 1".replace(' ', "").as_str()));
+        assert_eq!(
+            d("Oh, 7, 5, oh, A, 1, 7.").as_deref(),
+            Some("07508 17".replace(' ', "").as_str())
+        );
+        assert_eq!(
+            d("You can reach me on L7 A3 A9 4 1").as_deref(),
+            Some("0783894 1".replace(' ', "").as_str())
+        );
         assert_eq!(d("7. Double A. Free.").as_deref(), Some("7883"));
         assert_eq!(d("I have a question"), None);
         let four = DigitSpan { min: 4, max: 4 };
