@@ -81,10 +81,12 @@ pub enum Input {
         utterance: u64,
         ended_at: Instant,
     },
-    /// Recognition of an utterance finished (text may be empty: nothing intelligible).
+    /// Recognition of an utterance finished (text may be empty: nothing intelligible);
+    /// `meaning`: the intent its words mean (sentence embeddings), when one is clearly closest.
     Transcript {
         utterance: u64,
         text: String,
+        meaning: Option<String>,
     },
     RecognitionFailed {
         utterance: u64,
@@ -519,10 +521,12 @@ impl Conversation {
                     self.filler_at = Some(ended_at.min(now) + ms(self.spec.config.filler_after_ms));
                 }
             }
-            Input::Transcript { text, .. } => self.on_transcript(now, text, &mut out),
+            Input::Transcript { text, meaning, .. } => {
+                self.on_transcript(now, text, meaning, &mut out)
+            }
             Input::RecognitionFailed { error, .. } => {
                 self.record.errors.push(format!("recognition: {error}"));
-                self.on_transcript(now, String::new(), &mut out);
+                self.on_transcript(now, String::new(), None, &mut out);
             }
             Input::Dtmf(digit) => self.on_dtmf(now, digit, &mut out),
             Input::ReplyClause { turn, text } => {
@@ -654,7 +658,13 @@ impl Conversation {
         self.state = ConversationState::Listening;
     }
 
-    fn on_transcript(&mut self, now: Instant, text: String, out: &mut Vec<Action>) {
+    fn on_transcript(
+        &mut self,
+        now: Instant,
+        text: String,
+        meaning: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
         let text = text.trim().to_owned();
         if self.state == ConversationState::TakingMessage {
             self.filler_at = None;
@@ -686,7 +696,16 @@ impl Conversation {
             return;
         }
         let caller = text;
-        let intent = self.spec.match_intent(&caller).cloned();
+        // The words of an example first; else the intent the words mean (a misheard keyword,
+        // another phrasing).
+        let intent = self
+            .spec
+            .match_intent(&caller)
+            .or_else(|| {
+                let name = meaning?;
+                self.spec.intents.iter().find(|i| i.name == name)
+            })
+            .cloned();
         if let Some(collecting) = self.collecting.as_mut() {
             // The words answer what was asked, unless they are no answer and ask for something
             // else (a person, goodbye): then that intent wins and the collection is dropped.
@@ -1195,6 +1214,7 @@ mod tests {
             Input::Transcript {
                 utterance,
                 text: text.to_owned(),
+                meaning: None,
             },
         )
     }
@@ -1476,6 +1496,31 @@ mod tests {
     }
 
     #[test]
+    fn an_intent_found_by_meaning_acts_when_no_example_s_words_match() {
+        let t = Instant::now();
+        let mut c = agent("sip:desk@127.0.0.1");
+        listening(&mut c, t);
+        c.handle(t, Input::SpeechStarted);
+        c.handle(
+            t,
+            Input::SpeechEnded {
+                utterance: 1,
+                ended_at: t,
+            },
+        );
+        let a = c.handle(
+            t,
+            Input::Transcript {
+                utterance: 1,
+                text: "Can I speak with the recepshionist?".into(),
+                meaning: Some("human".into()),
+            },
+        );
+        assert_eq!(a[0], Action::Play(Prompt::Transfer));
+        assert_eq!(recorded(&a)[0].intent, "human");
+    }
+
+    #[test]
     fn a_key_without_a_rule_gets_a_short_help_prompt() {
         let t = Instant::now();
         let mut c = agent("sip:desk@127.0.0.1");
@@ -1577,6 +1622,7 @@ mod tests {
             Input::Transcript {
                 utterance: 2,
                 text: "Can I bring my dog to my appointment?".into(),
+                meaning: None,
             },
         );
         assert!(matches!(&a[..], [Action::Generate { turn: 2, .. }]));
@@ -1611,6 +1657,7 @@ mod tests {
             Input::Transcript {
                 utterance: 2,
                 text: "I need an appointment, for my son".into(),
+                meaning: None,
             },
         );
         assert!(
@@ -1783,6 +1830,7 @@ mod tests {
             Input::Transcript {
                 utterance: 2,
                 text: "Please call me back.".into(),
+                meaning: None,
             },
         );
         assert_eq!(a[0], Action::Play(Prompt::MessageTaken), "{a:?}");
@@ -1879,6 +1927,7 @@ mod tests {
             Input::Transcript {
                 utterance: 1,
                 text: "Can I book an appointment for my son?".into(),
+                meaning: None,
             },
         );
         assert!(c.handle_timeout(due - Duration::from_millis(1)).is_empty());
@@ -2041,6 +2090,7 @@ mod tests {
             Input::Transcript {
                 utterance: 2,
                 text: "Please call Jo back on 555 0100.".into(),
+                meaning: None,
             },
         );
         assert_eq!(a[0], Action::Play(Prompt::MessageTaken));

@@ -542,7 +542,14 @@ impl SimCall {
                     Some(from) if at >= from => Err("the decoder failed".to_owned()),
                     _ => self.asr.transcribe(&pcm).map_err(|e| e.to_string()),
                 };
-                self.schedule(self.delays.asr, EngineResult::Recognized { id, result });
+                self.schedule(
+                    self.delays.asr,
+                    EngineResult::Recognized {
+                        id,
+                        result,
+                        meaning: None,
+                    },
+                );
             }
             Job::Generate {
                 id,

@@ -49,8 +49,10 @@ enum Atom {
     /// A word whisper writes for a digit it misheard ("or"/"for" for four, "won" for one,
     /// "ate" for eight): that digit next to other digits, else a word.
     SoundsLike(u8),
-    /// "sorry", "no", "I mean", "actually": what follows corrects what came before.
+    /// "sorry", "I mean", "actually": what follows corrects what came before.
     Correction,
+    /// "no": a correction, or whisper's word for "oh" between digits.
+    No,
     /// "start again", "scratch that": forget what came before.
     Restart,
     /// Any other word: it ends a number.
@@ -225,6 +227,8 @@ fn atoms(text: &str) -> Vec<Atom> {
             Atom::SoundsLike(d)
         } else if let Some(d) = letter_for_digit(w) {
             Atom::LetterLike(d)
+        } else if w == "no" {
+            Atom::No
         } else if CORRECTIONS.contains(&w) {
             Atom::Correction
         } else if JOINERS.contains(&w) {
@@ -324,6 +328,31 @@ fn resolve_ambiguous(atoms: &mut [Atom]) {
             Atom::Oh | Atom::To | Atom::SoundsLike(_) => Atom::Word,
             ref other => other.clone(),
         };
+    }
+    // "7, no, 4": whisper's "no" for a spoken "oh" between digits is a zero; elsewhere "no"
+    // corrects ("no, it's 4278").
+    // Only between single digits: "4279, no, 4278" is a correction.
+    fn single_digit_beside(atoms: &[Atom], i: usize, step: isize) -> bool {
+        let mut j = i as isize + step;
+        while j >= 0 && (j as usize) < atoms.len() {
+            match &atoms[j as usize] {
+                Atom::Joiner | Atom::And => j += step,
+                Atom::Digit(_) => return true,
+                Atom::Numeral(n) => return n.len() == 1,
+                _ => return false,
+            }
+        }
+        false
+    }
+    for i in 0..atoms.len() {
+        if atoms[i] == Atom::No {
+            let zero = single_digit_beside(atoms, i, -1) && single_digit_beside(atoms, i, 1);
+            atoms[i] = if zero {
+                Atom::Digit(0)
+            } else {
+                Atom::Correction
+            };
+        }
     }
     // ...then letters, only between two digits ("7, A, 1")...
     for i in 0..atoms.len() {
@@ -499,6 +528,16 @@ fn without_run_on(mut digits: String, span: DigitSpan) -> String {
             digits.pop();
         } else {
             break;
+        }
+    }
+    // A number of one fixed length said again and again ("4, 2, 2, 4, 4, 2, 4, 4, …"): the
+    // decoder looping; its first pass is the number (read back, so a wrong guess is caught).
+    if span.min == span.max && count(&digits) > span.max && digits.is_ascii() {
+        let looped = digits[span.max..]
+            .bytes()
+            .all(|b| digits.as_bytes()[..span.max].contains(&b));
+        if looped {
+            digits.truncate(span.max);
         }
     }
     digits
@@ -1127,10 +1166,16 @@ mod tests {
             Some("0783894 1".replace(' ', "").as_str())
         );
         assert_eq!(d("7. Double A. Free.").as_deref(), Some("7883"));
+        assert_eq!(d("No, 7, no, 4, no, 4, 2").as_deref(), Some("704042"));
+        assert_eq!(d("4279, no, 4278").as_deref(), Some("4278"));
         assert_eq!(d("I have a question"), None);
         let four = DigitSpan { min: 4, max: 4 };
         assert_eq!(digits("4, 2, 2, 4, 4,", four).as_deref(), Some("4224"));
         assert_eq!(digits("4, 2, 9, 4, 4,", four).as_deref(), Some("4294"));
+        assert_eq!(
+            digits("4, 2, 2, 4, 4, 2, 4, 4, 2, 4, 4, 4,", four).as_deref(),
+            Some("4224")
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::record::CallRecord;
 use crate::agent::engines::AgentEngines;
-use crate::agent::turns::{EngineResult, Job, JobId, TurnConfig, TurnEngine, TurnOutput};
+use crate::agent::turns::{
+    clean_transcript, EngineResult, Job, JobId, TurnConfig, TurnEngine, TurnOutput,
+};
 use crate::agent::{slots, Conversation};
 use crate::config::Config;
 use crate::speech::service::{CallSpeech, JobRefused, LlmEvent};
@@ -237,10 +239,22 @@ impl AgentRun {
                 id, pcm, listening, ..
             } => {
                 let tx = self.results_tx.clone();
+                let meaning_engine = self.engines.meaning.clone();
                 let queued = self.speech.transcribe(pcm, listening, move |result| {
+                    // On the recognizer's thread, a few ms: the intent the words mean.
+                    let meaning = match (&result, &meaning_engine) {
+                        (Ok(t), Some(engine)) => engine.intent_of(&clean_transcript(&t.text)).map(|m| {
+                            tracing::debug!(intent = %m.intent, score = m.score, "intent by meaning");
+                            m.intent
+                        }),
+                        _ => None,
+                    };
                     let result = result.map_err(|e| e.to_string());
-                    let _ = tx
-                        .blocking_send(AgentEvent::Engine(EngineResult::Recognized { id, result }));
+                    let _ = tx.blocking_send(AgentEvent::Engine(EngineResult::Recognized {
+                        id,
+                        result,
+                        meaning,
+                    }));
                 });
                 if queued.is_err() {
                     self.immediate.push_back(EngineResult::Busy { id });

@@ -163,6 +163,8 @@ pub enum EngineResult {
     Recognized {
         id: JobId,
         result: Result<Transcript, String>,
+        /// The intent the words mean (sentence embeddings), when one is clearly closest.
+        meaning: Option<String>,
     },
     Token {
         id: JobId,
@@ -251,6 +253,8 @@ struct Speculation {
     /// 16 kHz sample span of the utterance as the pause saw it.
     span: (u64, u64),
     transcript: Option<Result<Transcript, String>>,
+    /// The intent its words mean, if one.
+    meaning: Option<String>,
     generation: Option<GuessedGeneration>,
 }
 
@@ -499,7 +503,11 @@ impl TurnEngine {
                 }
                 self.ask_vad();
             }
-            EngineResult::Recognized { id, result } => self.on_recognized(now, id, result),
+            EngineResult::Recognized {
+                id,
+                result,
+                meaning,
+            } => self.on_recognized(now, id, result, meaning),
             EngineResult::Token { id, text } => {
                 let Some(turn) = self.turn_generating(id) else {
                     return;
@@ -584,7 +592,7 @@ impl TurnEngine {
                 self.speculation = None;
                 return;
             }
-            self.on_recognized(now, id, Err(busy));
+            self.on_recognized(now, id, Err(busy), None);
         } else if self.turn_generating(id).is_some() {
             self.on_generation_failed(now, id, busy);
         } else if self.extractions.contains_key(&id) {
@@ -732,9 +740,17 @@ impl TurnEngine {
         }
     }
 
-    fn on_recognized(&mut self, now: Instant, id: JobId, result: Result<Transcript, String>) {
+    fn on_recognized(
+        &mut self,
+        now: Instant,
+        id: JobId,
+        result: Result<Transcript, String>,
+        meaning: Option<String>,
+    ) {
         match self.recognitions.remove(&id) {
-            Some(Recognition::Turn(utterance)) => self.on_turn_transcript(now, utterance, result),
+            Some(Recognition::Turn(utterance)) => {
+                self.on_turn_transcript(now, utterance, result, meaning)
+            }
             Some(Recognition::Overlap(utterance)) => {
                 self.on_overlap_transcript(now, utterance, result)
             }
@@ -744,6 +760,7 @@ impl TurnEngine {
                         .as_ref()
                         .is_ok_and(|t| self.conv.expecting().is_complete(&t.text));
                     spec.transcript = Some(result);
+                    spec.meaning = meaning;
                     self.speculate_generation(now);
                     // The words at the pause are the whole answer awaited: the turn ends now,
                     // not after the endpoint silence.
@@ -766,6 +783,7 @@ impl TurnEngine {
         now: Instant,
         utterance: u64,
         result: Result<Transcript, String>,
+        meaning: Option<String>,
     ) {
         self.timing.asr_final.get_or_insert(now);
         let input = match result {
@@ -783,6 +801,7 @@ impl TurnEngine {
                 Input::Transcript {
                     utterance,
                     text: clean_transcript(&t.text),
+                    meaning,
                 }
             }
             Err(error) => {
@@ -889,6 +908,7 @@ impl TurnEngine {
             recognition: id,
             span: (start_sample, end_sample),
             transcript: None,
+            meaning: None,
             generation: None,
         });
     }
@@ -903,12 +923,14 @@ impl TurnEngine {
         let Some(Speculation {
             transcript: Some(Ok(transcript)),
             generation: None,
+            meaning,
             ..
         }) = &self.speculation
         else {
             return;
         };
         let said = transcript.text.clone();
+        let meaning = meaning.clone();
         let mut probe = self.conv.clone();
         let utterance = self.next_utterance;
         let _ = probe.handle(
@@ -923,6 +945,7 @@ impl TurnEngine {
             Input::Transcript {
                 utterance,
                 text: clean_transcript(&said),
+                meaning,
             },
         );
         let Some(action) = actions
@@ -1000,8 +1023,12 @@ impl TurnEngine {
             // Its generation, if one was guessed, waits for the turn to ask for it.
             Some(result) => {
                 tracing::debug!(utterance, "speculative recognition adopted");
-                self.replay
-                    .push_back(EngineResult::Recognized { id, result });
+                let meaning = spec.meaning.take();
+                self.replay.push_back(EngineResult::Recognized {
+                    id,
+                    result,
+                    meaning,
+                });
             }
             // Still running: no generation was guessed, the speculation is spent.
             None => {
@@ -1196,8 +1223,11 @@ impl TurnEngine {
             if !join_previous {
                 let id = self.job_id();
                 self.recognitions.insert(id, Recognition::Turn(utterance));
-                self.replay
-                    .push_back(EngineResult::Recognized { id, result });
+                self.replay.push_back(EngineResult::Recognized {
+                    id,
+                    result,
+                    meaning: None,
+                });
                 self.last_utterance = Some(pcm);
                 return;
             }
