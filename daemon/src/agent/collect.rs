@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::slots::SlotSpec;
 use super::spoken::{self, DigitSpan};
+use super::triage::{triage, Triage};
 use crate::config::{SlotConfig, SlotKind};
 
 /// What the call is waiting to hear: the turn engine ends the caller's turn by it.
@@ -36,7 +37,30 @@ impl Expecting {
                         && spoken::digit_runs(text).is_empty()
                         && text.split_whitespace().count() <= 3)
             }
-            Expecting::Anything | Expecting::Message => false,
+            // A question asked whole ("…hours?") or a goodbye needs no more silence; a
+            // statement may go on after a pause, so it waits for the endpoint.
+            Expecting::Anything => {
+                let kind = triage(text, |_| false);
+                kind == Triage::Closing
+                    || (text.trim_end().ends_with('?')
+                        && text.split_whitespace().count() >= 3
+                        && kind != Triage::Unfinished)
+            }
+            Expecting::Message => false,
+        }
+    }
+
+    /// The words so far stop mid-thought ("I'd like to, um"): wait longer before taking the
+    /// turn as over.
+    pub fn is_unfinished(self, text: &str) -> bool {
+        match self {
+            Expecting::Anything | Expecting::Message => {
+                triage(text, |_| false) == Triage::Unfinished
+            }
+            Expecting::Digits(span) => {
+                spoken::digits(text, span).is_none_or(|d| d.len() < span.min)
+            }
+            Expecting::YesNo => false,
         }
     }
 }
@@ -534,7 +558,12 @@ mod tests {
         assert!(Expecting::YesNo.is_complete("Yes, that's right."));
         assert!(Expecting::YesNo.is_complete("No."));
         assert!(!Expecting::YesNo.is_complete("No, it's four two"));
-        assert!(!Expecting::Anything.is_complete("What are your hours?"));
+        assert!(Expecting::Anything.is_complete("What are your hours?"));
+        assert!(!Expecting::Anything.is_complete("I'd like to book."));
+        assert!(!Expecting::Anything.is_complete("Hours?"));
+        assert!(Expecting::Anything.is_complete("Thanks, bye."));
+        assert!(Expecting::Anything.is_unfinished("I'd like to, um"));
+        assert!(!Expecting::Anything.is_unfinished("I'd like to book an appointment."));
     }
 
     #[test]

@@ -115,13 +115,24 @@ impl AgentSpec {
         SpeechPlan {
             system_prompt: self.system_prompt(),
             prompts: Prompt::ALL.iter().map(|p| p.text(c).to_owned()).collect(),
+            // Said as they are, so rendered once and cached: facts (and their sentences, said
+            // alone to a narrow question), replies, and what collect intents ask.
             phrases: c
                 .facts
                 .iter()
-                .chain(c.intents.iter().map(|i| &i.reply))
-                .chain(c.dtmf.iter().map(|d| &d.reply))
+                .cloned()
+                .chain(c.facts.iter().flat_map(|f| super::fact_sentences(f)))
+                .chain(c.intents.iter().map(|i| i.reply.clone()))
+                .chain(
+                    c.intents
+                        .iter()
+                        .flat_map(|i| i.slots.iter().map(|s| s.ask.clone())),
+                )
+                .chain(c.dtmf.iter().map(|d| d.reply.clone()))
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect(),
         }
     }

@@ -264,15 +264,25 @@ impl AgentSpec {
             .into_iter()
             .chain(WEAK_WORDS.iter().map(|w| (*w).to_owned()))
             .collect();
+        // A fact is said as a reply, not a speech: a fact of several sentences answers with the
+        // one the question is about (each is matched alone).
         let facts = config
             .facts
             .iter()
+            .flat_map(|f| {
+                let sentences = fact_sentences(f);
+                if sentences.is_empty() {
+                    vec![f.trim().to_owned()]
+                } else {
+                    sentences
+                }
+            })
             .map(|f| {
-                let words = content_words(f)
+                let words = content_words(&f)
                     .into_iter()
                     .filter(|w| !common.contains(w))
                     .collect();
-                (f.trim().to_owned(), words)
+                (f, words)
             })
             .collect();
         let topical = config
@@ -354,12 +364,15 @@ impl AgentSpec {
             })
             .collect();
         words.extend(related);
-        self.facts
-            .iter()
-            .map(|(fact, fw)| (fact, fw.iter().filter(|w| words.contains(w)).count()))
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)
-            .map(|(f, _)| f.as_str())
+        // The first of the best (config order), not the last.
+        let mut best: Option<(&str, usize)> = None;
+        for (fact, fw) in &self.facts {
+            let n = fw.iter().filter(|w| words.contains(w)).count();
+            if n > 0 && best.is_none_or(|(_, m)| n > m) {
+                best = Some((fact, n));
+            }
+        }
+        best.map(|(f, _)| f)
     }
 
     /// A number, day or time in `clause` that no fact states (the model made it up).
@@ -445,6 +458,41 @@ impl AgentSpec {
             .filter(|i| i.action == AgentAction::Answer && !i.reply.trim().is_empty())
             .map(|i| i.reply.as_str())
     }
+}
+
+/// The sentences of a fact of more than one ("… 5 pm. On Saturdays …"); empty for a fact of
+/// one sentence. Abbreviations with a full stop inside ("9 a.m.") do not split it.
+pub fn fact_sentences(fact: &str) -> Vec<String> {
+    const ABBREVIATIONS: &[&str] = &["dr", "mr", "mrs", "ms", "st", "no", "nr", "approx", "etc"];
+    let mut out = Vec::new();
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = fact.char_indices().collect();
+    for (k, &(i, c)) in chars.iter().enumerate() {
+        if !matches!(c, '.' | '?' | '!') {
+            continue;
+        }
+        let next = chars.get(k + 1).map(|&(_, n)| n);
+        let after = chars.get(k + 2).map(|&(_, n)| n);
+        let ends = next.is_none_or(char::is_whitespace)
+            && after.is_none_or(|a| a.is_uppercase() || a.is_ascii_digit());
+        let word_before = fact[start..i]
+            .rsplit(|ch: char| !ch.is_alphanumeric())
+            .next()
+            .unwrap_or("")
+            .to_lowercase();
+        if ends && !ABBREVIATIONS.contains(&word_before.as_str()) {
+            out.push(fact[start..=i].trim().to_owned());
+            start = i + c.len_utf8();
+        }
+    }
+    let rest = fact[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest.to_owned());
+    }
+    if out.len() < 2 {
+        return Vec::new();
+    }
+    out
 }
 
 /// A crude stem for topic matching: "dogs" and "dog", "hours" and "hour" are the same topic.
@@ -539,6 +587,29 @@ mod tests {
         );
         assert_eq!(s.match_intent("What are your opening hours?"), None);
         assert_eq!(s.match_intent(""), None);
+    }
+
+    #[test]
+    fn a_fact_of_several_sentences_answers_with_the_one_asked_about() {
+        let mut config = AgentConfig::default();
+        config.facts = vec![
+            "We are open Monday to Friday, from 9 am to 5 pm. Parking is free behind the building."
+                .into(),
+        ];
+        let spec = AgentSpec::new(&config);
+        assert_eq!(
+            spec.relevant_fact("Is there any parking?"),
+            Some("Parking is free behind the building.")
+        );
+        assert_eq!(
+            spec.relevant_fact("When are you open?"),
+            Some("We are open Monday to Friday, from 9 am to 5 pm.")
+        );
+        assert!(fact_sentences("One sentence, with a comma.").is_empty());
+        assert_eq!(
+            fact_sentences("Ask for Dr. Patel at 9 a.m. Parking is free."),
+            ["Ask for Dr. Patel at 9 a.m.", "Parking is free."]
+        );
     }
 
     #[test]

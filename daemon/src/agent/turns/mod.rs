@@ -309,6 +309,8 @@ pub struct TurnEngine {
     vad_done: u64,
     vad_busy: bool,
     endpointer: Endpointer,
+    /// The words at this pause stop mid-thought: the turn waits a longer silence.
+    hold_open: bool,
     utterances: HashMap<u64, Utterance>,
     next_utterance: u64,
     /// The audio last sent to recognition (joined with the next when the caller goes on).
@@ -349,6 +351,7 @@ impl TurnEngine {
             vad_done: 0,
             vad_busy: false,
             endpointer,
+            hold_open: false,
             utterances: HashMap::new(),
             next_utterance: 1,
             last_utterance: None,
@@ -610,11 +613,16 @@ impl TurnEngine {
 
     fn on_speech_probabilities(&mut self, now: Instant, probabilities: &[f32]) {
         // A number read out in groups, or a message, has pauses that are not its end.
-        let silence = match self.conv.expecting() {
-            Expecting::Digits(_) | Expecting::Message => {
-                self.cfg.endpoint.endpoint_silence_ms.max(ANSWER_PAUSE_MS)
-            }
-            Expecting::Anything | Expecting::YesNo => self.cfg.endpoint.endpoint_silence_ms,
+        // So do words that stop mid-thought ("I'd like to, um").
+        let long_pause = self.hold_open
+            || matches!(
+                self.conv.expecting(),
+                Expecting::Digits(_) | Expecting::Message
+            );
+        let silence = if long_pause {
+            self.cfg.endpoint.endpoint_silence_ms.max(ANSWER_PAUSE_MS)
+        } else {
+            self.cfg.endpoint.endpoint_silence_ms
         };
         self.endpointer.set_endpoint_silence_ms(silence);
         let speaking = self.agent_speaking();
@@ -687,6 +695,7 @@ impl TurnEngine {
                 end_sample,
                 ..
             } => {
+                self.hold_open = false;
                 let pcm = self.span_pcm(start_sample, end_sample);
                 // The VAD's speech ends a little after the voice does (its probability decays
                 // over a window or more): the caller's last speech sample is where the level
@@ -756,9 +765,14 @@ impl TurnEngine {
             }
             Some(Recognition::Guess) => {
                 if let Some(spec) = self.speculation.as_mut().filter(|s| s.recognition == id) {
+                    let expecting = self.conv.expecting();
                     let complete = result
                         .as_ref()
-                        .is_ok_and(|t| self.conv.expecting().is_complete(&t.text));
+                        .is_ok_and(|t| expecting.is_complete(&t.text));
+                    // Words that stop mid-thought: this pause is not the end of the turn.
+                    self.hold_open = result
+                        .as_ref()
+                        .is_ok_and(|t| expecting.is_unfinished(&t.text));
                     spec.transcript = Some(result);
                     spec.meaning = meaning;
                     self.speculate_generation(now);
@@ -1064,6 +1078,7 @@ impl TurnEngine {
 
     /// Forgets the speculation, cancelling a generation nobody adopted.
     fn drop_speculation(&mut self) {
+        self.hold_open = false;
         if let Some(spec) = self.speculation.take() {
             if self.recognitions.get(&spec.recognition) == Some(&Recognition::Guess) {
                 self.recognitions.remove(&spec.recognition);

@@ -392,3 +392,36 @@ fn whisper_non_speech_markers_are_not_caller_words() {
     assert_eq!(clean_transcript("*unintelligible*"), "");
     assert_eq!(clean_transcript("*coughs* Yes."), "Yes.");
 }
+
+#[test]
+fn a_whole_question_ends_at_the_pause_not_after_the_endpoint_silence() {
+    let script = sentences(&["Can I book an appointment for my son?"]);
+    let mut call = SimCall::new(agent(), script, model(LONG_REPLY))
+        .caller(&[(AFTER_GREETING_MS, CallerAct::Say { index: 0, ms: 1500 })]);
+    call.run(12_000);
+    let endpoint = call.turns[0].latency.endpoint_ms.expect("endpoint stamp");
+    // The pause's guess (200 ms pad + 150 ms recognition) decides, not 600 ms of silence.
+    assert!(
+        (300..500).contains(&endpoint),
+        "ended {endpoint} ms after the caller stopped"
+    );
+}
+
+#[test]
+fn words_that_stop_mid_thought_keep_the_turn_open_over_a_long_pause() {
+    let script = sentences(&["I'd like to um", "book an appointment for my son"]);
+    let mut call = SimCall::new(agent(), script, model(LONG_REPLY)).caller(&[
+        (AFTER_GREETING_MS, CallerAct::Say { index: 0, ms: 1000 }),
+        // 900 ms of silence: longer than the 600 ms endpoint.
+        (
+            AFTER_GREETING_MS + 1900,
+            CallerAct::Say { index: 1, ms: 1500 },
+        ),
+    ]);
+    call.run(14_000);
+    assert_eq!(call.turns.len(), 1, "{:?}", call.turns);
+    assert_eq!(
+        call.turns[0].turn.input.text(),
+        "I'd like to um book an appointment for my son"
+    );
+}
