@@ -591,11 +591,13 @@ mod tests {
 
     #[test]
     fn a_fact_of_several_sentences_answers_with_the_one_asked_about() {
-        let mut config = AgentConfig::default();
-        config.facts = vec![
-            "We are open Monday to Friday, from 9 am to 5 pm. Parking is free behind the building."
-                .into(),
-        ];
+        let config = AgentConfig {
+            facts: vec![
+                "We are open Monday to Friday, from 9 am to 5 pm. Parking is free behind the building."
+                    .into(),
+            ],
+            ..AgentConfig::default()
+        };
         let spec = AgentSpec::new(&config);
         assert_eq!(
             spec.relevant_fact("Is there any parking?"),
