@@ -314,16 +314,9 @@ impl SentenceEmbedder {
             path: config.model.clone(),
             reason,
         };
-        let session = Session::builder()
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(config.threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(&config.model)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session =
+            super::tts::onnx_session(&config.model, config.threads, super::tts::OnnxGraph::AsIs)
+                .map_err(load_err)?;
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for needed in ["input_ids", "attention_mask"] {
             if !input_names.contains(&needed) {

@@ -18,7 +18,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -75,18 +74,12 @@ impl SmartTurn {
             path: config.model.clone(),
             reason,
         };
-        let session = Session::builder()
-            .map_err(|e| load_err(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(config.threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(&config.model)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = super::tts::onnx_session(
+            &config.model,
+            config.threads,
+            super::tts::OnnxGraph::Optimised,
+        )
+        .map_err(load_err)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         if inputs != [INPUT_NAME] {
             return Err(load_err(format!(

@@ -97,17 +97,8 @@ impl PiperSynthesizer {
             path: config.voice.clone(),
             reason,
         };
-        let threads = config.threads.max(1);
-        let session = Session::builder()
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(threads)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(&config.voice)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session =
+            onnx_session(&config.voice, config.threads, OnnxGraph::AsIs).map_err(load_err)?;
         Ok(PiperSynthesizer {
             piper: Mutex::new(Piper::from_session(session, model_config)),
             config,
@@ -250,6 +241,43 @@ fn probe_onnxruntime(path: &Path) -> Result<String, TtsError> {
         )));
     }
     Ok(version)
+}
+
+/// How much ONNX Runtime may rewrite a model's graph at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnnxGraph {
+    /// Its default optimisations.
+    AsIs,
+    /// Every optimisation (worth it for a model run on every pause).
+    Optimised,
+}
+
+/// An ONNX Runtime session for `model` (ONNX Runtime loaded first with [`init_onnxruntime`]):
+/// `threads` within an operator, one between operators, no spinning (the cores are shared
+/// with the other engines). The error is ONNX Runtime's reason.
+pub(crate) fn onnx_session(
+    model: &Path,
+    threads: usize,
+    graph: OnnxGraph,
+) -> Result<Session, String> {
+    fn e(error: impl std::fmt::Display) -> String {
+        error.to_string()
+    }
+    let mut builder = Session::builder().map_err(e)?;
+    if graph == OnnxGraph::Optimised {
+        builder = builder
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(e)?;
+    }
+    builder
+        .with_intra_threads(threads.max(1))
+        .map_err(e)?
+        .with_inter_threads(1)
+        .map_err(e)?
+        .with_intra_op_spinning(false)
+        .map_err(e)?
+        .commit_from_file(model)
+        .map_err(e)
 }
 
 /// Loads ONNX Runtime from `path` once per process (ort's own limit). A later call with another

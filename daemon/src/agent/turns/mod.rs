@@ -737,14 +737,7 @@ impl TurnEngine {
                         span: (start_sample, end_sample),
                     },
                 );
-                let ended_at = self.timing.speech_end.unwrap_or(now);
-                self.converse(
-                    now,
-                    Input::SpeechEnded {
-                        utterance,
-                        ended_at,
-                    },
-                );
+                self.speech_ended(now, utterance);
             }
         }
     }
@@ -878,6 +871,11 @@ impl TurnEngine {
         self.known_transcripts.insert(utterance, result);
         // What the conversation would have seen had it been told at once.
         self.converse(now, Input::SpeechStarted);
+        self.speech_ended(now, utterance);
+    }
+
+    /// Tells the conversation the caller's turn ended (and when their speech did).
+    fn speech_ended(&mut self, now: Instant, utterance: u64) {
         let ended_at = self.timing.speech_end.unwrap_or(now);
         self.converse(
             now,
