@@ -214,6 +214,8 @@ impl Collecting {
             Some(true) => {
                 self.confirming = None;
                 self.misses = 0;
+                // "Yes, and my number is …": what else the words give is taken too.
+                self.fill_unasked(said);
                 Heard::Answer
             }
             Some(false) => {
@@ -621,6 +623,28 @@ mod tests {
         assert_eq!(values["phone"], "07700900123");
         assert_eq!(values["name"], "Tom Baker");
         assert!(reply.starts_with("Thank you Tom Baker, we will call you back on zero"));
+    }
+
+    #[test]
+    fn a_yes_that_goes_on_with_the_next_value_keeps_it() {
+        let mut c = Collecting::new(
+            "callback",
+            vec![
+                slot("name", SlotKind::Name),
+                slot("phone", SlotKind::Digits),
+            ],
+            String::new(),
+        );
+        c.hear("My name is Tom Baker");
+        c.next("", false, 2, CONFIRM);
+        c.hear("Yes, and my number is oh seven seven oh oh nine oh oh one two three");
+        assert_eq!(
+            c.next("", false, 2, CONFIRM),
+            Step::Ask(
+                "I have zero seven seven, zero zero nine zero, zero one two three. Is that right?"
+                    .into()
+            )
+        );
     }
 
     #[test]
