@@ -457,6 +457,9 @@ fn read(slot: &SlotConfig, said: &str, asked: bool) -> Result<String, Miss> {
         SlotKind::Name if asked => spoken::name(said),
         SlotKind::Name => spoken::name_after_cue(said),
         SlotKind::Email => spoken::email(said),
+        SlotKind::Date => spoken::date(said),
+        SlotKind::Time if asked => spoken::time_of_day(said),
+        SlotKind::Amount => spoken::amount(said),
         SlotKind::Message if asked => {
             let words = said.trim();
             (!words.is_empty()).then(|| words.to_owned())

@@ -26,7 +26,13 @@ pub enum SlotError {
 
 fn rule(kind: SlotKind) -> &'static str {
     match kind {
-        SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => "text",
+        SlotKind::Text
+        | SlotKind::Name
+        | SlotKind::Email
+        | SlotKind::Message
+        | SlotKind::Date
+        | SlotKind::Time
+        | SlotKind::Amount => "text",
         SlotKind::Number => "number",
         SlotKind::Digits => "digits",
         SlotKind::YesNo => "yesno",
@@ -62,7 +68,13 @@ pub fn grammar(slots: &[SlotSpec]) -> String {
 /// character, so a token budget this large can never cut the JSON.
 pub fn max_output_chars(slots: &[SlotSpec]) -> u32 {
     let value = |kind: SlotKind| match kind {
-        SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => 48 + 2,
+        SlotKind::Text
+        | SlotKind::Name
+        | SlotKind::Email
+        | SlotKind::Message
+        | SlotKind::Date
+        | SlotKind::Time
+        | SlotKind::Amount => 48 + 2,
         SlotKind::Number => 10,
         SlotKind::Digits => 24 + 3,
         SlotKind::YesNo => 5,
@@ -117,7 +129,13 @@ pub fn extract(
                 let digits: String = value.chars().filter(char::is_ascii_digit).collect();
                 !digits.is_empty() && said_digits.contains(&digits)
             }
-            SlotKind::Text | SlotKind::Name | SlotKind::Email | SlotKind::Message => {
+            SlotKind::Text
+            | SlotKind::Name
+            | SlotKind::Email
+            | SlotKind::Message
+            | SlotKind::Date
+            | SlotKind::Time
+            | SlotKind::Amount => {
                 let words = crate::speech::text::normalize_words(value);
                 !words.is_empty() && words.iter().all(|w| said_words.contains(w))
             }

@@ -605,6 +605,393 @@ pub fn number(text: &str) -> Option<u64> {
     digits(&text, DigitSpan::ANY).and_then(|d| d.trim_start_matches('+').parse().ok())
 }
 
+/// The value of one cardinal said in words or digits at the start of `words` ("forty two",
+/// "twelve", "7", "oh five"), and how many words it took.
+fn cardinal_at(words: &[String]) -> Option<(u32, usize)> {
+    let first = words.first()?;
+    if let Ok(n) = first.parse::<u32>() {
+        return Some((n, 1));
+    }
+    if let Some(t) = tens(first) {
+        if let Some(u) = words.get(1).and_then(|w| unit(w)).filter(|u| *u > 0) {
+            return Some((u32::from(t + u), 2));
+        }
+        return Some((u32::from(t), 1));
+    }
+    if let Some(t) = teen(first) {
+        return Some((u32::from(t), 1));
+    }
+    if first == "oh" || first == "o" {
+        // "nine oh five": minutes 05.
+        let u = words.get(1).and_then(|w| unit(w))?;
+        return Some((u32::from(u), 2));
+    }
+    unit(first).map(|u| (u32::from(u), 1))
+}
+
+/// Words as `tokens` splits them, without the pause marks.
+fn plain_words(text: &str) -> Vec<String> {
+    tokens(&text.replace(['-', '\u{2013}'], " "))
+        .into_iter()
+        .filter(|w| w != ",")
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect()
+}
+
+/// A time of day: "3 pm", "three thirty", "half past two", "quarter to four", "15:30",
+/// "noon", "nine in the morning". `HH:MM` on the 24-hour clock when the part of the day was
+/// said (or the hour is over 12), else `H:MM` as said.
+pub fn time_of_day(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    if let Some((h, m)) = written_clock(&lower) {
+        return Some(clock(h, m, day_part(&lower)));
+    }
+    let words = plain_words(&lower);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    if has("noon") || has("midday") {
+        return Some("12:00".to_owned());
+    }
+    if has("midnight") {
+        return Some("00:00".to_owned());
+    }
+    let part = day_part(&lower);
+    for i in 0..words.len() {
+        // "half past two", "quarter to four", "ten past nine"
+        let (minutes, after) = match words[i].as_str() {
+            "half" => (Some(30), i + 1),
+            "quarter" => (Some(15), i + 1),
+            _ => match cardinal_at(&words[i..]) {
+                Some((m, n))
+                    if m < 60
+                        && matches!(
+                            words.get(i + n).map(String::as_str),
+                            Some("past" | "to" | "after")
+                        ) =>
+                {
+                    (Some(m), i + n)
+                }
+                _ => (None, i),
+            },
+        };
+        if let (Some(m), Some(rel)) = (minutes, words.get(after)) {
+            if let Some((h, _)) =
+                cardinal_at(&words[after + 1..]).filter(|(h, _)| (1..=12).contains(h))
+            {
+                return Some(match rel.as_str() {
+                    "to" => clock(if h == 1 { 12 } else { h - 1 }, 60 - m, part),
+                    _ => clock(h, m, part),
+                });
+            }
+        }
+    }
+    for i in 0..words.len() {
+        let Some((h, n)) = cardinal_at(&words[i..]).filter(|(h, _)| (1..=12).contains(h)) else {
+            continue;
+        };
+        let rest = &words[i + n..];
+        let said_part = rest.first().map(String::as_str);
+        let (m, used) = match cardinal_at(rest) {
+            Some((m, k)) if m < 60 && (m >= 10 || rest[0] == "oh" || rest[0] == "o") => (m, k),
+            _ => (0, 0),
+        };
+        let after = rest.get(used).map(String::as_str);
+        let marked = matches!(
+            said_part,
+            Some("o'clock" | "oclock" | "am" | "pm" | "a.m" | "p.m")
+        ) || matches!(after, Some("o'clock" | "oclock" | "am" | "pm"))
+            || used > 0
+            || part.is_some();
+        // "at 3" alone is a time only with a mark ("o'clock", "pm", minutes, "in the morning")
+        // or after "at".
+        let after_at = i > 0 && words[i - 1] == "at";
+        if marked || after_at {
+            let pm = matches!(said_part, Some("pm")) || matches!(after, Some("pm"));
+            let am = matches!(said_part, Some("am")) || matches!(after, Some("am"));
+            let part = if pm {
+                Some(true)
+            } else if am {
+                Some(false)
+            } else {
+                part
+            };
+            return Some(clock(h, m, part));
+        }
+    }
+    None
+}
+
+/// "15:30", "9.45 am": hours and minutes written by whisper.
+fn written_clock(lower: &str) -> Option<(u32, u32)> {
+    let b = lower.as_bytes();
+    for i in 1..b.len().saturating_sub(2) {
+        if (b[i] == b':' || b[i] == b'.')
+            && b[i - 1].is_ascii_digit()
+            && b[i + 1].is_ascii_digit()
+            && b.get(i + 2).is_some_and(u8::is_ascii_digit)
+        {
+            let start = (0..i).rev().take_while(|&k| b[k].is_ascii_digit()).last()?;
+            let h: u32 = lower[start..i].parse().ok()?;
+            let m: u32 = lower[i + 1..i + 3].parse().ok()?;
+            if h < 24 && m < 60 && i - start <= 2 {
+                return Some((h, m));
+            }
+        }
+    }
+    None
+}
+
+/// Morning (false) or afternoon/evening (true), when said.
+fn day_part(lower: &str) -> Option<bool> {
+    let words = normalize_plain(lower);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    if has("pm") || has("afternoon") || has("evening") || has("tonight") || has("night") {
+        Some(true)
+    } else if has("am") || has("morning") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn normalize_plain(text: &str) -> Vec<String> {
+    crate::speech::text::normalize_words(&text.replace("a.m.", "am").replace("p.m.", "pm"))
+}
+
+fn clock(h: u32, m: u32, pm: Option<bool>) -> String {
+    match pm {
+        Some(true) if h < 12 => format!("{:02}:{m:02}", h + 12),
+        Some(false) if h == 12 => format!("00:{m:02}"),
+        Some(_) => format!("{h:02}:{m:02}"),
+        None if h > 12 => format!("{h:02}:{m:02}"),
+        None => format!("{h}:{m:02}"),
+    }
+}
+
+const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+fn ordinal(word: &str) -> Option<u32> {
+    let n = match word {
+        "first" => 1,
+        "second" => 2,
+        "third" => 3,
+        "fourth" => 4,
+        "fifth" => 5,
+        "sixth" => 6,
+        "seventh" => 7,
+        "eighth" => 8,
+        "ninth" => 9,
+        "tenth" => 10,
+        "eleventh" => 11,
+        "twelfth" => 12,
+        "thirteenth" => 13,
+        "fourteenth" => 14,
+        "fifteenth" => 15,
+        "sixteenth" => 16,
+        "seventeenth" => 17,
+        "eighteenth" => 18,
+        "nineteenth" => 19,
+        "twentieth" => 20,
+        "thirtieth" => 30,
+        _ => {
+            let digits = word.trim_end_matches(|c: char| c.is_alphabetic());
+            return digits.parse().ok().filter(|d| (1..=31).contains(d));
+        }
+    };
+    Some(n)
+}
+
+/// The day of the month at `words[i..]`: "5th", "fifth", "twenty first", "21".
+fn day_of_month(words: &[String], i: usize) -> Option<(u32, usize)> {
+    let w = words.get(i)?;
+    if let Some(t) = tens(w) {
+        if let Some(o) = words
+            .get(i + 1)
+            .and_then(|n| ordinal(n))
+            .filter(|o| *o < 10)
+        {
+            return Some((u32::from(t) + o, 2));
+        }
+    }
+    ordinal(w).map(|d| (d, 1))
+}
+
+/// A day: "tomorrow", "next Tuesday", "the 5th of March", "March 5th", "on Friday". As words
+/// ("next Tuesday", "5 March"), for the agent to say back and a person to act on.
+pub fn date(text: &str) -> Option<String> {
+    let words = plain_words(&text.to_lowercase());
+    let has = |w: &str| words.iter().any(|x| x == w);
+    if has("tomorrow") {
+        let after = words
+            .windows(3)
+            .any(|w| w[0] == "day" && w[1] == "after" && w[2] == "tomorrow");
+        return Some(
+            if after {
+                "the day after tomorrow"
+            } else {
+                "tomorrow"
+            }
+            .to_owned(),
+        );
+    }
+    if has("today") {
+        return Some("today".to_owned());
+    }
+    for (i, w) in words.iter().enumerate() {
+        if let Some(m) = MONTHS.iter().position(|m| m == w) {
+            // "the 5th of March" / "5 March"
+            let before = (1..=3)
+                .filter_map(|back| i.checked_sub(back))
+                .find_map(|k| {
+                    day_of_month(&words, k)
+                        .filter(|(_, n)| k + n == i || (k + n + 1 == i && words[i - 1] == "of"))
+                });
+            // "March 5th" / "March the fifth"
+            let after = day_of_month(&words, i + 1).or_else(|| {
+                (words.get(i + 1).map(String::as_str) == Some("the"))
+                    .then(|| day_of_month(&words, i + 2))
+                    .flatten()
+            });
+            if let Some((d, _)) = before.or(after) {
+                return Some(format!("{d} {}", capitalise(MONTHS[m])));
+            }
+        }
+    }
+    for (i, w) in words.iter().enumerate() {
+        if let Some(d) = WEEKDAYS.iter().find(|d| *d == w) {
+            let next = i > 0 && words[i - 1] == "next";
+            let day = capitalise(d);
+            return Some(if next { format!("next {day}") } else { day });
+        }
+    }
+    None
+}
+
+/// An amount of money: "£42.50", "$12", "forty two pounds fifty", "twelve dollars and ninety
+/// nine cents", "fifty pence". The currency sign when one was said, two decimals.
+pub fn amount(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    // Written: "£42.50", "$1,200", "42.50 euros".
+    for sign in ["£", "$", "€"] {
+        if let Some(at) = lower.find(sign) {
+            if let Some(v) = written_amount(&lower[at + sign.len()..]) {
+                return Some(format!("{sign}{v}"));
+            }
+        }
+    }
+    let words = plain_words(&lower);
+    let currency = |w: &str| match w {
+        "pound" | "pounds" | "quid" => Some("£"),
+        "dollar" | "dollars" | "bucks" => Some("$"),
+        "euro" | "euros" => Some("€"),
+        _ => None,
+    };
+    let small = |w: &str| matches!(w, "pence" | "p" | "cents" | "cent" | "penny");
+    for i in 0..words.len() {
+        let Some((whole, n)) = whole_amount(&words[i..]) else {
+            continue;
+        };
+        let unit = words.get(i + n).map(String::as_str).unwrap_or("");
+        if let Some(sign) = currency(unit) {
+            let mut j = i + n + 1;
+            if words.get(j).map(String::as_str) == Some("and") {
+                j += 1;
+            }
+            let cents = cardinal_at(&words[j.min(words.len())..])
+                .filter(|(c, _)| *c < 100)
+                .map_or(0, |(c, _)| c);
+            return Some(format!("{sign}{whole}.{cents:02}"));
+        }
+        if small(unit) && whole < 100 {
+            return Some(format!("0.{whole:02}"));
+        }
+        if let Some(v) = written_amount(&words[i]).filter(|_| n == 1 && words[i].contains('.')) {
+            if words.get(i + 1).and_then(|w| currency(w)).is_some() {
+                return Some(format!("{}{v}", currency(&words[i + 1]).unwrap_or("")));
+            }
+        }
+    }
+    None
+}
+
+/// A whole number of money at the start of `words`: numerals or words up to thousands.
+fn whole_amount(words: &[String]) -> Option<(u64, usize)> {
+    if let Some(v) = words
+        .first()
+        .and_then(|w| w.replace(',', "").parse::<u64>().ok())
+    {
+        return Some((v, 1));
+    }
+    let mut total: u64 = 0;
+    let mut current: u64 = 0;
+    let mut used = 0;
+    while used < words.len() {
+        let w = words[used].as_str();
+        if let Some((v, n)) = cardinal_at(&words[used..]).filter(|_| w != "oh" && w != "o") {
+            current += u64::from(v);
+            used += n;
+        } else if w == "hundred" && current > 0 {
+            current *= 100;
+            used += 1;
+        } else if w == "thousand" {
+            total += current.max(1) * 1000;
+            current = 0;
+            used += 1;
+        } else if w == "and" && used > 0 {
+            used += 1;
+        } else {
+            break;
+        }
+    }
+    while used > 0 && words[used - 1] == "and" {
+        used -= 1;
+    }
+    (used > 0).then_some((total + current, used))
+}
+
+/// "42.50", "1,200", "12" → two decimals.
+fn written_amount(s: &str) -> Option<String> {
+    let num: String = s
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ',')
+        .filter(|c| *c != ',')
+        .collect();
+    let num = num.trim_end_matches('.');
+    if num.is_empty() {
+        return None;
+    }
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let whole: u64 = whole.parse().ok()?;
+    let cents: u32 = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<u32>().ok()? * 10,
+        _ => frac[..2].parse().ok()?,
+    };
+    Some(format!("{whole}.{cents:02}"))
+}
+
 /// Yes or no, from how callers say them. None when it is neither (or both).
 pub fn yes_no(text: &str) -> Option<bool> {
     let words = crate::speech::text::normalize_words(text);
@@ -1176,6 +1563,55 @@ mod tests {
             digits("4, 2, 2, 4, 4, 2, 4, 4, 2, 4, 4, 4,", four).as_deref(),
             Some("4224")
         );
+    }
+
+    #[test]
+    fn times_of_day_as_callers_say_them() {
+        for (said, time) in [
+            ("At 3 pm, please.", "15:00"),
+            ("three thirty in the afternoon", "15:30"),
+            ("Half past two.", "2:30"),
+            ("quarter to four in the afternoon", "15:45"),
+            ("Can I come at 15:30?", "15:30"),
+            ("nine in the morning", "09:00"),
+            ("ten o'clock", "10:00"),
+            ("Around noon.", "12:00"),
+            ("at 9.45 am", "09:45"),
+            ("nine oh five pm", "21:05"),
+        ] {
+            assert_eq!(time_of_day(said).as_deref(), Some(time), "{said}");
+        }
+        assert_eq!(time_of_day("I have two children"), None);
+    }
+
+    #[test]
+    fn days_as_callers_say_them() {
+        for (said, day) in [
+            ("Tomorrow, please.", "tomorrow"),
+            ("next Tuesday", "next Tuesday"),
+            ("On Friday.", "Friday"),
+            ("the 5th of March", "5 March"),
+            ("March the twenty first", "21 March"),
+            ("on the fifth of june", "5 June"),
+        ] {
+            assert_eq!(date(said).as_deref(), Some(day), "{said}");
+        }
+        assert_eq!(date("as soon as you can"), None);
+    }
+
+    #[test]
+    fn amounts_as_callers_say_them() {
+        for (said, value) in [
+            ("£42.50", "£42.50"),
+            ("It was $1,200.", "$1200.00"),
+            ("forty two pounds fifty", "£42.50"),
+            ("twelve dollars and ninety nine cents", "$12.99"),
+            ("two hundred and fifty euros", "€250.00"),
+            ("fifty pence", "0.50"),
+        ] {
+            assert_eq!(amount(said).as_deref(), Some(value), "{said}");
+        }
+        assert_eq!(amount("my order number is 4279"), None);
     }
 
     #[test]

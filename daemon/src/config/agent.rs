@@ -43,6 +43,12 @@ pub enum SlotKind {
     YesNo,
     /// An e-mail address read out ("jo dot smith at example dot com"), by rule.
     Email,
+    /// A day ("tomorrow", "next Tuesday", "the 5th of March"), by rule.
+    Date,
+    /// A time of day ("half past two", "3 pm", "15:30"), by rule.
+    Time,
+    /// An amount of money ("forty two pounds fifty", "$12.99"), by rule.
+    Amount,
     /// The caller's next words, whole (a message).
     Message,
 }
@@ -50,7 +56,10 @@ pub enum SlotKind {
 impl SlotKind {
     /// Read back and confirmed unless the slot says otherwise: what is easily misheard.
     pub fn confirmed_by_default(self) -> bool {
-        matches!(self, SlotKind::Digits | SlotKind::Name | SlotKind::Email)
+        matches!(
+            self,
+            SlotKind::Digits | SlotKind::Name | SlotKind::Email | SlotKind::Amount
+        )
     }
 }
 
