@@ -381,6 +381,9 @@ pub struct Conversation {
 
 /// Longest history (user + assistant messages) sent to the model.
 const MAX_HISTORY: usize = 8;
+/// What a history over [`MAX_HISTORY`] is cut back to: in large steps, so the model's cached
+/// prefix (system prompt + history) stays put for several turns instead of shifting each turn.
+const TRIMMED_HISTORY: usize = 4;
 /// "Are you still there?" at most this often before goodbye.
 const MAX_NO_INPUT_PROMPTS: u32 = 2;
 /// A pause this long after keys pressed for a digits slot ends the keyed answer.
@@ -863,10 +866,10 @@ impl Conversation {
                 self.record.action = TurnAction::Answer;
                 self.history
                     .push(ChatMessage::user(self.record.input.text()));
-                let skip = self.history.len().saturating_sub(MAX_HISTORY);
+                trim_history(&mut self.history);
                 out.push(Action::Generate {
                     turn: self.turn,
-                    history: self.history[skip..].to_vec(),
+                    history: self.history.clone(),
                     max_tokens: self.spec.config.max_reply_tokens,
                     max_time: ms(self.spec.config.max_reply_ms),
                 });
@@ -1154,6 +1157,18 @@ impl Conversation {
             out.push(Action::RecordTurn(self.record.clone()));
         }
     }
+}
+
+/// Cuts a long history back to its last [`TRIMMED_HISTORY`] messages, starting at a caller's.
+fn trim_history(history: &mut Vec<ChatMessage>) {
+    if history.len() <= MAX_HISTORY {
+        return;
+    }
+    let mut from = history.len() - TRIMMED_HISTORY;
+    while from < history.len() - 1 && history[from].role != "user" {
+        from += 1;
+    }
+    history.drain(..from);
 }
 
 fn append(to: &mut String, text: &str) {
@@ -1518,6 +1533,27 @@ mod tests {
         );
         assert_eq!(a[0], Action::Play(Prompt::Transfer));
         assert_eq!(recorded(&a)[0].intent, "human");
+    }
+
+    #[test]
+    fn a_long_history_is_cut_back_in_large_steps_so_its_start_stays_put() {
+        let mut h: Vec<ChatMessage> = (0..9)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ChatMessage::user(format!("q{i}"))
+                } else {
+                    ChatMessage::assistant(format!("a{i}"))
+                }
+            })
+            .collect();
+        trim_history(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h[0].content, "q6");
+        // The next turns only add to it until it is long again.
+        h.push(ChatMessage::assistant("a9".to_owned()));
+        h.push(ChatMessage::user("q10".to_owned()));
+        trim_history(&mut h);
+        assert_eq!(h[0].content, "q6");
     }
 
     #[test]
