@@ -189,6 +189,12 @@ pub struct ModelsConfig {
     pub dir: PathBuf,
     /// The manifest listing the models a site needs (role, file, size, sha256, license, URL).
     pub manifest: PathBuf,
+    /// A language model of the site's own (an instruct GGUF with its chat template) instead of
+    /// the bundled one; empty: the bundle's. Relative paths are under `dir`.
+    pub llm: PathBuf,
+    /// A whisper.cpp model (ggml) of the site's own instead of the bundled one; empty: the
+    /// bundle's. Relative paths are under `dir`.
+    pub asr: PathBuf,
 }
 
 impl Default for ModelsConfig {
@@ -196,6 +202,19 @@ impl Default for ModelsConfig {
         Self {
             dir: PathBuf::from("/var/lib/edgevoice/models"),
             manifest: PathBuf::from("/usr/share/edgevoice/models/manifest.toml"),
+            llm: PathBuf::new(),
+            asr: PathBuf::new(),
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// `chosen` if set (under `dir` when relative), else the bundle's `bundled` file.
+    pub fn file(&self, chosen: &std::path::Path, bundled: &str) -> PathBuf {
+        if chosen.as_os_str().is_empty() {
+            self.dir.join(bundled)
+        } else {
+            self.dir.join(chosen)
         }
     }
 }

@@ -156,6 +156,27 @@ pub(super) fn check(config: &Config, text: &str) -> Vec<ConfigIssue> {
         );
     }
 
+    for (key, path, ext, what) in [
+        ("models.llm", &config.models.llm, "gguf", "an instruct GGUF"),
+        (
+            "models.asr",
+            &config.models.asr,
+            "bin",
+            "a whisper.cpp ggml model (.bin)",
+        ),
+    ] {
+        let wrong = path.extension().is_none_or(|e| e != ext);
+        if !path.as_os_str().is_empty() && wrong {
+            problem(
+                key,
+                format!(
+                    "\"{}\" is not {what}; give its path, or \"\" for the bundled model",
+                    path.display()
+                ),
+            );
+        }
+    }
+
     check_uplink(&config.uplink, &mut problem);
     let m = &config.metrics;
     if !m.listen.is_empty() && m.listen.parse::<SocketAddr>().is_err() {

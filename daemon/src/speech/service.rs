@@ -151,7 +151,8 @@ impl SpeechService {
         let speech = &config.speech;
         let depth = speech.queue_depth as usize;
 
-        let mut wcfg = WhisperConfig::new(models.join(WHISPER_MODEL_FILE));
+        let mut wcfg =
+            WhisperConfig::new(config.models.file(&config.models.asr, WHISPER_MODEL_FILE));
         wcfg.threads = speech.asr_threads;
         let asr =
             WhisperRecognizer::load(wcfg).map_err(|e| SpeechUnavailable::Asr(e.to_string()))?;
@@ -315,7 +316,7 @@ impl SpeechService {
 }
 
 fn load_llm(config: &Config, system_prompt: &str, slots: usize) -> Result<LlmShared, LlmError> {
-    let mut lcfg = LlmConfig::new(config.models.dir.join(LLM_MODEL_FILE));
+    let mut lcfg = LlmConfig::new(config.models.file(&config.models.llm, LLM_MODEL_FILE));
     lcfg.threads = config.speech.llm_threads;
     let engine_box = Box::into_raw(Box::new(LlamaEngine::load(lcfg)?));
     // SAFETY: `engine_box` came from Box::into_raw just above and is freed only by
