@@ -109,6 +109,11 @@ bench: test-deps ggml bench-ref
 	$(CARGO) bench --locked --bench speech
 	$(CARGO) bench --locked --bench turn_detect
 	$(CARGO) bench --locked --bench agent_turns
+	@if [ -f target/bench-ref/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ]; then \
+	  BENCH_AGENT_LLM=$(abspath target/bench-ref/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf) \
+	  BENCH_AGENT_MAX_CALLERS=2 BENCH_AGENT_OUT=agent_turns_larger_llm.md \
+	  $(CARGO) bench --locked --bench agent_turns; \
+	else echo "larger model not fetched (target/bench-ref/larger_llm.error): its agent bench is skipped"; fi
 	$(CARGO) bench --locked --bench uplink
 	$(CARGO) bench --locked --bench embed
 	@echo "tables written under target/bench/"

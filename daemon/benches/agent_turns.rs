@@ -12,6 +12,9 @@
 //! cache, so idle RSS grows with it.
 //! BENCH_AGENT_BASELINE=/path/to/another/edgevoiced runs the same steps with that build first
 //! (an earlier commit's, say) and prints both, for a before/after in one run on one machine.
+//! BENCH_AGENT_LLM=/path/to/model.gguf runs the daemon with that language model
+//! (`models.llm`): a larger model a site may bring (`make bench` fetches Qwen2.5-Coder 0.5B and
+//! writes that run to target/bench/agent_turns_larger_llm.md, BENCH_AGENT_OUT names the file).
 //! Prints markdown tables and writes them to target/bench/agent_turns.md.
 
 #[path = "../../tests/common/audio.rs"]
@@ -88,10 +91,13 @@ fn start_daemon(binary: &Path, dir: &Path, max_calls: u32) -> Daemon {
         &config,
         format!(
             "[daemon]\nstate_dir = \"state\"\nruntime_dir = \"run\"\nlog_level = \"{}\"\n\
-             [models]\ndir = \"{}\"\n[sip]\nlisten = \"127.0.0.1:0\"\nmax_calls = {max_calls}\n\
+             [models]\ndir = \"{}\"\n{}[sip]\nlisten = \"127.0.0.1:0\"\nmax_calls = {max_calls}\n\
              [rtp]\nport_min = 61000\nport_max = 61999\n[call]\nhandler = \"agent\"\n",
             std::env::var("BENCH_AGENT_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
-            shared().join("models").display()
+            shared().join("models").display(),
+            std::env::var("BENCH_AGENT_LLM")
+                .map(|p| format!("llm = \"{p}\"\n"))
+                .unwrap_or_default()
         ),
     )
     .expect("config");
@@ -241,7 +247,8 @@ fn main() {
     println!("{md}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join("agent_turns.md"), md);
+    let name = std::env::var("BENCH_AGENT_OUT").unwrap_or_else(|_| "agent_turns.md".to_owned());
+    let _ = std::fs::write(out.join(name), md);
 }
 
 /// Every step with one build of the daemon; its tables go into `md`.
