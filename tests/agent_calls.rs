@@ -680,7 +680,7 @@ fn slow_a_cough_over_the_greeting_holds_it_and_the_greeting_goes_on_where_it_sto
 }
 
 #[test]
-fn slow_an_order_number_read_out_in_two_groups_is_read_back_confirmed_and_used() {
+fn slow_an_order_number_said_in_two_groups_or_keyed_is_read_back_confirmed_and_used() {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     // The caller pauses 900 ms between the groups: longer than the endpoint silence (600 ms),
@@ -728,6 +728,45 @@ fn slow_an_order_number_read_out_in_two_groups_is_read_back_confirmed_and_used()
         // (whisper, the judge here, has heard "ships" as "shits")
         contains_all(&heard_text, &["is that right", "tomorrow"]),
         "{heard_text:?}"
+    );
+
+    // The same number keyed: four keys complete it (no #), key 1 confirms the read-back.
+    let agent = Agent::start(intent);
+    let (mic, _) = caller_audio(
+        tmp.path(),
+        "order-keys.wav",
+        &[(4500, "Where is my order?")],
+    );
+    let caller = Baresip::start(
+        BaresipOptions::new("keys")
+            .mic(&mic, Duration::from_secs(20))
+            .record(false),
+    );
+    caller.dial(&agent.uri());
+    caller.wait_event("CALL_ESTABLISHED", T_CALL);
+    std::thread::sleep(Duration::from_millis(9000));
+    caller.send_dtmf("4279", Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(5000));
+    caller.send_dtmf("1", Duration::from_millis(250));
+    let call = peers::poll_until(Duration::from_secs(15), || {
+        let c = agent.last_call();
+        let done = c["turns"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["slots"]["order"] == "4279" && t["keys"] == "1")
+        });
+        done.then_some(c)
+    });
+    caller.hangup();
+    let log = agent.stop();
+    let call =
+        call.unwrap_or_else(|| panic!("the keyed order was not completed:\n{}", tail(&log, 30)));
+    let turns = call["turns"].as_array().cloned().unwrap_or_default();
+    assert!(
+        turns.iter().any(|t| t["keys"] == "4279"
+            && t["agent"]
+                .as_str()
+                .is_some_and(|a| a.contains("four two seven nine"))),
+        "{call}"
     );
 }
 
