@@ -164,6 +164,11 @@ pub enum Action {
     Hangup,
     /// A caller turn is complete: store it.
     RecordTurn(TurnRecord),
+    /// The conversation so far (as the next reply will see it, before the caller's next
+    /// words): evaluate it into the model's cache while the agent speaks.
+    Prefill {
+        history: Vec<ChatMessage>,
+    },
 }
 
 /// What the agent did with a caller turn (the turn record's `action`).
@@ -1011,6 +1016,7 @@ impl Conversation {
             .push(ChatMessage::user(self.record.input.text()));
         self.history.push(ChatMessage::assistant(text.to_owned()));
         self.close_turn(out);
+        self.prefill(out);
         self.state = ConversationState::Speaking;
         self.reply_complete = true;
     }
@@ -1099,6 +1105,17 @@ impl Conversation {
         self.history
             .push(ChatMessage::assistant(self.record.agent.clone()));
         self.close_turn(out);
+        self.prefill(out);
+    }
+
+    /// Asks for the history to be evaluated ahead of the next reply (see [`Action::Prefill`]).
+    fn prefill(&self, out: &mut Vec<Action>) {
+        // A history the next turn would cut back is evaluated then, not now.
+        if self.history.len() < MAX_HISTORY {
+            out.push(Action::Prefill {
+                history: self.history.clone(),
+            });
+        }
     }
 
     fn start_speaking(&mut self) {
@@ -1554,6 +1571,35 @@ mod tests {
         h.push(ChatMessage::user("q10".to_owned()));
         trim_history(&mut h);
         assert_eq!(h[0].content, "q6");
+    }
+
+    #[test]
+    fn once_a_reply_is_given_the_history_is_evaluated_ahead_of_the_next() {
+        let t = Instant::now();
+        let mut c = agent("");
+        listening(&mut c, t);
+        ask(&mut c, t, 1, "Can I book an appointment for my son?");
+        c.handle(
+            t,
+            Input::ReplyClause {
+                turn: 1,
+                text: "A colleague can help you with booking.".into(),
+            },
+        );
+        let a = c.handle(
+            t,
+            Input::ReplyDone {
+                turn: 1,
+                over_budget: false,
+            },
+        );
+        let prefill = a.iter().find_map(|x| match x {
+            Action::Prefill { history } => Some(history.clone()),
+            _ => None,
+        });
+        let history = prefill.expect("a prefill");
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].content, "A colleague can help you with booking.");
     }
 
     #[test]

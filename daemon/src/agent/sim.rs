@@ -528,6 +528,7 @@ impl SimCall {
             Job::Extract { .. } => Some("extract".to_owned()),
             Job::Synthesize { text, .. } => Some(format!("say {text}")),
             Job::Prompt { prompt, .. } => Some(format!("prompt {prompt:?}")),
+            Job::Prefill { .. } => Some("prefill".to_owned()),
         };
         if let Some(name) = name {
             self.seen.push((at, Seen::Job(name)));
@@ -609,6 +610,8 @@ impl SimCall {
                 self.engine
                     .handle_result(self.now, EngineResult::Audio { id, result });
             }
+            // Only the model's cache would change: nothing to answer.
+            Job::Prefill { .. } => {}
         }
     }
 

@@ -329,6 +329,10 @@ impl AgentRun {
                         }));
                 }
             }
+            Job::Prefill { history } => {
+                // Best effort: a full queue only means the next reply evaluates it itself.
+                let _ = self.speech.prefill(history);
+            }
             Job::Synthesize { id, text } => {
                 if let Some(audio) = self.speech.service().phrase(&text) {
                     self.immediate.push_back(EngineResult::Audio {

@@ -105,6 +105,12 @@ impl LlamaEngine {
         self.render(messages, true)
     }
 
+    /// `messages` rendered without the assistant's opening: a prefix of the next turn's prompt
+    /// (the caller's next words and the opening follow), to evaluate ahead of it.
+    pub fn render_history(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        self.render(messages, false)
+    }
+
     /// The rendered system message alone: a prefix of every conversation that starts with it,
     /// to [`LlamaSession::prime`] a call's context before the caller speaks.
     pub fn render_system(&self, system_prompt: &str) -> Result<String, LlmError> {

@@ -565,6 +565,26 @@ impl CallSpeech {
         Ok(())
     }
 
+    /// Queues, behind every live job, the evaluation of this call's conversation so far (the
+    /// system prompt and `history`) into its sequence: the next reply then evaluates only the
+    /// caller's new words. Best effort: a full queue or a failure only costs that time later.
+    pub fn prefill(&self, history: Vec<ChatMessage>) -> Result<(), JobRefused> {
+        let llm = self
+            .service
+            .language_model()
+            .map_err(JobRefused::Unavailable)?;
+        let slot = self.slot;
+        self.service.llm_pool.try_submit(
+            Priority::Background,
+            Box::new(move || {
+                if let Err(e) = run_prefill(&llm, slot, &history) {
+                    tracing::debug!("history not evaluated ahead: {e}");
+                }
+            }),
+        )?;
+        Ok(())
+    }
+
     /// Queues a completion of `messages` in this call's sequence, its output held to
     /// `grammar` (GBNF); `deliver` gets the text on the model's thread. The sequence is cleared
     /// afterwards, so the conversation's next reply forks the shared system prompt again
@@ -605,6 +625,32 @@ impl CallSpeech {
         )?;
         Ok(())
     }
+}
+
+fn run_prefill(llm: &LlmShared, slot: usize, history: &[ChatMessage]) -> Result<(), LlmError> {
+    let mut messages = vec![ChatMessage::system(llm.system.clone())];
+    messages.extend(history.iter().cloned());
+    let prompt = llm.engine().render_history(&messages)?;
+    // What would not fit the call's share is trimmed by the reply itself; skip it here.
+    if llm.engine().count_tokens(&prompt) > llm.system_tokens + llm.per_call_tokens / 2 {
+        return Ok(());
+    }
+    let mut session = llm
+        .session
+        .lock()
+        .map_err(|_| LlmError::Decode("llama context poisoned by a panic".to_owned()))?;
+    if session.cached_tokens_of(slot) == 0 {
+        session.fork(0, slot)?;
+    }
+    let before = session.cached_tokens_of(slot);
+    session.prime_seq(slot, &prompt)?;
+    tracing::debug!(
+        slot,
+        cached_before = before,
+        cached_now = session.cached_tokens_of(slot),
+        "the call's history is evaluated ahead of its next reply"
+    );
+    Ok(())
 }
 
 fn run_constrained(

@@ -154,6 +154,8 @@ pub enum Job {
     Synthesize { id: JobId, text: String },
     /// A cached prompt's audio.
     Prompt { id: JobId, prompt: Prompt },
+    /// Evaluate the conversation so far into the model's cache, behind live work (no result).
+    Prefill { history: Vec<ChatMessage> },
 }
 
 /// What a job produced.
@@ -1215,6 +1217,9 @@ impl TurnEngine {
                     .push_back(TurnOutput::Directive(Directive::Transfer(target))),
                 Action::Hangup => self.out.push_back(TurnOutput::Directive(Directive::Hangup)),
                 Action::RecordTurn(turn) => self.record_turn(turn),
+                Action::Prefill { history } => self
+                    .out
+                    .push_back(TurnOutput::Run(Job::Prefill { history })),
             }
         }
     }
