@@ -91,6 +91,11 @@ pub struct TurnConfig {
     pub resume_after_noise: bool,
     /// Normalised (lower case, single spaces).
     pub backchannels: Vec<String>,
+    /// The words at a pause decide the turn: complete (a whole question, a goodbye, all the
+    /// digits asked) ends it there, unfinished ("I'd like to, um") holds it open longer. Off:
+    /// only the endpoint silence ends a turn (measured against each other in
+    /// `tests/cut_offs.rs`).
+    pub semantic_end_of_turn: bool,
 }
 
 impl TurnConfig {
@@ -114,6 +119,7 @@ impl TurnConfig {
                 .map(|b| normalise(b))
                 .filter(|b| !b.is_empty())
                 .collect(),
+            semantic_end_of_turn: true,
         }
     }
 }
@@ -761,13 +767,16 @@ impl TurnEngine {
             Some(Recognition::Guess) => {
                 if let Some(spec) = self.speculation.as_mut().filter(|s| s.recognition == id) {
                     let expecting = self.conv.expecting();
-                    let complete = result
-                        .as_ref()
-                        .is_ok_and(|t| expecting.is_complete(&t.text));
+                    let semantic = self.cfg.semantic_end_of_turn;
+                    let complete = semantic
+                        && result
+                            .as_ref()
+                            .is_ok_and(|t| expecting.is_complete(&t.text));
                     // Words that stop mid-thought: this pause is not the end of the turn.
-                    self.hold_open = result
-                        .as_ref()
-                        .is_ok_and(|t| expecting.is_unfinished(&t.text));
+                    self.hold_open = semantic
+                        && result
+                            .as_ref()
+                            .is_ok_and(|t| expecting.is_unfinished(&t.text));
                     spec.transcript = Some(result);
                     spec.meaning = meaning;
                     self.speculate_generation(now);
