@@ -747,6 +747,8 @@ impl<'a> Replay<'a> {
                 );
             }
             Job::Generate { id, .. } => self.reply(id),
+            // Warms the model's cache: nothing comes back.
+            Job::Prefill { .. } => {}
             Job::Extract { id, .. } => self.schedule(
                 self.now,
                 EngineResult::Extracted {
