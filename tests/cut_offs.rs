@@ -808,17 +808,21 @@ struct Verdict {
 }
 
 fn judge(r: &Rendered, turns: &[AgentTurn], turn_ends_ms: &[u64]) -> Verdict {
+    let heard: Vec<String> = turns
+        .iter()
+        .filter(|t| matches!(t.turn.input, CallerInput::Speech(_)))
+        .map(|t| t.turn.input.text())
+        .collect();
+    // Words over the agent's reply can become a turn without the agent listening first: the
+    // turn records count those.
+    let turns_ended = turn_ends_ms.len().max(heard.len());
     let first_end_ms = turn_ends_ms.first().copied();
-    let cut = turn_ends_ms.len() > 1 || first_end_ms.is_some_and(|end| end < r.last_start_ms());
+    let cut = turns_ended > 1 || first_end_ms.is_some_and(|end| end < r.last_start_ms());
     Verdict {
-        turns_ended: turn_ends_ms.len(),
+        turns_ended,
         first_end_ms,
         cut,
-        heard: turns
-            .iter()
-            .filter(|t| matches!(t.turn.input, CallerInput::Speech(_)))
-            .map(|t| t.turn.input.text())
-            .collect(),
+        heard,
     }
 }
 
