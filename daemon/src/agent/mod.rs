@@ -177,6 +177,7 @@ const RELATED_WORDS: &[(&str, &[&str])] = &[
     ("opening", &["open", "hours"]),
     ("open", &["opening", "hours", "close", "closed"]),
     ("closed", &["open", "close"]),
+    ("close", &["closed", "open", "hours"]),
     ("when", &["open", "hours"]),
     ("where", &["street", "road", "address", "next", "located"]),
     ("address", &["street", "road", "where"]),
@@ -602,6 +603,10 @@ mod tests {
         assert_eq!(
             spec.relevant_fact("Is there any parking?"),
             Some("Parking is free behind the building.")
+        );
+        assert_eq!(
+            AgentSpec::new(&AgentConfig::default()).relevant_fact("What time do you close today?"),
+            Some("We are open Monday to Friday, from 9 am to 5 pm, and closed at weekends.")
         );
         assert_eq!(
             spec.relevant_fact("When are you open?"),

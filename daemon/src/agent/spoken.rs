@@ -1178,7 +1178,9 @@ fn read_name(text: &str, require_cue: bool) -> Option<String> {
         // "Baker, B-A-K-E-R": the spelling replaces the word it spells (or is the name).
         let sp = spelled.to_lowercase();
         if let Some(w) = words.iter_mut().find(|w| similar(w, &sp)) {
-            *w = sp;
+            if spelling_wins(w, &sp) {
+                *w = sp;
+            }
         } else if words.is_empty() || words.len() >= 3 {
             words = vec![sp];
         } else {
@@ -1294,6 +1296,12 @@ fn similar(word: &str, spelled: &str) -> bool {
         || (word.chars().next() == spelled.chars().next()
             && word.len().abs_diff(spelled.len()) <= 2
             && word.len() >= 3)
+}
+
+/// The spelling corrects the word only when it is as long or nearly: "Backer" → "BAKER", but
+/// not "Baker" → "BKR" (whisper lost letters of the spelling, not of the word).
+fn spelling_wins(word: &str, spelled: &str) -> bool {
+    spelled.len() + 1 >= word.len()
 }
 
 fn capitalise(word: &str) -> String {
@@ -1656,6 +1664,8 @@ mod tests {
         assert_eq!(name("Um, Peter.").as_deref(), Some("Peter"));
         assert_eq!(name("Tom Baker, B-A-K-E-R.").as_deref(), Some("Tom Baker"));
         assert_eq!(name("B A K E R").as_deref(), Some("Baker"));
+        // Whisper lost letters of the spelling: the word said stands.
+        assert_eq!(name("My name is Baker, B. K. R.").as_deref(), Some("Baker"));
         assert_eq!(
             name("It's Anna Backer, B-A-K-E-R").as_deref(),
             Some("Anna Baker")
