@@ -26,7 +26,6 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -436,7 +435,7 @@ fn render(
             pcm.extend(audio::silence(rate, pause));
         }
     }
-    let heard = pcm_i16_to_f32(&through_the_phone(dir, &pcm, rate));
+    let heard = pcm_i16_to_f32(&audio::through_the_phone(dir, &pcm, rate));
     let mut stream = vec![0.0; (CALLER_FROM_MS * 16) as usize];
     stream.extend(heard);
     stream.extend(vec![0.0; (TAIL_MS * 16) as usize]);
@@ -450,44 +449,6 @@ fn render(
             .collect(),
         pauses_ms: pauses,
     }
-}
-
-/// 8 kHz G.711 µ-law and back to 16 kHz, as the caller's audio reaches the recognizer.
-fn through_the_phone(dir: &Path, pcm: &[i16], rate: u32) -> Vec<i16> {
-    let wav = dir.join("in.wav");
-    let ulaw = dir.join("line.ul");
-    let back = dir.join("back.wav");
-    audio::write_wav(&wav, rate, 1, pcm);
-    let run = |args: &[&str]| {
-        let out = Command::new("sox").args(args).output().expect("run sox");
-        assert!(out.status.success(), "sox {args:?}: {out:?}");
-    };
-    let (w, u, b) = (
-        wav.to_string_lossy(),
-        ulaw.to_string_lossy(),
-        back.to_string_lossy(),
-    );
-    run(&[
-        "-D", &w, "-r", "8000", "-c", "1", "-e", "u-law", "-t", "ul", &u,
-    ]);
-    run(&[
-        "-D",
-        "-t",
-        "ul",
-        "-r",
-        "8000",
-        "-c",
-        "1",
-        &u,
-        "-r",
-        "16000",
-        "-b",
-        "16",
-        "-e",
-        "signed-integer",
-        &b,
-    ]);
-    audio::read_wav(&back).samples
 }
 
 /// One agent call in simulated time, its jobs answered by the real VAD and recognizer.

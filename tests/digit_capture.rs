@@ -11,8 +11,7 @@
 mod audio;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use edgevoice::agent::spoken::{self, DigitSpan};
 use edgevoice::speech::{
@@ -182,44 +181,6 @@ fn callers() -> Vec<Caller> {
     out
 }
 
-/// 8 kHz G.711 µ-law and back to 16 kHz, as the caller's audio reaches the recognizer.
-fn through_the_phone(dir: &Path, pcm: &[i16], rate: u32) -> Vec<i16> {
-    let wav = dir.join("in.wav");
-    let ulaw = dir.join("line.ul");
-    let back = dir.join("back.wav");
-    audio::write_wav(&wav, rate, 1, pcm);
-    let run = |args: &[&str]| {
-        let out = Command::new("sox").args(args).output().expect("run sox");
-        assert!(out.status.success(), "sox {args:?}: {out:?}");
-    };
-    let (w, u, b) = (
-        wav.to_string_lossy(),
-        ulaw.to_string_lossy(),
-        back.to_string_lossy(),
-    );
-    run(&[
-        "-D", &w, "-r", "8000", "-c", "1", "-e", "u-law", "-t", "ul", &u,
-    ]);
-    run(&[
-        "-D",
-        "-t",
-        "ul",
-        "-r",
-        "8000",
-        "-c",
-        "1",
-        &u,
-        "-r",
-        "16000",
-        "-b",
-        "16",
-        "-e",
-        "signed-integer",
-        &b,
-    ]);
-    audio::read_wav(&back).samples
-}
-
 #[test]
 fn slow_numbers_read_out_as_callers_do_are_captured_exactly() {
     let models = models_dir();
@@ -250,7 +211,7 @@ fn slow_numbers_read_out_as_callers_do_are_captured_exactly() {
         let mut padded = audio::silence(rate, 200);
         padded.extend(pcm);
         padded.extend(audio::silence(rate, 200));
-        let heard = pcm_i16_to_f32(&through_the_phone(dir.path(), &padded, rate));
+        let heard = pcm_i16_to_f32(&audio::through_the_phone(dir.path(), &padded, rate));
         let mut captured = |listening| {
             let text = session
                 .transcribe_for(&heard, listening)

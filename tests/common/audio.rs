@@ -246,6 +246,44 @@ pub fn convert_segment_with_sox(
     run(&mut cmd);
 }
 
+/// 8 kHz G.711 µ-law and back to 16 kHz, as the caller's audio reaches the recognizer.
+pub fn through_the_phone(dir: &Path, pcm: &[i16], rate: u32) -> Vec<i16> {
+    let wav = dir.join("in.wav");
+    let ulaw = dir.join("line.ul");
+    let back = dir.join("back.wav");
+    write_wav(&wav, rate, 1, pcm);
+    let run = |args: &[&str]| {
+        let out = Command::new("sox").args(args).output().expect("run sox");
+        assert!(out.status.success(), "sox {args:?}: {out:?}");
+    };
+    let (w, u, b) = (
+        wav.to_string_lossy(),
+        ulaw.to_string_lossy(),
+        back.to_string_lossy(),
+    );
+    run(&[
+        "-D", &w, "-r", "8000", "-c", "1", "-e", "u-law", "-t", "ul", &u,
+    ]);
+    run(&[
+        "-D",
+        "-t",
+        "ul",
+        "-r",
+        "8000",
+        "-c",
+        "1",
+        &u,
+        "-r",
+        "16000",
+        "-b",
+        "16",
+        "-e",
+        "signed-integer",
+        &b,
+    ]);
+    read_wav(&back).samples
+}
+
 /// Resamples mono samples from `from` Hz to `to` Hz with sox (through temp files).
 pub fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
     if from == to {
