@@ -820,10 +820,17 @@ fn slow_a_timed_out_model_and_a_missing_voice_still_complete_the_call() {
         contains_all(&heard_text, &["riverside", "help"]),
         "cached greeting not heard: {heard_text:?}"
     );
+    // The cached goodbye: heard (whisper writes its "Goodbye" as "goodbye", "bye-bye" or "the
+    // by", so the judge listens for its first words) and recorded as said.
     assert!(
-        // "Goodbye" comes back from whisper as "goodbye" or "bye-bye".
-        contains_all(&heard_text, &["thank you for calling", "bye"]),
+        contains_all(&heard_text, &["thank you for calling"]),
         "cached goodbye not heard: {heard_text:?}"
+    );
+    assert!(
+        call["turns"][0]["agent"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("Thank you for calling. Goodbye.")),
+        "{call}"
     );
     assert_eq!(call["hung_up_by"], "appliance", "{call}");
     let turn = &call["turns"][0];
@@ -987,8 +994,10 @@ fn slow_a_model_swap_mid_call_keeps_the_call_and_a_model_that_does_not_load_is_p
     caller.wait_event("CALL_CLOSED", Duration::from_secs(45));
     let call = agent.last_call();
     let turn = &call["turns"][0];
+    // Recognised words and the fact they ask for (whisper has heard "hours" as "now").
     assert!(
-        contains_all(turn["caller"].as_str().unwrap_or(""), &["opening hours"]),
+        contains_all(turn["caller"].as_str().unwrap_or(""), &["opening"])
+            && turn["action"] == "fact",
         "the call lost its recognizer in the swap: {call}"
     );
     let heard = caller.wait_recording(Duration::from_secs(5)).dec_wav();
