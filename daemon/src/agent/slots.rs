@@ -67,17 +67,12 @@ pub fn grammar(slots: &[SlotSpec]) -> String {
 /// The longest output `grammar(slots)` allows, in characters: a token is at least one
 /// character, so a token budget this large can never cut the JSON.
 pub fn max_output_chars(slots: &[SlotSpec]) -> u32 {
-    let value = |kind: SlotKind| match kind {
-        SlotKind::Text
-        | SlotKind::Name
-        | SlotKind::Email
-        | SlotKind::Message
-        | SlotKind::Date
-        | SlotKind::Time
-        | SlotKind::Amount => 48 + 2,
-        SlotKind::Number => 10,
-        SlotKind::Digits => 24 + 3,
-        SlotKind::YesNo => 5,
+    // Per grammar rule (see `grammar`): a quoted text, a number, quoted digits, a boolean.
+    let value = |kind: SlotKind| match rule(kind) {
+        "text" => 48 + 2,
+        "number" => 10,
+        "digits" => 24 + 3,
+        _ => 5,
     };
     let body: usize = slots
         .iter()
@@ -123,22 +118,16 @@ pub fn extract(
             .find(|s| &s.name == name)
             .map(|s| s.kind)
             .unwrap_or_default();
-        match kind {
-            SlotKind::YesNo => true,
-            SlotKind::Number | SlotKind::Digits => {
+        match rule(kind) {
+            "number" | "digits" => {
                 let digits: String = value.chars().filter(char::is_ascii_digit).collect();
                 !digits.is_empty() && said_digits.contains(&digits)
             }
-            SlotKind::Text
-            | SlotKind::Name
-            | SlotKind::Email
-            | SlotKind::Message
-            | SlotKind::Date
-            | SlotKind::Time
-            | SlotKind::Amount => {
+            "text" => {
                 let words = crate::speech::text::normalize_words(value);
                 !words.is_empty() && words.iter().all(|w| said_words.contains(w))
             }
+            _ => true, // yes/no: the model's reading
         }
     });
     Ok(values)
